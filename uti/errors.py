@@ -1,0 +1,50 @@
+"""Error types. Every error a user can meet is one of these, and its message says what, where and the fix.
+
+Keeping them in one small module lets every package (and the CLI) catch "our" errors as a family
+and print one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UTIError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class ConfigError(UTIError, ValueError):
+    """A configuration file or dataclass got an unknown key, a wrong type or an impossible value."""
+
+
+class TokenSpaceError(UTIError, ValueError):
+    """A token space is malformed (overlap, gap, wrong vocab size, specials outside their range)."""
+
+
+class TokenSpaceMismatch(UTIError):
+    """Two things that must share a token space do not. The message names both IDs and the diff."""
+
+    def __init__(self, message: str, *, expected_id: str, found_id: str, changes: list[str]):
+        super().__init__(message)
+        self.expected_id = expected_id
+        self.found_id = found_id
+        self.changes = changes
+
+
+class RuntimeSizeMismatch(UTIError):
+    """A size recorded in the config or token space differs from what the loaded model reports."""
+
+
+class DecodeRefused(UTIError, ValueError):
+    """Tokens or meta given to a decoder break a rule (count, range, level, boundary). Never coerced."""
+
+
+class MediaError(UTIError):
+    """A media file cannot be read or is unusable (corrupt, empty, NaN, wrong channels, too long)."""
+
+    def __init__(self, message: str, *, stage: str, reason: str):
+        super().__init__(message)
+        self.stage = stage
+        self.reason = reason
+
+
+class WeightsError(UTIError):
+    """Codec weights cannot be found or loaded from the requested source."""
