@@ -1,0 +1,336 @@
+"""EnCodec (the `encodec` package) as the audio codec: 24 kHz mono (causal) and 48 kHz stereo
+(non-causal, 1 s segments with per-segment normalization).
+
+Batching rule: a clip's codes never depend on what else is in its batch, bit for bit. Measured on
+CPU: the convolutions give identical floats for any batch size at the same input length but not for
+other lengths (oneDNN picks kernels by shape), and the LSTM differs between batch sizes; a 3e-8
+difference is enough to flip codes in the deep RVQ levels. So:
+* only inputs of the same length share a batch (24 kHz: clips zero-padded to whole frames, grouped by
+  frame count; 48 kHz: the model's own segments, grouped by segment length, full 1 s segments nearly
+  always), and the LSTM and the quantizer run per item, with the shapes of a single-clip encode.
+On CPU batching buys nothing measurable for convolutions over long sequences; equal-length datasets
+(AudioCaps: 10 s clips) still batch fully on GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from uti.codecs.base import AudioCodec, EncodedAudio
+from uti.codecs.weights import WeightsSpec, fingerprint_state_dict, parse_weights, resolve_device
+from uti.errors import ConfigError, DecodeRefused, WeightsError
+from uti.token_space import CodecDescriptor
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINTS = {
+    "encodec_24khz": "encodec_24khz-d7cc33bc.th",
+    "encodec_48khz": "encodec_48khz-7e698e3e.th",
+}
+_ROOT_URL = "https://dl.fbaipublicfiles.com/encodec/v0/"
+
+
+def _build_architecture(name: str):
+    import warnings
+
+    from encodec import EncodecModel
+
+    warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
+
+    builder = {"encodec_24khz": EncodecModel.encodec_model_24khz, "encodec_48khz": EncodecModel.encodec_model_48khz}
+    return builder[name](pretrained=False)
+
+
+class EncodecAudioCodec(AudioCodec):
+    def __init__(self, *, model: str = "encodec_24khz", bandwidth: float = 6.0, weights: str = "random:0",
+                 device: str = "cpu"):
+        if model not in _CHECKPOINTS:
+            raise ConfigError(f"audio.model: {model!r} is not one of {sorted(_CHECKPOINTS)}")
+        self.name = model
+        self._weights = parse_weights(weights, where="audio.weights")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._weights.seed if self._weights.kind == "random" else 0)
+            net = _build_architecture(model)
+        if self._weights.kind == "random":
+            _init_codebooks_from_signal(net, seed=int(self._weights.seed))
+        else:
+            net.load_state_dict(_load_state(self._weights, model))
+        if bandwidth not in net.target_bandwidths:
+            raise ConfigError(
+                f"audio.bandwidth: {bandwidth} kbps is not supported by {model}; choose one of {net.target_bandwidths}"
+            )
+        net.set_target_bandwidth(bandwidth)
+        self.bandwidth = float(bandwidth)
+        self.device = resolve_device(device)
+        self._net = net.eval().to(self.device)
+        # Read from the model, never from a table: this is the runtime introspection the token space checks.
+        self._n_q = int(net.quantizer.get_num_quantizers_for_bandwidth(net.frame_rate, bandwidth))
+        self._fingerprint = fingerprint_state_dict(net.state_dict())
+
+    # ---- sizes read from the model --------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self._net.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self._net.channels)
+
+    @property
+    def n_q(self) -> int:
+        return self._n_q
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self._net.quantizer.bins)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self._net.frame_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(np.prod(self._net.encoder.ratios))
+
+    @property
+    def segment_length(self) -> int | None:
+        return self._net.segment_length
+
+    @property
+    def segment_stride(self) -> int | None:
+        return self._net.segment_stride
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def descriptor(self) -> CodecDescriptor:
+        return CodecDescriptor(
+            modality="audio", kind="encodec", name=self.name, weights=self._weights.label,
+            fingerprint=self._fingerprint,
+            params={**self.runtime_sizes(), "bandwidth": self.bandwidth,
+                    "segment_length": self.segment_length, "segment_stride": self.segment_stride,
+                    "normalize": bool(self._net.normalize)},
+        )
+
+    def runtime_sizes(self) -> dict[str, Any]:
+        return {**super().runtime_sizes(), "bandwidth": self.bandwidth}
+
+    # ---- frames ---------------------------------------------------------------------------------
+    def _segments(self, n_samples: int) -> list[tuple[int, int]]:
+        seg, stride = self.segment_length, self.segment_stride
+        if seg is None:
+            return [(0, n_samples)]
+        return [(off, min(seg, n_samples - off)) for off in range(0, n_samples, stride)]
+
+    def expected_frames(self, n_samples: int, extra: dict[str, Any] | None = None) -> int:
+        return sum(-(-length // self.hop_length) for _, length in self._segments(n_samples))
+
+    # ---- encode ---------------------------------------------------------------------------------
+    def _check_clip(self, clip: torch.Tensor, index: int) -> torch.Tensor:
+        if not isinstance(clip, torch.Tensor) or clip.dim() != 2:
+            raise ValueError(f"clip {index}: expected a (channels, samples) tensor")
+        if clip.shape[0] != self.channels:
+            raise ValueError(f"clip {index}: {clip.shape[0]} channels, {self.name} takes {self.channels}")
+        if clip.shape[1] < 1:
+            raise ValueError(f"clip {index}: no samples")
+        return clip.to(self.device, torch.float32)
+
+    @torch.inference_mode()
+    def encode(self, clips: Sequence[torch.Tensor]) -> list[EncodedAudio]:
+        clips = [self._check_clip(c, i) for i, c in enumerate(clips)]
+        if not clips:
+            return []
+        if self.segment_length is None:
+            return self._encode_whole(clips)
+        return self._encode_segmented(clips)
+
+    def _quantize(self, emb: torch.Tensor) -> np.ndarray:
+        """emb (dim, frames) of ONE clip/segment -> (frames, n_q) codes."""
+        codes = self._net.quantizer.encode(emb[None], self._net.frame_rate, self.bandwidth)  # (n_q, 1, T)
+        return codes[:, 0, :].T.contiguous().cpu().numpy().astype(np.int64)
+
+    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """SEANet encoder over a batch of equal-length inputs, the LSTM per item (see module doc)."""
+        from encodec.modules.lstm import SLSTM
+
+        for layer in self._net.encoder.model:
+            if isinstance(layer, SLSTM) and x.shape[0] > 1:
+                x = torch.cat([layer(x[i: i + 1]) for i in range(x.shape[0])])
+            else:
+                x = layer(x)
+        return x
+
+    def _encode_whole(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
+        hop = self.hop_length
+        groups: dict[int, list[int]] = {}
+        for i, clip in enumerate(clips):
+            groups.setdefault(-(-clip.shape[1] // hop), []).append(i)
+        out: list[EncodedAudio | None] = [None] * len(clips)
+        for frames, members in groups.items():
+            batch = torch.zeros(len(members), self.channels, frames * hop, device=self.device)
+            for j, i in enumerate(members):
+                batch[j, :, : clips[i].shape[1]] = clips[i]
+            emb = self._run_encoder(batch)
+            for j, i in enumerate(members):
+                out[i] = EncodedAudio(codes=self._quantize(emb[j]), n_samples=int(clips[i].shape[1]))
+        return out  # type: ignore[return-value]
+
+    def _encode_segmented(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
+        # (clip index, segment index, tensor); grouped by exact length so nothing is padded.
+        pieces: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+        per_clip: list[list[Any]] = []
+        for ci, clip in enumerate(clips):
+            segs = self._segments(clip.shape[1])
+            per_clip.append([None] * len(segs))
+            for si, (off, length) in enumerate(segs):
+                pieces.setdefault(length, []).append((ci, si, clip[:, off: off + length]))
+        for length in sorted(pieces):
+            group = pieces[length]
+            x = torch.stack([t for _, _, t in group])
+            scale = None
+            if self._net.normalize:
+                mono = x.mean(dim=1, keepdim=True)
+                scale = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
+                x = x / scale
+            emb = self._run_encoder(x)
+            for j, (ci, si, _) in enumerate(group):
+                s = float(scale[j].item()) if scale is not None else 1.0
+                per_clip[ci][si] = (self._quantize(emb[j]), s)
+        out = []
+        for ci, clip in enumerate(clips):
+            codes = np.concatenate([c for c, _ in per_clip[ci]], axis=0)
+            out.append(EncodedAudio(
+                codes=codes, n_samples=int(clip.shape[1]),
+                extra={"segment_frames": [int(c.shape[0]) for c, _ in per_clip[ci]],
+                       "scales": [s for _, s in per_clip[ci]]},
+            ))
+        return out
+
+    # ---- decode ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def decode(self, encoded: EncodedAudio) -> torch.Tensor:
+        codes = np.asarray(encoded.codes)
+        if codes.ndim != 2 or codes.shape[1] != self.n_q:
+            raise DecodeRefused(f"{self.name}: codes must be (n_frames, {self.n_q}), got {codes.shape}")
+        if codes.min(initial=0) < 0 or codes.max(initial=0) >= self.codebook_size:
+            raise DecodeRefused(f"{self.name}: codes outside [0, {self.codebook_size})")
+        expected = self.expected_frames(encoded.n_samples)
+        if codes.shape[0] != expected:
+            raise DecodeRefused(
+                f"{self.name}: {codes.shape[0]} frames for {encoded.n_samples} samples, expected {expected}"
+            )
+        t = torch.from_numpy(codes.astype(np.int64)).to(self.device)
+        if self.segment_length is None:
+            wav = self._net.decode([(t.T[None], None)])
+        else:
+            seg_frames = encoded.extra.get("segment_frames")
+            scales = encoded.extra.get("scales")
+            n_segs = len(self._segments(encoded.n_samples))
+            if seg_frames is None or scales is None or len(seg_frames) != n_segs or len(scales) != n_segs \
+                    or sum(seg_frames) != codes.shape[0]:
+                raise DecodeRefused(
+                    f"{self.name}: meta needs segment_frames and scales for {n_segs} segments "
+                    f"summing to {codes.shape[0]} frames"
+                )
+            frames, start = [], 0
+            for n, s in zip(seg_frames, scales):
+                frames.append((t[start: start + n].T[None], torch.tensor([[float(s)]], device=self.device)))
+                start += n
+            wav = self._net.decode(frames)
+        wav = wav[0, :, : encoded.n_samples].float().cpu()
+        if abs(wav.shape[-1] - encoded.n_samples) > self.hop_length:
+            raise DecodeRefused(f"{self.name}: decoded {wav.shape[-1]} samples, meta says {encoded.n_samples}")
+        return wav
+
+
+def _load_state(spec: WeightsSpec, model: str) -> dict[str, torch.Tensor]:
+    """A local .th file (or a directory holding the official file name), else the torch hub cache,
+    else a download. Always weights_only: a checkpoint must never execute code."""
+    checkpoint = _CHECKPOINTS[model]
+    if spec.kind == "path":
+        path = spec.path / checkpoint if spec.path.is_dir() else spec.path
+        if not path.is_file():
+            raise WeightsError(
+                f"audio.weights: {path} does not exist; download {_ROOT_URL}{checkpoint} there, "
+                "or use 'pretrained' (torch hub cache) or 'random:SEED'"
+            )
+        return _load_checked(path, checkpoint)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / checkpoint
+    if cached.is_file():
+        return _load_checked(cached, checkpoint)
+    try:
+        return torch.hub.load_state_dict_from_url(
+            _ROOT_URL + checkpoint, map_location="cpu", check_hash=True, weights_only=True
+        )
+    except Exception as exc:  # no network is the common case on clusters
+        raise WeightsError(
+            f"audio.weights: 'pretrained' {model} is not in the torch hub cache ({cached}) and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). Copy {checkpoint} to {cached} or pass its path"
+        ) from None
+
+
+def _load_checked(path: Path, official_name: str) -> dict[str, torch.Tensor]:
+    if path.name == official_name:  # the official file names carry a SHA-256 prefix
+        expected = official_name.rsplit("-", 1)[1].split(".")[0]
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if not h.hexdigest().startswith(expected):
+            raise WeightsError(f"{path}: SHA-256 does not start with {expected}; the file is corrupt or not {official_name}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot load as a weights-only state dict: {exc}") from None
+
+
+def calibration_signal(sample_rate: int, channels: int, seconds: float, seed: int) -> torch.Tensor:
+    """Deterministic mixture of tones, chirps and noise bursts used to seed random codebooks."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * sample_rate)
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    sig = torch.zeros(n, dtype=torch.float64)
+    for _ in range(8):
+        f0 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
+        f1 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
+        phase = 2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+        sig += 0.1 * torch.sin(phase)
+    envelope = (torch.sin(2 * math.pi * 0.7 * t) > 0).double()
+    sig += 0.2 * envelope * torch.randn(n, generator=g, dtype=torch.float64)
+    sig = sig / sig.abs().max() * 0.8
+    return sig.float().repeat(channels, 1)[None]  # (1, channels, n)
+
+
+@torch.inference_mode()
+def _init_codebooks_from_signal(net, *, seed: int) -> None:
+    """Random weights but meaningful codes: seed each RVQ level's codebook with (residual) encoder
+    outputs of a fixed calibration signal, as k-means++-style init would, all from `seed`."""
+    frames_wanted = 2 * int(net.quantizer.bins)
+    seconds = frames_wanted / net.frame_rate
+    x = calibration_signal(net.sample_rate, net.channels, seconds, seed)
+    if net.normalize:
+        x = x / (1e-8 + x.mean(dim=1, keepdim=True).pow(2).mean(dim=2, keepdim=True).sqrt())
+    residual = net.encoder(x)[0].T.contiguous()  # (frames, dim)
+    g = torch.Generator().manual_seed(seed + 1)
+    for layer in net.quantizer.vq.layers:
+        book = layer._codebook
+        k = book.codebook_size
+        pick = torch.randperm(residual.shape[0], generator=g)[:k]
+        if pick.numel() < k:
+            pick = torch.cat([pick, torch.randint(0, residual.shape[0], (k - pick.numel(),), generator=g)])
+        spread = residual.std() * 0.05
+        embed = residual[pick] + spread * torch.randn(k, residual.shape[1], generator=g)
+        book.embed.copy_(embed)
+        book.embed_avg.copy_(embed)
+        book.cluster_size.fill_(1.0)
+        book.inited.fill_(1.0)
+        quantized = layer.decode(layer.encode(residual.T[None]))[0].T
+        residual = residual - quantized

@@ -1,0 +1,180 @@
+"""A VQGAN-family image tokenizer on `diffusers.VQModel`: deterministic encode/decode on a fixed grid.
+
+Images are brought to `proc_size` (short side resized, then center-cropped) before encoding; the grid
+is read from the model by encoding a blank image (runtime introspection). Nearest-code search runs
+per image in float64 so that batching can never flip a code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from uti.codecs.base import ImageCodec
+from uti.codecs.weights import fingerprint_state_dict, parse_weights, resolve_device
+from uti.config import ImageConfig
+from uti.errors import ConfigError, DecodeRefused, WeightsError
+from uti.token_space import CodecDescriptor
+
+log = logging.getLogger(__name__)
+
+
+def to_rgb_array(img: Image.Image, size: int) -> np.ndarray:
+    """Any PIL mode (CMYK, palette, 16-bit, alpha) -> uint8 RGB (size, size, 3), short side resized."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+
+
+def calibration_images(size: int, count: int, seed: int) -> np.ndarray:
+    """Deterministic simple scenes (gradients, boxes, discs, stripes) used to seed random codebooks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    out = np.empty((count, size, size, 3), dtype=np.uint8)
+    for i in range(count):
+        c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        img = c0 * (1 - yy[..., None]) + c1 * yy[..., None]
+        for _ in range(3):
+            color = rng.uniform(0, 1, 3)
+            cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.3)
+            if rng.random() < 0.5:
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r**2
+            else:
+                mask = (abs(xx - cx) < r) & (abs(yy - cy) < r * 0.7)
+            img[mask] = color
+        if rng.random() < 0.3:
+            img = img * (0.75 + 0.25 * (np.sin(xx * rng.uniform(10, 40)) > 0))[..., None]
+        out[i] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+class VQImageCodec(ImageCodec):
+    def __init__(self, cfg: ImageConfig, *, device: str = "cpu"):
+        from diffusers import VQModel
+
+        self._weights = parse_weights(cfg.weights, where="image.weights")
+        self.device = resolve_device(device)
+        if self._weights.kind == "random":
+            a = cfg.arch
+            n = len(a.block_out_channels)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self._weights.seed))
+                net = VQModel(
+                    down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                    block_out_channels=a.block_out_channels, layers_per_block=a.layers_per_block,
+                    latent_channels=a.latent_channels, num_vq_embeddings=a.num_vq_embeddings,
+                    vq_embed_dim=a.vq_embed_dim, norm_num_groups=a.norm_num_groups, sample_size=cfg.proc_size,
+                )
+            self.name = "vqgan-random"
+        elif self._weights.kind == "path":
+            path = self._weights.path
+            if not (path / "config.json").is_file():
+                raise WeightsError(
+                    f"image.weights: {path} is not a diffusers VQModel directory (no config.json); "
+                    "save one with VQModel.save_pretrained(DIR) or use random:SEED"
+                )
+            try:
+                net = VQModel.from_pretrained(str(path), local_files_only=True)
+            except Exception as exc:
+                raise WeightsError(f"image.weights: cannot load a VQModel from {path}: {exc}") from None
+            self.name = f"vqgan:{path.name}"
+        else:
+            raise ConfigError("image.weights: 'pretrained' needs a local VQModel directory path; "
+                              "no default download exists for the image codec")
+        self._net = net.eval().to(self.device)
+        self._proc = int(cfg.proc_size)
+        if self._weights.kind == "random":
+            self._init_codebook(int(self._weights.seed))
+        with torch.inference_mode():
+            probe = self._net.encode(torch.zeros(1, 3, self._proc, self._proc, device=self.device)).latents
+        self._grid = (int(probe.shape[-2]), int(probe.shape[-1]))
+        self._fingerprint = fingerprint_state_dict(self._net.state_dict())
+
+    @torch.inference_mode()
+    def _init_codebook(self, seed: int) -> None:
+        """Seed the codebook with encoder outputs of fixed synthetic scenes, so random-weight codes are
+        spread over the codebook instead of collapsing onto a few entries."""
+        k = self._net.quantize.n_e
+        images = calibration_images(self._proc, 16, seed)
+        latents = self._latents(images)
+        vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+        g = torch.Generator().manual_seed(seed + 1)
+        pick = torch.randint(0, vectors.shape[0], (k,), generator=g)
+        spread = vectors.std() * 0.05
+        self._net.quantize.embedding.weight.copy_(vectors[pick].cpu() + spread * torch.randn(k, vectors.shape[1], generator=g))
+
+    @property
+    def proc_size(self) -> tuple[int, int]:
+        return (self._proc, self._proc)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self._net.quantize.n_e)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def descriptor(self) -> CodecDescriptor:
+        return CodecDescriptor(
+            modality="image", kind="vqgan", name=self.name, weights=self._weights.label,
+            fingerprint=self._fingerprint, params={**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop"},
+        )
+
+    def _latents(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return self._net.encode(x).latents
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if not len(images):
+            return []
+        for i, im in enumerate(images):
+            if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.shape != (self._proc, self._proc, 3):
+                raise ValueError(f"image {i}: expected uint8 ({self._proc}, {self._proc}, 3), got "
+                                 f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
+        latents = self._latents(np.stack(images))
+        book = self._net.quantize.embedding.weight.double()
+        book_sq = book.pow(2).sum(1)
+        out = []
+        for lat in latents:
+            z = lat.permute(1, 2, 0).reshape(-1, lat.shape[0]).double()
+            dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ book.T + book_sq[None]
+            out.append(dist.argmin(dim=1).reshape(self._grid).cpu().numpy().astype(np.int64))
+        return out
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.shape != self._grid:
+            raise DecodeRefused(f"image codes must have the grid shape {self._grid}, got {codes.shape}")
+        if codes.min(initial=0) < 0 or codes.max(initial=0) >= self.codebook_size:
+            raise DecodeRefused(f"image codes outside [0, {self.codebook_size})")
+        idx = torch.from_numpy(codes.astype(np.int64)).to(self.device)
+        z_q = self._net.quantize.embedding(idx).permute(2, 0, 1)[None]
+        img = self._net.decode(z_q, force_not_quantize=True).sample[0]
+        arr = ((img.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if arr.shape != (self._proc, self._proc, 3):
+            raise DecodeRefused(f"decoded image is {arr.shape}, expected ({self._proc}, {self._proc}, 3)")
+        return arr
