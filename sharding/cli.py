@@ -1,0 +1,82 @@
+"""`uti manifest`: flags in, `sharding.manifest.make_manifest` out, a short summary printed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from uti.cli import add_command
+
+from sharding.manifest import make_manifest, parse_split_fractions, summary_path
+
+# flag dest -> adapter option; only flags the user actually gave are passed on, so an option that
+# does not apply to the chosen dataset is refused instead of ignored.
+_OPTION_FLAGS = {
+    "audio_pattern": "audio_pattern",
+    "split_fractions": "split_fractions",
+    "file": "file",
+    "name": "name",
+    "hf_audio_column": "audio_column",
+    "hf_image_column": "image_column",
+    "hf_caption_column": "caption_column",
+    "hf_id_column": "id_column",
+}
+
+
+def register_manifest(sub: argparse._SubParsersAction) -> None:
+    from sharding.datasets import dataset_names
+
+    p = add_command(
+        sub,
+        "manifest",
+        help="write a manifest (JSONL of samples) from a dataset's real layout",
+        example="uti manifest --dataset clotho --root data/clotho --out clotho.jsonl",
+        func=run_manifest,
+    )
+    # No argparse `choices`: an unknown name then fails as one clear line naming the known ones.
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help=f"dataset layout to read: {', '.join(dataset_names())}")
+    p.add_argument("--root", required=True, metavar="DIR",
+                   help="dataset folder (for jsonl/hf also a .jsonl/.parquet file)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="manifest file to write; its summary goes next to it as NAME.summary.json")
+    p.add_argument("--split", nargs="+", action="extend", metavar="S", help="only these splits (repeatable)")
+    p.add_argument("--audio-pattern", metavar="PATTERN",
+                   help="audiocaps audio file name: '{youtube_id}_{start_time}.wav' (default), "
+                   "'Y{youtube_id}.wav', '{audiocap_id}.wav', ...")
+    p.add_argument("--split-fractions", metavar="NAME=F,...",
+                   help="hash splits for datasets without splits (default train=0.98,val=0.01,test=0.01)")
+    p.add_argument("--file", help="llava: the JSON (default blip_laion_cc_sbu_558k.json); jsonl: the JSONL file")
+    p.add_argument("--name", help="jsonl/hf: dataset name used as the canonical ID prefix (default: jsonl/hf)")
+    p.add_argument("--hf-audio-column", metavar="COLUMN", help="hf: audio column (default: the column typed Audio)")
+    p.add_argument("--hf-image-column", metavar="COLUMN", help="hf: image column (default: the column typed Image)")
+    p.add_argument("--hf-caption-column", metavar="COLUMN",
+                   help="hf: caption column (default: caption, captions or text)")
+    p.add_argument("--hf-id-column", metavar="COLUMN",
+                   help="hf: column with the item's own ID (default: id when present)")
+
+
+def run_manifest(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        opt: getattr(args, dest) for dest, opt in _OPTION_FLAGS.items() if getattr(args, dest) is not None
+    }
+    if "split_fractions" in options:
+        options["split_fractions"] = parse_split_fractions(options["split_fractions"])
+    summary = make_manifest(args.dataset, args.root, args.out, splits=args.split, **options)
+    print(format_summary(summary, summary_file=str(summary_path(args.out))))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
+    lines = [f"manifest: {summary['rows']} rows -> {summary['manifest']} (sha256 {summary['manifest_sha256'][:16]}...)"]
+    for split, counts in sorted(summary["by_split"].items()):
+        lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
+    if summary["missing"]["count"]:
+        lines.append(f"  missing files: {summary['missing']['count']} (listed in {summary_file})")
+    rejected = summary["rejected"]
+    if rejected["count"]:
+        first = rejected["rows"][0]
+        lines.append(
+            f"  rejected: {rejected['count']} (listed in {summary_file}), e.g. {first['item']}: {first['reason']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The dataset adapter interface, the adapter registry, and helpers shared by adapters."""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+from sharding.manifest import (
+    DEFAULT_SPLIT_FRACTIONS,
+    ManifestError,
+    ManifestRow,
+    Rejected,
+    check_split_fractions,
+    hash_split,
+)
+from sharding.paths import PathEscapeError, find_file
+
+log = logging.getLogger(__name__)
+
+Item = ManifestRow | Rejected
+
+
+class DatasetAdapter(ABC):
+    """Turns one dataset layout under `root` into manifest rows (or `Rejected` items with a reason)."""
+
+    name: ClassVar[str]
+    # Keyword options `rows` accepts; anything else is refused before reading (typos never pass silently).
+    options: ClassVar[tuple[str, ...]] = ()
+    # Official split names, or None when splits come from hash_split.
+    official_splits: ClassVar[tuple[str, ...] | None] = None
+
+    @abstractmethod
+    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+        """Yield a ManifestRow or Rejected per item. `splits` limits which splits are read."""
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(self.options) or "none"
+            raise ManifestError(
+                f"dataset {self.name!r} does not take option(s) {', '.join(unknown)} "
+                f"(allowed: {allowed}); drop the flag(s)"
+            )
+
+    def check_splits(self, splits: Sequence[str] | None, fractions: Mapping[str, float] | None = None) -> None:
+        """Refuse requested split names the dataset can never produce."""
+        known = self.official_splits or tuple(fractions or DEFAULT_SPLIT_FRACTIONS)
+        bad = [s for s in splits or () if s not in known]
+        if bad:
+            raise ManifestError(
+                f"dataset {self.name!r} has no split(s) {', '.join(map(repr, bad))}; its splits are {', '.join(known)}"
+            )
+
+
+_REGISTRY: dict[str, DatasetAdapter] = {}
+
+
+def register_dataset(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
+    """Class decorator: make an adapter available by its `name`."""
+    if cls.name in _REGISTRY and type(_REGISTRY[cls.name]) is not cls:
+        raise ValueError(f"dataset adapter {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_dataset(name: str) -> DatasetAdapter:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ManifestError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}") from None
+
+
+def dataset_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def split_fractions_option(options: Mapping[str, Any]) -> dict[str, float]:
+    value = options.get("split_fractions")
+    return check_split_fractions(value if value is not None else DEFAULT_SPLIT_FRACTIONS)
+
+
+def size_hints(path: Path, modality: str) -> tuple[float | None, int | None]:
+    """(duration seconds, bytes). Audio duration comes from the header only (soundfile.info).
+
+    Unreadable audio is not an error here: tokenization reports it per sample with the real reason.
+    """
+    try:
+        nbytes: int | None = os.stat(path).st_size
+    except OSError:
+        nbytes = None
+    if modality != "audio":
+        return None, nbytes
+    return audio_duration(path), nbytes
+
+
+def audio_duration(source: Any) -> float | None:
+    """Duration from the header of a path or file-like object, or None if it cannot be read."""
+    import soundfile  # imported here: only audio adapters need libsndfile
+
+    try:
+        info = soundfile.info(source)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure just means "unknown"
+        log.debug("no duration for %s: %s", source, exc)
+        return None
+    # Formats without a frame count in the header report 0 or a sentinel; that is "unknown", not 0 s.
+    if info.samplerate <= 0 or info.frames <= 0 or info.frames >= 2**62:
+        return None
+    return info.frames / info.samplerate
+
+
+def locate(
+    root: Path, candidates: Iterable[str], *, item: str
+) -> tuple[Path | None, Rejected | None]:
+    """Find the first existing candidate inside root.
+
+    Returns (path, None), or (None, Rejected) for an escape (rejected) or an absent file (missing).
+    """
+    candidates = list(candidates)
+    try:
+        path = find_file(root, candidates)
+    except PathEscapeError as exc:
+        return None, Rejected(item=item, reason=str(exc), path=candidates[0] if candidates else None)
+    if path is None:
+        tried = ", ".join(candidates)
+        return None, Rejected(item=item, reason=f"file not found (tried {tried})", path=candidates[0], missing=True)
+    return path, None
+
+
+def media_row(
+    *,
+    dataset: str,
+    key: str,
+    modality: str,
+    path: Path,
+    captions: Sequence[str],
+    split: str,
+    extra: dict | None = None,
+) -> ManifestRow:
+    duration, nbytes = size_hints(path, modality)
+    return ManifestRow(
+        id=f"{dataset}:{key}",
+        dataset=dataset,
+        modality=modality,
+        path=str(path),
+        captions=tuple(captions),
+        split=split,
+        duration=duration,
+        bytes=nbytes,
+        extra=extra or {},
+    )
+
+
+def clean_captions(values: Iterable[Any]) -> list[str]:
+    """Non-empty captions with surrounding whitespace removed, in order."""
+    out = []
+    for v in values:
+        if isinstance(v, str) and v.strip():
+            out.append(v.strip())
+    return out
+
+
+def require_dir(root: Path, dataset: str) -> None:
+    if not root.is_dir():
+        raise ManifestError(f"{dataset}: dataset root {root} is not a directory; pass the dataset's folder with --root")

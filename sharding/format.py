@@ -1,0 +1,360 @@
+"""The uti shard format, version 1: names, header, index and listing. This module is an ABI.
+
+Once shards exist on a cluster, changing anything below breaks users: change it only with a
+version bump, and keep a reader for version 1.
+
+Layout (OUT may be a local path or an fsspec URL such as ``s3://bucket/out``)::
+
+    OUT/shards/{split}/shard-000042.tar    the samples (a WebDataset-compatible tar)
+    OUT/shards/{split}/shard-000042.json   the index, written LAST: the completion marker
+
+A shard whose index is missing, unreadable or inconsistent with its tar does not exist: it is not
+listed by `list_shards` and is reported by `find_orphans` instead.
+
+Tar members, in this order, all regular files (mode 0o644, mtime 0, uid/gid 0, uname/gname "",
+USTAR format, no extension headers) so that the same inputs give byte-identical tars:
+
+1. ``__header__.json`` -- canonical JSON (`uti.token_space.canonical_json`)::
+
+     {"format": "uti.shard", "version": 1, "token_space_id": <hex>,
+      "token_space": <TokenSpace.to_dict()>, "codec_fingerprints": {modality: fingerprint},
+      "shard": "shard-000042", "split": "train", "producer": "uti <version>"}
+
+   (Plain USTAR headers only: no pax, GNU long-name or sparse headers. The archive ends with two
+   zero blocks and is padded to a 10240-byte record, as the stdlib tarfile writes it.)
+
+2. per sample, in the order the writer was given them:
+   ``{key}.tokens.npy`` 1-D little-endian uint32 global IDs of the media (may be empty),
+   ``{key}.text.npy``   1-D little-endian uint32 global IDs of all captions concatenated,
+   ``{key}.json``       canonical JSON meta with at least ``id`` (canonical sample ID), ``split``,
+   ``modality`` and ``token_space_id``, plus whatever decode needs (sample_rate, n_frames, grid...).
+   ``.npy`` members are numpy format version 1.0, written with allow_pickle=False.
+
+``key = sample_key(id)``: the first 24 hex digits of SHA-256 of the UTF-8 canonical ID, so member
+names are safe whatever the source file names were (WebDataset splits a key at its first dot; keys
+hold no dots or slashes).
+
+Index ``shard-000042.json`` (canonical JSON)::
+
+    {"format": "uti.shard_index", "version": 1, "shard": ..., "split": ..., "token_space_id": ...,
+     "num_samples": N, "keys": [...], "ids": [...], "token_counts": [...],
+     "text_token_counts": [...], "tar_bytes": size, "tar_sha256": hex,
+     "errors": [{...}, ...], "extra": {...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from sharding.errors import ShardError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "uti.shard"
+INDEX_FORMAT = "uti.shard_index"
+VERSION = 1
+
+SHARDS_DIR = "shards"
+TAR_SUFFIX = ".tar"
+INDEX_SUFFIX = ".json"
+HEADER_MEMBER = "__header__.json"
+# Per-sample members, in the order they appear in the tar. Anything else is refused unread.
+SAMPLE_EXTENSIONS: tuple[str, ...] = ("tokens.npy", "text.npy", "json")
+TOKEN_DTYPE = np.dtype("<u4")
+NPY_VERSION = (1, 0)
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024 * 1024
+KEY_HEX_DIGITS = 24
+# USTAR names hold 100 bytes and ours have no "/" to split on: key + ".tokens.npy" must fit.
+MAX_KEY_LENGTH = 64
+
+# Keys become member names and shard/split names become path components: letters, digits, "_" and
+# "-" only (no dot: WebDataset splits keys at the first dot; no slash; no leading "_" or "-", which
+# keeps "__header__" and option-like names out of the sample namespace).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Temporary files of an interrupted writer: ".shard-000042.tar.tmp-XXXX" / ".shard-000042.json.tmp-XXXX".
+TEMP_MARKER = ".tmp-"
+
+HEADER_KEYS = ("format", "version", "token_space_id", "token_space", "codec_fingerprints", "shard", "split", "producer")
+INDEX_KEYS = (
+    "format", "version", "shard", "split", "token_space_id", "num_samples", "keys", "ids",
+    "token_counts", "text_token_counts", "tar_bytes", "tar_sha256", "errors", "extra",
+)
+META_REQUIRED = ("id", "split", "modality", "token_space_id")
+
+REGENERATE = "delete the shard's .tar and .json and re-run `uti tokenize` (it rewrites every shard without a valid index)"
+
+
+def sample_key(canonical_id: str) -> str:
+    """The member-name key of a sample: first 24 hex digits of SHA-256 of its UTF-8 canonical ID."""
+    if not isinstance(canonical_id, str) or not canonical_id:
+        raise ShardError(f"sample id must be a non-empty string, got {canonical_id!r}")
+    return hashlib.sha256(canonical_id.encode("utf-8")).hexdigest()[:KEY_HEX_DIGITS]
+
+
+def is_safe_name(name: Any) -> bool:
+    return isinstance(name, str) and _SAFE_NAME.fullmatch(name) is not None
+
+
+def check_name(name: Any, what: str, where: str) -> str:
+    if not is_safe_name(name):
+        raise ShardError(
+            f"{where}: {what} {name!r} is not a safe name; use 1-100 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
+# ---- header -------------------------------------------------------------------------------------
+def build_header(*, token_space: Any, shard: str, split: str, producer: str) -> dict:
+    """The `__header__.json` payload for a shard (token_space: a uti.token_space.TokenSpace)."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "token_space_id": token_space.id,
+        "token_space": token_space.to_dict(),
+        "codec_fingerprints": {m: c.fingerprint for m, c in sorted(token_space.codecs.items())},
+        "shard": shard,
+        "split": split,
+        "producer": producer,
+    }
+
+
+def validate_header(header: Any, where: str) -> dict:
+    """Structural checks of a parsed header (the token-space checks are the reader's)."""
+    if not isinstance(header, dict):
+        raise ShardError(f"{where}: {HEADER_MEMBER} is not a JSON object; {REGENERATE}")
+    missing = [k for k in HEADER_KEYS if k not in header]
+    if missing:
+        raise ShardError(f"{where}: {HEADER_MEMBER} lacks {', '.join(missing)}; {REGENERATE}")
+    if header["format"] != FORMAT:
+        raise ShardError(f"{where}: header format is {header['format']!r}, expected {FORMAT!r}; not a uti shard")
+    if header["version"] != VERSION:
+        raise ShardError(
+            f"{where}: shard format version {header['version']!r} is not supported by this reader "
+            f"(supports {VERSION}); upgrade uti to read it"
+        )
+    if not is_hex64(header["token_space_id"]):
+        raise ShardError(f"{where}: header token_space_id {header['token_space_id']!r} is not a SHA-256 hex digest")
+    if not isinstance(header["token_space"], dict) or not isinstance(header["codec_fingerprints"], dict):
+        raise ShardError(f"{where}: header token_space and codec_fingerprints must be objects; {REGENERATE}")
+    check_name(header["shard"], "header shard name", where)
+    check_name(header["split"], "header split", where)
+    return header
+
+
+# ---- index --------------------------------------------------------------------------------------
+def build_index(
+    *, shard: str, split: str, token_space_id: str, keys: list[str], ids: list[str],
+    token_counts: list[int], text_token_counts: list[int], tar_bytes: int, tar_sha256: str,
+    errors: list[dict], extra: dict,
+) -> dict:
+    return {
+        "format": INDEX_FORMAT, "version": VERSION, "shard": shard, "split": split,
+        "token_space_id": token_space_id, "num_samples": len(keys), "keys": list(keys), "ids": list(ids),
+        "token_counts": list(token_counts), "text_token_counts": list(text_token_counts),
+        "tar_bytes": tar_bytes, "tar_sha256": tar_sha256, "errors": list(errors), "extra": dict(extra),
+    }
+
+
+def validate_index(index: Any, where: str) -> dict:
+    """Check an index's schema and internal consistency; return it. Raises ShardError naming `where`."""
+    if not isinstance(index, dict):
+        raise ShardError(f"{where}: a shard index must be a JSON object; {REGENERATE}")
+    missing = [k for k in INDEX_KEYS if k not in index]
+    if missing:
+        raise ShardError(f"{where}: shard index lacks {', '.join(missing)}; {REGENERATE}")
+    if index["format"] != INDEX_FORMAT:
+        raise ShardError(f"{where}: index format is {index['format']!r}, expected {INDEX_FORMAT!r}")
+    if index["version"] != VERSION:
+        raise ShardError(
+            f"{where}: shard index version {index['version']!r} is not supported by this reader "
+            f"(supports {VERSION}); upgrade uti to read it"
+        )
+    check_name(index["shard"], "shard name", where)
+    check_name(index["split"], "split", where)
+    if not is_hex64(index["token_space_id"]) or not is_hex64(index["tar_sha256"]):
+        raise ShardError(f"{where}: token_space_id and tar_sha256 must be SHA-256 hex digests; {REGENERATE}")
+    n = index["num_samples"]
+    if not _is_count(n) or not _is_count(index["tar_bytes"]):
+        raise ShardError(f"{where}: num_samples and tar_bytes must be non-negative integers")
+    for name in ("keys", "ids", "token_counts", "text_token_counts"):
+        value = index[name]
+        if not isinstance(value, list) or len(value) != n:
+            raise ShardError(f"{where}: {name} must be a list of num_samples={n} entries; {REGENERATE}")
+    if not all(is_safe_name(k) for k in index["keys"]) or len(set(index["keys"])) != n:
+        raise ShardError(f"{where}: keys must be unique safe names; {REGENERATE}")
+    if not all(isinstance(i, str) and i for i in index["ids"]) or len(set(index["ids"])) != n:
+        raise ShardError(f"{where}: ids must be unique non-empty strings; {REGENERATE}")
+    if not all(_is_count(c) for c in index["token_counts"] + index["text_token_counts"]):
+        raise ShardError(f"{where}: token counts must be non-negative integers; {REGENERATE}")
+    if not isinstance(index["errors"], list) or not all(isinstance(e, dict) for e in index["errors"]):
+        raise ShardError(f"{where}: errors must be a list of objects; {REGENERATE}")
+    if not isinstance(index["extra"], dict):
+        raise ShardError(f"{where}: extra must be an object; {REGENERATE}")
+    return index
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_index(raw: bytes, where: str) -> dict:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{where}: shard index is not valid UTF-8 JSON ({exc}); {REGENERATE}") from None
+    return validate_index(data, where)
+
+
+def read_index(path: str | os.PathLike) -> dict:
+    """Read and validate one shard index (local path or fsspec URL)."""
+    url = os.fspath(path)
+    fs, fpath = url_to_fs(url)
+    try:
+        with fs.open(fpath, "rb") as fh:
+            raw = fh.read()
+    except (OSError, ValueError) as exc:  # FileNotFoundError and friends; fsspec may raise ValueError
+        raise ShardError(f"{url}: cannot read shard index ({exc})") from exc
+    return parse_index(raw, url)
+
+
+# ---- filesystem helpers (local paths and fsspec URLs alike) ---------------------------------------
+def url_to_fs(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(os.fspath(url))
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Plain path for local files (what users expect to see), protocol URL for everything else."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def split_dir(out_dir: str | os.PathLike, split: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, root = url_to_fs(out_dir)
+    return fs, posixpath.join(root, SHARDS_DIR, split)
+
+
+# ---- listing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardRef:
+    """A complete shard: its index exists, is valid and agrees with the tar it sits next to."""
+
+    split: str
+    name: str
+    tar_path: str  # local path or fsspec URL
+    index_path: str
+    index: Mapping[str, Any] = field(hash=False)  # a dict: hash refs by location only
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.index["num_samples"])
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something in OUT/shards that is not a complete shard.
+
+    kind: "tar_without_index" (half-written or interrupted), "index_without_tar", "invalid_index",
+    "size_mismatch" (tar size differs from the index's tar_bytes), "temp_file" (writer leftover).
+    """
+
+    split: str
+    name: str
+    kind: str
+    path: str
+    reason: str
+
+
+def list_shards(out_dir: str | os.PathLike, split: str | None = None) -> list[ShardRef]:
+    """Complete shards under OUT/shards, ordered by split then name. Incomplete ones are skipped
+    (with a log line); `find_orphans` says what they are."""
+    refs, orphans = _scan(out_dir, split)
+    for o in orphans:
+        log.debug("not a complete shard: %s (%s: %s)", o.path, o.kind, o.reason)
+    return refs
+
+
+def find_orphans(out_dir: str | os.PathLike, split: str | None = None) -> list[Orphan]:
+    """Everything under OUT/shards that is not a complete shard, ordered by split, name, kind."""
+    return _scan(out_dir, split)[1]
+
+
+def _scan(out_dir: str | os.PathLike, split: str | None) -> tuple[list[ShardRef], list[Orphan]]:
+    fs, root = url_to_fs(out_dir)
+    shards_root = posixpath.join(root, SHARDS_DIR)
+    if split is not None:
+        check_name(split, "split", os.fspath(out_dir))
+        splits = [split]
+    else:
+        splits = sorted(
+            posixpath.basename(e["name"].rstrip("/")) for e in _ls(fs, shards_root) if e["type"] == "directory"
+        )
+    refs: list[ShardRef] = []
+    orphans: list[Orphan] = []
+    for sp in splits:
+        if not is_safe_name(sp):
+            continue  # not ours (e.g. a ".cache" folder); the split name rules keep ours safe
+        directory = posixpath.join(shards_root, sp)
+        files = {posixpath.basename(e["name"]): e for e in _ls(fs, directory) if e["type"] == "file"}
+        names = sorted({n[: -len(s)] for n in files for s in (TAR_SUFFIX, INDEX_SUFFIX) if n.endswith(s) and is_safe_name(n[: -len(s)])})
+        for name in names:
+            tar = files.get(name + TAR_SUFFIX)
+            idx = files.get(name + INDEX_SUFFIX)
+            tar_path = posixpath.join(directory, name + TAR_SUFFIX)
+            idx_path = posixpath.join(directory, name + INDEX_SUFFIX)
+            if idx is None:
+                orphans.append(Orphan(sp, name, "tar_without_index", to_url(fs, tar_path), "no index: never completed"))
+                continue
+            if tar is None:
+                orphans.append(Orphan(sp, name, "index_without_tar", to_url(fs, idx_path), "index present, tar missing"))
+                continue
+            try:
+                with fs.open(idx_path, "rb") as fh:
+                    index = parse_index(fh.read(), to_url(fs, idx_path))
+                if index["shard"] != name or index["split"] != sp:
+                    raise ShardError(f"index names shard {index['split']}/{index['shard']}, but sits at {sp}/{name}")
+            except (ShardError, OSError) as exc:
+                orphans.append(Orphan(sp, name, "invalid_index", to_url(fs, idx_path), str(exc)))
+                continue
+            size = tar.get("size")
+            if size is not None and size != index["tar_bytes"]:
+                orphans.append(Orphan(
+                    sp, name, "size_mismatch", to_url(fs, tar_path),
+                    f"tar is {size} bytes, index says {index['tar_bytes']}",
+                ))
+                continue
+            refs.append(ShardRef(split=sp, name=name, tar_path=to_url(fs, tar_path), index_path=to_url(fs, idx_path), index=index))
+        for fname in sorted(files):
+            if fname.startswith(".") and TEMP_MARKER in fname:
+                orphans.append(Orphan(
+                    sp, fname[1:].split(".", 1)[0], "temp_file", to_url(fs, posixpath.join(directory, fname)),
+                    "left by an interrupted writer",
+                ))
+    orphans.sort(key=lambda o: (o.split, o.name, o.kind, o.path))
+    return refs, orphans
+
+
+def _ls(fs: fsspec.AbstractFileSystem, path: str) -> list[dict]:
+    try:
+        return list(fs.ls(path, detail=True))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,387 @@
+"""Manifest rows, their JSONL file, hash-based splits, and building a manifest from a dataset adapter.
+
+A manifest is one canonical JSON object per line (sorted keys, UTF-8), rows sorted by canonical ID.
+Its SHA-256 goes into the shard plan, so the same manifest always means the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from uti.errors import ConfigError, UTIError
+from uti.strict import from_dict, to_dict
+from uti.token_space import canonical_json
+
+from sharding.paths import PathEscapeError, atomic_write_bytes
+
+MODALITIES = ("audio", "image", "text")
+DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.98, "val": 0.01, "test": 0.01}
+SUMMARY_FORMAT = "uti.manifest_summary"
+SUMMARY_VERSION = 1
+
+
+class ManifestError(UTIError, ValueError):
+    """A dataset layout or manifest file is unusable; the message names the file/row and the fix."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ManifestRow:
+    """One sample: canonical ID `{dataset}:{item_key}`, resolved source path, captions, split, size hints."""
+
+    id: str
+    dataset: str
+    modality: str
+    path: str | None
+    captions: tuple[str, ...] = ()
+    split: str
+    duration: float | None = None
+    bytes: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.dataset or ":" in self.dataset:
+            raise ManifestError(f"row {self.id!r}: dataset name {self.dataset!r} must be non-empty without ':'")
+        if not self.id.startswith(f"{self.dataset}:") or len(self.id) == len(self.dataset) + 1:
+            raise ManifestError(f"row {self.id!r}: id must be '{self.dataset}:<item key>'")
+        if self.modality not in MODALITIES:
+            raise ManifestError(f"row {self.id!r}: modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if self.path is None and self.modality != "text":
+            raise ManifestError(f"row {self.id!r}: {self.modality} rows need a source path")
+        if not self.split:
+            raise ManifestError(f"row {self.id!r}: split must be non-empty")
+        # Lists from JSON or adapters become tuples so rows stay immutable and compare equal.
+        object.__setattr__(self, "captions", tuple(self.captions))
+        if not all(isinstance(c, str) for c in self.captions):
+            raise ManifestError(f"row {self.id!r}: captions must be strings")
+        if self.duration is not None and (not math.isfinite(self.duration) or self.duration < 0):
+            raise ManifestError(f"row {self.id!r}: duration must be a finite number >= 0, got {self.duration!r}")
+        if self.bytes is not None and self.bytes < 0:
+            raise ManifestError(f"row {self.id!r}: bytes must be >= 0, got {self.bytes!r}")
+
+    @property
+    def key(self) -> str:
+        """The item's own key (the canonical ID without the dataset prefix)."""
+        return self.id[len(self.dataset) + 1 :]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_json(self) -> str:
+        """The canonical one-line JSON form written to manifests."""
+        return canonical_json(self.to_dict()).decode("utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "manifest row") -> "ManifestRow":
+        try:
+            return from_dict(cls, data, where=where)
+        except ConfigError as exc:
+            raise ManifestError(str(exc)) from None
+        except ManifestError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
+
+
+@dataclass(kw_only=True, frozen=True)
+class Rejected:
+    """An item an adapter could not turn into a row. `missing` marks an absent media file."""
+
+    item: str
+    reason: str
+    path: str | None = None
+    missing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"item": self.item, "reason": self.reason}
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def check_split_fractions(fractions: Mapping[str, float]) -> dict[str, float]:
+    """Validated copy of `fractions`: names non-empty, values >= 0, sum 1."""
+    if not fractions:
+        raise ManifestError("split fractions are empty; give e.g. train=0.98,val=0.01,test=0.01")
+    out: dict[str, float] = {}
+    for name, value in fractions.items():
+        if not isinstance(name, str) or not name or any(c in name for c in "/\\:,= "):
+            raise ManifestError(f"split name {name!r} must be non-empty without '/', ':', ',', '=' or spaces")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ManifestError(f"split fraction for {name!r} must be a number >= 0, got {value!r}")
+        out[name] = float(value)
+    total = sum(out.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ManifestError(f"split fractions must sum to 1, got {total:g} ({format_split_fractions(out)})")
+    return out
+
+
+def parse_split_fractions(text: str) -> dict[str, float]:
+    """Parse `train=0.9,val=0.05,test=0.05` (the --split-fractions flag)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ManifestError(f"--split-fractions: {part!r} is not NAME=FRACTION (e.g. train=0.9,val=0.05,test=0.05)")
+        if name in out:
+            raise ManifestError(f"--split-fractions: split {name!r} given twice")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ManifestError(f"--split-fractions: {value.strip()!r} for {name!r} is not a number") from None
+    return check_split_fractions(out)
+
+
+def format_split_fractions(fractions: Mapping[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in fractions.items())
+
+
+def hash_split(canonical_id: str, fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS) -> str:
+    """The split of an ID from SHA-256(id) mapped to [0, 1).
+
+    A row's split depends only on its own ID, so adding rows never moves an existing one. Splits are
+    laid out in name order, so the result does not depend on how the fractions were spelled.
+    """
+    fractions = check_split_fractions(fractions)
+    digest = hashlib.sha256(canonical_id.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    names = [n for n in sorted(fractions) if fractions[n] > 0]
+    upper = 0.0
+    for name in names:
+        upper += fractions[name]
+        if u < upper:
+            return name
+    return names[-1]  # float rounding can leave the sum a hair under 1
+
+
+# --------------------------------------------------------------------------------------------- file IO
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[ManifestRow]) -> str:
+    """Write rows sorted by ID as canonical JSONL (atomically) and return the file's SHA-256."""
+    ordered = sorted(rows, key=lambda r: r.id)
+    _refuse_duplicates([(r.id, f"row {i}") for i, r in enumerate(ordered)], where=str(path))
+    atomic_write_bytes(path, ((r.to_json() + "\n").encode("utf-8") for r in ordered))
+    return manifest_sha256(path)
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """Read and validate a manifest; errors name the line. Duplicate IDs are refused, all named."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist; create it with `uti manifest ... --out {path}`")
+    rows: list[ManifestRow] = []
+    seen: list[tuple[str, str]] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path} line {lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not text.strip():
+                continue
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(data, dict):
+                raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+            row = ManifestRow.from_dict(data, where=where)
+            rows.append(row)
+            seen.append((row.id, f"line {lineno}"))
+    _refuse_duplicates(seen, where=str(path))
+    return rows
+
+
+def read_manifests(paths: Sequence[str | os.PathLike]) -> list[ManifestRow]:
+    """Rows of several manifests concatenated; an ID in two manifests is refused naming both files."""
+    rows: list[ManifestRow] = []
+    seen: list[tuple[str, str]] = []
+    for p in paths:
+        for row in read_manifest(p):
+            rows.append(row)
+            seen.append((row.id, str(p)))
+    _refuse_duplicates(seen, where="manifests " + ", ".join(str(p) for p in paths))
+    return rows
+
+
+def _refuse_duplicates(ids: Iterable[tuple[str, str]], *, where: str) -> None:
+    first: dict[str, str] = {}
+    dups: list[str] = []
+    for id_, loc in ids:
+        if id_ in first:
+            dups.append(f"{id_!r} ({first[id_]} and {loc})")
+        else:
+            first[id_] = loc
+    if dups:
+        shown = "; ".join(dups[:10]) + (f"; ... {len(dups) - 10} more" if len(dups) > 10 else "")
+        raise ManifestError(f"{where}: {len(dups)} duplicate canonical ID(s): {shown}; every ID must appear once")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of the manifest file's bytes."""
+    return file_sha256(path)
+
+
+def manifests_sha256(paths: Sequence[str | os.PathLike]) -> str:
+    """One hash for several manifests: SHA-256 of their sorted SHA-256s joined by newlines.
+
+    A single manifest keeps its own file hash, so `sha256sum manifest.jsonl` matches the plan.
+    The order of `paths` does not matter.
+    """
+    if not paths:
+        raise ManifestError("no manifest given; pass at least one --manifest FILE")
+    hashes = sorted(manifest_sha256(p) for p in paths)
+    if len(hashes) == 1:
+        return hashes[0]
+    return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- building
+
+
+@dataclass(kw_only=True)
+class ManifestBuild:
+    """What an adapter produced: rows sorted by ID, absent media files, and rejected items."""
+
+    dataset: str
+    root: str
+    rows: list[ManifestRow]
+    missing: list[Rejected]
+    rejected: list[Rejected]
+    splits: tuple[str, ...] | None = None
+    options: dict = field(default_factory=dict)
+
+    def summary(self, *, manifest: str | None = None, manifest_sha256: str | None = None) -> dict[str, Any]:
+        by_split: dict[str, dict[str, int]] = {}
+        for row in self.rows:
+            counts = by_split.setdefault(row.split, {})
+            counts[row.modality] = counts.get(row.modality, 0) + 1
+        return {
+            "format": SUMMARY_FORMAT,
+            "version": SUMMARY_VERSION,
+            "dataset": self.dataset,
+            "root": self.root,
+            "splits_requested": list(self.splits) if self.splits else None,
+            "options": to_dict(self.options),
+            "manifest": manifest,
+            "manifest_sha256": manifest_sha256,
+            "rows": len(self.rows),
+            "by_split": by_split,
+            "by_modality": dict(sorted(Counter(r.modality for r in self.rows).items())),
+            "missing": {"count": len(self.missing), "files": [m.to_dict() for m in self.missing]},
+            "rejected": {"count": len(self.rejected), "rows": [r.to_dict() for r in self.rejected]},
+        }
+
+
+def build_manifest(
+    dataset: str, root: str | os.PathLike, *, splits: Sequence[str] | None = None, **options: Any
+) -> ManifestBuild:
+    """Run dataset adapter `dataset` over `root`; duplicates and wrong splits are filtered and reported."""
+    from sharding.datasets import get_dataset  # adapters import this module; import lazily to avoid a cycle
+
+    adapter = get_dataset(dataset)
+    adapter.check_options(options)
+    root_path = Path(root)
+    if not root_path.exists():
+        raise ManifestError(f"dataset root {root} does not exist; pass the dataset's folder with --root")
+    splits = tuple(dict.fromkeys(splits)) if splits else None
+    rows: dict[str, ManifestRow] = {}
+    missing: list[Rejected] = []
+    rejected: list[Rejected] = []
+    for item in adapter.rows(root_path, splits=splits, **options):
+        if isinstance(item, Rejected):
+            (missing if item.missing else rejected).append(item)
+        elif splits is not None and item.split not in splits:
+            continue
+        elif item.id in rows:
+            first = rows[item.id].split
+            reason = f"duplicate canonical ID (also in split {first!r}); kept the first"
+            rejected.append(Rejected(item=item.id, reason=reason, path=item.path))
+        else:
+            rows[item.id] = item
+    return ManifestBuild(
+        dataset=dataset,
+        root=os.path.realpath(root_path),
+        rows=sorted(rows.values(), key=lambda r: r.id),
+        missing=missing,
+        rejected=rejected,
+        splits=splits,
+        options=dict(options),
+    )
+
+
+def summary_path(manifest_path: str | os.PathLike) -> Path:
+    """`manifest.jsonl` -> `manifest.summary.json`, next to it."""
+    p = Path(manifest_path)
+    return p.with_suffix(".summary.json") if p.suffix else p.with_name(p.name + ".summary.json")
+
+
+def make_manifest(
+    dataset: str,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    splits: Sequence[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Build a manifest, write it and its summary next to it, and return the summary.
+
+    An empty result is an error (after the summary is written, so the reasons can be read there).
+    """
+    build = build_manifest(dataset, root, splits=splits, **options)
+    out = Path(out)
+    spath = summary_path(out)
+    if not build.rows:
+        summary = build.summary()
+        atomic_write_bytes(spath, json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        hint = (build.missing or build.rejected)[:1]
+        why = f"; first problem: {hint[0].item}: {hint[0].reason}" if hint else ""
+        raise ManifestError(
+            f"dataset {dataset!r} at {root} gave no rows ({len(build.missing)} missing files, "
+            f"{len(build.rejected)} rejected{why}); check --root, --split and the file-name options; details in {spath}"
+        )
+    sha = write_manifest(out, build.rows)
+    summary = build.summary(manifest=str(out), manifest_sha256=sha)
+    atomic_write_bytes(spath, json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return summary
+
+
+__all__ = [
+    "DEFAULT_SPLIT_FRACTIONS",
+    "MODALITIES",
+    "ManifestBuild",
+    "ManifestError",
+    "ManifestRow",
+    "PathEscapeError",
+    "Rejected",
+    "build_manifest",
+    "check_split_fractions",
+    "file_sha256",
+    "hash_split",
+    "make_manifest",
+    "manifest_sha256",
+    "manifests_sha256",
+    "parse_split_fractions",
+    "read_manifest",
+    "read_manifests",
+    "summary_path",
+    "write_manifest",
+]

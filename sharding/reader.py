@@ -1,0 +1,546 @@
+"""Read shards (format: see sharding.format): a validating streaming reader and a resumable,
+rank- and worker-aware iterable over many shards.
+
+Trust model: a shard is untrusted input. The reader streams the tar (never extracts to disk),
+refuses any member that is not exactly what our writer produces -- before reading its payload --
+never unpickles anything, checks the header against the expected token space, and raises
+ShardError rather than skipping anything it does not like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import tarfile
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from sharding.errors import ShardError, ShardTokenSpaceMismatch
+from sharding.format import (
+    DEFAULT_MAX_MEMBER_BYTES, HEADER_MEMBER, META_REQUIRED, NPY_VERSION, REGENERATE, SAMPLE_EXTENSIONS,
+    TAR_SUFFIX, TOKEN_DTYPE, ShardRef, is_hex64, is_safe_name, list_shards, url_to_fs, validate_header,
+)
+from uti.errors import TokenSpaceError, TokenSpaceMismatch
+from uti.token_space import TokenSpace, canonical_json, require_same, sha256_hex
+
+try:  # torch is optional for the format; with it the reader plugs into DataLoader workers
+    import torch.utils.data as _torch_data
+
+    _IterableBase: type = _torch_data.IterableDataset
+except ImportError:  # pragma: no cover - torch is a dependency of the project
+    _torch_data = None
+    _IterableBase = object
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "uti.reader_state"
+STATE_VERSION = 1
+_BLOCK = tarfile.BLOCKSIZE
+_MAX_TRAILING = 1024 * 1024  # after the end-of-archive blocks only record padding may follow
+_NON_REGULAR = {
+    tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory",
+    tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO",
+    tarfile.CONTTYPE: "contiguous file", tarfile.GNUTYPE_SPARSE: "sparse file",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One sample of a shard. eq=False: arrays do not compare to a single bool.
+
+    index_in_shard is its position in the shard; shard_pos its position in a ShardReader's
+    per-epoch shard list (-1 outside a ShardReader). Both exist so a consumer can report progress
+    back with ShardReader.record() when samples arrive through DataLoader worker processes.
+    """
+
+    key: str
+    tokens: np.ndarray
+    text: np.ndarray
+    meta: dict
+    shard: str
+    split: str
+    index_in_shard: int = -1
+    shard_pos: int = -1
+
+
+# ---- low-level stream plumbing ----------------------------------------------------------------------
+class _TrackingReader:
+    """Pass-through reader that counts bytes, optionally hashes them, and keeps the last few chunks
+    so the end-of-archive can be checked (tarfile treats a missing end marker as a normal end)."""
+
+    def __init__(self, raw: Any, *, hash_bytes: bool, keep: int = 64 * 1024):
+        self.raw = raw
+        self.sha = hashlib.sha256() if hash_bytes else None
+        self.pos = 0
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._kept = 0
+        self._keep = keep
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        if data:
+            if self.sha is not None:
+                self.sha.update(data)
+            self._chunks.append((self.pos, data))
+            self._kept += len(data)
+            while self._kept - len(self._chunks[0][1]) >= self._keep:
+                self._kept -= len(self._chunks.popleft()[1])
+            self.pos += len(data)
+        return data
+
+    def since(self, offset: int) -> bytes | None:
+        """Bytes from `offset` to the current position, or None if no longer kept."""
+        if not self._chunks or self._chunks[0][0] > offset:
+            return None if offset < self.pos else b""
+        joined = b"".join(c for _, c in self._chunks)
+        return joined[offset - self._chunks[0][0]:]
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Refuses GNU long-name, sparse and pax extension headers before tarfile reads their payload.
+
+    Our writer emits plain USTAR only; an extension header could smuggle an arbitrary name, size or
+    an unbounded payload past the per-member checks. (_proc_member is tarfile's dispatch point.)
+    """
+
+    def _proc_member(self, tarfile_obj):  # noqa: D401 - override of a private hook
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE,
+                         tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            raise _ExtensionHeader(self.type)
+        return super()._proc_member(tarfile_obj)
+
+
+class _ExtensionHeader(Exception):
+    def __init__(self, type_flag: bytes):
+        super().__init__(type_flag)
+        self.type_flag = type_flag
+
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
+
+
+# ---- checks ------------------------------------------------------------------------------------------
+def _fail(where: str, problem: str, fix: str = REGENERATE) -> ShardError:
+    return ShardError(f"{where}: {problem}; {fix}")
+
+
+def _check_member(info: tarfile.TarInfo, where: str, max_bytes: int) -> None:
+    """Everything that can be refused from the header block alone, i.e. before reading the payload."""
+    name = info.name
+    if (not name or name.startswith("/") or "/" in name or "\\" in name or "\x00" in name
+            or ".." in name or ":" in name):
+        raise _fail(where, f"member {name!r} has an unsafe name (path separators, '..' or absolute); refused", "this tar was not written by uti; do not use it")
+    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        kind = _NON_REGULAR.get(info.type, f"type {info.type!r}")
+        raise _fail(where, f"member {name!r} is a {kind}, not a regular file; refused", "this tar was not written by uti; do not use it")
+    if info.size > max_bytes:
+        raise _fail(
+            where, f"member {name!r} is {info.size} bytes, above the {max_bytes}-byte limit; refused unread",
+            "raise max_member_bytes if this shard is legitimate, otherwise regenerate it",
+        )
+
+
+def _split_name(name: str, where: str) -> tuple[str, str]:
+    key, _, ext = name.partition(".")
+    if ext not in SAMPLE_EXTENSIONS or not is_safe_name(key):
+        raise _fail(
+            where, f"unexpected member {name!r}; only {{key}}.{{{','.join(SAMPLE_EXTENSIONS)}}} are allowed, "
+            "anything else (.pickle, .pth, .pyd, ...) is refused unread", "this tar was not written by uti; do not use it",
+        )
+    return key, ext
+
+
+def _load_ids(data: bytes, vocab_size: int, where: str) -> np.ndarray:
+    """Parse a uint32 1-D .npy; the header is checked before numpy touches the data."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version != NPY_VERSION:
+            raise ValueError(f".npy format version {version}, expected {NPY_VERSION}")
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(buf)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise _fail(where, f"not a valid .npy payload ({exc})") from None
+    if dtype.hasobject:
+        raise _fail(where, "object-dtype .npy (loading it would unpickle); refused", "this tar was not written by uti; do not use it")
+    if dtype != TOKEN_DTYPE or len(shape) != 1:
+        raise _fail(where, f".npy has dtype {dtype} and shape {shape}; token IDs must be 1-D little-endian uint32")
+    if len(data) != buf.tell() + shape[0] * TOKEN_DTYPE.itemsize:
+        raise _fail(where, f".npy is {len(data)} bytes, its header implies {buf.tell() + shape[0] * 4}")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise _fail(where, f"cannot load .npy ({exc})") from None
+    if array.size and int(array.max()) >= vocab_size:
+        raise _fail(where, f"token ID {int(array.max())} >= vocab size {vocab_size} of the shard's token space")
+    return array
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(where, f"not valid UTF-8 JSON ({exc})") from None
+
+
+def _check_header(
+    data: bytes, where: str, stem: str | None, expected: TokenSpace | str | None,
+) -> tuple[dict, TokenSpace]:
+    header = validate_header(_parse_json(data, f"{where}: {HEADER_MEMBER}"), where)
+    if canonical_json(header) != data:
+        raise _fail(where, f"{HEADER_MEMBER} is not canonical JSON (edited after writing?)")
+    claimed = header["token_space_id"]
+    actual = sha256_hex(canonical_json(header["token_space"]))
+    if actual != claimed:
+        raise _fail(where, f"header claims token space {claimed[:16]} but its token_space hashes to {actual[:16]} (tampered or corrupt)")
+    try:
+        found = TokenSpace.from_dict(header["token_space"], where=f"{where}: header token_space")
+    except TokenSpaceError as exc:
+        raise _fail(where, f"header token space is invalid ({exc})") from None
+    if stem is not None and header["shard"] != stem:
+        raise _fail(where, f"header says shard {header['shard']!r} but the file is named {stem!r}",
+                    "keep shard files under the names they were written with")
+    if expected is not None:
+        try:
+            # With a TokenSpace on both sides require_same also reports what changed.
+            require_same(expected, found if isinstance(expected, TokenSpace) else claimed, what=f"shard {where}")
+        except TokenSpaceMismatch as exc:
+            raise ShardTokenSpaceMismatch(
+                f"{where}: {exc}", expected_id=exc.expected_id, found_id=exc.found_id, changes=exc.changes,
+            ) from None
+    return header, found
+
+
+def _check_meta(meta: Any, key: str, header: dict, where: str) -> dict:
+    if not isinstance(meta, dict):
+        raise _fail(where, f"{key}.json is not a JSON object")
+    missing = [k for k in META_REQUIRED if k not in meta]
+    if missing:
+        raise _fail(where, f"{key}.json lacks {', '.join(missing)}")
+    if not isinstance(meta["id"], str) or not meta["id"]:
+        raise _fail(where, f"{key}.json id must be a non-empty string")
+    if meta["token_space_id"] != header["token_space_id"]:
+        raise _fail(where, f"sample token_space_id {str(meta['token_space_id'])[:16]!r} differs from the header's "
+                           f"{header['token_space_id'][:16]}; tokens of two token spaces are mixed in one shard")
+    if meta["split"] != header["split"]:
+        raise _fail(where, f"sample split {meta['split']!r} differs from the header's {header['split']!r}")
+    return meta
+
+
+def _check_against_index(index: Mapping[str, Any], i: int, key: str, meta: dict, tokens: np.ndarray, text: np.ndarray, where: str) -> None:
+    n = index["num_samples"]
+    if i >= n:
+        raise _fail(where, f"the tar holds more samples than its index's num_samples={n}")
+    if (key, meta["id"], len(tokens), len(text)) != (
+        index["keys"][i], index["ids"][i], index["token_counts"][i], index["text_token_counts"][i]
+    ):
+        raise _fail(where, f"sample #{i} ({key}, {meta['id']!r}) disagrees with the index entry "
+                           f"({index['keys'][i]}, {index['ids'][i]!r}) or its token counts")
+
+
+# ---- one shard ---------------------------------------------------------------------------------------
+def read_shard(
+    tar_path: str | os.PathLike,
+    *,
+    expected_token_space: TokenSpace | str | None,
+    index: Mapping[str, Any] | None = None,
+    start: int = 0,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+) -> Iterator[Sample]:
+    """Stream the samples of one shard, validating everything on the way.
+
+    expected_token_space: the TokenSpace (mismatch message includes a diff) or its full ID; None
+        accepts the shard's own token space (its header must still be self-consistent).
+    index: the shard's index; when given, keys, IDs, counts, tar size and SHA-256 are checked
+        against it (a mismatch in size/hash surfaces after the last sample).
+    start: number of leading samples to validate but not yield (resume).
+    """
+    path = os.fspath(tar_path)
+    if isinstance(expected_token_space, str) and not is_hex64(expected_token_space):
+        raise ShardError(f"{path}: expected_token_space must be a TokenSpace or its full 64-hex ID, got {expected_token_space!r}")
+    base = posixpath.basename(path.rstrip("/"))
+    stem = base[: -len(TAR_SUFFIX)] if base.endswith(TAR_SUFFIX) else None
+    fs, fpath = url_to_fs(path)
+    try:
+        raw = fs.open(fpath, "rb")
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path}: cannot open shard ({exc})") from exc
+    with raw:
+        yield from _read_stream(raw, path, stem, expected_token_space, index, start, max_member_bytes)
+
+
+def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | str | None,
+                 index: Mapping[str, Any] | None, start: int, max_bytes: int) -> Iterator[Sample]:
+    src = _TrackingReader(raw, hash_bytes=index is not None)
+    try:
+        tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
+    except _TAR_ERRORS as exc:
+        raise _fail(where, f"not a readable tar ({exc})") from None
+
+    def next_member() -> tarfile.TarInfo | None:
+        try:
+            info = tf.next()
+        except _ExtensionHeader as exc:
+            raise _fail(where, f"tar extension header (type {exc.type_flag!r}) refused; uti shards are plain USTAR",
+                        "this tar was not written by uti; do not use it") from None
+        except _TAR_ERRORS as exc:
+            raise _fail(where, f"truncated or corrupt tar ({exc})") from None
+        tf.members = []  # stream mode would otherwise keep every TarInfo for the whole shard
+        return info
+
+    def payload(info: tarfile.TarInfo) -> bytes:
+        try:
+            data = tf.extractfile(info).read()
+        except _TAR_ERRORS as exc:
+            raise _fail(where, f"truncated or corrupt tar while reading {info.name!r} ({exc})") from None
+        if len(data) != info.size:
+            raise _fail(where, f"truncated tar: member {info.name!r} has {len(data)} of {info.size} bytes")
+        return data
+
+    first = next_member()
+    if first is None:
+        raise _fail(where, "empty tar")
+    _check_member(first, where, max_bytes)
+    if first.name != HEADER_MEMBER:
+        raise _fail(where, f"first member is {first.name!r}, expected {HEADER_MEMBER}")
+    header, space = _check_header(payload(first), where, stem, expected)
+    if index is not None:
+        for field in ("token_space_id", "shard", "split"):
+            if index[field] != header[field]:
+                raise _fail(where, f"index {field} {index[field]!r} differs from the header's {header[field]!r}")
+    vocab = space.vocab_size
+
+    seen_keys: set[str] = set()
+    seen_ids: set[str] = set()
+    parts: dict[str, Any] = {}
+    key = ""
+    i = 0
+    while (info := next_member()) is not None:
+        _check_member(info, where, max_bytes)
+        if info.name == HEADER_MEMBER:
+            raise _fail(where, f"second {HEADER_MEMBER} member")
+        mkey, ext = _split_name(info.name, where)
+        want = SAMPLE_EXTENSIONS[len(parts)]
+        if not parts:
+            if ext != want:
+                raise _fail(where, f"member {info.name!r} out of order: a sample starts with {mkey}.{want}")
+            if mkey in seen_keys:
+                raise _fail(where, f"duplicate sample key {mkey!r}")
+            key = mkey
+        elif mkey != key or ext != want:
+            raise _fail(where, f"sample {key} is incomplete or out of order: expected {key}.{want}, found {info.name!r}")
+        member_where = f"{where}: {info.name}"
+        data = payload(info)
+        parts[ext] = _parse_json(data, member_where) if ext == "json" else _load_ids(data, vocab, member_where)
+        if ext != SAMPLE_EXTENSIONS[-1]:
+            continue
+        meta = _check_meta(parts["json"], key, header, f"{where}: sample {key}")
+        if meta["id"] in seen_ids:
+            raise _fail(where, f"sample id {meta['id']!r} appears twice")
+        if index is not None:
+            _check_against_index(index, i, key, meta, parts["tokens.npy"], parts["text.npy"], where)
+        seen_keys.add(key)
+        seen_ids.add(meta["id"])
+        sample = Sample(key=key, tokens=parts["tokens.npy"], text=parts["text.npy"], meta=meta,
+                        shard=header["shard"], split=header["split"], index_in_shard=i)
+        parts = {}
+        i += 1
+        if i > start:
+            yield sample
+    if parts:
+        raise _fail(where, f"truncated tar: sample {key} ends after {'/'.join(parts)}")
+    _check_end(src, tf.offset, where)
+    if index is not None:
+        if i != index["num_samples"]:
+            raise _fail(where, f"the tar holds {i} samples, its index says {index['num_samples']}")
+        if src.pos != index["tar_bytes"] or src.sha.hexdigest() != index["tar_sha256"]:
+            raise _fail(where, f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
+                               f"records {index['tar_bytes']} bytes and {index['tar_sha256'][:16]} (modified after writing)")
+
+
+def _check_end(src: _TrackingReader, end_offset: int, where: str) -> None:
+    """tarfile stops quietly at EOF or garbage; we insist on the zero blocks our writer emits."""
+    tail = src.since(end_offset)
+    if tail is None:
+        raise _fail(where, "cannot verify the end of the archive")  # our keep window is larger than tarfile's buffer
+    try:
+        while len(tail) <= _MAX_TRAILING and (chunk := src.read(64 * 1024)):
+            tail += chunk
+    except OSError as exc:
+        raise _fail(where, f"read error at the end of the tar ({exc})") from None
+    if len(tail) > _MAX_TRAILING:
+        raise _fail(where, "unexpected data after the end of the archive")
+    if len(tail) < 2 * _BLOCK or tail.count(0) != len(tail) or src.pos % _BLOCK:
+        raise _fail(where, "truncated tar: the end-of-archive marker is missing or damaged")
+
+
+# ---- many shards -------------------------------------------------------------------------------------
+def _worker() -> tuple[int, int]:
+    info = _torch_data.get_worker_info() if _torch_data is not None else None
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class ShardReader(_IterableBase):  # type: ignore[misc, valid-type]
+    """Samples of many shards: deterministic order, split across ranks and DataLoader workers,
+    optional per-epoch shard shuffle, resumable mid-epoch.
+
+    Per epoch the shard list (sorted by split, name) is permuted with (shuffle_seed, epoch) when a
+    seed is given; rank r takes positions r::world_size of it (its "rank list"); inside a DataLoader
+    worker w of W takes rank-list positions w::W. Completing an iteration outside DataLoader workers
+    advances to the next epoch; with workers call set_epoch() each epoch (like DistributedSampler).
+
+    Progress is counted per rank-list position. Iterating in this process updates it; samples that
+    arrive through DataLoader worker processes must be reported with record(sample) for
+    state_dict() to see them.
+    """
+
+    def __init__(
+        self,
+        out_dir_or_refs: str | os.PathLike | Iterable[ShardRef],
+        *,
+        expected_token_space: TokenSpace | str | None,
+        split: str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_seed: int | None = None,
+        epoch: int = 0,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    ):
+        if isinstance(out_dir_or_refs, (str, os.PathLike)):
+            source = os.fspath(out_dir_or_refs)
+            refs = list_shards(source, split)
+        else:
+            source = "the given shard list"
+            refs = list(out_dir_or_refs)
+            bad = [r for r in refs if not isinstance(r, ShardRef)]
+            if bad:
+                raise ShardError(f"ShardReader: expected ShardRef items (from list_shards), got {type(bad[0]).__name__}")
+            refs = [r for r in refs if split is None or r.split == split]
+        self.refs: list[ShardRef] = sorted(refs, key=lambda r: (r.split, r.name, r.tar_path))
+        if not self.refs:
+            raise ShardError(
+                f"{source}: no complete shards{f' for split {split!r}' if split else ''}; run `uti tokenize` "
+                "or check `find_orphans` for shards without a valid index"
+            )
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ShardError(f"ShardReader: need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if world_size > len(self.refs):
+            log.warning("world_size %d > %d shards in %s: some ranks get no data; write smaller shards",
+                        world_size, len(self.refs), source)
+        ids = sorted({r.index["token_space_id"] for r in self.refs})
+        if len(ids) > 1:
+            raise ShardError(f"{source}: shards of {len(ids)} token spaces ({', '.join(i[:12] for i in ids)}) must not be mixed")
+        if expected_token_space is None:
+            expected_token_space = ids[0]  # still pin one space across all shards
+        elif isinstance(expected_token_space, str) and not is_hex64(expected_token_space):
+            raise ShardError(f"expected_token_space must be a TokenSpace or its full 64-hex ID, got {expected_token_space!r}")
+        try:  # fail fast from the indexes, before any tar is opened
+            require_same(expected_token_space, ids[0], what=f"shards in {source}")
+        except TokenSpaceMismatch as exc:
+            raise ShardTokenSpaceMismatch(str(exc), expected_id=exc.expected_id, found_id=exc.found_id, changes=exc.changes) from None
+        self.expected_token_space = expected_token_space
+        self.split = split
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_seed = shuffle_seed
+        self.epoch = int(epoch)
+        self.max_member_bytes = max_member_bytes
+        self._consumed: dict[int, int] = {}  # rank-list position -> samples delivered
+        self._shards_sha256 = sha256_hex(canonical_json([[r.split, r.name, r.index["tar_sha256"]] for r in self.refs]))
+
+    # ---- order ----------------------------------------------------------------------------------
+    def rank_shards(self, epoch: int | None = None) -> list[ShardRef]:
+        """This rank's shards for an epoch, in reading order."""
+        epoch = self.epoch if epoch is None else epoch
+        order = np.arange(len(self.refs))
+        if self.shuffle_seed is not None:
+            order = np.random.default_rng([int(self.shuffle_seed), int(epoch)]).permutation(len(self.refs))
+        return [self.refs[i] for i in order[self.rank::self.world_size]]
+
+    def num_samples(self, epoch: int | None = None) -> int:
+        """Samples this rank reads in an epoch (ranks can differ when shards are uneven)."""
+        return sum(r.num_samples for r in self.rank_shards(epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (shard permutation); changing it starts the epoch from its beginning."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._consumed = {}
+
+    # ---- iteration --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Sample]:
+        shards = self.rank_shards()
+        worker, workers = _worker()
+        if workers > 1 and worker == 0 and len(shards) < workers:
+            log.warning("%d DataLoader workers but rank %d has %d shards: some workers stay idle",
+                        workers, self.rank, len(shards))
+        for pos in range(worker, len(shards), workers):
+            ref = shards[pos]
+            done = self._consumed.get(pos, 0)
+            if done >= ref.num_samples:
+                continue
+            for sample in read_shard(ref.tar_path, expected_token_space=self.expected_token_space, index=ref.index,
+                                     start=done, max_member_bytes=self.max_member_bytes):
+                self._consumed[pos] = sample.index_in_shard + 1  # before yield: the consumer has it now
+                yield dataclasses.replace(sample, shard_pos=pos)
+        if workers == 1:
+            self.epoch += 1
+            self._consumed = {}
+
+    def record(self, sample: Sample) -> None:
+        """Report a sample consumed in the main process when it was read by a DataLoader worker."""
+        if sample.shard_pos < 0 or sample.index_in_shard < 0:
+            raise ShardError(f"sample {sample.key} did not come from a ShardReader; cannot record its position")
+        self._consumed[sample.shard_pos] = max(self._consumed.get(sample.shard_pos, 0), sample.index_in_shard + 1)
+
+    # ---- resume -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where the next unseen sample is: epoch, shard_cursor (first rank-list shard not finished),
+        sample_in_shard (samples of it already delivered) and progress on later shards (workers)."""
+        shards = self.rank_shards()
+        cursor = 0
+        while cursor < len(shards) and self._consumed.get(cursor, 0) >= shards[cursor].num_samples:
+            cursor += 1
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "epoch": self.epoch, "shard_cursor": cursor,
+            "sample_in_shard": self._consumed.get(cursor, 0) if cursor < len(shards) else 0,
+            "consumed": {str(p): n for p, n in sorted(self._consumed.items()) if p > cursor and n > 0},
+            "rank": self.rank, "world_size": self.world_size, "shuffle_seed": self.shuffle_seed,
+            "num_shards": len(self.refs), "shards_sha256": self._shards_sha256,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly after the last sample delivered when `state` was taken."""
+        where = "ShardReader.load_state_dict"
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise ShardError(f"{where}: not a {STATE_FORMAT} v{STATE_VERSION} state")
+        for field in ("rank", "world_size", "shuffle_seed", "shards_sha256"):
+            if state.get(field) != getattr(self, field if field != "shards_sha256" else "_shards_sha256"):
+                raise ShardError(
+                    f"{where}: the state was saved with a different {field} ({state.get(field)!r}); resume with the "
+                    "same shards, rank, world_size and shuffle_seed, or start a new epoch without the state"
+                )
+        self.epoch = int(state["epoch"])
+        shards = self.rank_shards()
+        cursor = int(state["shard_cursor"])
+        if not 0 <= cursor <= len(shards):
+            raise ShardError(f"{where}: shard_cursor {cursor} outside this rank's {len(shards)} shards")
+        consumed = {p: shards[p].num_samples for p in range(cursor)}
+        if cursor < len(shards):
+            consumed[cursor] = int(state["sample_in_shard"])
+        consumed.update({int(p): int(n) for p, n in state.get("consumed", {}).items()})
+        for p, n in consumed.items():
+            if not (0 <= p < len(shards) and 0 <= n <= shards[p].num_samples):
+                raise ShardError(f"{where}: progress {n} on shard position {p} does not fit this rank's shards")
+        self._consumed = consumed
+
+
+__all__ = ["Sample", "ShardReader", "read_shard", "STATE_FORMAT"]
