@@ -410,6 +410,7 @@ def require_same(
     *,
     override: bool = False,
     what: str = "input",
+    fix: str | None = None,
 ) -> dict | None:
     """Raise TokenSpaceMismatch unless both token spaces are identical.
 
@@ -427,7 +428,7 @@ def require_same(
         return {"overridden": True, "what": what, "expected": eid, "found": fid, "changes": changes}
     raise TokenSpaceMismatch(
         f"token space mismatch for {what}: expected {eid[:16]}, found {fid[:16]}{detail}. "
-        "Tokens from different token spaces must never be mixed: re-tokenize with the same config and weights, "
-        "or pass the explicit override flag if you know what you are doing",
+        + (fix or "Tokens from different token spaces must never be mixed: re-tokenize with the same config and "
+                  "weights, or pass the explicit override flag if you know what you are doing"),
         expected_id=eid, found_id=fid, changes=changes,
     )

@@ -137,18 +137,10 @@ class UnifiedTokenizer:
     # ---- audio ----------------------------------------------------------------------------------
     def prepare_audio(self, wav: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         """(channels, samples) or (samples,) at any rate -> float32 (codec channels, samples) at codec rate."""
-        import torchaudio.functional as AF
+        from uti.preprocess import prepare_waveform
 
         codec: AudioCodec = self._need("audio")
-        x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
-        if x.dim() == 1:
-            x = x[None]
-        if x.shape[0] != codec.channels:
-            # Downmix to mono; a stereo codec gets that mono on both channels (never a guessed layout).
-            x = x.mean(dim=0, keepdim=True).repeat(codec.channels, 1)
-        if int(sample_rate) != codec.sample_rate:
-            x = AF.resample(x, int(sample_rate), codec.sample_rate)
-        return x.contiguous()
+        return prepare_waveform(wav, sample_rate, target_rate=codec.sample_rate, channels=codec.channels)
 
     def encode_audios(self, clips: Sequence[torch.Tensor]) -> list[tuple[np.ndarray, dict]]:
         """Clips already at the codec's rate and channels (see prepare_audio)."""

@@ -309,16 +309,30 @@ def calibration_signal(sample_rate: int, channels: int, seconds: float, seed: in
     return sig.float().repeat(channels, 1)[None]  # (1, channels, n)
 
 
+def _round_to_half(t: torch.Tensor) -> torch.Tensor:
+    """Snap to float16's grid: float64 noise from thread count or BLAS (~1e-16) can then never change a
+    stored weight, so `random:SEED` weights are bit-identical on every machine."""
+    return t.to(torch.float16).to(torch.float32)
+
+
 @torch.inference_mode()
 def _init_codebooks_from_signal(net, *, seed: int) -> None:
     """Random weights but meaningful codes: seed each RVQ level's codebook with (residual) encoder
-    outputs of a fixed calibration signal, as k-means++-style init would, all from `seed`."""
-    frames_wanted = 2 * int(net.quantizer.bins)
+    outputs of a fixed calibration signal, as k-means++-style init would, all from `seed`.
+
+    The calibration pass runs in float64 and the codebooks are rounded to
+    float16 precision (see _round_to_half), so the result does not depend on threads or hardware."""
+    frames_wanted = int(net.quantizer.bins) + 256
     seconds = frames_wanted / net.frame_rate
-    x = calibration_signal(net.sample_rate, net.channels, seconds, seed)
+    x = calibration_signal(net.sample_rate, net.channels, seconds, seed).double()
     if net.normalize:
         x = x / (1e-8 + x.mean(dim=1, keepdim=True).pow(2).mean(dim=2, keepdim=True).sqrt())
-    residual = net.encoder(x)[0].T.contiguous()  # (frames, dim)
+    # In place and back: float32 -> float64 -> float32 is exact (weight_norm modules cannot be deep-copied).
+    net.encoder.double()
+    try:
+        residual = net.encoder(x)[0].T.contiguous()  # (frames, dim), float64
+    finally:
+        net.encoder.float()
     g = torch.Generator().manual_seed(seed + 1)
     for layer in net.quantizer.vq.layers:
         book = layer._codebook
@@ -326,11 +340,13 @@ def _init_codebooks_from_signal(net, *, seed: int) -> None:
         pick = torch.randperm(residual.shape[0], generator=g)[:k]
         if pick.numel() < k:
             pick = torch.cat([pick, torch.randint(0, residual.shape[0], (k - pick.numel(),), generator=g)])
-        spread = residual.std() * 0.05
-        embed = residual[pick] + spread * torch.randn(k, residual.shape[1], generator=g)
+        spread = float(_round_to_half(residual.std().float()[None])[0]) * 0.05
+        noise = torch.randn(k, residual.shape[1], generator=g, dtype=torch.float64)
+        embed = _round_to_half((residual[pick] + spread * noise).float())
         book.embed.copy_(embed)
         book.embed_avg.copy_(embed)
         book.cluster_size.fill_(1.0)
         book.inited.fill_(1.0)
-        quantized = layer.decode(layer.encode(residual.T[None]))[0].T
-        residual = residual - quantized
+        e = embed.double()
+        nearest = (residual.pow(2).sum(1, keepdim=True) - 2 * residual @ e.T + e.pow(2).sum(1)[None]).argmin(dim=1)
+        residual = residual - e[nearest]

@@ -110,15 +110,22 @@ class VQImageCodec(ImageCodec):
     @torch.inference_mode()
     def _init_codebook(self, seed: int) -> None:
         """Seed the codebook with encoder outputs of fixed synthetic scenes, so random-weight codes are
-        spread over the codebook instead of collapsing onto a few entries."""
+        spread over the codebook instead of collapsing onto a few entries. Computed in float64 on a
+        copy and rounded to float16 precision: identical weights whatever the threads or hardware."""
+        import copy
+
         k = self._net.quantize.n_e
         images = calibration_images(self._proc, 16, seed)
-        latents = self._latents(images)
+        net = copy.deepcopy(self._net).double().cpu()
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 127.5 - 1.0
+        latents = net.encode(x).latents
         vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
         g = torch.Generator().manual_seed(seed + 1)
         pick = torch.randint(0, vectors.shape[0], (k,), generator=g)
-        spread = vectors.std() * 0.05
-        self._net.quantize.embedding.weight.copy_(vectors[pick].cpu() + spread * torch.randn(k, vectors.shape[1], generator=g))
+        spread = float(vectors.std().float().to(torch.float16)) * 0.05
+        noise = torch.randn(k, vectors.shape[1], generator=g, dtype=torch.float64)
+        book = (vectors[pick] + spread * noise).float().to(torch.float16).to(torch.float32)
+        self._net.quantize.embedding.weight.copy_(book.to(self._net.quantize.embedding.weight.device))
 
     @property
     def proc_size(self) -> tuple[int, int]:

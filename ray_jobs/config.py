@@ -1,0 +1,44 @@
+"""`uti tokenize` configuration: a typed keyword-only dataclass that rejects unknown keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from uti.errors import ConfigError
+
+
+@dataclass(kw_only=True, frozen=True)
+class TokenizeConfig:
+    manifests: tuple[str, ...]
+    out: str
+    config: str | None = None  # codec config: preset name or uti.yaml path
+    address: str | None = None  # None: a local Ray instance; "auto", "HOST:PORT" or "ray://..." joins a cluster
+    num_actors: int = 2
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU threads)
+    cpus_per_actor: float = 1.0
+    shard_samples: int | None = None
+    shard_seconds: float | None = None
+    batch_seconds: float = 60.0  # audio seconds read and encoded per batch (bounds memory per actor)
+    max_images_per_batch: int = 64
+    max_shard_failures: int = 3  # a shard failing more often than this stops the job, naming the shard
+    read_cpus: float = 0.5  # logical CPUs per read task: reading is light next to encoding
+    dashboard: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.manifests:
+            raise ConfigError("tokenize: give at least one --manifest")
+        if self.num_actors < 1:
+            raise ConfigError(f"--num-actors must be >= 1, got {self.num_actors}")
+        if self.shard_samples is not None and self.shard_seconds is not None:
+            raise ConfigError("give either --shard-samples or --shard-seconds, not both")
+        if self.shard_samples is not None and self.shard_samples < 1:
+            raise ConfigError(f"--shard-samples must be >= 1, got {self.shard_samples}")
+        if self.shard_seconds is not None and self.shard_seconds <= 0:
+            raise ConfigError(f"--shard-seconds must be > 0, got {self.shard_seconds}")
+        if self.batch_seconds <= 0:
+            raise ConfigError(f"--batch-seconds must be > 0, got {self.batch_seconds}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        if self.max_shard_failures < 1:
+            raise ConfigError(f"--max-shard-failures must be >= 1, got {self.max_shard_failures}")

@@ -1,0 +1,281 @@
+"""`uti tokenize`: manifests -> a tokenized dataset, on a laptop or a GPU cluster, exactly once.
+
+Shards are the unit of work. The driver plans them, skips the ones already complete, and feeds the
+rest to a pool of codec actors; CPU read tasks for a shard are launched when the shard is queued on an
+actor, so its media is decoded and resampled while the actor is still encoding the previous shard.
+A failed shard (actor killed, node lost, writer error) is retried on a restarted actor; after
+`max_shard_failures` failures of the same shard the job stops and names it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import platform
+import time
+from typing import Any
+
+from ray_jobs.config import TokenizeConfig
+from ray_jobs.outputs import (JobError, claim_out, completed_shards, merge_errors, remove_stale_temp_files,
+                              write_job)
+from sharding.manifest import ManifestRow, manifest_sha256, read_manifests
+from sharding.plan import Plan, make_plan
+from uti import __version__
+from uti.config import UTIConfig, load_config
+from uti.strict import to_dict
+
+log = logging.getLogger(__name__)
+QUEUE_PER_ACTOR = 2  # one shard encoding, one whose media is being read ahead
+
+
+def plan_job(cfg: TokenizeConfig) -> tuple[list[ManifestRow], Plan]:
+    rows = read_manifests(list(cfg.manifests))
+    from sharding.manifest import manifests_sha256
+
+    target_samples = cfg.shard_samples if cfg.shard_samples or cfg.shard_seconds else 1000
+    plan = make_plan(rows, manifest_sha256=manifests_sha256(list(cfg.manifests)),
+                     target_samples=target_samples, target_seconds=cfg.shard_seconds)
+    return rows, plan
+
+
+def chunk_rows(rows: list[dict], *, batch_seconds: float, max_images: int) -> list[list[dict]]:
+    """Consecutive rows grouped so a chunk holds about batch_seconds of audio or max_images images."""
+    chunks: list[list[dict]] = []
+    current: list[dict] = []
+    seconds = images = 0.0
+    for row in rows:
+        cost = row.get("duration") or 0.0
+        if current and (seconds + cost > batch_seconds or images >= max_images):
+            chunks.append(current)
+            current, seconds, images = [], 0.0, 0
+        current.append(row)
+        seconds += cost if row["modality"] == "audio" else 0.0
+        images += row["modality"] == "image"
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
+    from uti.tokenizer import UnifiedTokenizer
+
+    ucfg = load_config(cfg.config)
+    rows, plan = plan_job(cfg)
+    # The driver loads the codecs once to fix the token space (sizes read from the models); every
+    # actor then loads against it and refuses to start if its codecs differ.
+    tok = UnifiedTokenizer(ucfg)
+    space = tok.space
+    claim_out(cfg.out, space, plan)
+    removed = remove_stale_temp_files(cfg.out)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    done = completed_shards(cfg.out, space, plan)
+    todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
+    row_dicts = {r.id: r.to_dict() for r in rows}
+    audio_sr = tok.audio.sample_rate if tok.audio else 0
+    audio_ch = tok.audio.channels if tok.audio else 0
+    proc = tok.image.proc_size[0] if tok.image else 0
+    del tok
+
+    started = time.time()
+    stats: list[dict] = []
+    failures: collections.Counter = collections.Counter()
+    actor_info: list[dict] = []
+    processing = 0.0
+    if todo:
+        stats, failures, actor_info, processing = _run_shards(
+            cfg, ucfg, space, plan, todo, row_dicts,
+            read_args={"sample_rate": audio_sr, "channels": audio_ch, "proc_size": proc, "limits": to_dict(ucfg.limits)})
+    wall = time.time() - started
+
+    refs = completed_shards(cfg.out, space, plan)
+    missing = [f"{s}/{sh.name}" for s, sh in plan.shards() if (s, sh.name) not in refs]
+    if missing:
+        raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
+    errors = merge_errors(cfg.out, refs.values())
+    job = _summary(cfg, ucfg, space, plan, refs, errors, stats, failures, actor_info, processing, skipped=len(done))
+    job["throughput"]["total_seconds_with_startup"] = wall
+    write_job(cfg.out, job)
+    return job
+
+
+def actor_name(out: str, index: int) -> str:
+    """Named per output folder so operators (and fault-injection tests) can find a run's actors."""
+    import hashlib
+
+    return f"uti-tokenize-{hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:10]}-{index}"
+
+
+def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, read_args):
+    """Returns (per-shard stats, failures, actor info, processing seconds from actors ready to done)."""
+    import ray
+    from ray.exceptions import RayError
+
+    from ray_jobs.actor import CodecWorker
+    from ray_jobs.cluster import cluster_gpus, connect
+    from ray_jobs.read import read_rows
+
+    n_actors = max(1, min(cfg.num_actors, len(todo)))
+    # Local instance: leave logical CPUs for read tasks next to the actors, or they would never run.
+    local_cpus = max(os.cpu_count() or 1, math.ceil(n_actors * cfg.cpus_per_actor + 1))
+    started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else local_cpus)
+    actors: list = []
+    try:
+        available = cluster_gpus()
+        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if available > 0 else 0.0)
+        if gpus > 0 and available == 0:
+            raise JobError(f"--gpus-per-actor {gpus} but the Ray cluster reports no GPUs; add GPU nodes or use "
+                           "--gpus-per-actor 0 to encode on CPU")
+        device = "cuda" if gpus > 0 else "cpu"
+        worker_cls = ray.remote(CodecWorker).options(
+            num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
+            max_restarts=cfg.max_shard_failures * max(1, len(todo)), max_task_retries=0,
+        )
+        actors = [worker_cls.options(name=actor_name(cfg.out, i), lifetime=None).remote(config=to_dict(ucfg), token_space_json=space.canonical_json(), out=cfg.out,
+                                    device=device, threads=max(1, int(cfg.cpus_per_actor))) for _ in range(n_actors)]
+        try:
+            actor_info = ray.get([a.info.remote() for a in actors])
+        except RayError as exc:
+            raise JobError(f"codec actors failed to start: {_short(exc)}") from None
+        processing_started = time.time()
+        reader = ray.remote(read_rows).options(num_cpus=cfg.read_cpus, max_retries=3)
+        
+        queue = collections.deque(todo)
+        inflight: dict[Any, tuple[str, Any, int]] = {}
+        load = [0] * n_actors
+        failures: collections.Counter = collections.Counter()
+        stats: list[dict] = []
+        progress = _Progress(plan, todo, enabled=cfg.progress)
+
+        def submit(i: int) -> None:
+            split, shard = queue.popleft()
+            rows = [row_dicts[x] for x in shard.ids]
+            chunks = [reader.remote(chunk, **read_args) for chunk in
+                      chunk_rows(rows, batch_seconds=cfg.batch_seconds, max_images=cfg.max_images_per_batch)]
+            ref = actors[i].tokenize_shard.remote(split=split, shard=shard.name, rows=rows, chunks=chunks,
+                                                  extra={"plan_sha256": plan.sha256})
+            inflight[ref] = (split, shard, i)
+            load[i] += 1
+
+        try:
+            while queue or inflight:
+                for i in sorted(range(n_actors), key=lambda k: load[k]):
+                    while queue and load[i] < QUEUE_PER_ACTOR:
+                        submit(i)
+                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+                for ref in ready:
+                    split, shard, i = inflight.pop(ref)
+                    load[i] -= 1
+                    try:
+                        result = ray.get(ref)
+                    except RayError as exc:
+                        failures[f"{split}/{shard.name}"] += 1
+                        count = failures[f"{split}/{shard.name}"]
+                        log.warning("shard %s/%s failed (%d/%d): %s", split, shard.name, count,
+                                    cfg.max_shard_failures, _short(exc))
+                        if count >= cfg.max_shard_failures:
+                            raise JobError(
+                                f"shard {split}/{shard.name} failed {count} times; last error: {_short(exc)}. "
+                                f"Its rows are listed in {cfg.out}/plan.json; fix the cause and rerun the same "
+                                "command: completed shards are kept") from None
+                        queue.appendleft((split, shard))
+                        continue
+                    stats.append(result)
+                    progress.update(result)
+        finally:
+            progress.close()
+        return stats, failures, actor_info, time.time() - processing_started
+    finally:
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead is fine
+                pass
+        if started_ray:
+            ray.shutdown()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    cause = [line for line in text if "Error" in line or "error" in line]
+    return (cause[-1] if cause else (text[-1] if text else type(exc).__name__))[:300]
+
+
+class _Progress:
+    def __init__(self, plan: Plan, todo, *, enabled: bool):
+        from tqdm import tqdm
+
+        total = sum(shard.num_samples for _, shard in todo)
+        self.shards_total = len(todo)
+        self.shards = 0
+        self.audio = 0.0
+        self.images = 0
+        self.tokens = 0
+        self.t0 = time.time()
+        # disable=None: a bar on a terminal, nothing in CI logs.
+        self.bar = tqdm(total=total, unit="sample", desc="tokenize", disable=None if enabled else True,
+                        dynamic_ncols=True)
+
+    def update(self, r: dict) -> None:
+        self.shards += 1
+        self.audio += r["audio_seconds"]
+        self.images += r["images"]
+        self.tokens += r["media_tokens"] + r["text_tokens"]
+        rate = self.tokens / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"shards {self.shards}/{self.shards_total} audio {self.audio / 3600:.2f} h "
+                                 f"images {self.images} {rate:,.0f} tok/s", refresh=False)
+        self.bar.update(r["num_samples"] + r["num_errors"])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _summary(cfg, ucfg, space, plan: Plan, refs, errors, stats, failures, actor_info, wall, *, skipped) -> dict:
+    import torch
+
+    by_split: dict[str, dict[str, int]] = {}
+    for (split, _), ref in sorted(refs.items()):
+        entry = by_split.setdefault(split, {"samples": 0, "errors": 0})
+        entry["samples"] += ref.index["num_samples"]
+        entry["errors"] += len(ref.index.get("errors", []))
+    by_modality: dict[str, int] = collections.Counter()
+    reasons: dict[str, int] = collections.Counter()
+    for s in stats:
+        by_modality.update(s["modalities"])
+        reasons.update(s["error_reasons"])
+    audio_s = sum(s["audio_seconds"] for s in stats)
+    tokens = sum(s["media_tokens"] + s["text_tokens"] for s in stats)
+    busy_by_pid: dict[int, float] = collections.Counter()
+    for s in stats:
+        busy_by_pid[s["pid"]] += s["busy"]
+    n_actors = max(1, len(actor_info))
+    return {
+        "format": "uti.job", "version": 1, "producer": f"uti {__version__}", "complete": True,
+        "token_space_id": space.id,
+        "manifests": [{"path": os.path.abspath(p), "sha256": manifest_sha256(p)} for p in cfg.manifests],
+        "manifest_sha256": plan.manifest_sha256, "plan_sha256": plan.sha256,
+        "config": to_dict(ucfg), "arguments": to_dict(cfg),
+        "counts": {
+            "planned": plan.num_samples, "samples": sum(v["samples"] for v in by_split.values()),
+            "errors": len(errors), "by_split": by_split,
+            "by_modality_this_run": dict(by_modality), "error_reasons_this_run": dict(reasons),
+            "shards": {"total": plan.num_shards, "skipped_complete": skipped, "written": len(stats)},
+        },
+        "throughput": {
+            "wall_seconds": wall, "audio_seconds": audio_s,
+            "audio_seconds_per_second": audio_s / wall if wall else 0.0,
+            "images_per_second": sum(s["images"] for s in stats) / wall if wall else 0.0,
+            "tokens_per_second": tokens / wall if wall else 0.0,
+        },
+        "actors": {
+            "count": len(actor_info), "device": actor_info[0]["device"] if actor_info else None,
+            "busy_fraction": sum(busy_by_pid.values()) / (n_actors * wall) if wall and stats else 0.0,
+            "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
+            "read_wait_seconds": sum(s["wait"] for s in stats),
+        },
+        "retries": sum(failures.values()), "failures_by_shard": dict(failures),
+        "versions": {"uti": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "ray": __import__("ray").__version__},
+    }

@@ -1,0 +1,36 @@
+"""CPU read tasks: decode, check and resample/resize one chunk of a shard's rows.
+
+They run as separate Ray tasks, ahead of the codec actors, so an actor never waits on I/O; they
+return plain numpy arrays (zero-copy through the object store) or per-row errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sharding.manifest import ManifestRow
+from sharding.media import AudioSpec, load_audio, load_image
+from uti.config import LimitsConfig
+from uti.errors import MediaError
+
+
+def read_rows(rows: list[dict], *, sample_rate: int, channels: int, proc_size: int, limits: dict) -> list[dict[str, Any]]:
+    lim = LimitsConfig(**limits)
+    spec = AudioSpec(sample_rate=sample_rate, channels=channels)
+    out = []
+    for data in rows:
+        row = ManifestRow.from_dict(data)
+        try:
+            if row.modality == "audio":
+                media = load_audio(row, spec=spec, limits=lim)
+                out.append({"id": row.id, "ok": True, "data": media.data.numpy(), "sha": media.source_sha256,
+                            "info": media.info})
+            elif row.modality == "image":
+                media = load_image(row, proc_size=proc_size, limits=lim)
+                out.append({"id": row.id, "ok": True, "data": media.data, "sha": media.source_sha256,
+                            "info": media.info})
+            else:
+                out.append({"id": row.id, "ok": True, "data": None, "sha": None, "info": {}})
+        except MediaError as exc:
+            out.append({"id": row.id, "ok": False, "stage": exc.stage, "reason": exc.reason, "detail": str(exc)})
+    return out
