@@ -20,6 +20,8 @@ from typing import Any
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.outputs import (JobError, claim_out, completed_shards, merge_errors, remove_stale_temp_files,
                               write_job)
+from ray.exceptions import ActorUnavailableError
+
 from sharding.manifest import ManifestRow, manifest_sha256, read_manifests
 from sharding.plan import Plan, make_plan
 from uti import __version__
@@ -129,63 +131,74 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
             raise JobError(f"--gpus-per-actor {gpus} but the Ray cluster reports no GPUs; add GPU nodes or use "
                            "--gpus-per-actor 0 to encode on CPU")
         device = "cuda" if gpus > 0 else "cpu"
-        worker_cls = ray.remote(CodecWorker).options(
+        worker_cls = ray.remote(CodecWorker)
+        options = dict(
             num_cpus=cfg.cpus_per_actor, num_gpus=gpus,
             max_restarts=cfg.max_shard_failures * max(1, len(todo)), max_task_retries=0,
+            scheduling_strategy="SPREAD",  # one node going away takes as few actors with it as possible
         )
-        actors = [worker_cls.options(name=actor_name(cfg.out, i), lifetime=None).remote(config=to_dict(ucfg), token_space_json=space.canonical_json(), out=cfg.out,
-                                    device=device, threads=max(1, int(cfg.cpus_per_actor))) for _ in range(n_actors)]
+        actors = [
+            worker_cls.options(name=actor_name(cfg.out, i), **options).remote(
+                config=to_dict(ucfg), token_space_json=space.canonical_json(), out=cfg.out,
+                device=device, threads=max(1, int(cfg.cpus_per_actor)))
+            for i in range(n_actors)
+        ]
         try:
             actor_info = ray.get([a.info.remote() for a in actors])
         except RayError as exc:
             raise JobError(f"codec actors failed to start: {_short(exc)}") from None
         processing_started = time.time()
         reader = ray.remote(read_rows).options(num_cpus=cfg.read_cpus, max_retries=3)
-        
+        pool = _ActorPool(actors)
+        progress = _Progress(plan, todo, enabled=cfg.progress)
         queue = collections.deque(todo)
-        inflight: dict[Any, tuple[str, Any, int]] = {}
-        load = [0] * n_actors
         failures: collections.Counter = collections.Counter()
         stats: list[dict] = []
-        progress = _Progress(plan, todo, enabled=cfg.progress)
+        resubmitted = 0
 
         def submit(i: int) -> None:
             split, shard = queue.popleft()
             rows = [row_dicts[x] for x in shard.ids]
+            # Read tasks start now, while actor i still encodes its previous shard.
             chunks = [reader.remote(chunk, **read_args) for chunk in
                       chunk_rows(rows, batch_seconds=cfg.batch_seconds, max_images=cfg.max_images_per_batch)]
             ref = actors[i].tokenize_shard.remote(split=split, shard=shard.name, rows=rows, chunks=chunks,
                                                   extra={"plan_sha256": plan.sha256})
-            inflight[ref] = (split, shard, i)
-            load[i] += 1
+            pool.assign(ref, i, (split, shard))
 
         try:
-            while queue or inflight:
-                for i in sorted(range(n_actors), key=lambda k: load[k]):
-                    while queue and load[i] < QUEUE_PER_ACTOR:
-                        submit(i)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
-                for ref in ready:
-                    split, shard, i = inflight.pop(ref)
-                    load[i] -= 1
-                    try:
-                        result = ray.get(ref)
-                    except RayError as exc:
-                        failures[f"{split}/{shard.name}"] += 1
-                        count = failures[f"{split}/{shard.name}"]
-                        log.warning("shard %s/%s failed (%d/%d): %s", split, shard.name, count,
-                                    cfg.max_shard_failures, _short(exc))
-                        if count >= cfg.max_shard_failures:
-                            raise JobError(
-                                f"shard {split}/{shard.name} failed {count} times; last error: {_short(exc)}. "
-                                f"Its rows are listed in {cfg.out}/plan.json; fix the cause and rerun the same "
-                                "command: completed shards are kept") from None
-                        queue.appendleft((split, shard))
+            while queue or pool.busy:
+                for i in pool.free_slots(QUEUE_PER_ACTOR):
+                    if not queue:
+                        break
+                    submit(i)
+                pool.ping_recovering()
+                for kind, i, payload, outcome in pool.wait(timeout=1.0):
+                    if kind == "ping":
                         continue
-                    stats.append(result)
-                    progress.update(result)
+                    split, shard = payload
+                    if not isinstance(outcome, Exception):
+                        stats.append(outcome)
+                        progress.update(outcome)
+                        continue
+                    queue.appendleft((split, shard))
+                    resubmitted += 1
+                    if isinstance(outcome, ActorUnavailableError):
+                        continue  # never started: the actor was restarting, not this shard's fault
+                    key = f"{split}/{shard.name}"
+                    failures[key] += 1
+                    log.warning("shard %s failed (%d/%d): %s", key, failures[key], cfg.max_shard_failures, _short(outcome))
+                    if failures[key] >= cfg.max_shard_failures:
+                        raise JobError(
+                            f"shard {key} failed {failures[key]} times; last error: {_short(outcome)}. "
+                            f"Its rows are listed in {cfg.out}/plan.json; fix the cause and rerun the same "
+                            "command: completed shards are kept")
+                if pool.all_dead():
+                    raise JobError("every codec actor died and could not be restarted; see the Ray logs "
+                                   "(`ray logs`) for the cause, then rerun the same command")
         finally:
             progress.close()
+        failures["__resubmitted__"] = resubmitted
         return stats, failures, actor_info, time.time() - processing_started
     finally:
         for actor in actors:
@@ -195,6 +208,75 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                 pass
         if started_ray:
             ray.shutdown()
+
+
+class _ActorPool:
+    """Tracks which actor runs what. An actor whose call failed is 'recovering' (Ray restarts it) and
+    gets no new work until a ping succeeds; pings back off so a restarting actor is not hammered."""
+
+    def __init__(self, actors: list):
+        self.actors = actors
+        self.inflight: dict[Any, tuple[str, int, Any]] = {}
+        self.load = [0] * len(actors)
+        self.recovering: dict[int, float] = {}  # actor -> time of the next ping
+        self.pinging: set[int] = set()
+        self.dead: set[int] = set()
+
+    @property
+    def busy(self) -> bool:
+        return any(kind == "shard" for kind, _, _ in self.inflight.values())
+
+    def free_slots(self, per_actor: int) -> list[int]:
+        ready = [i for i in range(len(self.actors)) if i not in self.recovering and i not in self.dead]
+        slots = []
+        for i in sorted(ready, key=lambda k: self.load[k]):
+            slots += [i] * max(0, per_actor - self.load[i])
+        return slots
+
+    def assign(self, ref, i: int, payload) -> None:
+        self.inflight[ref] = ("shard", i, payload)
+        self.load[i] += 1
+
+    def ping_recovering(self) -> None:
+        now = time.time()
+        for i, when in list(self.recovering.items()):
+            if i not in self.pinging and now >= when:
+                self.inflight[self.actors[i].info.remote()] = ("ping", i, None)
+                self.pinging.add(i)
+
+    def all_dead(self) -> bool:
+        return len(self.dead) == len(self.actors)
+
+    def wait(self, timeout: float) -> list[tuple[str, int, Any, Any]]:
+        import ray
+        from ray.exceptions import ActorDiedError, RayError
+
+        if not self.inflight:
+            time.sleep(min(timeout, 0.2))
+            return []
+        ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=timeout)
+        events = []
+        for ref in ready:
+            kind, i, payload = self.inflight.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except RayError as exc:
+                outcome = exc
+            if kind == "shard":
+                self.load[i] -= 1
+            else:
+                self.pinging.discard(i)
+            if isinstance(outcome, Exception) and isinstance(outcome, (ActorUnavailableError, ActorDiedError)):
+                if isinstance(outcome, ActorDiedError) and "restart" not in str(outcome).lower() and kind == "ping":
+                    self.dead.add(i)
+                    self.recovering.pop(i, None)
+                else:
+                    backoff = 0.5 if i not in self.recovering else 1.0
+                    self.recovering[i] = time.time() + backoff
+            elif kind == "ping":
+                self.recovering.pop(i, None)
+            events.append((kind, i, payload, outcome))
+        return events
 
 
 def _short(exc: BaseException) -> str:
@@ -275,7 +357,7 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, stats, failures, actor_
             "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
             "read_wait_seconds": sum(s["wait"] for s in stats),
         },
-        "retries": sum(failures.values()), "failures_by_shard": dict(failures),
+        "retries": failures.pop("__resubmitted__", 0), "failures_by_shard": dict(failures),
         "versions": {"uti": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "ray": __import__("ray").__version__},
     }

@@ -191,3 +191,20 @@ def test_hf_text_tokenizer_from_local_directory(tmp_path):
 def test_loading_codecs_against_another_token_space_fails(default_space):
     with pytest.raises(TokenSpaceMismatch):
         UnifiedTokenizer(UTIConfig(audio=AudioConfig(weights="random:5")), modalities=("audio",), token_space=default_space)
+
+
+def test_random_weights_are_identical_across_threads_and_cache(tmp_path, default_space):
+    """`random:0` must be bit-identical everywhere: uncached, one thread, another process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, json; torch.set_num_threads(1)\n"
+            "from uti.tokenizer import UnifiedTokenizer\n"
+            "s = UnifiedTokenizer().space\n"
+            "print(json.dumps({m: c.fingerprint for m, c in s.codecs.items()}))")
+    env = {**os.environ, "UTI_CACHE_DIR": str(tmp_path / "empty-cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {m: c.fingerprint for m, c in default_space.codecs.items()}
+    assert any((tmp_path / "empty-cache" / "random-weights").iterdir())

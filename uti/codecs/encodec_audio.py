@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from uti.codecs.base import AudioCodec, EncodedAudio
-from uti.codecs.weights import WeightsSpec, fingerprint_state_dict, parse_weights, resolve_device
+from uti.codecs.weights import (WeightsSpec, cached_random_state, fingerprint_state_dict, parse_weights,
+                                resolve_device)
 from uti.errors import ConfigError, DecodeRefused, WeightsError
 from uti.token_space import CodecDescriptor
 
@@ -48,6 +49,18 @@ def _build_architecture(name: str):
     return builder[name](pretrained=False)
 
 
+def _seeded_architecture(name: str, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_architecture(name)
+
+
+def _random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+    net = _seeded_architecture(name, seed)
+    _init_codebooks_from_signal(net, seed=seed)
+    return net.state_dict()
+
+
 class EncodecAudioCodec(AudioCodec):
     def __init__(self, *, model: str = "encodec_24khz", bandwidth: float = 6.0, weights: str = "random:0",
                  device: str = "cpu"):
@@ -55,11 +68,10 @@ class EncodecAudioCodec(AudioCodec):
             raise ConfigError(f"audio.model: {model!r} is not one of {sorted(_CHECKPOINTS)}")
         self.name = model
         self._weights = parse_weights(weights, where="audio.weights")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._weights.seed if self._weights.kind == "random" else 0)
-            net = _build_architecture(model)
+        net = _seeded_architecture(model, self._weights.seed if self._weights.kind == "random" else 0)
         if self._weights.kind == "random":
-            _init_codebooks_from_signal(net, seed=int(self._weights.seed))
+            seed = int(self._weights.seed)
+            net.load_state_dict(cached_random_state(f"encodec|{model}|seed={seed}", lambda: _random_state(model, seed)))
         else:
             net.load_state_dict(_load_state(self._weights, model))
         if bandwidth not in net.target_bandwidths:

@@ -7,6 +7,7 @@ per image in float64 so that batching can never flip a code.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -16,9 +17,10 @@ import torch
 from PIL import Image
 
 from uti.codecs.base import ImageCodec
-from uti.codecs.weights import fingerprint_state_dict, parse_weights, resolve_device
+from uti.codecs.weights import cached_random_state, fingerprint_state_dict, parse_weights, resolve_device
 from uti.config import ImageConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
+from uti.strict import to_dict as strict_to_dict
 from uti.token_space import CodecDescriptor
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,18 @@ class VQImageCodec(ImageCodec):
         else:
             raise ConfigError("image.weights: 'pretrained' needs a local VQModel directory path; "
                               "no default download exists for the image codec")
-        self._net = net.eval().to(self.device)
         self._proc = int(cfg.proc_size)
         if self._weights.kind == "random":
-            self._init_codebook(int(self._weights.seed))
+            seed = int(self._weights.seed)
+            key = f"vqgan|{json.dumps(strict_to_dict(cfg.arch), sort_keys=True)}|proc={self._proc}|seed={seed}"
+
+            def build() -> dict[str, torch.Tensor]:
+                self._net = net.eval()
+                self._init_codebook(seed)
+                return net.state_dict()
+
+            net.load_state_dict(cached_random_state(key, build))
+        self._net = net.eval().to(self.device)
         with torch.inference_mode():
             probe = self._net.encode(torch.zeros(1, 3, self._proc, self._proc, device=self.device)).latents
         self._grid = (int(probe.shape[-2]), int(probe.shape[-1]))
@@ -116,7 +126,7 @@ class VQImageCodec(ImageCodec):
 
         k = self._net.quantize.n_e
         images = calibration_images(self._proc, 16, seed)
-        net = copy.deepcopy(self._net).double().cpu()
+        net = copy.deepcopy(self._net).double().cpu()  # VQModel has no weight_norm: a copy is fine
         x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 127.5 - 1.0
         latents = net.encode(x).latents
         vectors = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])

@@ -54,3 +54,39 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'")
     return torch.device(device)
+
+
+# Bump when the random-init algorithm changes: cached weights of an older algorithm are then ignored.
+RANDOM_INIT_VERSION = 1
+
+
+def random_weights_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("UTI_CACHE_DIR") or Path.home() / ".cache" / "uti") / "random-weights"
+
+
+def cached_random_state(key: str, build) -> dict[str, torch.Tensor]:
+    """`random:SEED` weights cost seconds to compute (a float64 calibration pass); every actor and
+    test needs the same ones. Cache them by (key, init algorithm, torch version), loaded weights-only.
+    A cache that cannot be written is skipped, never an error."""
+    import os
+    import tempfile
+
+    digest = hashlib.sha256(f"{key}|init-v{RANDOM_INIT_VERSION}|torch-{torch.__version__}".encode()).hexdigest()[:24]
+    path = random_weights_cache_dir() / f"{digest}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt cache entry is rebuilt
+            path.unlink(missing_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in build().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return state

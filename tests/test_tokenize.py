@@ -1,0 +1,184 @@
+"""`uti tokenize` on local Ray (CPU): round trip, exactly once, determinism, resume, fault tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ray_jobs.config import TokenizeConfig
+from ray_jobs.job import actor_name, run_tokenize
+from sharding.manifest import read_manifests
+from sharding.reader import ShardReader
+from tokenize_helpers import make_manifests, shard_bytes
+from uti.errors import TokenSpaceMismatch, UTIError
+from uti.token_space import TokenSpace
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    return make_manifests(tmp_path_factory.mktemp("data"))
+
+
+def _cfg(manifests, out, **kw) -> TokenizeConfig:
+    return TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=3, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_local, manifests, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "out"
+    job = run_tokenize(_cfg(manifests, out, num_actors=2))
+    return out, job
+
+
+def test_two_actors_round_trip_exactly_once(clean_run, manifests, default_tokenizer):
+    out, job = clean_run
+    rows = {r.id: r for r in read_manifests(manifests)}
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert {e["id"]: e["reason"] for e in errors} == {
+        "clotho:corrupt.wav": "unreadable", "clotho:nan.wav": "nan_or_inf", "llava:trunc": "undecodable_image"}
+    space = TokenSpace.load(out)
+    samples = list(ShardReader(str(out), expected_token_space=space))
+    ids = [s.meta["id"] for s in samples]
+    assert len(ids) == len(set(ids)), "a sample was written twice"
+    assert set(ids) | {e["id"] for e in errors} == set(rows) and not set(ids) & {e["id"] for e in errors}
+    assert job["counts"]["samples"] == len(ids) == 10 and job["counts"]["errors"] == 3
+    tok = default_tokenizer
+    for s in samples:
+        m = s.meta
+        assert m["token_space_id"] == space.id and s.tokens.dtype == np.uint32
+        assert tok.decode_text(s.text[: m["caption_token_lengths"][0]]) == m["captions"][0]
+        if m["modality"] == "audio":
+            enc = tok.check_audio_tokens(s.tokens, m)
+            assert enc.codes.shape == (m["n_frames"], 8) and m["source_sample_rate"] in (16000, 22050, 44100)
+        else:
+            assert tok.check_image_tokens(s.tokens, m).shape == (16, 16)
+    assert job["actors"]["count"] == 2 and job["actors"]["device"] == "cpu"
+    assert job["throughput"]["audio_seconds"] == pytest.approx(sum(s.meta.get("n_samples", 0) for s in samples) / 24000)
+
+
+def test_tokens_equal_a_direct_encode(clean_run, default_tokenizer):
+    """The job's tokens are exactly what the unified tokenizer gives for the same file."""
+    import soundfile as sf
+
+    out, _ = clean_run
+    space = TokenSpace.load(out)
+    sample = next(s for s in ShardReader(str(out), expected_token_space=space) if s.meta["modality"] == "audio")
+    data, rate = sf.read(sample.meta["source"], dtype="float32", always_2d=True)
+    ids, _ = default_tokenizer.encode_audio(default_tokenizer.prepare_audio(data.T, rate))
+    assert np.array_equal(ids, sample.tokens)
+
+
+def test_output_does_not_depend_on_the_number_of_actors(clean_run, manifests, tmp_path):
+    out, _ = clean_run
+    run_tokenize(_cfg(manifests, tmp_path / "one", num_actors=1))
+    assert shard_bytes(tmp_path / "one") == shard_bytes(out)
+    assert (tmp_path / "one" / "errors.jsonl").read_bytes() == (out / "errors.jsonl").read_bytes()
+
+
+def test_rerun_skips_complete_shards_and_redoes_the_rest(clean_run, manifests, tmp_path):
+    out, _ = clean_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    victim = sorted((copy / "shards").rglob("shard-*.json"))[1]
+    victim.unlink()  # index gone: the shard no longer exists, even though its tar is there
+    (copy / "shards" / "development" / ".shard-000000.tar.tmp-dead").write_bytes(b"left by a killed writer")
+    job = run_tokenize(_cfg(manifests, copy, num_actors=1))
+    assert job["counts"]["shards"]["written"] == 1 and job["counts"]["shards"]["skipped_complete"] == job["counts"]["shards"]["total"] - 1
+    assert shard_bytes(copy) == shard_bytes(out)
+    again = run_tokenize(_cfg(manifests, copy, num_actors=1))
+    assert again["counts"]["shards"]["written"] == 0
+
+
+def test_another_token_space_or_plan_into_the_same_out_fails_fast(clean_run, manifests, tmp_path):
+    out, _ = clean_run
+    cfg_file = tmp_path / "seed1.yaml"
+    cfg_file.write_text("audio: {weights: 'random:1'}\n")
+    with pytest.raises(TokenSpaceMismatch, match="holds shards of another token space"):
+        run_tokenize(_cfg(manifests, out, config=str(cfg_file)))
+    with pytest.raises(UTIError, match="another plan"):
+        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=2, progress=False))
+    with pytest.raises(UTIError, match="another plan.*manifests hash"):
+        run_tokenize(_cfg(manifests[:1], out))
+
+
+def test_gpus_requested_on_a_cpu_cluster_is_a_clear_error(ray_local, manifests, tmp_path):
+    with pytest.raises(UTIError, match="reports no GPUs"):
+        run_tokenize(_cfg(manifests, tmp_path / "gpu", gpus_per_actor=1.0))
+
+
+def _wait_for(predicate, timeout=120.0, step=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_killed_actor_is_restarted_and_the_job_completes_exactly_once(clean_run, manifests, tmp_path, ray_local):
+    ray = ray_local
+    out_dir = tmp_path / "killed"
+    result: dict = {}
+    cfg = TokenizeConfig(manifests=tuple(manifests), out=str(out_dir), shard_samples=1, num_actors=2, progress=False)
+    thread = threading.Thread(target=lambda: result.update(job=run_tokenize(cfg)))
+    thread.start()
+    assert _wait_for(lambda: any((out_dir / "shards").rglob("shard-*.json")) if (out_dir / "shards").exists() else False)
+    ray.kill(ray.get_actor(actor_name(str(out_dir), 0)), no_restart=False)
+    thread.join(timeout=300)
+    assert "job" in result, "the job did not finish after an actor was killed"
+    assert result["job"]["retries"] >= 1
+    clean_1 = tmp_path / "clean1"
+    run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(clean_1), shard_samples=1, num_actors=2, progress=False))
+    assert shard_bytes(out_dir) == shard_bytes(clean_1)
+
+
+def test_driver_killed_mid_run_then_rerun_is_byte_identical(clean_run, manifests, tmp_path):
+    out, _ = clean_run
+    target = tmp_path / "interrupted"
+    cmd = ["uti", "tokenize", "--shard-samples", "3", "--num-actors", "1", "--no-progress", "--out", str(target)]
+    for m in manifests:
+        cmd += ["--manifest", m]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        first = lambda: (target / "shards").exists() and any((target / "shards").rglob("shard-*.json"))  # noqa: E731
+        assert _wait_for(first, timeout=180)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    complete_before = len(list((target / "shards").rglob("shard-*.json")))
+    assert not (target / "job.json").exists() and complete_before < 5
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert shard_bytes(target) == shard_bytes(out)
+    job = json.loads((target / "job.json").read_text())
+    assert job["counts"]["shards"]["skipped_complete"] >= complete_before >= 1
+
+
+def test_cli_prints_summary_and_refuses_bad_flags(manifests, tmp_path):
+    proc = subprocess.run(["uti", "tokenize", "--manifest", manifests[0], "--out", str(tmp_path / "o"),
+                           "--num-actors", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--num-actors must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(["uti", "tokenize", "--manifest", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing.jsonl" in proc.stderr

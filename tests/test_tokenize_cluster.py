@@ -1,0 +1,50 @@
+"""`uti tokenize` on a two-node Ray cluster (ray.cluster_utils.Cluster): a worker node leaves mid-job."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ray_jobs.config import TokenizeConfig
+from ray_jobs.job import run_tokenize
+from tokenize_helpers import make_manifests, shard_bytes
+
+pytestmark = pytest.mark.ray
+
+
+def test_removing_a_worker_node_mid_job_loses_no_shard(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    manifests = make_manifests(tmp_path / "data")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        out = tmp_path / "out"
+        cfg = TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=1, num_actors=2,
+                             progress=False, address=cluster.address)
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(job=run_tokenize(cfg)))
+        thread.start()
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((out / "shards").exists() and any((out / "shards").rglob("*.json"))):
+            time.sleep(0.05)
+        nodes_before = len([n for n in ray.nodes() if n["Alive"]])
+        cluster.remove_node(worker)
+        thread.join(timeout=400)
+        assert "job" in result, "the job did not finish after the worker node was removed"
+        assert nodes_before == 2
+        job = result["job"]
+        assert job["counts"]["samples"] == 10 and job["counts"]["errors"] == 3
+        # A clean run on the remaining node gives the same bytes: no shard lost, duplicated or altered.
+        ref = tmp_path / "ref"
+        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(ref), shard_samples=1, num_actors=1,
+                                    progress=False, address=cluster.address))
+        assert shard_bytes(out) == shard_bytes(ref)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
