@@ -1,0 +1,608 @@
+"""The per-shard scan: checks 1-4 and 6 on one shard, plus the statistics of checks 9-10.
+
+Unlike `sharding.reader.read_shard`, which raises at the first problem (right for training), the
+scan keeps going after a bad sample so that one run reports every damaged sample with its check,
+and it returns a small summary (counts, fixed-size histograms, the sample IDs) instead of tokens.
+It stops only when the tar itself can no longer be parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+import tarfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from sharding.errors import ShardError
+from sharding.format import (
+    HEADER_MEMBER, SAMPLE_EXTENSIONS, TOKEN_DTYPE, is_hex64, is_safe_name, sample_key, url_to_fs, validate_header,
+)
+from uti.token_space import TokenSpace, canonical_json, sha256_hex
+from verify.dataset import ShardTask
+from verify.findings import FindingLog
+from verify.stats import LengthStats
+
+MODALITIES = ("audio", "image", "text")
+# A training sequence adds a task tag / <bos>, two boundary pairs and <eos> around media + one caption;
+# the length check estimates sequences as media + longest caption + this many specials.
+SEQUENCE_OVERHEAD = 6
+COMMON_META = ("id", "split", "modality", "token_space_id", "captions", "caption_token_lengths")
+MEDIA_META = {
+    "audio": ("sample_rate", "channels", "n_samples", "n_frames", "n_q", "frame_rate"),
+    "image": ("proc_size", "grid"),
+    "text": (),
+}
+# The checks whose failure makes a sample (or shard) unfit for decode spot checks and the loader test:
+# those would only fail again for the same root cause.
+STRUCTURAL = ("token_space", "token_ranges", "shapes", "shard_integrity", "split_integrity")
+
+
+@dataclass
+class ShardSummary:
+    """What a scan task returns: O(samples) small strings, never token arrays."""
+
+    split: str
+    name: str
+    index_ids: list[str]  # the canonical IDs the shard's index claims
+    index_error_ids: list[str]
+    samples: list[tuple[str, str, str, str | None, bool]]  # (id, key, modality, source_sha256, clean)
+    findings: FindingLog
+    clean: bool  # no structural failure anywhere in the shard
+    tar_bytes: int = 0
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    codebooks: dict[str, np.ndarray] = field(default_factory=dict)
+    lengths: dict[str, LengthStats] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.split}/{self.name}"
+
+
+class _Expect:
+    """What the token space says samples must look like, computed once per task."""
+
+    def __init__(self, space: TokenSpace):
+        self.space = space
+        self.id = space.id
+        self.text = space.range("text") if space.has_range("text") else None
+        self.image = space.range("image") if space.has_range("image") else None
+        self.levels = space.audio_levels
+        self.level_starts_u32 = np.array([r.start for r in self.levels], dtype=np.uint32)
+        self.level_sizes_u32 = np.array([r.size for r in self.levels], dtype=np.uint32)
+        if any(a.end != b.start for a, b in zip(self.levels, self.levels[1:])):
+            raise ValueError("audio level ranges must be consecutive (TokenSpace.validate guarantees it)")
+        self.n_q = len(self.levels)
+        a = space.codecs["audio"].params if "audio" in space.codecs else {}
+        self.audio = dict(a)
+        self.hop = int(a["hop_length"]) if a.get("hop_length") else (
+            int(round(a["sample_rate"] / a["frame_rate"])) if a.get("sample_rate") and a.get("frame_rate") else 0)
+        i = space.codecs["image"].params if "image" in space.codecs else {}
+        self.grid = list(i.get("grid") or [])
+        self.proc_size = list(i.get("proc_size") or [])
+
+    def segments(self, n_samples: int) -> list[int]:
+        seg, stride = self.audio.get("segment_length"), self.audio.get("segment_stride")
+        if not seg:
+            return [n_samples]
+        return [min(int(seg), n_samples - off) for off in range(0, n_samples, int(stride))]
+
+    def expected_frames(self, n_samples: int) -> int:
+        return sum(-(-length // self.hop) for length in self.segments(n_samples))
+
+    def range_name(self, token_id: int) -> str:
+        for r in self.space.ranges:
+            if token_id in r:
+                return r.name
+        return f"outside the vocab (size {self.space.vocab_size})"
+
+
+# ---- streaming the tar ----------------------------------------------------------------------------
+_BLOCK = tarfile.BLOCKSIZE
+_MAX_TRAILING = 1024 * 1024  # after the end-of-archive blocks only record padding may follow
+
+
+class _HashingReader:
+    """Counts and hashes every byte the parser pulls, so size and SHA-256 cost no second read; keeps
+    the last few chunks so the bytes after the end-of-archive block can be checked."""
+
+    def __init__(self, raw: Any, keep: int = 64 * 1024):
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.pos = 0
+        self.end_offset: int | None = None  # where the first end-of-archive (zero) block starts
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._kept = 0
+        self._keep = keep
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        # Remote file objects may return short reads before EOF; only an empty read means the end.
+        while 0 <= size and 0 < len(data) < size and (more := self.raw.read(size - len(data))):
+            data += more
+        if data:
+            self.sha.update(data)
+            self._chunks.append((self.pos, data))
+            self._kept += len(data)
+            while self._kept - len(self._chunks[0][1]) >= self._keep:
+                self._kept -= len(self._chunks.popleft()[1])
+            self.pos += len(data)
+        return data
+
+    def since(self, offset: int) -> bytes | None:
+        if not self._chunks or self._chunks[0][0] > offset:
+            return None if offset < self.pos else b""
+        return b"".join(c for _, c in self._chunks)[offset - self._chunks[0][0]:]
+
+    def check_end(self) -> str | None:
+        """Our writer ends every tar with two zero blocks and record padding; anything else is damage."""
+        tail = self.since(self.end_offset) if self.end_offset is not None else None
+        if tail is None:
+            return "cannot verify the end of the archive"
+        while len(tail) <= _MAX_TRAILING and (chunk := self.read(64 * 1024)):
+            tail += chunk
+        if len(tail) > _MAX_TRAILING:
+            return "unexpected data after the end of the archive"
+        if len(tail) < 2 * _BLOCK or tail.count(0) != len(tail) or self.pos % _BLOCK:
+            return "truncated tar: the end-of-archive marker is missing or damaged"
+        return None
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class _TarBroken(Exception):
+    """The tar cannot be parsed any further; the message says why."""
+
+
+def _members(src: _HashingReader, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    """(name, payload) of each member, parsed straight from the 512-byte USTAR headers.
+
+    Our shards are plain USTAR regular files only (see sharding.format), so a 30-line parser does it,
+    about twice as fast as `tarfile` in stream mode; anything else (pax/GNU extension headers, links,
+    bad checksums) is refused before its payload is read.
+    """
+    while True:
+        offset = src.pos
+        header = src.read(_BLOCK)
+        if len(header) < _BLOCK:
+            raise _TarBroken("truncated tar: it ends inside a member header" if header else
+                             "truncated tar: the end-of-archive marker is missing")
+        if header.count(0) == _BLOCK:
+            src.end_offset = offset
+            return
+        stored = header[148:156].split(b"\0", 1)[0].strip()
+        actual = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        try:
+            if int(stored or b"-1", 8) != actual:
+                raise ValueError
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise _TarBroken(f"corrupt member header at byte {offset} (checksum or size field)") from None
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        kind = header[156:157]
+        if kind not in (b"0", b"\0"):
+            raise _TarBroken(f"member {name!r} has type {kind!r} (an extension header, link or directory); "
+                             "uti shards hold plain regular files only")
+        if header[345:500].strip(b"\0") or not name or "/" in name or "\\" in name or ".." in name:
+            raise _TarBroken(f"member {name!r} has an unsafe or prefixed name; not written by uti")
+        if size > max_bytes:
+            raise _TarBroken(f"member {name!r} is {size} bytes, above the {max_bytes}-byte limit; refused unread")
+        padded = -(-size // _BLOCK) * _BLOCK
+        data = src.read(padded)
+        if len(data) < padded:
+            raise _TarBroken(f"truncated tar: member {name!r} has {min(len(data), size)} of {size} bytes")
+        yield name, data[:size] if padded != size else data
+
+
+_NPY_U4 = re.compile(rb"\{'descr': '<u4', 'fortran_order': False, 'shape': \((\d+),\), \} *\n")
+
+
+def parse_ids(data: bytes) -> tuple[np.ndarray | None, str | None]:
+    """A 1-D little-endian uint32 .npy (never unpickled), or None and why not."""
+    # Fast path: the exact header numpy writes for our arrays; anything else takes the careful path.
+    if data[:8] == b"\x93NUMPY\x01\x00":
+        end = 10 + int.from_bytes(data[8:10], "little")
+        m = _NPY_U4.fullmatch(data, 10, end)
+        if m is not None and len(data) == end + 4 * int(m.group(1)):
+            return np.frombuffer(data, dtype=TOKEN_DTYPE, offset=end), None
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version != (1, 0):
+            return None, f".npy format version {version}, expected (1, 0)"
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        return None, f"not a valid .npy payload ({exc})"
+    if dtype.hasobject:
+        return None, "object-dtype .npy refused (loading it would unpickle)"
+    if dtype != TOKEN_DTYPE or len(shape) != 1:
+        return None, f"dtype {dtype} shape {shape}; token IDs must be 1-D little-endian uint32"
+    offset = buf.tell()
+    if len(data) != offset + shape[0] * 4:
+        return None, f".npy is {len(data)} bytes, its header implies {offset + shape[0] * 4}"
+    return np.frombuffer(data, dtype=TOKEN_DTYPE, offset=offset), None
+
+
+# ---- one shard -------------------------------------------------------------------------------------
+class _Scan:
+    def __init__(self, task: ShardTask, expect: _Expect, *, max_seq_len: int | None, max_examples: int):
+        self.task = task
+        self.x = expect
+        self.label = task.label
+        self.index = task.index or {}
+        self.log = FindingLog(max_examples)
+        self.max_seq_len = max_seq_len
+        self.samples: list[tuple[str, str, str, str | None, bool]] = []
+        self.seen_keys: set[str] = set()
+        self.seen_ids: set[str] = set()
+        self.read: list[tuple[str, str | None, int, int]] = []  # (key, id, tokens, text) in tar order
+        self.image_book = np.zeros(expect.image.size if expect.image is not None else 0, dtype=np.int64)
+        self.audio_book = np.zeros(expect.levels[-1].end - expect.levels[0].start if expect.levels else 0, dtype=np.int64)
+        self.lengths: dict[str, LengthStats] = {}
+        self.counts: dict[str, int] = {"samples": 0}
+        self.header_id: str | None = None
+
+    def fail(self, check: str, detail: str, key: str | None = None, id: str | None = None) -> None:
+        self.log.add(check, detail, shard=self.label, key=key, id=id)
+
+    def _indexed(self, i: int) -> tuple[str | None, str | None]:
+        keys, ids = self.index.get("keys") or [], self.index.get("ids") or []
+        return (keys[i] if i < len(keys) else None, ids[i] if i < len(ids) else None)
+
+    # -- header and index
+    def header(self, data: bytes) -> bool:
+        try:
+            header = validate_header(json.loads(data.decode("utf-8")), self.label)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.fail("shard_integrity", f"{HEADER_MEMBER} is not valid JSON ({exc})")
+            return False
+        except ShardError as exc:
+            self.fail("shard_integrity", str(exc))
+            return False
+        if canonical_json(header) != data:
+            self.fail("shard_integrity", f"{HEADER_MEMBER} is not canonical JSON (edited after writing?)")
+        claimed = header["token_space_id"]
+        actual = sha256_hex(canonical_json(header["token_space"]))
+        if actual != claimed:
+            self.fail("token_space", f"header claims token space {claimed[:16]} but its embedded token space "
+                                     f"hashes to {actual[:16]} (tampered or corrupt header)")
+        if claimed != self.x.id:
+            self.fail("token_space", f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
+                                     "tokens of another codec/weights must never be mixed in")
+        self.header_id = claimed
+        if header["shard"] != self.task.name or header["split"] != self.task.split:
+            self.fail("shard_integrity", f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
+        return True
+
+    def index_checks(self) -> None:
+        # A tar whose size differs from its index needs no finding of its own: the scan names the
+        # damaged sample and the final size/SHA-256 comparison reports the difference.
+        if self.task.problem and not self.task.problem.startswith("size_mismatch"):
+            self.fail("shard_integrity", self.task.problem)
+        if self.index.get("token_space_id") != self.x.id:
+            self.fail("token_space", f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
+                                     f"expected {self.x.id[:16]}")
+
+    # -- one sample
+    def sample(self, key: str, tokens_b: bytes, text_b: bytes, meta_b: bytes) -> None:
+        i = len(self.read)
+        before = sum(self.log.counts.get(c, 0) for c in STRUCTURAL)
+        try:
+            meta = json.loads(meta_b.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            meta = None
+            self.fail("shard_integrity", f"{key}.json is not valid JSON ({exc})", key, self._indexed(i)[1])
+        if not isinstance(meta, dict):
+            if meta is not None:
+                self.fail("shard_integrity", f"{key}.json is not a JSON object", key, self._indexed(i)[1])
+            meta = {}
+        sid = meta.get("id") if isinstance(meta.get("id"), str) and meta.get("id") else None
+        tokens, why_t = parse_ids(tokens_b)
+        text, why_x = parse_ids(text_b)
+        self.read.append((key, sid, -1 if tokens is None else int(tokens.size), -1 if text is None else int(text.size)))
+        self.counts["samples"] += 1
+        if why_t:
+            self.fail("token_ranges", f"{key}.tokens.npy: {why_t}", key, sid)
+        if why_x:
+            self.fail("token_ranges", f"{key}.text.npy: {why_x}", key, sid)
+
+        if sid is None:
+            self.fail("shapes", f"{key}.json has no canonical 'id'", key, self._indexed(i)[1])
+        else:
+            if sample_key(sid) != key:
+                self.fail("shard_integrity", f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}", key, sid)
+            if sid in self.seen_ids:
+                self.fail("shard_integrity", f"sample id {sid!r} appears twice in the shard", key, sid)
+        if key in self.seen_keys:
+            self.fail("shard_integrity", f"duplicate sample key {key}", key, sid)
+        self.seen_keys.add(key)
+        if sid is not None:
+            self.seen_ids.add(sid)
+
+        missing = [k for k in COMMON_META if k not in meta]
+        modality = meta.get("modality")
+        if modality not in MODALITIES:
+            self.fail("shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}", key, sid)
+            modality = None
+        else:
+            missing += [k for k in MEDIA_META[modality] if k not in meta]
+        if missing:
+            self.fail("shapes", f"meta lacks {', '.join(missing)}", key, sid)
+        if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
+            self.fail("token_space", f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
+                                     f"expected {self.x.id[:16]}", key, sid)
+        elif "token_space_id" in meta and self.header_id not in (None, self.x.id):
+            self.fail("token_space", f"sample meta carries token space {self.x.id[:16]} but its shard header "
+                                     f"{self.header_id[:16]}: which codec made these tokens is unknown", key, sid)
+        if "split" in meta and meta["split"] != self.task.split:
+            self.fail("split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
+                                         f"{self.task.split!r}", key, sid)
+        source_sha = meta.get("source_sha256")
+        if modality in ("audio", "image") and not is_hex64(source_sha):
+            self.fail("split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
+                                         "cannot be checked", key, sid)
+            source_sha = None
+
+        ranges_ok = True
+        if tokens is not None and modality is not None:
+            ranges_ok = self.ranges(tokens, modality, key, sid)
+        if text is not None and self.x.text is not None and text.size:
+            bad = (text < self.x.text.start) | (text >= self.x.text.end)
+            if bad.any():
+                p = int(np.argmax(bad))
+                self.fail("token_ranges", f"text.npy position {p}: ID {int(text[p])} is not in text "
+                          f"[{self.x.text.start}, {self.x.text.end}) (it is in {self.x.range_name(int(text[p]))})", key, sid)
+                ranges_ok = False
+        if modality is not None:
+            self.shapes(meta, modality, tokens, text, key, sid)
+        if tokens is not None and ranges_ok and modality in ("audio", "image"):
+            self.histograms(tokens, modality)
+        if modality is not None and tokens is not None and text is not None:
+            self.lengths_of(meta, modality, tokens, text, key)
+            self.counts[f"{modality}.samples"] = self.counts.get(f"{modality}.samples", 0) + 1
+            self.counts[f"{modality}.tokens"] = self.counts.get(f"{modality}.tokens", 0) + int(tokens.size)
+            self.counts["text.tokens"] = self.counts.get("text.tokens", 0) + int(text.size)
+        clean = sum(self.log.counts.get(c, 0) for c in STRUCTURAL) == before
+        if sid is not None:
+            self.samples.append((sid, key, modality or "", source_sha, clean))
+
+    def ranges(self, tokens: np.ndarray, modality: str, key: str, sid: str | None) -> bool:
+        # uint32 arithmetic on purpose: (t - start) wraps below start, so one `>= size` tests both ends.
+        if modality == "text":
+            if tokens.size:
+                self.fail("shapes", f"text-only sample has {tokens.size} media tokens", key, sid)
+            return True
+        if modality == "image":
+            if self.x.image is None:
+                self.fail("token_ranges", "image sample, but the token space has no image range", key, sid)
+                return False
+            bad = (tokens - np.uint32(self.x.image.start)) >= np.uint32(self.x.image.size)
+            if bad.any():
+                p = int(np.argmax(bad))
+                self.fail("token_ranges", f"tokens position {p}: ID {int(tokens[p])} is not in image "
+                                          f"[{self.x.image.start}, {self.x.image.end}) (it is in "
+                                          f"{self.x.range_name(int(tokens[p]))})", key, sid)
+                return False
+            return True
+        n_q = self.x.n_q
+        if not n_q:
+            self.fail("token_ranges", "audio sample, but the token space has no audio levels", key, sid)
+            return False
+        # Frame-major: position p holds level p % n_q; checked even when the length is off (check 3's job).
+        if tokens.size % n_q == 0:
+            bad = ((tokens.reshape(-1, n_q) - self.x.level_starts_u32) >= self.x.level_sizes_u32).reshape(-1)
+        else:
+            level = np.arange(tokens.size) % n_q
+            bad = (tokens - self.x.level_starts_u32[level]) >= self.x.level_sizes_u32[level]
+        if bad.any():
+            p = int(np.argmax(bad))
+            k = p % n_q
+            r = self.x.levels[k]
+            self.fail("token_ranges", f"tokens position {p} (frame {p // n_q}, level {k}): ID {int(tokens[p])} is "
+                                      f"not in {r.name} [{r.start}, {r.end}) (it is in "
+                                      f"{self.x.range_name(int(tokens[p]))})", key, sid)
+            return False
+        return True
+
+    def shapes(self, meta: dict, modality: str, tokens: np.ndarray | None, text: np.ndarray | None,
+               key: str, sid: str | None) -> None:
+        problems: list[str] = []
+        captions, lens = meta.get("captions"), meta.get("caption_token_lengths")
+        if "captions" in meta and (not isinstance(captions, list) or not all(isinstance(c, str) for c in captions)):
+            problems.append("captions must be a list of strings")
+        elif "caption_token_lengths" in meta:
+            if not isinstance(lens, list) or not all(_is_count(n) for n in lens):
+                problems.append("caption_token_lengths must be a list of non-negative integers")
+            else:
+                if isinstance(captions, list) and len(lens) != len(captions):
+                    problems.append(f"{len(captions)} captions but {len(lens)} caption_token_lengths")
+                if text is not None and sum(lens) != text.size:
+                    problems.append(f"caption_token_lengths sum to {sum(lens)}, text.npy holds {text.size} IDs")
+        n = None if tokens is None else int(tokens.size)
+        if modality == "audio":
+            a = self.x.audio
+            for field_, want in (("n_q", self.x.n_q), ("sample_rate", a.get("sample_rate")),
+                                 ("channels", a.get("channels")), ("frame_rate", a.get("frame_rate"))):
+                if field_ in meta and want is not None and not _same(meta[field_], want):
+                    problems.append(f"meta {field_}={meta[field_]!r}, the token space's codec has {want!r}")
+            n_frames, n_samples = meta.get("n_frames"), meta.get("n_samples")
+            if "n_frames" in meta and not (_is_count(n_frames) and n_frames >= 1):
+                problems.append(f"meta n_frames={n_frames!r} must be a positive integer")
+            elif "n_samples" in meta and not (_is_count(n_samples) and n_samples >= 1):
+                problems.append(f"meta n_samples={n_samples!r} must be a positive integer")
+            elif "n_frames" in meta and "n_samples" in meta:
+                if n is not None and n != n_frames * self.x.n_q:
+                    problems.append(f"{n} tokens, but n_frames*n_q = {n_frames}*{self.x.n_q} = {n_frames * self.x.n_q}")
+                if self.x.hop:
+                    want = self.x.expected_frames(n_samples)
+                    if n_frames != want:
+                        problems.append(f"meta n_frames={n_frames} but n_samples={n_samples} at hop "
+                                        f"{self.x.hop} gives {want} frames")
+                    duration = meta.get("duration")
+                    if isinstance(duration, (int, float)) and math.isfinite(duration) and a.get("sample_rate"):
+                        if abs(duration * a["sample_rate"] - n_samples) > self.x.hop:
+                            problems.append(f"meta duration {duration:.4f} s at {a['sample_rate']} Hz is "
+                                            f"{duration * a['sample_rate']:.0f} samples, n_samples says {n_samples}")
+                if a.get("segment_length"):
+                    segs = self.x.segments(n_samples)
+                    sf = meta.get("segment_frames")
+                    if not isinstance(sf, list) or len(sf) != len(segs) or sum(sf) != n_frames:
+                        problems.append(f"meta segment_frames must list {len(segs)} segments summing to n_frames={n_frames}")
+                    sc = meta.get("scales")
+                    if not isinstance(sc, list) or len(sc) != len(segs):
+                        problems.append(f"meta scales must list {len(segs)} per-segment scales")
+        elif modality == "image":
+            grid, proc = meta.get("grid"), meta.get("proc_size")
+            if "grid" in meta and list(grid or []) != self.x.grid:
+                problems.append(f"meta grid {grid!r}, the token space's image codec has {self.x.grid}")
+            elif "grid" in meta and n is not None and n != self.x.grid[0] * self.x.grid[1]:
+                problems.append(f"{n} tokens, but grid {self.x.grid[0]}x{self.x.grid[1]} needs "
+                                f"{self.x.grid[0] * self.x.grid[1]}")
+            if "proc_size" in meta and list(proc or []) != self.x.proc_size:
+                problems.append(f"meta proc_size {proc!r}, the token space's image codec has {self.x.proc_size}")
+        if problems:
+            self.fail("shapes", "; ".join(problems), key, sid)
+
+    def histograms(self, tokens: np.ndarray, modality: str) -> None:
+        """Called for in-range tokens only. The audio levels are consecutive ranges, so one bincount
+        over all of them gives every level's histogram (level k is slice k of it)."""
+        if modality == "image":
+            self.image_book += np.bincount(tokens - np.uint32(self.x.image.start), minlength=self.image_book.size)
+        else:
+            self.audio_book += np.bincount(tokens - np.uint32(self.x.levels[0].start), minlength=self.audio_book.size)
+
+    def codebooks(self) -> dict[str, np.ndarray]:
+        out = {"image": self.image_book} if self.x.image is not None else {}
+        for k, r in enumerate(self.x.levels):
+            out[r.name] = self.audio_book[r.start - self.x.levels[0].start: r.end - self.x.levels[0].start].copy()
+        return out
+
+    def lengths_of(self, meta: dict, modality: str, tokens: np.ndarray, text: np.ndarray, key: str) -> None:
+        lens = meta.get("caption_token_lengths")
+        longest = max(lens) if isinstance(lens, list) and lens and all(_is_count(n) for n in lens) else int(text.size)
+        series = {f"{modality}.text": int(text.size), f"{modality}.sequence": int(tokens.size) + longest + SEQUENCE_OVERHEAD}
+        if modality != "text":
+            series[f"{modality}.media"] = int(tokens.size)
+        for name, n in series.items():
+            stats = self.lengths.setdefault(name, LengthStats())
+            stats.add(n, self.max_seq_len if name.endswith(".sequence") else None)
+        seq = series[f"{modality}.sequence"]
+        if self.max_seq_len is not None and seq > self.max_seq_len:
+            self.fail("lengths", f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
+                                 f"{longest} + {SEQUENCE_OVERHEAD} specials) exceeds --max-seq-len {self.max_seq_len}",
+                      key, meta.get("id"))
+
+    # -- after the last member
+    def against_index(self, src: _HashingReader, broken: str | None) -> None:
+        n_index = self.index.get("num_samples", 0)
+        keys, ids = self.index.get("keys") or [], self.index.get("ids") or []
+        tcs, xcs = self.index.get("token_counts") or [], self.index.get("text_token_counts") or []
+        for i, (key, sid, nt, nx) in enumerate(self.read):
+            if i >= n_index:
+                self.fail("shard_integrity", f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
+                continue
+            if (key, sid) != (keys[i], ids[i]):
+                self.fail("shard_integrity", f"sample #{i} is {key} / {sid!r}, the index lists {keys[i]} / {ids[i]!r}",
+                          key, sid)
+            elif (nt, nx) != (tcs[i], xcs[i]):
+                self.fail("shard_integrity", f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
+                                             f"{tcs[i]} and {xcs[i]}", key, sid)
+        if len(self.read) < n_index:
+            i = len(self.read)
+            why = broken or "the tar ends early"
+            self.fail("shard_integrity", f"{why}: the tar holds {i} complete samples, its index lists {n_index}; "
+                                         f"first missing is #{i}", keys[i], ids[i])
+        elif broken:
+            self.fail("shard_integrity", broken)
+        if src.pos != self.index.get("tar_bytes") or src.sha.hexdigest() != self.index.get("tar_sha256"):
+            self.fail("shard_integrity", f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
+                                         f"records {self.index.get('tar_bytes')} bytes and "
+                                         f"{str(self.index.get('tar_sha256'))[:16]} (modified after writing)")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | None = None,
+               max_examples: int = 20, max_member_bytes: int = 256 * 1024 * 1024) -> ShardSummary:
+    """Scan one shard (which must have a tar and a valid index); never raises for bad data."""
+    t0 = time.perf_counter()
+    if not isinstance(space, TokenSpace):
+        space = TokenSpace.from_dict(space)
+    scan = _Scan(task, _Expect(space), max_seq_len=max_seq_len, max_examples=max_examples)
+    scan.index_checks()
+    fs, path = url_to_fs(task.tar_path)
+    src = None
+    broken: str | None = None
+    try:
+        raw = fs.open(path, "rb")
+    except (OSError, ValueError) as exc:
+        scan.fail("shard_integrity", f"cannot open the tar ({exc})")
+    else:
+        with raw:
+            src = _HashingReader(raw)
+            broken = _scan_members(scan, src, max_member_bytes)
+            try:
+                broken = broken or src.check_end()
+                src.drain()
+            except OSError as exc:
+                broken = broken or f"read error at the end of the tar ({exc})"
+    if src is not None:
+        scan.against_index(src, broken)
+    index = task.index or {}
+    errors = [e.get("id") for e in index.get("errors") or [] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    structural = any(scan.log.counts.get(c, 0) for c in STRUCTURAL)
+    return ShardSummary(
+        split=task.split, name=task.name, index_ids=list(index.get("ids") or []), index_error_ids=errors,
+        samples=scan.samples, findings=scan.log, clean=not structural, tar_bytes=src.pos if src else 0,
+        seconds=time.perf_counter() - t0, counts=scan.counts, codebooks=scan.codebooks(), lengths=scan.lengths,
+    )
+
+
+def _scan_members(scan: _Scan, src: _HashingReader, max_member_bytes: int) -> str | None:
+    """Feed the members to the scan; returns why parsing stopped early, or None."""
+    members = _members(src, max_member_bytes)
+    try:
+        first = next(members, None)
+        if first is None:
+            return "empty tar"
+        if first[0] != HEADER_MEMBER:
+            return f"first member is {first[0]!r}, expected {HEADER_MEMBER}"
+        if not scan.header(first[1]):
+            return "unusable header"
+        parts: list[bytes] = []
+        key = ""
+        for name, data in members:
+            mkey, _, ext = name.partition(".")
+            want = SAMPLE_EXTENSIONS[len(parts)]
+            if name == HEADER_MEMBER or ext not in SAMPLE_EXTENSIONS or not is_safe_name(mkey):
+                return f"unexpected member {name!r}"
+            if (parts and mkey != key) or ext != want:
+                return f"member {name!r} out of order (expected {(key if parts else mkey)}.{want})"
+            key = mkey
+            parts.append(data)
+            if len(parts) == len(SAMPLE_EXTENSIONS):
+                scan.sample(key, *parts)
+                parts = []
+        if parts:
+            return f"truncated tar: sample {key} ends after {len(parts)} of {len(SAMPLE_EXTENSIONS)} members"
+        return None
+    except _TarBroken as exc:
+        return str(exc)

@@ -1,0 +1,59 @@
+"""`uti verify OUT`: flags -> VerifyConfig -> run_verify -> summary table; exit 1 when a hard check fails."""
+
+from __future__ import annotations
+
+import argparse
+
+from uti.cli import add_command
+
+# flag attribute -> VerifyConfig field, for the flags that map one to one
+_FIELDS = ("address", "num_cpus", "token_space", "decode_fraction", "retokenize_fraction", "seed", "max_seq_len",
+           "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "verify",
+        help="verify a tokenized dataset (one Ray task per shard) and write report.json + report.html",
+        example="uti verify out/ --decode-fraction 0.01 --retokenize-fraction 0.001 --max-seq-len 4096",
+        func=_run,
+    )
+    p.add_argument("out", help="the OUT folder of `uti tokenize` (local path or fsspec URL)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--token-space", default=None, metavar="FILE",
+                   help="expected token_space.json (or its folder); default: the dataset's own")
+    p.add_argument("--decode-fraction", type=float, default=None, metavar="F",
+                   help="share of samples to decode (default 0.01; 0 skips)")
+    p.add_argument("--retokenize-fraction", type=float, default=None, metavar="F",
+                   help="share of samples to re-encode from source and compare (default 0.001; 0 skips)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the decode/retokenize sample (default 0)")
+    p.add_argument("--max-seq-len", type=int, default=None, metavar="L", help="report sequences longer than L tokens")
+    p.add_argument("--fail-on-truncation", action="store_true", help="make sequences over --max-seq-len a hard failure")
+    p.add_argument("--loader-batches", type=int, default=None, metavar="N",
+                   help="batches for the data-loader smoke test (default 4; 0 skips)")
+    p.add_argument("--loader-batch-size", type=int, default=None, metavar="B")
+    p.add_argument("--baseline", default=None, metavar="FILE", help="gate on this baseline (from --write-baseline)")
+    p.add_argument("--write-baseline", default=None, metavar="FILE", help="store this run's metrics as a baseline")
+    p.add_argument("--report-dir", default=None, metavar="DIR", help="where report.json/html go (default OUT/verify)")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="failure examples kept per check")
+    p.add_argument("--device", default=None, help="device of the decode/retokenize tasks (default cpu)")
+    p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from verify.config import VerifyConfig
+    from verify.report import format_summary
+    from verify.run import run_verify
+
+    data = {"out": args.out, **{f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}}
+    if args.fail_on_truncation:
+        data["fail_on_truncation"] = True
+    if args.no_plots:
+        data["plots"] = False
+    result = run_verify(VerifyConfig.from_dict(data, where="uti verify"))
+    print(format_summary(result.report))
+    print(f"\nreport: {result.json_path}\n        {result.html_path}")
+    if result.baseline_path:
+        print(f"baseline written: {result.baseline_path}")
+    return result.exit_code

@@ -1,0 +1,246 @@
+"""Checks 7 and 8 on a seeded sample: decode the tokens, and re-encode the source and compare.
+
+One call loads the codecs once (seconds) and then handles many sampled items, so the run pays the
+load per task, not per item. Only the modalities present in the batch are loaded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from verify.findings import FindingLog
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One sampled item: where it is and which of the two checks to run on it."""
+
+    split: str
+    shard: str
+    key: str
+    id: str
+    modality: str
+    decode: bool
+    retokenize: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.split}/{self.shard}"
+
+
+@dataclass
+class CodecSummary:
+    findings: FindingLog
+    counts: dict[str, Any] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def _bump(counts: dict, name: str, n: int | float = 1) -> None:
+    counts[name] = counts.get(name, 0) + n
+
+
+def run_codec_checks(
+    picks: list[Pick],
+    shard_paths: dict[str, tuple[str, dict]],  # label -> (tar_path, index)
+    *,
+    space: Any,
+    config: dict | None,
+    device: str = "cpu",
+    exact: bool = True,
+    max_examples: int = 20,
+    max_member_bytes: int = 256 * 1024 * 1024,
+    tokenizer: Any = None,
+) -> CodecSummary:
+    """Decode and/or retokenize `picks`. exact=True: a retokenize difference is a failure; else it is
+    only measured (token agreement rate), since another device class may legitimately differ.
+    `config` is job.json's UTIConfig dict (None: the `default` preset)."""
+    from sharding.reader import read_shard
+    from uti.config import UTIConfig, load_config
+    from uti.errors import UTIError
+    from uti.strict import from_dict
+    from uti.token_space import TokenSpace
+    from uti.tokenizer import UnifiedTokenizer
+
+    t0 = time.perf_counter()
+    log = FindingLog(max_examples)
+    counts: dict[str, Any] = {}
+    space = space if isinstance(space, TokenSpace) else TokenSpace.from_dict(space)
+    needed = sorted({p.modality for p in picks if p.modality in ("audio", "image")})
+    try:
+        cfg = from_dict(UTIConfig, config, where="job.json config") if config is not None else load_config("default")
+        # A caller that already holds the codecs (a notebook, a test) may pass them in; it must match.
+        tok = tokenizer if tokenizer is not None else UnifiedTokenizer(
+            cfg.replace(device=device), modalities=needed, token_space=space)
+        if tok.space.id != space.id:
+            raise UTIError(f"the given tokenizer has token space {tok.space.short_id}, the dataset {space.short_id}")
+    except (UTIError, ValueError, OSError, RuntimeError) as exc:
+        # Every sampled item is unverifiable for the same reason: report it on each check once per item.
+        for p in picks:
+            for check, wanted in (("decode", p.decode), ("retokenize", p.retokenize)):
+                if wanted:
+                    log.add(check, f"cannot rebuild the tokenizer from job.json's config: {exc}",
+                            shard=p.label, key=p.key, id=p.id)
+        return CodecSummary(findings=log, counts={"tokenizer_error": 1}, seconds=time.perf_counter() - t0)
+    load = time.perf_counter() - t0
+
+    by_shard: dict[str, dict[str, Pick]] = {}
+    for p in picks:
+        by_shard.setdefault(p.label, {})[p.key] = p
+    for label, wanted in by_shard.items():
+        tar_path, index = shard_paths[label]
+        try:
+            for s in read_shard(tar_path, expected_token_space=space.id, index=index, max_member_bytes=max_member_bytes):
+                p = wanted.pop(s.key, None)
+                if p is not None:
+                    _one(tok, cfg, p, s, log, counts, exact)
+                if not wanted:
+                    break  # the rest of the shard was scanned already; no need to read it again
+        except UTIError as exc:
+            for p in wanted.values():
+                for check, on in (("decode", p.decode), ("retokenize", p.retokenize)):
+                    if on:
+                        log.add(check, f"cannot read the sample: {exc}", shard=label, key=p.key, id=p.id)
+            continue
+        for p in wanted.values():
+            for check, on in (("decode", p.decode), ("retokenize", p.retokenize)):
+                if on:
+                    log.add(check, "sample not found in its shard on the second read (shard changed during verify?)",
+                            shard=label, key=p.key, id=p.id)
+    return CodecSummary(findings=log, counts=counts, load_seconds=load, seconds=time.perf_counter() - t0)
+
+
+def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> None:
+    from uti.errors import UTIError
+
+    def fail(check: str, detail: str) -> None:
+        log.add(check, detail, shard=p.label, key=p.key, id=p.id)
+
+    what = f"{p.label} {p.key} ({p.id})"
+    if p.decode:
+        _bump(counts, "decode.items")
+        try:
+            _decode(tok, s, what)
+            _bump(counts, f"decode.{p.modality}.ok")
+        except UTIError as exc:
+            fail("decode", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a codec crash on stored tokens is exactly what we look for
+            fail("decode", f"decode crashed: {type(exc).__name__}: {exc}")
+        _text_roundtrip(tok, s, counts)
+    if p.retokenize:
+        _bump(counts, "retokenize.items")
+        try:
+            _retokenize(tok, cfg, p, s, counts, fail, exact)
+        except UTIError as exc:
+            fail("retokenize", str(exc))
+        except Exception as exc:  # noqa: BLE001
+            fail("retokenize", f"re-encode crashed: {type(exc).__name__}: {exc}")
+
+
+def _decode(tok, s, what: str) -> None:
+    from uti.errors import DecodeRefused
+
+    meta = s.meta
+    if meta["modality"] == "audio":
+        wav = tok.decode_audio(s.tokens, meta, what=what)
+        if wav.dim() != 2 or wav.shape[0] != meta.get("channels"):
+            raise DecodeRefused(f"{what}: decoded shape {tuple(wav.shape)}, meta says {meta.get('channels')} channels")
+        if tok.audio.sample_rate != meta.get("sample_rate"):
+            raise DecodeRefused(f"{what}: decoder rate {tok.audio.sample_rate} Hz, meta says {meta.get('sample_rate')}")
+        if not bool(np.isfinite(wav.numpy()).all()):
+            raise DecodeRefused(f"{what}: decoded audio holds NaN/inf")
+    elif meta["modality"] == "image":
+        img = tok.decode_image(s.tokens, meta, what=what)
+        if img.dtype != np.uint8 or img.ndim != 3 or list(img.shape[:2]) != list(meta["proc_size"]) or img.shape[2] != 3:
+            raise DecodeRefused(f"{what}: decoded image {img.dtype} {img.shape}, meta proc_size {meta['proc_size']}")
+    for i, (start, n) in enumerate(_caption_slices(meta)):
+        tok.decode_text(s.text[start: start + n], what=f"{what} caption {i}")
+
+
+def _text_roundtrip(tok, s, counts: dict) -> None:
+    # Informational: a Hugging Face tokenizer may normalize text, so decode(encode(c)) != c is not an error.
+    for (start, n), caption in zip(_caption_slices(s.meta), s.meta.get("captions") or []):
+        try:
+            same = tok.decode_text(s.text[start: start + n]) == caption
+        except Exception:  # noqa: BLE001 - already reported by _decode
+            continue
+        _bump(counts, "decode.captions")
+        if not same:
+            _bump(counts, "decode.caption_roundtrip_differs")
+
+
+def _caption_slices(meta: dict) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for n in meta.get("caption_token_lengths") or []:
+        out.append((start, int(n)))
+        start += int(n)
+    return out
+
+
+def _row(meta: dict):
+    from sharding.manifest import ManifestRow
+
+    dataset = meta.get("dataset") or str(meta["id"]).split(":", 1)[0]
+    return ManifestRow(id=meta["id"], dataset=dataset, modality=meta["modality"], path=meta.get("source"),
+                       captions=tuple(meta.get("captions") or ()), split=meta["split"])
+
+
+def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
+    from sharding.media import AudioSpec, load_audio, load_image
+    from uti.errors import MediaError
+
+    meta = s.meta
+    # Text first: the text tokenizer is deterministic on every device, so this is always exact.
+    want = [tok.encode_text(c) for c in meta.get("captions") or []]
+    text = np.concatenate(want).astype(np.uint32) if want else np.zeros(0, np.uint32)
+    if not np.array_equal(text, s.text):
+        fail("retokenize", f"captions re-encode to {text.size} IDs that differ from text.npy ({s.text.size} IDs)")
+        return
+    if meta["modality"] == "text":
+        _bump(counts, "retokenize.text.exact")
+        return
+    row = _row(meta)
+    try:
+        if meta["modality"] == "audio":
+            media = load_audio(row, spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]),
+                               limits=cfg.limits)
+        else:
+            media = load_image(row, proc_size=int(meta["proc_size"][0]), limits=cfg.limits)
+    except MediaError as exc:
+        if exc.reason == "missing_file":
+            # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.
+            _bump(counts, "retokenize.source_missing")
+            return
+        fail("retokenize", f"source no longer loads: {exc}")
+        return
+    if media.source_sha256 != meta.get("source_sha256"):
+        fail("retokenize", f"source file {row.path} now hashes to {media.source_sha256[:16]}, the sample was made from "
+                           f"{str(meta.get('source_sha256'))[:16]} (the source changed after tokenizing)")
+        return
+    if meta["modality"] == "audio":
+        ids, new_meta = tok.encode_audios([media.data])[0]
+        for k in ("n_frames", "n_samples"):
+            if new_meta[k] != meta.get(k):
+                fail("retokenize", f"re-encoding gives {k}={new_meta[k]}, the sample says {meta.get(k)}")
+                return
+    else:
+        ids, _ = tok.encode_images([media.data])[0]
+    n = max(ids.size, s.tokens.size)
+    m = min(ids.size, s.tokens.size)
+    agree = int((ids[:m] == s.tokens[:m]).sum())
+    _bump(counts, "retokenize.tokens_compared", n)
+    _bump(counts, "retokenize.tokens_agree", agree)
+    _bump(counts, f"retokenize.{p.modality}.compared")
+    if agree == n:
+        _bump(counts, f"retokenize.{p.modality}.exact")
+        return
+    _bump(counts, "retokenize.differs")
+    first = int(np.argmax(ids[:m] != s.tokens[:m])) if agree < m else m
+    detail = (f"re-encoded tokens differ from the stored ones: {n - agree} of {n} differ, first at position {first}"
+              + (f" (level {first % tok.audio.n_q})" if meta["modality"] == "audio" and tok.audio else ""))
+    if exact:
+        fail("retokenize", detail)

@@ -1,0 +1,369 @@
+"""The reduce: merge per-shard summaries as they arrive, then decide checks 1-11.
+
+Memory is O(samples) small strings (IDs, keys, source hashes: what reconciliation and leakage need)
+plus fixed-size histograms; no token array ever reaches the driver.
+
+Attribution rule: each defect fails the check that owns its root cause, not every check it touches.
+A tar that no longer matches its index fails `shard_integrity`; the plan is reconciled against the
+shard *indexes* (the completion markers), so its samples are not also "missing". A canonical ID
+copied into a second split fails `split_integrity`; reconciliation counts that copy but does not
+fail on it. Decode, retokenize and the loader only sample shards the scan found clean.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sharding.format import sample_key
+from sharding.manifest import ManifestError, manifests_sha256, read_manifests
+from uti.token_space import diff
+from verify.checks import ShardSummary
+from verify.codec_checks import CodecSummary
+from verify.config import VerifyConfig
+from verify.dataset import DatasetFiles, ShardTask, manifest_paths
+from verify.findings import CHECKS, CheckResult, Finding, FindingLog
+from verify.stats import LengthStats, codebook_metrics
+
+
+@dataclass
+class CleanSample:
+    split: str
+    shard: str
+    key: str
+    id: str
+    modality: str
+
+
+@dataclass
+class Reduced:
+    checks: list[CheckResult]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Reducer:
+    def __init__(self, files: DatasetFiles, cfg: VerifyConfig):
+        self.files = files
+        self.cfg = cfg
+        self.log = FindingLog(cfg.max_examples)
+        self.id_splits: dict[str, dict[str, tuple[str, str]]] = {}  # id -> {split: (shard label, key)}
+        self.sources: dict[str, dict[str, tuple[str, str, str]]] = {}  # sha -> {split: (label, key, id)}
+        self.claims: dict[str, list[tuple[str, str]]] = {}  # id -> [(split, shard name)] from indexes
+        self.index_errors: list[tuple[str, str]] = []  # (shard label, id)
+        self.clean_samples: list[CleanSample] = []
+        self.clean_shards: list[ShardTask] = []
+        self.codebooks: dict[str, np.ndarray] = {}
+        self.lengths: dict[str, LengthStats] = {}
+        self.counts: dict[str, int] = {}
+        self.per_shard: dict[str, dict[str, Any]] = {}
+        self.disk_shards: set[str] = set()
+
+    # ---- intake ------------------------------------------------------------------------------------
+    def add(self, task: ShardTask, s: ShardSummary) -> None:
+        self.disk_shards.add(task.label)
+        self.log.merge(s.findings)
+        for id_ in s.index_ids:
+            self.claims.setdefault(id_, []).append((s.split, s.name))
+        self.index_errors.extend((task.label, e) for e in s.index_error_ids)
+        for id_, key, modality, sha, clean in s.samples:
+            here = (task.label, key)
+            splits = self.id_splits.setdefault(id_, {})
+            splits[s.split] = min(splits.get(s.split, here), here)
+            if sha:
+                first = self.sources.setdefault(sha, {})
+                first[s.split] = min(first.get(s.split, (task.label, key, id_)), (task.label, key, id_))
+            if clean and s.clean:
+                self.clean_samples.append(CleanSample(s.split, s.name, key, id_, modality))
+        if s.clean:
+            self.clean_shards.append(task)
+        for level, counts in s.codebooks.items():
+            if level in self.codebooks:
+                self.codebooks[level] += counts
+            else:
+                self.codebooks[level] = counts.copy()
+        for series, st in s.lengths.items():
+            self.lengths.setdefault(series, LengthStats()).merge(st)
+        for k, v in s.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        self.counts["bytes"] = self.counts.get("bytes", 0) + s.tar_bytes
+        self.per_shard[task.label] = {
+            "shard": task.label, "samples": s.counts.get("samples", 0), "bytes": s.tar_bytes,
+            "seconds": round(s.seconds, 4), "failures": {c: n for c, n in s.findings.counts.items() if n},
+            "clean": s.clean,
+        }
+
+    def add_unscannable(self, task: ShardTask) -> None:
+        """A shard without a valid index or without its tar does not exist; say what is left of it."""
+        if task.tar_path is not None or task.index_path is not None:
+            self.disk_shards.add(task.label)
+        self.log.add("shard_integrity", f"not a complete shard ({task.problem})", shard=task.label)
+        self.per_shard[task.label] = {"shard": task.label, "samples": 0, "bytes": 0, "seconds": 0.0,
+                                      "failures": {"shard_integrity": 1}, "clean": False}
+
+    def add_crash(self, task: ShardTask, exc: BaseException) -> None:
+        self.disk_shards.add(task.label)
+        self.log.add("shard_integrity", f"the scan task failed after retries: {type(exc).__name__}: {exc}",
+                     shard=task.label)
+        self.per_shard[task.label] = {"shard": task.label, "samples": 0, "bytes": 0, "seconds": 0.0,
+                                      "failures": {"shard_integrity": 1}, "clean": False}
+
+    # ---- dataset-level checks ---------------------------------------------------------------------------
+    def _token_space(self) -> None:
+        f = self.files
+        if f.space_problem:
+            self.log.add("token_space", f.space_problem)
+        elif f.space is not None and f.space.id != f.expected.id:
+            changes = diff(f.expected, f.space)
+            self.log.add("token_space", f"the dataset's token_space.json is {f.space.id[:16]}, expected "
+                                        f"{f.expected.id[:16]} ({f.expected_source}); changed: " + "; ".join(changes[:8]))
+        job_id = (f.job or {}).get("token_space_id")
+        if job_id is not None and job_id != f.expected.id:
+            self.log.add("token_space", f"job.json records token space {str(job_id)[:16]}, expected {f.expected.id[:16]}")
+
+    def _split_integrity(self) -> None:
+        for id_ in sorted(self.id_splits):
+            splits = self.id_splits[id_]
+            if len(splits) > 1:
+                (s0, (l0, _)), *others = sorted(splits.items())
+                for split, (label, key) in others:
+                    self.log.add("split_integrity", f"canonical ID in split {split!r} ({label}) and also in "
+                                                    f"{s0!r} ({l0}): leakage", shard=label, key=key, id=id_)
+        for sha in sorted(self.sources):
+            splits = self.sources[sha]
+            if len(splits) > 1:
+                (s0, (l0, _, id0)), *others = sorted(splits.items())
+                for split, (label, key, id_) in others:
+                    if id_ == id0:
+                        continue  # the same sample twice: reported above by its canonical ID
+                    self.log.add("split_integrity", f"source file SHA-256 {sha[:16]} in split {split!r} (this sample) "
+                                                    f"and in {s0!r} ({l0}, {id0!r}): the same media in two splits",
+                                 shard=label, key=key, id=id_)
+
+    def _reconcile(self) -> dict[str, Any]:
+        f, log = self.files, self.log
+        per_split: dict[str, dict[str, int]] = {}
+        for problem in f.error_problems:
+            log.add("reconciliation", problem)
+        if f.plan is None:
+            log.add("reconciliation", f.plan_problem or "plan.json missing: nothing to reconcile against")
+            return per_split
+        planned: dict[str, tuple[str, str]] = {}
+        for split, sh in f.plan.shards():
+            for id_ in sh.ids:
+                planned[id_] = (split, sh.name)
+        errors: dict[str, list[dict]] = {}
+        for row in f.errors:
+            errors.setdefault(row["id"], []).append(row)
+        cross_split = 0
+        for id_ in sorted(planned):
+            split, shard = planned[id_]
+            label, key = f"{split}/{shard}", sample_key(id_)
+            counts = per_split.setdefault(split, {"planned": 0, "in_shards": 0, "errors": 0, "missing": 0})
+            counts["planned"] += 1
+            claims = self.claims.get(id_, [])
+            same = [c for c in claims if c[0] == split]
+            cross_split += len(claims) - len(same) if same else 0
+            n_err = len(errors.get(id_, []))
+            counts["in_shards"] += min(len(same), 1)
+            counts["errors"] += min(n_err, 1)
+            where = dict(shard=label, key=key, id=id_)
+            if not same and not n_err:
+                counts["missing"] += 1
+                if claims:
+                    log.add("reconciliation", f"planned for {label} but found only in "
+                            + ", ".join(f"{s}/{n}" for s, n in claims), **where)
+                else:
+                    log.add("reconciliation", f"manifest row in no shard and not in errors.jsonl (planned for {label})",
+                            **where)
+                continue
+            if len(same) > 1:
+                log.add("reconciliation", f"in {len(same)} shards of split {split!r}: "
+                        + ", ".join(f"{s}/{n}" for s, n in same), **where)
+            if same and n_err:
+                log.add("reconciliation", f"both in shard {same[0][0]}/{same[0][1]} and in errors.jsonl", **where)
+            if n_err > 1:
+                log.add("reconciliation", f"{n_err} rows in errors.jsonl", **where)
+            if len(same) == 1 and same[0][1] != shard:
+                log.add("reconciliation", f"in shard {split}/{same[0][1]}, the plan puts it in {label}", **where)
+            for row in errors.get(id_, []):
+                if row.get("split") not in (None, split):
+                    log.add("reconciliation", f"errors.jsonl row says split {row.get('split')!r}, the plan {split!r}",
+                            **where)
+        for id_ in sorted(set(self.claims) - set(planned)):
+            s, n = self.claims[id_][0]
+            log.add("reconciliation", "in a shard index but not in plan.json (not a manifest row)",
+                    shard=f"{s}/{n}", key=sample_key(id_), id=id_)
+        for id_ in sorted(set(errors) - set(planned)):
+            log.add("reconciliation", "in errors.jsonl but not in plan.json (not a manifest row)",
+                    shard=errors[id_][0].get("shard"), key=sample_key(id_), id=id_)
+        for label, id_ in sorted(self.index_errors):
+            if id_ not in errors:
+                log.add("reconciliation", "listed in the shard index's errors but not in errors.jsonl",
+                        shard=label, key=sample_key(id_), id=id_)
+        plan_labels = {f"{s}/{sh.name}" for s, sh in f.plan.shards()}
+        for label in sorted(self.disk_shards - plan_labels):
+            log.add("reconciliation", "shard on disk that plan.json does not have", shard=label)
+        self.counts["cross_split_copies"] = cross_split
+        self._job_against_plan()
+        return per_split
+
+    def _job_against_plan(self) -> None:
+        f, log = self.files, self.log
+        if f.job is None:
+            return
+        job = f.job
+        if job.get("plan_sha256") not in (None, f.plan_sha256):
+            log.add("reconciliation", f"job.json records plan SHA-256 {str(job['plan_sha256'])[:16]}, plan.json "
+                                      f"hashes to {str(f.plan_sha256)[:16]}")
+        if job.get("manifest_sha256") not in (None, f.plan.manifest_sha256):
+            log.add("reconciliation", f"job.json records manifest SHA-256 {str(job['manifest_sha256'])[:16]}, "
+                                      f"plan.json {f.plan.manifest_sha256[:16]}")
+        paths = [m["path"] for m in manifest_paths(job)]
+        if not paths or not all(os.path.isfile(p) for p in paths):
+            self.counts["manifests_checked"] = 0  # moved or left behind: nothing to compare, not an error
+            return
+        sha = manifests_sha256(paths)
+        if sha != f.plan.manifest_sha256:
+            log.add("reconciliation", f"the manifests listed in job.json now hash to {sha[:16]}, the plan was made "
+                                      f"from {f.plan.manifest_sha256[:16]} (edited after tokenizing)")
+            return
+        try:
+            rows = read_manifests(paths)
+        except ManifestError as exc:
+            log.add("reconciliation", f"the manifests listed in job.json no longer read: {exc}")
+            return
+        self.counts["manifests_checked"] = len(paths)
+        planned = {id_: (split, f"{split}/{sh.name}") for split, sh in f.plan.shards() for id_ in sh.ids}
+        rows_by_id = {r.id: r.split for r in rows}
+        for id_ in sorted(set(rows_by_id) ^ set(planned)):
+            if id_ in rows_by_id:
+                log.add("reconciliation", "manifest row not in plan.json", key=sample_key(id_), id=id_)
+            else:
+                log.add("reconciliation", "plan.json ID not in the manifests", shard=planned[id_][1],
+                        key=sample_key(id_), id=id_)
+        for id_ in sorted(set(rows_by_id) & set(planned)):
+            if rows_by_id[id_] != planned[id_][0]:
+                log.add("reconciliation", f"manifest says split {rows_by_id[id_]!r}, plan.json {planned[id_][0]!r}",
+                        shard=planned[id_][1], key=sample_key(id_), id=id_)
+
+    # ---- results --------------------------------------------------------------------------------------
+    def _result(self, name: str, *, hard: bool | None = None, counts: dict | None = None) -> CheckResult:
+        n = self.log.counts.get(name, 0)
+        return CheckResult(name=name, ok=n == 0, hard=CHECKS[name][2] if hard is None else hard, failures=n,
+                           counts=counts or {}, examples=list(self.log.examples.get(name, [])))
+
+    def finish(self, *, codec: list[CodecSummary], codec_plan: dict[str, Any], loader: dict[str, Any] | None,
+               loader_note: str, exact: bool) -> Reduced:
+        cfg, f = self.cfg, self.files
+        self._token_space()
+        self._split_integrity()
+        per_split = self._reconcile()
+        shards_total = len(self.per_shard)
+        samples = self.counts.get("samples", 0)
+        checks = [
+            self._result("token_space", counts={"expected": f.expected.id, "source": f.expected_source,
+                                                "shards": shards_total, "samples": samples}),
+            self._result("token_ranges", counts={"samples": samples}),
+            self._result("shapes", counts={"samples": samples}),
+            self._result("shard_integrity", counts={"shards": shards_total, "clean_shards": len(self.clean_shards),
+                                                    "bytes": self.counts.get("bytes", 0)}),
+            self._result("reconciliation", counts={"per_split": per_split, "errors_jsonl_rows": len(f.errors),
+                                                   "cross_split_copies": self.counts.get("cross_split_copies", 0),
+                                                   "manifests_checked": self.counts.get("manifests_checked", 0)}),
+            self._result("split_integrity", counts={"ids": len(self.id_splits), "source_hashes": len(self.sources)}),
+        ]
+        for temp in f.temp_files:
+            checks[3].warnings.append(f"writer leftover {temp.path} ({temp.reason}); a rerun of `uti tokenize` removes it")
+        if f.job_problem:
+            checks[4].warnings.append(f"{f.job_problem}: the job's record cannot be compared")
+        codec_log = FindingLog(cfg.max_examples)
+        codec_counts: dict[str, Any] = {}
+        for c in codec:
+            codec_log.merge(c.findings)
+            for k, v in c.counts.items():
+                codec_counts[k] = codec_counts.get(k, 0) + v
+        checks.append(self._codec_check("decode", codec_log, codec_counts, codec_plan, fraction=cfg.decode_fraction))
+        checks.append(self._codec_check("retokenize", codec_log, codec_counts, codec_plan,
+                                        fraction=cfg.retokenize_fraction, hard=exact))
+        codebooks = {level: codebook_metrics(c) for level, c in self.codebooks.items()}
+        checks.append(self._codebook_check(codebooks))
+        checks.append(self._lengths_check())
+        checks.append(self._loader_check(loader, loader_note))
+        stats = {
+            "codebooks": codebooks,
+            "lengths": {k: v.to_dict() for k, v in sorted(self.lengths.items())},
+            "per_split": per_split,
+            "per_shard": [self.per_shard[k] for k in sorted(self.per_shard)],
+            "counts": dict(self.counts),
+            "codec": {"counts": codec_counts, "load_seconds": [round(c.load_seconds, 2) for c in codec],
+                      "seconds": [round(c.seconds, 2) for c in codec], **codec_plan},
+            "loader": loader or {},
+        }
+        return Reduced(checks=checks, stats=stats)
+
+    def _codec_check(self, name: str, log: FindingLog, counts: dict, plan: dict, *, fraction: float,
+                     hard: bool = True) -> CheckResult:
+        picked = plan.get(f"{name}_picked", 0)
+        mine = {k: v for k, v in counts.items() if k.startswith(f"{name}.")}
+        mine.update(population=plan.get("population", 0), picked=picked, fraction=fraction, seed=self.cfg.seed)
+        n = log.counts.get(name, 0)
+        result = CheckResult(name=name, ok=n == 0, hard=hard, failures=n, counts=mine,
+                             examples=list(log.examples.get(name, [])))
+        if fraction == 0:
+            result.skipped, result.note = True, f"--{name}-fraction 0"
+        elif not picked:
+            result.skipped, result.note = True, "no clean sample to pick from"
+        if name == "retokenize":
+            compared = counts.get("retokenize.tokens_compared", 0)
+            if compared:
+                result.counts["agreement_rate"] = counts.get("retokenize.tokens_agree", 0) / compared
+            if counts.get("retokenize.source_missing"):
+                result.warnings.append(f"{counts['retokenize.source_missing']} sampled source file(s) missing: not compared")
+            if not hard:
+                result.note = ("the dataset was tokenized on another device class (or it is unknown): tokens are "
+                               "compared and the agreement rate reported, not gated")
+                if counts.get("retokenize.differs"):
+                    result.warnings.append(f"{counts['retokenize.differs']} re-encoded item(s) differ; agreement "
+                                           f"{result.counts.get('agreement_rate', 0):.4f}")
+        return result
+
+    def _codebook_check(self, codebooks: dict[str, dict]) -> CheckResult:
+        low = [lvl for lvl, m in codebooks.items() if m["tokens"] and m["utilization"] < self.cfg.utilization_warn]
+        result = CheckResult(name="codebook_health", ok=True, hard=False, counts={
+            "levels": len(codebooks), "below_threshold": low, "threshold": self.cfg.utilization_warn,
+            "utilization": {lvl: round(m["utilization"], 4) for lvl, m in codebooks.items()},
+        })
+        for lvl in low:
+            m = codebooks[lvl]
+            result.warnings.append(f"{lvl}: utilization {m['utilization']:.1%} < {self.cfg.utilization_warn:.0%} "
+                                   f"({m['dead']} dead codes of {m['codebook_size']}, perplexity {m['perplexity']:.1f})")
+        return result
+
+    def _lengths_check(self) -> CheckResult:
+        over = {k.split(".")[0]: v.over_limit for k, v in self.lengths.items() if k.endswith(".sequence")}
+        result = self._result("lengths", hard=self.cfg.fail_on_truncation, counts={
+            "max_seq_len": self.cfg.max_seq_len, "over_max_seq_len": over,
+            "mean": {k: round(v.mean, 2) for k, v in sorted(self.lengths.items())},
+            "max": {k: v.max for k, v in sorted(self.lengths.items())},
+        })
+        if self.cfg.max_seq_len is None:
+            result.note = "no --max-seq-len given: histograms only"
+        elif not result.ok and not result.hard:
+            result.warnings.append(f"{result.failures} sample(s) would not fit --max-seq-len {self.cfg.max_seq_len}")
+        return result
+
+    def _loader_check(self, loader: dict[str, Any] | None, note: str) -> CheckResult:
+        if loader is None:
+            return CheckResult(name="loader", ok=True, hard=True, skipped=True, note=note)
+        result = CheckResult(name="loader", ok=True, hard=True, counts={k: v for k, v in loader.items() if k != "failure"})
+        failure = loader.get("failure")
+        if failure is None and loader.get("batches", 0) == 0:
+            failure = {"shard": None, "key": None, "id": None, "detail": "the reader yielded no batch"}
+        if failure is not None:
+            result.ok, result.failures = False, 1
+            result.examples = [Finding("loader", failure.get("shard"), failure.get("key"), failure.get("id"),
+                                       failure["detail"])]
+        return result
