@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 class CodecWorker:
     """Plain class; ray_jobs.job wraps it with ray.remote(...) and the resources of this run."""
 
-    def __init__(self, *, config: dict, token_space_json: bytes, out: str, device: str, threads: int):
+    def __init__(self, *, config: dict, token_space_json: bytes, out: str, device: str, threads: int,
+                 modalities: tuple[str, ...] = ("audio", "image")):
         import torch
 
         from uti.config import UTIConfig
@@ -28,7 +29,8 @@ class CodecWorker:
         space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
         # Loading against the job's token space: a worker whose codecs differ (other weights on this
         # node, another library version) refuses to start instead of writing foreign tokens.
-        self.tok = UnifiedTokenizer(from_dict(UTIConfig, config), device=device, token_space=space)
+        self.tok = UnifiedTokenizer(from_dict(UTIConfig, config), device=device, token_space=space,
+                                    modalities=("text", *modalities))
         self.space = space
         self.out = out
         self.device = device

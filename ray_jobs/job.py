@@ -61,35 +61,49 @@ def chunk_rows(rows: list[dict], *, batch_seconds: float, max_images: int) -> li
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray_jobs.cluster import connect
     from uti.tokenizer import UnifiedTokenizer
 
     ucfg = load_config(cfg.config)
     rows, plan = plan_job(cfg)
-    # The driver loads the codecs once to fix the token space (sizes read from the models); every
-    # actor then loads against it and refuses to start if its codecs differ.
-    tok = UnifiedTokenizer(ucfg)
-    space = tok.space
-    claim_out(cfg.out, space, plan)
-    removed = remove_stale_temp_files(cfg.out)
-    if removed:
-        log.info("removed %d temporary files left by an interrupted run", removed)
-    done = completed_shards(cfg.out, space, plan)
-    todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
-    row_dicts = {r.id: r.to_dict() for r in rows}
-    audio_sr = tok.audio.sample_rate if tok.audio else 0
-    audio_ch = tok.audio.channels if tok.audio else 0
-    proc = tok.image.proc_size[0] if tok.image else 0
-    del tok
-
     started = time.time()
-    stats: list[dict] = []
-    failures: collections.Counter = collections.Counter()
-    actor_info: list[dict] = []
-    processing = 0.0
-    if todo:
-        stats, failures, actor_info, processing = _run_shards(
-            cfg, ucfg, space, plan, todo, row_dicts,
-            read_args={"sample_rate": audio_sr, "channels": audio_ch, "proc_size": proc, "limits": to_dict(ucfg.limits)})
+    # The driver loads the codecs once to fix the token space (sizes read from the models). That takes
+    # seconds, and so does starting Ray: do both at once.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        loading = pool.submit(UnifiedTokenizer, ucfg)
+        n_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_actors * cfg.cpus_per_actor + 1))
+        started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else n_cpus)
+        tok = loading.result()
+    try:
+        space = tok.space
+        claim_out(cfg.out, space, plan)
+        removed = remove_stale_temp_files(cfg.out)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        done = completed_shards(cfg.out, space, plan)
+        todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
+        row_dicts = {r.id: r.to_dict() for r in rows}
+        read_args = {"sample_rate": tok.audio.sample_rate if tok.audio else 0,
+                     "channels": tok.audio.channels if tok.audio else 0,
+                     "proc_size": tok.image.proc_size[0] if tok.image else 0, "limits": to_dict(ucfg.limits)}
+        # Actors load only the codecs these rows need; each is still checked against the full space.
+        media = tuple(sorted({r.modality for r in rows} & {"audio", "image"}))
+        del tok
+
+        stats: list[dict] = []
+        failures: collections.Counter = collections.Counter()
+        actor_info: list[dict] = []
+        processing = 0.0
+        if todo:
+            stats, failures, actor_info, processing = _run_shards(cfg, ucfg, space, plan, todo, row_dicts,
+                                                                  read_args=read_args, media=media)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     wall = time.time() - started
 
     refs = completed_shards(cfg.out, space, plan)
@@ -110,19 +124,16 @@ def actor_name(out: str, index: int) -> str:
     return f"uti-tokenize-{hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:10]}-{index}"
 
 
-def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, read_args):
+def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, read_args, media):
     """Returns (per-shard stats, failures, actor info, processing seconds from actors ready to done)."""
     import ray
     from ray.exceptions import RayError
 
     from ray_jobs.actor import CodecWorker
-    from ray_jobs.cluster import cluster_gpus, connect
+    from ray_jobs.cluster import cluster_gpus
     from ray_jobs.read import read_rows
 
     n_actors = max(1, min(cfg.num_actors, len(todo)))
-    # Local instance: leave logical CPUs for read tasks next to the actors, or they would never run.
-    local_cpus = max(os.cpu_count() or 1, math.ceil(n_actors * cfg.cpus_per_actor + 1))
-    started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else local_cpus)
     actors: list = []
     try:
         available = cluster_gpus()
@@ -140,7 +151,7 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
         actors = [
             worker_cls.options(name=actor_name(cfg.out, i), **options).remote(
                 config=to_dict(ucfg), token_space_json=space.canonical_json(), out=cfg.out,
-                device=device, threads=max(1, int(cfg.cpus_per_actor)))
+                device=device, threads=max(1, int(cfg.cpus_per_actor)), modalities=media)
             for i in range(n_actors)
         ]
         try:
@@ -206,8 +217,6 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already dead is fine
                 pass
-        if started_ray:
-            ray.shutdown()
 
 
 class _ActorPool:

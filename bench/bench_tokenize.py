@@ -1,0 +1,216 @@
+"""Tokenization throughput: `uti tokenize` against the codec's own limit and against two peer pipelines.
+
+(a) limit: a bare loop calling the same codec on pre-loaded, pre-resampled tensors, best batch size,
+    one thread (what one actor gets).
+(b) `uti tokenize` end to end, files -> shards, one actor with one thread (and two actors for scaling).
+(c) a plain Hugging Face `datasets.map(num_proc=N)` pipeline: decode + resample + encode + save_to_disk.
+(d) a plain Ray Data pipeline: read -> `map_batches` on an actor pool -> `write_webdataset`.
+All four use the same codec adapter and weights, so the differences are the pipelines'.
+Throughput is audio-seconds per second. (b) is reported two ways: steady state (from the moment the
+actors are ready, as a long job sees it; used against the limit) and end to end including actor start
+and codec load (used against (c) and (d), which also pay their own model loads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _rows(manifest: Path):
+    from sharding.manifest import read_manifest
+
+    return read_manifest(manifest)
+
+
+def bare_codec_limit(manifest: Path, *, threads: int = 1, modality: str = "audio") -> dict[str, Any]:
+    """(a): the best batch size over a few candidates; loading and resampling are outside the timing."""
+    import torch
+
+    from sharding.media import AudioSpec, load_audio, load_image
+    from uti.config import LimitsConfig, load_config
+    from uti.tokenizer import UnifiedTokenizer
+
+    torch.set_num_threads(threads)
+    tok = UnifiedTokenizer(load_config("default"), modalities=(modality,))
+    rows = _rows(manifest)
+    if modality == "audio":
+        spec = AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels)
+        data = [load_audio(r, spec=spec, limits=LimitsConfig()).data for r in rows]
+        seconds = sum(d.shape[-1] for d in data) / tok.audio.sample_rate
+        encode = tok.encode_audios
+        sizes = (1, 2, 4, 8)
+    else:
+        data = [load_image(r, proc_size=tok.image.proc_size[0], limits=LimitsConfig()).data for r in rows]
+        seconds = float(len(data))
+        encode = tok.encode_images
+        sizes = (1, 8, 32, 64)
+    encode(data[:1])  # warm-up: first-call allocations are not part of the limit
+    best = None
+    for size in sizes:
+        start = time.perf_counter()
+        for i in range(0, len(data), size):
+            encode(data[i: i + size])
+        elapsed = time.perf_counter() - start
+        if best is None or elapsed < best[1]:
+            best = (size, elapsed)
+    return {"units": seconds, "seconds": best[1], "rate": seconds / best[1], "batch_size": best[0]}
+
+
+def uti_tokenize(manifest: Path, out: Path, *, num_actors: int, address: str | None = None) -> dict[str, Any]:
+    """(b): the real job; Ray must already be initialised (or `address` given) so startup is not timed."""
+    from ray_jobs.config import TokenizeConfig
+    from ray_jobs.job import run_tokenize
+
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    job = run_tokenize(TokenizeConfig(manifests=(str(manifest),), out=str(out), num_actors=num_actors,
+                                      cpus_per_actor=1.0, shard_seconds=10.0, batch_seconds=10.0,
+                                      progress=False, address=address))
+    total = time.perf_counter() - start
+    t = job["throughput"]
+    units = t["audio_seconds"] if t["audio_seconds"] else float(job["counts"]["samples"])
+    return {"units": units, "seconds": total, "rate": units / total, "steady_seconds": t["wall_seconds"],
+            "steady_rate": units / t["wall_seconds"], "busy_fraction": job["actors"]["busy_fraction"]}
+
+
+def _hf_encode(batch: dict, *, sample_rate: int, channels: int) -> dict:
+    """Top-level so `datasets` can pickle it to its worker processes."""
+    import torch
+
+    from sharding.manifest import ManifestRow
+    from sharding.media import AudioSpec, load_audio
+    from uti.config import LimitsConfig
+
+    global _HF_TOK
+    if "_HF_TOK" not in globals():
+        from uti.tokenizer import UnifiedTokenizer
+
+        torch.set_num_threads(1)
+        _HF_TOK = UnifiedTokenizer(modalities=("audio",))
+    spec = AudioSpec(sample_rate=sample_rate, channels=channels)
+    wavs = [load_audio(ManifestRow.from_dict(json.loads(r)), spec=spec, limits=LimitsConfig()).data for r in batch["row"]]
+    encoded = _HF_TOK.encode_audios(wavs)
+    return {"tokens": [ids.tolist() for ids, _ in encoded], "meta": [json.dumps(m) for _, m in encoded]}
+
+
+def hf_datasets_map(manifest: Path, out: Path, *, num_proc: int) -> dict[str, Any]:
+    """(c): what a user would write with `datasets` alone."""
+    import datasets
+
+    rows = _rows(manifest)
+    seconds = sum(r.duration or 0.0 for r in rows)
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    ds = datasets.Dataset.from_dict({"row": [r.to_json() for r in rows]})
+    ds = ds.map(_hf_encode, batched=True, batch_size=2, num_proc=num_proc, remove_columns=["row"],
+                fn_kwargs={"sample_rate": 24000, "channels": 1}, load_from_cache_file=False)
+    ds.save_to_disk(str(out))
+    elapsed = time.perf_counter() - start
+    return {"units": seconds, "seconds": elapsed, "rate": seconds / elapsed}
+
+
+class _RayDataEncoder:
+    def __init__(self):
+        import torch
+
+        from uti.tokenizer import UnifiedTokenizer
+
+        torch.set_num_threads(1)
+        self.tok = UnifiedTokenizer(modalities=("audio",))
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        encoded = self.tok.encode_audios([torch.from_numpy(np.asarray(w, dtype=np.float32)[None]) for w in batch["wav"]])
+        # Ray Data's default WebDataset encoder serializes by extension: .npy via np.save, .json via json.dumps.
+        return {"__key__": list(batch["key"]), "tokens.npy": [ids for ids, _ in encoded],
+                "json": [json.dumps(meta) for _, meta in encoded]}
+
+
+def _ray_data_read(row: dict) -> dict:
+    from sharding.manifest import ManifestRow
+    from sharding.media import AudioSpec, load_audio
+    from uti.config import LimitsConfig
+
+    r = ManifestRow.from_dict(json.loads(row["row"]))
+    wav = load_audio(r, spec=AudioSpec(sample_rate=24000, channels=1), limits=LimitsConfig()).data
+    return {"key": r.key.replace(".", "_").replace("/", "_"), "wav": wav.numpy()[0]}
+
+
+def ray_data_pipeline(manifest: Path, out: Path, *, actors: int) -> dict[str, Any]:
+    """(d): plain Ray Data with an actor pool and write_webdataset; Ray must already be initialised."""
+    import ray
+
+    rows = _rows(manifest)
+    seconds = sum(r.duration or 0.0 for r in rows)
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    ds = ray.data.from_items([{"row": r.to_json()} for r in rows])
+    ds = ds.map(_ray_data_read, num_cpus=0.5)
+    ds = ds.map_batches(_RayDataEncoder, batch_size=2, concurrency=actors, num_cpus=1, batch_format="numpy")
+    ds.write_webdataset(str(out))
+    elapsed = time.perf_counter() - start
+    return {"units": seconds, "seconds": elapsed, "rate": seconds / elapsed}
+
+
+def two_node_scaling(manifest: Path, out: Path) -> dict[str, Any]:
+    """(b) with two actors on a two-node `ray.cluster_utils.Cluster` (1 CPU per node for codecs)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        return uti_tokenize(manifest, out, num_actors=2, address=cluster.address)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+
+
+def run(*, quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+    import ray
+
+    from bench.data import make_audio_set, make_image_set
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    work = Path(workdir or tempfile.mkdtemp(prefix="uti-bench-"))
+    audio_manifest, _ = make_audio_set(work / "audio", scale=0.1 if quick else 1.0)
+    image_manifest = make_image_set(work / "img", count=8 if quick else 64)
+    results: dict[str, Any] = {"a_limit": bare_codec_limit(audio_manifest)}
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        results["b_uti_1_actor"] = uti_tokenize(audio_manifest, work / "b1", num_actors=1)
+        results["b_uti_2_actors"] = uti_tokenize(audio_manifest, work / "b2", num_actors=2)
+        results["d_ray_data"] = ray_data_pipeline(audio_manifest, work / "d", actors=1)
+        results["image_b_uti"] = uti_tokenize(image_manifest, work / "ib", num_actors=1)
+    finally:
+        ray.shutdown()
+    results["c_hf_datasets"] = hf_datasets_map(audio_manifest, work / "c", num_proc=2)
+    results["image_a_limit"] = bare_codec_limit(image_manifest, modality="image")
+    if not quick:
+        results["b_two_node_2_actors"] = two_node_scaling(audio_manifest, work / "b2n")
+    return results
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    out = {
+        "b/a (steady state vs codec limit)": r["b_uti_1_actor"]["steady_rate"] / r["a_limit"]["rate"],
+        "b/c (end to end vs HF datasets.map)": r["b_uti_2_actors"]["rate"] / r["c_hf_datasets"]["rate"],
+        "b/d (end to end vs Ray Data, 1 actor each)": r["b_uti_1_actor"]["rate"] / r["d_ray_data"]["rate"],
+        "scaling 2 actors / 1 actor (steady)": r["b_uti_2_actors"]["steady_rate"] / r["b_uti_1_actor"]["steady_rate"],
+        "image b/a (steady state vs codec limit)": r["image_b_uti"]["steady_rate"] / r["image_a_limit"]["rate"],
+    }
+    if "b_two_node_2_actors" in r:
+        out["scaling two nodes / 1 actor (steady)"] = r["b_two_node_2_actors"]["steady_rate"] / r["b_uti_1_actor"]["steady_rate"]
+    return out

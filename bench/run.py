@@ -1,0 +1,64 @@
+"""Run the benchmarks, print a table of throughputs and ratios, write bench/results.json.
+
+    python -m bench.run            # full run (about 5 minutes on 2 cores)
+    python -m bench.run --quick    # smoke run on tiny inputs (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+TARGETS = {
+    "b/a (steady state vs codec limit)": 0.85,
+    "b/c (end to end vs HF datasets.map)": 1.5,
+    "b/d (end to end vs Ray Data, 1 actor each)": 1.0,
+    "verify MB/s per core (structural checks)": 200.0,
+    "train input tokens/s / model tokens/s": 10.0,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the scripts run, not speed")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    from bench import bench_tokenize
+
+    started = time.time()
+    results = {"tokenize": bench_tokenize.run(quick=args.quick, workdir=args.workdir)}
+    ratio_table = bench_tokenize.ratios(results["tokenize"])
+    for extra in ("bench_verify", "bench_train"):
+        try:
+            module = __import__(f"bench.{extra}", fromlist=["run", "ratios"])
+        except ImportError:
+            continue
+        results[extra] = module.run(quick=args.quick, workdir=args.workdir)
+        ratio_table.update(module.ratios(results[extra]))
+    print(f"{'measurement':<48} {'rate':>12}  unit")
+    for name, r in results["tokenize"].items():
+        unit = "images/s" if name.startswith("image") else "audio s/s"
+        steady = f" (steady {r['steady_rate']:.1f})" if "steady_rate" in r else ""
+        print(f"{name:<48} {r['rate']:>12.2f}  {unit}{steady}")
+    print()
+    print(f"{'ratio':<48} {'value':>12}  target")
+    for name, value in ratio_table.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else (f">= {target}  {'met' if value >= target else 'MISSED'}")
+        print(f"{name:<48} {value:>12.2f}  {verdict}")
+    payload = {"quick": args.quick, "seconds": time.time() - started, "machine": {
+        "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "results": results, "ratios": ratio_table, "targets": TARGETS}
+    args.out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
