@@ -63,7 +63,7 @@ def chunk_rows(rows: list[dict], *, batch_seconds: float, max_images: int) -> li
 def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ray_jobs.cluster import connect
+    from uti.ray_local import connect
     from uti.tokenizer import UnifiedTokenizer
 
     ucfg = load_config(cfg.config)
@@ -130,7 +130,7 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
     from ray.exceptions import RayError
 
     from ray_jobs.actor import CodecWorker
-    from ray_jobs.cluster import cluster_gpus
+    from uti.ray_local import cluster_gpus
     from ray_jobs.read import read_rows
 
     n_actors = max(1, min(cfg.num_actors, len(todo)))

@@ -21,7 +21,7 @@ from sharding.format import ShardRef, is_local, url_to_fs
 from uti.errors import UTIError
 from verify.baseline import compare, load_baseline, metrics_from, write_baseline
 from verify.checks import scan_shard
-from verify.cluster import connect, shutdown
+from uti.ray_local import connect
 from verify.codec_checks import CodecSummary, Pick, run_codec_checks
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, job_config_dict, load_dataset
@@ -66,7 +66,9 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
         reduced = _second_phase(files, cfg, reducer)
     finally:
         if owned:
-            shutdown()
+            import ray
+
+            ray.shutdown()
     checks, stats = reduced
     report = _assemble(files, cfg, checks, stats, seconds=time.perf_counter() - t0)
     metrics = metrics_from(report)

@@ -1,0 +1,264 @@
+"""`uti generate`: constrained sampling from a run's latest checkpoint, decoded through the codec.
+
+Prompts (the first tokens of the training layouts, see train.sequences):
+
+    audio  <bos> <t2a> <bot> PROMPT <eot> <boa>     then audio tokens until <eoa> (at a frame boundary)
+    image  <bos> <t2i> <bot> PROMPT <eot> <boi>     then exactly grid_h * grid_w image tokens
+    text   <bos> <txt> <bot> PROMPT                 then text tokens until <eot>
+
+Every sampled token is drawn from a logits mask (train.generate.Constraint): only the target
+modality's range -- for audio the range of level i % n_q at media position i (frame-major), with
+<eoa> allowed only between whole frames -- and never a padded row (>= vocab_size). So the output
+always has a decodable shape: whole frames for audio, a full grid for images. The codecs are
+rebuilt from RUN/codec_config.json (the tokenize job's config) and must match the checkpoint's
+token space exactly.
+
+Generation supports 24 kHz EnCodec only: 48 kHz models need per-segment normalization scales
+that the LM does not produce, so they are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.checkpoint import COMPLETE, checkpoint_space, latest_checkpoint, load_tensors, read_trainer_state
+from train.model import model_from_checkpoint, padded_vocab
+from train.runner import CODEC_CONFIG
+from uti.errors import UTIError
+from uti.token_space import TokenSpace, require_same
+
+MODES = ("audio", "image", "text")
+DEFAULT_MAX_TOKENS = {"audio": 600, "text": 200}
+
+
+class GenerateError(UTIError):
+    """Generation cannot run (no checkpoint, no codec config, unsupported codec, bad arguments)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class GenerateConfig:
+    checkpoint: str  # a run folder (its latest checkpoint) or one checkpoints/step-NNNNNN folder
+    out: str  # .wav (audio), .png (image) or a text file
+    mode: str = "audio"
+    prompt: str = ""
+    max_tokens: int | None = None  # audio: rounded down to whole frames; image: must be >= the grid
+    seed: int = 0
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k cut
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise GenerateError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise GenerateError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0 or self.top_k < 0:
+            raise GenerateError("--temperature and --top-k must be >= 0")
+
+
+@dataclass
+class GenerationResult:
+    mode: str
+    path: Path
+    tokens: np.ndarray  # uint32 global IDs of the generated media/text (no boundary tokens)
+    meta: dict[str, Any]
+    checkpoint: Path
+    step: int
+
+
+class Constraint:
+    """Which IDs may be sampled at each generated position (a bool mask over the padded vocab)."""
+
+    def __init__(self, mode: str, space: TokenSpace, *, max_tokens: int, padded: int):
+        self.mode = mode
+        self.padded = padded
+        sp = space.special
+        self.stop: int | None = None
+        if mode == "audio":
+            levels = space.audio_levels
+            self.n_q = len(levels)
+            self.max_frames = max_tokens // self.n_q
+            if self.max_frames < 1:
+                raise GenerateError(f"--max-tokens {max_tokens} is less than one audio frame ({self.n_q} tokens)")
+            self.stop = sp("<eoa>")
+            self.level_masks = [self._mask([(r.start, r.end)]) for r in levels]
+            self.length = self.max_frames * self.n_q
+        elif mode == "image":
+            r = space.range("image")
+            grid = space.codecs["image"].params["grid"]
+            self.length = int(grid[0]) * int(grid[1])
+            if max_tokens < self.length:
+                raise GenerateError(f"--max-tokens {max_tokens}: an image is exactly {grid[0]}x{grid[1]} = "
+                                    f"{self.length} tokens; drop --max-tokens or raise it")
+            self.image_mask = self._mask([(r.start, r.end)])
+        else:
+            r = space.range("text")
+            self.stop = sp("<eot>")
+            self.length = max_tokens
+            self.text_mask = self._mask([(r.start, r.end)], extra=[self.stop])
+
+    def _mask(self, spans: list[tuple[int, int]], extra: list[int] = ()) -> torch.Tensor:
+        m = torch.zeros(self.padded, dtype=torch.bool)
+        for a, b in spans:
+            m[a:b] = True
+        for i in extra:
+            m[i] = True
+        return m
+
+    def mask(self, i: int) -> torch.Tensor:
+        """Allowed IDs for the i-th generated token (i counts media/text tokens, 0-based)."""
+        if self.mode == "audio":
+            if i % self.n_q:
+                return self.level_masks[i % self.n_q]
+            m = self.level_masks[0].clone() if i < self.length else torch.zeros(self.padded, dtype=torch.bool)
+            if i > 0:  # <eoa> only between whole frames, never before the first frame
+                m[self.stop] = True
+            return m
+        if self.mode == "image":
+            return self.image_mask
+        return self.text_mask
+
+    def finished(self, i: int) -> bool:
+        """True when i tokens have been generated and no more may follow."""
+        return i >= self.length
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if (path / COMPLETE).is_file():
+        return path
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise GenerateError(f"--checkpoint {path}: no complete checkpoint (checkpoints/step-*/COMPLETE) here; "
+                            "train first with `uti train --out RUN`")
+    return ckpt
+
+
+def _run_folder(ckpt: Path) -> Path:
+    return ckpt.parent.parent
+
+
+def load_codecs(ckpt: Path, space: TokenSpace, mode: str, tokenizer: Any = None) -> Any:
+    """The UnifiedTokenizer for decoding: given (checked against the checkpoint's token space), or
+    rebuilt from RUN/codec_config.json with only the codec the mode needs."""
+    if mode == "audio":
+        audio = space.codecs.get("audio")
+        if audio is None:
+            raise GenerateError(f"checkpoint {ckpt}: its token space has no audio codec; use --mode image or text")
+        if audio.name != "encodec_24khz" or audio.params.get("segment_length") is not None:
+            raise GenerateError(f"checkpoint {ckpt}: audio codec {audio.name} decodes with per-segment scales the LM "
+                                "does not generate; generation supports encodec_24khz only")
+    if mode == "image" and "image" not in space.codecs:
+        raise GenerateError(f"checkpoint {ckpt}: its token space has no image codec; use --mode audio or text")
+    if tokenizer is not None:
+        require_same(space, tokenizer.space, what="the given tokenizer")
+        return tokenizer
+    from uti.config import UTIConfig
+    from uti.strict import from_dict
+    from uti.tokenizer import UnifiedTokenizer
+
+    cfg_path = _run_folder(ckpt) / CODEC_CONFIG
+    if not cfg_path.is_file():
+        raise GenerateError(f"{cfg_path}: missing; it is copied from the dataset's OUT/job.json at train time. Copy "
+                            "the \"config\" object of the dataset's job.json there to decode")
+    config = from_dict(UTIConfig, json.loads(cfg_path.read_text()), where=str(cfg_path))
+    modalities = () if mode == "text" else (mode,)
+    return UnifiedTokenizer(config, modalities=modalities, token_space=space)
+
+
+def prompt_ids(mode: str, space: TokenSpace, caption: np.ndarray) -> list[int]:
+    sp = space.special
+    cap = [int(x) for x in caption]
+    if mode == "audio":
+        return [sp("<bos>"), sp("<t2a>"), sp("<bot>"), *cap, sp("<eot>"), sp("<boa>")]
+    if mode == "image":
+        return [sp("<bos>"), sp("<t2i>"), sp("<bot>"), *cap, sp("<eot>"), sp("<boi>")]
+    return [sp("<bos>"), sp("<txt>"), sp("<bot>"), *cap]
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, prompt: list[int], constraint: Constraint, *, temperature: float, top_k: int,
+           seed: int) -> list[int]:
+    """Autoregressive sampling with a KV cache; every token is drawn from the constraint's mask."""
+    gen = torch.Generator().manual_seed(seed)
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    past, logits = out.past_key_values, out.logits[0, -1]
+    tokens: list[int] = []
+    while not constraint.finished(len(tokens)):
+        allowed = constraint.mask(len(tokens))
+        lg = torch.full_like(logits, float("-inf"), dtype=torch.float32)
+        lg[allowed] = logits[allowed].float()
+        if temperature == 0:
+            tok = int(torch.argmax(lg))
+        else:
+            lg = lg / temperature
+            if top_k:
+                kth = torch.topk(lg, min(top_k, int(allowed.sum()))).values[-1]
+                lg = torch.where(lg < kth, torch.full_like(lg, float("-inf")), lg)
+            tok = int(torch.multinomial(torch.softmax(lg, dim=-1), 1, generator=gen))
+        if not bool(allowed[tok]):  # cannot happen with a -inf mask; a guard against NaN logits
+            raise GenerateError(f"sampled ID {tok} outside the allowed set at position {len(tokens)} (NaN logits?)")
+        if tok == constraint.stop:
+            break
+        tokens.append(tok)
+        out = model(input_ids=torch.tensor([[tok]]), past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+    return tokens
+
+
+def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
+    """Sample from the latest checkpoint and write a decodable WAV / PNG / text file (+ FILE.json
+    with the tokens and meta). `tokenizer` skips rebuilding the codecs (it must match exactly)."""
+    ckpt = resolve_checkpoint(cfg.checkpoint)
+    space = checkpoint_space(ckpt)
+    step = int(read_trainer_state(ckpt)["step"])
+    tok = load_codecs(ckpt, space, cfg.mode, tokenizer)
+    model = model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt"))
+    padded = model.get_output_embeddings().weight.shape[0]
+    if padded < space.vocab_size or padded != padded_vocab(padded):
+        raise GenerateError(f"{ckpt}: the model has {padded} output rows for vocab {space.vocab_size}")
+    max_tokens = cfg.max_tokens or DEFAULT_MAX_TOKENS.get(cfg.mode, 0)
+    if cfg.mode == "image" and cfg.max_tokens is None:
+        grid = space.codecs["image"].params["grid"]
+        max_tokens = int(grid[0]) * int(grid[1])
+    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded)
+    caption = tok.encode_text(cfg.prompt) if cfg.prompt else np.zeros(0, np.uint32)
+    prompt = prompt_ids(cfg.mode, space, caption)
+    ids = np.asarray(sample(model, prompt, constraint, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed),
+                     dtype=np.uint32)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.mode == "audio":
+        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.n_q)
+        wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
+        import soundfile as sf
+
+        sf.write(str(out), np.clip(wav.T, -1.0, 1.0), meta["sample_rate"], format="WAV")
+    elif cfg.mode == "image":
+        meta = {"modality": "image", "proc_size": list(tok.image.proc_size), "grid": list(tok.image.grid),
+                "token_space_id": space.id}
+        from PIL import Image
+
+        Image.fromarray(tok.decode_image(ids, meta, what="generated image")).save(out, format="PNG")
+    else:
+        meta = {"modality": "text", "token_space_id": space.id}
+        out.write_text(tok.decode_text(ids, what="generated text"), encoding="utf-8")
+    sidecar = {"mode": cfg.mode, "prompt": cfg.prompt, "checkpoint": str(ckpt), "step": step, "seed": cfg.seed,
+               "temperature": cfg.temperature, "top_k": cfg.top_k, "token_space_id": space.id, "meta": meta,
+               "tokens": ids.tolist()}
+    Path(str(out) + ".json").write_text(json.dumps(sidecar, sort_keys=True) + "\n")
+    return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step)
+
+
+def audio_meta(tok: Any, space: TokenSpace, *, n_frames: int) -> dict[str, Any]:
+    """The meta decode needs for generated 24 kHz audio: whole frames, hop_length samples each."""
+    codec = tok.audio
+    return {"modality": "audio", "sample_rate": codec.sample_rate, "channels": codec.channels,
+            "n_samples": n_frames * codec.hop_length, "n_frames": n_frames, "n_q": codec.n_q,
+            "frame_rate": codec.frame_rate, "token_space_id": space.id}
