@@ -29,7 +29,7 @@ from typing import Any
 from sharding.format import list_shards, url_to_fs
 from train.checkpoint import checkpoint_space, latest_checkpoint, list_checkpoints, read_trainer_state
 from train.config import TrainConfig, TrainError
-from train.metrics import plot_loss, read_metrics
+from train.metrics import METRICS_NAME, plot_loss, read_metrics
 from uti.errors import TokenSpaceError, UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
 
@@ -184,6 +184,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from train.loop import train_loop_per_worker
+    from train.progress import follow_metrics
 
     loop_config = prepare_run(cfg)
     run = Path(loop_config["run"])
@@ -199,7 +200,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
         )
         try:
-            trainer.fit()
+            with follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps):
+                trainer.fit()
         except Exception as exc:  # Ray wraps worker errors; surface ours as one clear line
             cause = _root_cause(exc)
             if isinstance(cause, UTIError):

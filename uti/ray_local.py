@@ -49,6 +49,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Token auth stays on; only its every-start notice is kept out of the user's terminal.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if runtime_env:
         common["runtime_env"] = runtime_env

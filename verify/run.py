@@ -110,9 +110,13 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig) -> Reducer:
             todo.append(task)
         else:
             reducer.add_unscannable(task)
+    from tqdm import tqdm
+
     window = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[Any, Any] = {}
     queue = iter(todo)
+    # disable=None: a bar on a terminal, nothing in logs and CI.
+    bar = tqdm(total=len(todo), unit="shard", desc="verify", disable=None, dynamic_ncols=True)
     while True:
         for task in queue:
             pending[remote.remote(task, space_ref, max_seq_len=cfg.max_seq_len, max_examples=cfg.max_examples,
@@ -128,6 +132,8 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig) -> Reducer:
                 reducer.add(task, ray.get(ref))
             except ray.exceptions.RayError as exc:
                 reducer.add_crash(task, exc)
+            bar.update(1)
+    bar.close()
     return reducer
 
 
