@@ -21,6 +21,7 @@ from ray_jobs.config import TokenizeConfig
 from ray_jobs.outputs import (JobError, claim_out, completed_shards, merge_errors, remove_stale_temp_files,
                               write_job)
 from ray.exceptions import ActorUnavailableError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sharding.manifest import ManifestRow, manifest_sha256, read_manifests
 from sharding.plan import Plan, make_plan
@@ -154,12 +155,25 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                 device=device, threads=max(1, int(cfg.cpus_per_actor)), modalities=media)
             for i in range(n_actors)
         ]
+        reader = ray.remote(read_rows)
+
+        def read(rows: list[dict], node: str | None) -> list:
+            # Decoded audio is ~10x its file: read where the consuming actor runs (soft: any node will do).
+            opts: dict[str, Any] = {"num_cpus": cfg.read_cpus, "max_retries": 3}
+            if node is not None:
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            return [reader.options(**opts).remote(chunk, **read_args) for chunk in
+                    chunk_rows(rows, batch_seconds=cfg.batch_seconds, max_images=cfg.max_images_per_batch)]
+
+        # The first wave of reads starts now, while the actors are still loading their codecs.
+        prefetched = {(split, shard.name): read([row_dicts[x] for x in shard.ids], None)
+                      for split, shard in todo[: n_actors * QUEUE_PER_ACTOR]}
         try:
             actor_info = ray.get([a.info.remote() for a in actors])
         except RayError as exc:
             raise JobError(f"codec actors failed to start: {_short(exc)}") from None
+        nodes = [info["node"] for info in actor_info]
         processing_started = time.time()
-        reader = ray.remote(read_rows).options(num_cpus=cfg.read_cpus, max_retries=3)
         pool = _ActorPool(actors)
         progress = _Progress(plan, todo, enabled=cfg.progress)
         queue = collections.deque(todo)
@@ -170,9 +184,8 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
         def submit(i: int) -> None:
             split, shard = queue.popleft()
             rows = [row_dicts[x] for x in shard.ids]
-            # Read tasks start now, while actor i still encodes its previous shard.
-            chunks = [reader.remote(chunk, **read_args) for chunk in
-                      chunk_rows(rows, batch_seconds=cfg.batch_seconds, max_images=cfg.max_images_per_batch)]
+            # Read tasks start now (if not already), while actor i still encodes its previous shard.
+            chunks = prefetched.pop((split, shard.name), None) or read(rows, nodes[i])
             ref = actors[i].tokenize_shard.remote(split=split, shard=shard.name, rows=rows, chunks=chunks,
                                                   extra={"plan_sha256": plan.sha256})
             pool.assign(ref, i, (split, shard))
@@ -186,6 +199,8 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                 pool.ping_recovering()
                 for kind, i, payload, outcome in pool.wait(timeout=1.0):
                     if kind == "ping":
+                        if isinstance(outcome, dict):
+                            nodes[i] = outcome["node"]  # a restarted actor may live on another node now
                         continue
                     split, shard = payload
                     if not isinstance(outcome, Exception):
