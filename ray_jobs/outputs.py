@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
-import tempfile
 from typing import Any, Iterable
 
 from sharding.format import ShardRef, find_orphans, list_shards, url_to_fs, is_local
 from sharding.plan import Plan, plan_from_bytes
+from uti.atomic import atomic_write
 from uti.errors import UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
 
@@ -46,19 +45,7 @@ def write_bytes(out: str, name: str, data: bytes) -> None:
     if not is_local(fs):
         fs.pipe_file(path, data)
         return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def claim_out(out: str, space: TokenSpace, plan: Plan) -> None:

@@ -58,6 +58,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from sharding.errors import ShardError
+from uti.atomic import TEMP_MARKER  # one temp-name rule for every writer: find_orphans relies on it
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,6 @@ MAX_KEY_LENGTH = 64
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Temporary files of an interrupted writer: ".shard-000042.tar.tmp-XXXX" / ".shard-000042.json.tmp-XXXX".
-TEMP_MARKER = ".tmp-"
 
 HEADER_KEYS = ("format", "version", "token_space_id", "token_space", "codec_fingerprints", "shard", "split", "producer")
 INDEX_KEYS = (

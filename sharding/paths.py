@@ -7,11 +7,11 @@ is resolved with symlinks followed and must end inside the dataset root.
 from __future__ import annotations
 
 import os
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable
 
+from uti.atomic import atomic_write
 from uti.errors import UTIError
 
 
@@ -57,25 +57,5 @@ def find_file(root: str | os.PathLike, candidates: Iterable[str]) -> Path | None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | Iterable[bytes]) -> Path:
-    """Write to a temporary file next to `path`, fsync, then os.replace: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared data, not secrets
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                fh.write(data)
-            else:
-                for chunk in data:
-                    fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Temp file next to `path`, fsync, os.replace: readers never see half a file (see uti.atomic)."""
+    return atomic_write(path, data)

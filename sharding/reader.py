@@ -10,20 +10,19 @@ ShardError rather than skipping anything it does not like.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
 import tarfile
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from sharding.errors import ShardError, ShardTokenSpaceMismatch
+from sharding.tario import TrackingReader
 from sharding.format import (
     DEFAULT_MAX_MEMBER_BYTES, HEADER_MEMBER, META_REQUIRED, NPY_VERSION, REGENERATE, SAMPLE_EXTENSIONS,
     TAR_SUFFIX, TOKEN_DTYPE, ShardRef, is_hex64, is_safe_name, list_shards, url_to_fs, validate_header,
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "uti.reader_state"
 STATE_VERSION = 1
-_BLOCK = tarfile.BLOCKSIZE
-_MAX_TRAILING = 1024 * 1024  # after the end-of-archive blocks only record padding may follow
 _NON_REGULAR = {
     tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory",
     tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO",
@@ -72,38 +69,6 @@ class Sample:
 
 
 # ---- low-level stream plumbing ----------------------------------------------------------------------
-class _TrackingReader:
-    """Pass-through reader that counts bytes, optionally hashes them, and keeps the last few chunks
-    so the end-of-archive can be checked (tarfile treats a missing end marker as a normal end)."""
-
-    def __init__(self, raw: Any, *, hash_bytes: bool, keep: int = 64 * 1024):
-        self.raw = raw
-        self.sha = hashlib.sha256() if hash_bytes else None
-        self.pos = 0
-        self._chunks: deque[tuple[int, bytes]] = deque()
-        self._kept = 0
-        self._keep = keep
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        if data:
-            if self.sha is not None:
-                self.sha.update(data)
-            self._chunks.append((self.pos, data))
-            self._kept += len(data)
-            while self._kept - len(self._chunks[0][1]) >= self._keep:
-                self._kept -= len(self._chunks.popleft()[1])
-            self.pos += len(data)
-        return data
-
-    def since(self, offset: int) -> bytes | None:
-        """Bytes from `offset` to the current position, or None if no longer kept."""
-        if not self._chunks or self._chunks[0][0] > offset:
-            return None if offset < self.pos else b""
-        joined = b"".join(c for _, c in self._chunks)
-        return joined[offset - self._chunks[0][0]:]
-
-
 class _StrictTarInfo(tarfile.TarInfo):
     """Refuses GNU long-name, sparse and pax extension headers before tarfile reads their payload.
 
@@ -278,7 +243,7 @@ def read_shard(
 
 def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | str | None,
                  index: Mapping[str, Any] | None, start: int, max_bytes: int) -> Iterator[Sample]:
-    src = _TrackingReader(raw, hash_bytes=index is not None)
+    src = TrackingReader(raw, hash_bytes=index is not None)
     try:
         tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
     except _TAR_ERRORS as exc:
@@ -365,20 +330,14 @@ def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | 
                                f"records {index['tar_bytes']} bytes and {index['tar_sha256'][:16]} (modified after writing)")
 
 
-def _check_end(src: _TrackingReader, end_offset: int, where: str) -> None:
+def _check_end(src: TrackingReader, end_offset: int, where: str) -> None:
     """tarfile stops quietly at EOF or garbage; we insist on the zero blocks our writer emits."""
-    tail = src.since(end_offset)
-    if tail is None:
-        raise _fail(where, "cannot verify the end of the archive")  # our keep window is larger than tarfile's buffer
     try:
-        while len(tail) <= _MAX_TRAILING and (chunk := src.read(64 * 1024)):
-            tail += chunk
+        problem = src.end_problem(end_offset)
     except OSError as exc:
         raise _fail(where, f"read error at the end of the tar ({exc})") from None
-    if len(tail) > _MAX_TRAILING:
-        raise _fail(where, "unexpected data after the end of the archive")
-    if len(tail) < 2 * _BLOCK or tail.count(0) != len(tail) or src.pos % _BLOCK:
-        raise _fail(where, "truncated tar: the end-of-archive marker is missing or damaged")
+    if problem:
+        raise _fail(where, problem)
 
 
 # ---- many shards -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 import uti
+from uti.atomic import atomic_write
 from sharding.errors import ShardError, ShardWriteError
 from sharding.format import (
     HEADER_MEMBER, INDEX_SUFFIX, MAX_KEY_LENGTH, META_REQUIRED, NPY_VERSION, TAR_SUFFIX, TEMP_MARKER, TOKEN_DTYPE,
@@ -275,7 +276,7 @@ class ShardWriter:
                 _fsync_dir(self._dir)
             os.replace(self._tmp, self.tar_path)
             _fsync_dir(self._dir)
-            _atomic_local_write(self.index_path, index_bytes)
+            atomic_write(self.index_path, index_bytes)
             _fsync_dir(self._dir)
         else:
             fs.makedirs(self._dir, exist_ok=True)
@@ -298,21 +299,6 @@ class ShardWriter:
         tmp = getattr(self, "_tmp", None)
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _atomic_local_write(path: str, data: bytes) -> None:
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}{TEMP_MARKER}")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_json(obj: Any, where: str) -> bytes:

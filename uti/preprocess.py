@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from uti.codecs.vq_image import to_rgb_array  # noqa: F401  (re-exported: the image half of preparation)
+from uti.codecs.vq_image import to_rgb_array
+
+__all__ = ["prepare_waveform", "to_rgb_array"]  # to_rgb_array: the image half of preparation
 
 
 def prepare_waveform(wav: np.ndarray | torch.Tensor, sample_rate: int, *, target_rate: int, channels: int) -> torch.Tensor:

@@ -11,11 +11,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from uti.atomic import atomic_write
 from uti.errors import RuntimeSizeMismatch, TokenSpaceError, TokenSpaceMismatch
 
 log = logging.getLogger(__name__)
@@ -240,8 +240,8 @@ class TokenSpace:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         raw = self.canonical_json()
-        _atomic_write(directory / JSON_NAME, raw)
-        _atomic_write(directory / SHA_NAME, f"{sha256_hex(raw)}  {JSON_NAME}\n".encode())
+        atomic_write(directory / JSON_NAME, raw)
+        atomic_write(directory / SHA_NAME, f"{sha256_hex(raw)}  {JSON_NAME}\n".encode())
         return directory / JSON_NAME
 
     @classmethod
@@ -358,19 +358,6 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TokenSpaceError(f"{where}: expected an integer, got {value!r}")
     return value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- comparing token spaces -----------------------------------------------------------------------

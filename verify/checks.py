@@ -8,20 +8,18 @@ It stops only when the tar itself can no longer be parsed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import re
-import tarfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
 from sharding.errors import ShardError
+from sharding.tario import BLOCK as _BLOCK, TrackingReader
 from sharding.format import (
     HEADER_MEMBER, SAMPLE_EXTENSIONS, TOKEN_DTYPE, is_hex64, is_safe_name, sample_key, url_to_fs, validate_header,
 )
@@ -106,65 +104,11 @@ class _Expect:
 
 
 # ---- streaming the tar ----------------------------------------------------------------------------
-_BLOCK = tarfile.BLOCKSIZE
-_MAX_TRAILING = 1024 * 1024  # after the end-of-archive blocks only record padding may follow
-
-
-class _HashingReader:
-    """Counts and hashes every byte the parser pulls, so size and SHA-256 cost no second read; keeps
-    the last few chunks so the bytes after the end-of-archive block can be checked."""
-
-    def __init__(self, raw: Any, keep: int = 64 * 1024):
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.pos = 0
-        self.end_offset: int | None = None  # where the first end-of-archive (zero) block starts
-        self._chunks: deque[tuple[int, bytes]] = deque()
-        self._kept = 0
-        self._keep = keep
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        # Remote file objects may return short reads before EOF; only an empty read means the end.
-        while 0 <= size and 0 < len(data) < size and (more := self.raw.read(size - len(data))):
-            data += more
-        if data:
-            self.sha.update(data)
-            self._chunks.append((self.pos, data))
-            self._kept += len(data)
-            while self._kept - len(self._chunks[0][1]) >= self._keep:
-                self._kept -= len(self._chunks.popleft()[1])
-            self.pos += len(data)
-        return data
-
-    def since(self, offset: int) -> bytes | None:
-        if not self._chunks or self._chunks[0][0] > offset:
-            return None if offset < self.pos else b""
-        return b"".join(c for _, c in self._chunks)[offset - self._chunks[0][0]:]
-
-    def check_end(self) -> str | None:
-        """Our writer ends every tar with two zero blocks and record padding; anything else is damage."""
-        tail = self.since(self.end_offset) if self.end_offset is not None else None
-        if tail is None:
-            return "cannot verify the end of the archive"
-        while len(tail) <= _MAX_TRAILING and (chunk := self.read(64 * 1024)):
-            tail += chunk
-        if len(tail) > _MAX_TRAILING:
-            return "unexpected data after the end of the archive"
-        if len(tail) < 2 * _BLOCK or tail.count(0) != len(tail) or self.pos % _BLOCK:
-            return "truncated tar: the end-of-archive marker is missing or damaged"
-        return None
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
 class _TarBroken(Exception):
     """The tar cannot be parsed any further; the message says why."""
 
 
-def _members(src: _HashingReader, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+def _members(src: TrackingReader, max_bytes: int) -> Iterator[tuple[str, bytes]]:
     """(name, payload) of each member, parsed straight from the 512-byte USTAR headers.
 
     Our shards are plain USTAR regular files only (see sharding.format), so a 30-line parser does it,
@@ -503,7 +447,7 @@ class _Scan:
                       key, meta.get("id"))
 
     # -- after the last member
-    def against_index(self, src: _HashingReader, broken: str | None) -> None:
+    def against_index(self, src: TrackingReader, broken: str | None) -> None:
         n_index = self.index.get("num_samples", 0)
         keys, ids = self.index.get("keys") or [], self.index.get("ids") or []
         tcs, xcs = self.index.get("token_counts") or [], self.index.get("text_token_counts") or []
@@ -557,10 +501,10 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
         scan.fail("shard_integrity", f"cannot open the tar ({exc})")
     else:
         with raw:
-            src = _HashingReader(raw)
+            src = TrackingReader(raw)
             broken = _scan_members(scan, src, max_member_bytes)
             try:
-                broken = broken or src.check_end()
+                broken = broken or src.end_problem()
                 src.drain()
             except OSError as exc:
                 broken = broken or f"read error at the end of the tar ({exc})"
@@ -576,7 +520,7 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
     )
 
 
-def _scan_members(scan: _Scan, src: _HashingReader, max_member_bytes: int) -> str | None:
+def _scan_members(scan: _Scan, src: TrackingReader, max_member_bytes: int) -> str | None:
     """Feed the members to the scan; returns why parsing stopped early, or None."""
     members = _members(src, max_member_bytes)
     try:

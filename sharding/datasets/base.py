@@ -14,7 +14,6 @@ from sharding.manifest import (
     ManifestRow,
     Rejected,
     check_split_fractions,
-    hash_split,
 )
 from sharding.paths import PathEscapeError, find_file
 
