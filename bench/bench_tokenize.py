@@ -178,14 +178,14 @@ def two_node_scaling(manifest: Path, out: Path) -> dict[str, Any]:
         os.environ.pop("RAY_ADDRESS", None)
 
 
-def run(*, quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float = 1.0) -> dict[str, Any]:
     import ray
 
     from bench.data import make_audio_set, make_image_set
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     work = Path(workdir or tempfile.mkdtemp(prefix="uti-bench-"))
-    audio_manifest, _ = make_audio_set(work / "audio", scale=0.1 if quick else 1.0)
+    audio_manifest, _ = make_audio_set(work / "audio", scale=0.1 if quick else audio_scale)
     image_manifest = make_image_set(work / "img", count=8 if quick else 64)
     results: dict[str, Any] = {"a_limit": bare_codec_limit(audio_manifest)}
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)

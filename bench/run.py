@@ -27,22 +27,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the scripts run, not speed")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--audio-scale", type=float, default=1.0,
+                        help="multiply every clip's length (1.0: about 60 s of audio, as the targets specify)")
+    parser.add_argument("--only", choices=("tokenize", "verify", "train"), default=None, help="run one benchmark")
     args = parser.parse_args(argv)
 
     from bench import bench_tokenize
 
     started = time.time()
-    results = {"tokenize": bench_tokenize.run(quick=args.quick, workdir=args.workdir)}
-    ratio_table = bench_tokenize.ratios(results["tokenize"])
-    for extra in ("bench_verify", "bench_train"):
-        try:
-            module = __import__(f"bench.{extra}", fromlist=["run", "ratios"])
-        except ImportError:
+    results: dict = {}
+    ratio_table: dict = {}
+    if args.only in (None, "tokenize"):
+        results["tokenize"] = bench_tokenize.run(quick=args.quick, workdir=args.workdir, audio_scale=args.audio_scale)
+        ratio_table.update(bench_tokenize.ratios(results["tokenize"]))
+    for extra in ("verify", "train"):
+        if args.only not in (None, extra):
             continue
-        results[extra] = module.run(quick=args.quick, workdir=args.workdir)
-        ratio_table.update(module.ratios(results[extra]))
+        module = __import__(f"bench.bench_{extra}", fromlist=["run", "ratios"])
+        results[f"bench_{extra}"] = module.run(quick=args.quick, workdir=args.workdir)
+        ratio_table.update(module.ratios(results[f"bench_{extra}"]))
     print(f"{'measurement':<48} {'rate':>12}  unit")
-    for name, r in results["tokenize"].items():
+    for name, r in results.get("tokenize", {}).items():
         unit = "images/s" if name.startswith("image") else "audio s/s"
         steady = f" (steady {r['steady_rate']:.1f})" if "steady_rate" in r else ""
         print(f"{name:<48} {r['rate']:>12.2f}  {unit}{steady}")
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         target = TARGETS.get(name)
         verdict = "" if target is None else (f">= {target}  {'met' if value >= target else 'MISSED'}")
         print(f"{name:<48} {value:>12.2f}  {verdict}")
-    payload = {"quick": args.quick, "seconds": time.time() - started, "machine": {
+    payload = {"quick": args.quick, "audio_scale": args.audio_scale, "seconds": time.time() - started, "machine": {
         "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
         "results": results, "ratios": ratio_table, "targets": TARGETS}
     args.out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
