@@ -30,7 +30,7 @@ def _rows(manifest: Path):
     return read_manifest(manifest)
 
 
-def bare_codec_limit(manifest: Path, *, threads: int = 1, modality: str = "audio") -> dict[str, Any]:
+def bare_codec_limit(manifest: Path, *, threads: int = 1, modality: str = "audio", device: str = "cpu") -> dict[str, Any]:
     """(a): the best batch size over a few candidates; loading and resampling are outside the timing."""
     import torch
 
@@ -39,7 +39,7 @@ def bare_codec_limit(manifest: Path, *, threads: int = 1, modality: str = "audio
     from uti.tokenizer import UnifiedTokenizer
 
     torch.set_num_threads(threads)
-    tok = UnifiedTokenizer(load_config("default"), modalities=(modality,))
+    tok = UnifiedTokenizer(load_config("default"), modalities=(modality,), device=device)
     rows = _rows(manifest)
     if modality == "audio":
         spec = AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels)
@@ -64,7 +64,8 @@ def bare_codec_limit(manifest: Path, *, threads: int = 1, modality: str = "audio
     return {"units": seconds, "seconds": best[1], "rate": seconds / best[1], "batch_size": best[0]}
 
 
-def uti_tokenize(manifest: Path, out: Path, *, num_actors: int, address: str | None = None) -> dict[str, Any]:
+def uti_tokenize(manifest: Path, out: Path, *, num_actors: int, address: str | None = None,
+                 gpus_per_actor: float | None = None) -> dict[str, Any]:
     """(b): the real job; Ray must already be initialised (or `address` given) so startup is not timed."""
     from ray_jobs.config import TokenizeConfig
     from ray_jobs.job import run_tokenize
@@ -73,7 +74,7 @@ def uti_tokenize(manifest: Path, out: Path, *, num_actors: int, address: str | N
     start = time.perf_counter()
     job = run_tokenize(TokenizeConfig(manifests=(str(manifest),), out=str(out), num_actors=num_actors,
                                       cpus_per_actor=1.0, shard_seconds=10.0, batch_seconds=10.0,
-                                      progress=False, address=address))
+                                      progress=False, address=address, gpus_per_actor=gpus_per_actor))
     total = time.perf_counter() - start
     t = job["throughput"]
     units = t["audio_seconds"] if t["audio_seconds"] else float(job["counts"]["samples"])
@@ -178,7 +179,10 @@ def two_node_scaling(manifest: Path, out: Path) -> dict[str, Any]:
         os.environ.pop("RAY_ADDRESS", None)
 
 
-def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float = 1.0) -> dict[str, Any]:
+def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float = 1.0, address: str | None = None,
+        gpus_per_actor: float | None = None) -> dict[str, Any]:
+    """With `address` the uti and Ray Data pipelines run on that cluster (outputs in `workdir`, which must
+    then be shared storage); with `gpus_per_actor` > 0 the codec limit is measured on this machine's GPU."""
     import ray
 
     from bench.data import make_audio_set, make_image_set
@@ -187,18 +191,22 @@ def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float 
     work = Path(workdir or tempfile.mkdtemp(prefix="uti-bench-"))
     audio_manifest, _ = make_audio_set(work / "audio", scale=0.1 if quick else audio_scale)
     image_manifest = make_image_set(work / "img", count=8 if quick else 64)
-    results: dict[str, Any] = {"a_limit": bare_codec_limit(audio_manifest)}
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    device = "cuda" if gpus_per_actor else "cpu"
+    results: dict[str, Any] = {"a_limit": bare_codec_limit(audio_manifest, device=device)}
+    from uti.ray_local import connect
+
+    connect(address, num_cpus=None if address else 3)
+    gpu = {"gpus_per_actor": gpus_per_actor}
     try:
-        results["b_uti_1_actor"] = uti_tokenize(audio_manifest, work / "b1", num_actors=1)
-        results["b_uti_2_actors"] = uti_tokenize(audio_manifest, work / "b2", num_actors=2)
+        results["b_uti_1_actor"] = uti_tokenize(audio_manifest, work / "b1", num_actors=1, **gpu)
+        results["b_uti_2_actors"] = uti_tokenize(audio_manifest, work / "b2", num_actors=2, **gpu)
         results["d_ray_data"] = ray_data_pipeline(audio_manifest, work / "d", actors=1)
-        results["image_b_uti"] = uti_tokenize(image_manifest, work / "ib", num_actors=1)
+        results["image_b_uti"] = uti_tokenize(image_manifest, work / "ib", num_actors=1, **gpu)
     finally:
         ray.shutdown()
     results["c_hf_datasets"] = hf_datasets_map(audio_manifest, work / "c", num_proc=2)
-    results["image_a_limit"] = bare_codec_limit(image_manifest, modality="image")
-    if not quick:
+    results["image_a_limit"] = bare_codec_limit(image_manifest, modality="image", device=device)
+    if not quick and address is None:
         results["b_two_node_2_actors"] = two_node_scaling(audio_manifest, work / "b2n")
     return results
 

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--audio-scale", type=float, default=1.0,
                         help="multiply every clip's length (1.0: about 60 s of audio, as the targets specify)")
+    parser.add_argument("--address", default=None, help="run the Ray pipelines on this cluster (--workdir must be shared)")
+    parser.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per codec actor (GPU clusters)")
     parser.add_argument("--only", choices=("tokenize", "verify", "train"), default=None, help="run one benchmark")
     args = parser.parse_args(argv)
 
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     ratio_table: dict = {}
     if args.only in (None, "tokenize"):
-        results["tokenize"] = bench_tokenize.run(quick=args.quick, workdir=args.workdir, audio_scale=args.audio_scale)
+        results["tokenize"] = bench_tokenize.run(quick=args.quick, workdir=args.workdir, audio_scale=args.audio_scale,
+                                                 address=args.address, gpus_per_actor=args.gpus_per_actor)
         ratio_table.update(bench_tokenize.ratios(results["tokenize"]))
     for extra in ("verify", "train"):
         if args.only not in (None, extra):
