@@ -100,6 +100,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         if todo:
             stats, failures, actor_info, processing = _run_shards(cfg, ucfg, space, plan, todo, row_dicts,
                                                                   read_args=read_args, media=media)
+            # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
+            remove_stale_temp_files(cfg.out)
     finally:
         if started_ray:
             import ray

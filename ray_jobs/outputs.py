@@ -50,6 +50,9 @@ def write_bytes(out: str, name: str, data: bytes) -> None:
 
 def claim_out(out: str, space: TokenSpace, plan: Plan) -> None:
     """Write token space and plan, or check that an existing OUT was made with exactly these."""
+    fs, root = url_to_fs(out)
+    if fs.exists(root) and not fs.isdir(root):
+        raise JobError(f"--out {out} is an existing file, not a folder; give a new or existing folder")
     existing = read_bytes(out, JSON_NAME)
     if existing is not None:
         found = TokenSpace.from_json_bytes(existing, where=f"{out}/{JSON_NAME}")

@@ -217,8 +217,9 @@ def _is_count(value: Any) -> bool:
 def parse_index(raw: bytes, where: str) -> dict:
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{where}: shard index is not valid UTF-8 JSON ({exc}); {REGENERATE}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd integers, absurd nesting
+        raise ShardError(f"{where}: shard index is not valid UTF-8 JSON ({type(exc).__name__}: {exc}); "
+                         f"{REGENERATE}") from None
     return validate_index(data, where)
 
 

@@ -191,8 +191,9 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 continue
             try:
                 data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:  # bad JSON, absurd integers, absurd nesting
+                detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                raise ManifestError(f"{where}: not valid JSON ({detail})") from None
             if not isinstance(data, dict):
                 raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
             row = ManifestRow.from_dict(data, where=where)

@@ -109,6 +109,9 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
         _check_header(row, info.samplerate, info.channels, info.frames, limits)
     raw = read_source_bytes(row)
     digest = hashlib.sha256(raw).hexdigest()
+    truncated = _wav_truncation(raw)
+    if truncated:
+        raise _fail(row, "read", "unreadable", f"truncated WAV: {truncated}")
     try:
         info = sf.info(io.BytesIO(raw))
         _check_header(row, info.samplerate, info.channels, info.frames, limits)
@@ -131,6 +134,23 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
         "source_sample_rate": int(rate), "source_channels": int(data.shape[1]), "source_frames": int(data.shape[0]),
         "duration": data.shape[0] / rate,
     })
+
+
+def _wav_truncation(raw: bytes) -> str | None:
+    """Why a RIFF/WAVE file is cut short, or None. libsndfile clamps the length of a truncated WAV to
+    the bytes present and decodes it without an error, so a partial clip would be tokenized as whole."""
+    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(raw):
+        chunk, size = raw[pos:pos + 4], int.from_bytes(raw[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            if size in (0, 0xFFFFFFFF):
+                return None  # written by a streaming encoder: the length is unknown by design
+            present = len(raw) - pos - 8
+            return f"its data chunk declares {size} bytes, {present} are present" if present < size else None
+        pos += 8 + size + (size & 1)
+    return None  # no data chunk: libsndfile refuses the file itself
 
 
 def _check_header(row: ManifestRow, rate: int, channels: int, frames: int, limits: LimitsConfig) -> None:

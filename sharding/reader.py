@@ -131,7 +131,9 @@ def _load_ids(data: bytes, vocab_size: int, where: str) -> np.ndarray:
         if version != NPY_VERSION:
             raise ValueError(f".npy format version {version}, expected {NPY_VERSION}")
         shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(buf)
-    except (ValueError, EOFError, SyntaxError) as exc:
+    # numpy parses the header dict of untrusted bytes with ast/tokenize: besides ValueError it can raise
+    # SyntaxError, tokenize.TokenError, RecursionError... any failure means the payload is not ours.
+    except Exception as exc:  # noqa: BLE001
         raise _fail(where, f"not a valid .npy payload ({exc})") from None
     if dtype.hasobject:
         raise _fail(where, "object-dtype .npy (loading it would unpickle); refused", "this tar was not written by uti; do not use it")
@@ -151,7 +153,8 @@ def _load_ids(data: bytes, vocab_size: int, where: str) -> np.ndarray:
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: JSONDecodeError, and ints over Python's digit limit; RecursionError: absurd nesting.
+    except (ValueError, RecursionError) as exc:
         raise _fail(where, f"not valid UTF-8 JSON ({exc})") from None
 
 
@@ -167,7 +170,7 @@ def _check_header(
         raise _fail(where, f"header claims token space {claimed[:16]} but its token_space hashes to {actual[:16]} (tampered or corrupt)")
     try:
         found = TokenSpace.from_dict(header["token_space"], where=f"{where}: header token_space")
-    except TokenSpaceError as exc:
+    except (TokenSpaceError, TypeError, ValueError) as exc:  # a crafted header can hold any JSON types
         raise _fail(where, f"header token space is invalid ({exc})") from None
     if stem is not None and header["shard"] != stem:
         raise _fail(where, f"header says shard {header['shard']!r} but the file is named {stem!r}",
@@ -394,14 +397,17 @@ class ShardReader(_IterableBase):  # type: ignore[misc, valid-type]
             log.warning("world_size %d > %d shards in %s: some ranks get no data; write smaller shards",
                         world_size, len(self.refs), source)
         ids = sorted({r.index["token_space_id"] for r in self.refs})
+        # one shard per token space, so the message names shards, not just the folder
+        example = {i: next(r.tar_path for r in self.refs if r.index["token_space_id"] == i) for i in ids}
         if len(ids) > 1:
-            raise ShardError(f"{source}: shards of {len(ids)} token spaces ({', '.join(i[:12] for i in ids)}) must not be mixed")
+            raise ShardError(f"{source}: shards of {len(ids)} token spaces "
+                             f"({', '.join(f'{i[:12]} e.g. {example[i]}' for i in ids)}) must not be mixed")
         if expected_token_space is None:
             expected_token_space = ids[0]  # still pin one space across all shards
         elif isinstance(expected_token_space, str) and not is_hex64(expected_token_space):
             raise ShardError(f"expected_token_space must be a TokenSpace or its full 64-hex ID, got {expected_token_space!r}")
         try:  # fail fast from the indexes, before any tar is opened
-            require_same(expected_token_space, ids[0], what=f"shards in {source}")
+            require_same(expected_token_space, ids[0], what=f"shards in {source} (e.g. {example[ids[0]]})")
         except TokenSpaceMismatch as exc:
             raise ShardTokenSpaceMismatch(str(exc), expected_id=exc.expected_id, found_id=exc.found_id, changes=exc.changes) from None
         self.expected_token_space = expected_token_space

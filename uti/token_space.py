@@ -211,10 +211,13 @@ class TokenSpace:
                 raise TokenSpaceError(f"{where}: specials and codecs must be objects")
             specials = {str(k): _int(v, where) for k, v in data["specials"].items()}
             codecs = {str(m): CodecDescriptor.from_dict(c) for m, c in data["codecs"].items()}
-        except TypeError as exc:
-            raise TokenSpaceError(f"{where}: malformed: {exc}") from None
-        space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs)
-        space.validate(where=where)
+            space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs)
+            space.validate(where=where)
+        except (TypeError, ValueError, AttributeError, RecursionError) as exc:
+            if isinstance(exc, TokenSpaceError):
+                raise
+            raise TokenSpaceError(f"{where}: malformed ({type(exc).__name__}: {exc}); rebuild it with "
+                                  "`uti tokenspace build`") from None
         if data["vocab_size"] != space.vocab_size:
             raise TokenSpaceError(f"{where}: vocab_size {data['vocab_size']} != max ID + 1 = {space.vocab_size}")
         return space
@@ -223,8 +226,8 @@ class TokenSpace:
     def from_json_bytes(cls, raw: bytes, *, where: str = "token space") -> "TokenSpace":
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TokenSpaceError(f"{where}: not valid UTF-8 JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, absurd integers, absurd nesting
+            raise TokenSpaceError(f"{where}: not valid UTF-8 JSON: {type(exc).__name__}: {exc}") from None
         if not isinstance(data, dict):
             raise TokenSpaceError(f"{where}: expected a JSON object, got {type(data).__name__}")
         space = cls.from_dict(data, where=where)

@@ -165,7 +165,9 @@ def parse_ids(data: bytes) -> tuple[np.ndarray | None, str | None]:
         if version != (1, 0):
             return None, f".npy format version {version}, expected (1, 0)"
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-    except (ValueError, EOFError, SyntaxError) as exc:
+    # numpy parses the header dict of untrusted bytes with ast/tokenize: besides ValueError it can raise
+    # SyntaxError, tokenize.TokenError, RecursionError... any failure means the payload is not ours.
+    except Exception as exc:  # noqa: BLE001
         return None, f"not a valid .npy payload ({exc})"
     if dtype.hasobject:
         return None, "object-dtype .npy refused (loading it would unpickle)"
@@ -207,7 +209,7 @@ class _Scan:
     def header(self, data: bytes) -> bool:
         try:
             header = validate_header(json.loads(data.decode("utf-8")), self.label)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
             self.fail("shard_integrity", f"{HEADER_MEMBER} is not valid JSON ({exc})")
             return False
         except ShardError as exc:
@@ -243,7 +245,7 @@ class _Scan:
         before = sum(self.log.counts.get(c, 0) for c in STRUCTURAL)
         try:
             meta = json.loads(meta_b.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
             meta = None
             self.fail("shard_integrity", f"{key}.json is not valid JSON ({exc})", key, self._indexed(i)[1])
         if not isinstance(meta, dict):

@@ -69,7 +69,7 @@ class JSONLDataset(DatasetAdapter):
                     if not text.strip():
                         continue
                     obj = json.loads(text)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, absurd nesting
                     # A broken line means a broken file (truncated copy, wrong format): stop, don't guess.
                     raise ManifestError(f"{jsonl_path} line {lineno}: not valid UTF-8 JSON ({exc})") from None
                 yield self._row(data_root, dataset, where, obj, fractions)

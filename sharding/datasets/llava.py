@@ -40,7 +40,7 @@ class LLaVAPretrain(DatasetAdapter):
         try:
             with json_path.open("r", encoding="utf-8") as fh:
                 entries = json.load(fh)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, absurd nesting
             raise ManifestError(f"llava: {json_path} is not valid UTF-8 JSON ({exc})") from None
         if not isinstance(entries, list):
             raise ManifestError(

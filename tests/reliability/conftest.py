@@ -1,0 +1,257 @@
+"""Shared pieces of the reliability suite (issue 8): one Ray instance for the whole package, one small
+dataset and its clean tokenization (the reference every faulted run must equal byte for byte), the
+exactly-once accounting, file-tree snapshots, and the results recorder behind REPORT.md.
+
+Every test records what it measured with the `record` fixture; the outcome (passed / FAILED / known
+bug) comes from pytest itself, and at the end of the session the rows are merged into
+tests/reliability/results.json, which `python -m tests.reliability.report` turns into REPORT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+GROUPS = ("tokenize faults", "train faults", "hostile inputs", "hostile manifests", "hostile shards", "fuzzing",
+          "security")
+
+# ---- results ------------------------------------------------------------------------------------------
+_RECORDS: dict[str, list[dict]] = {}
+_STATUS: dict[str, dict] = {}
+_SPAN: list[float] = []  # first start and last stop of any phase of a reliability test
+
+
+@pytest.fixture
+def record(request):
+    """record(scenario, group=..., runs=1, outcome="...", lost=0, duplicates=0): one row of REPORT.md.
+
+    lost/duplicates: manifest rows missing from (or twice in) shards + errors.jsonl; None where the
+    scenario has no samples (a refused shard, a fuzzed buffer)."""
+
+    def rec(scenario: str, *, group: str, outcome: str, runs: int = 1, lost: int | None = 0,
+            duplicates: int | None = 0) -> None:
+        assert group in GROUPS, group
+        _RECORDS.setdefault(request.node.nodeid, []).append(
+            {"scenario": scenario, "group": group, "runs": runs, "outcome": outcome, "lost": lost,
+             "duplicates": duplicates, "test": request.node.nodeid})
+
+    return rec
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    _SPAN[:] = [min(_SPAN[0], call.start), max(_SPAN[1], call.stop)] if _SPAN else [call.start, call.stop]
+    if report.when == "call" or report.outcome != "passed":
+        status = report.outcome
+        if hasattr(report, "wasxfail"):
+            status = "known bug (xfail)" if report.skipped else "failed"
+        prev = _STATUS.get(item.nodeid)
+        if prev is None or prev["status"] == "passed":
+            doc = (item.function.__doc__ or item.name).strip().splitlines()[0] if hasattr(item, "function") else item.name
+            reason = str(report.longrepr[-1]) if report.skipped and isinstance(report.longrepr, tuple) else ""
+            _STATUS[item.nodeid] = {"status": status, "seconds": round(report.duration, 1), "doc": doc,
+                                    "group": _group_of(item), "reason": getattr(report, "wasxfail", "") or reason}
+
+
+def _group_of(item) -> str:
+    return getattr(getattr(item, "module", None), "REPORT_GROUP", "security")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _STATUS:
+        return
+    rows = []
+    for nodeid, st in _STATUS.items():
+        recs = _RECORDS.get(nodeid) or [{"scenario": st["doc"], "group": st["group"], "runs": 1, "outcome": "",
+                                         "lost": None, "duplicates": None, "test": nodeid}]
+        for r in recs:
+            outcome = r["outcome"]
+            if st["status"] != "passed":
+                note = f" ({st['reason']})" if st["reason"] else ""
+                outcome = f"{st['status'].upper()}{note}" + (f"; measured: {outcome}" if outcome else "")
+            rows.append({**r, "outcome": outcome, "status": st["status"], "seconds": st["seconds"]})
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    ran = set(_STATUS)
+    kept = [r for r in old.get("rows", []) if r.get("test") not in ran]
+    merged = kept + rows
+    merged.sort(key=lambda r: GROUPS.index(r["group"]) if r["group"] in GROUPS else 99)  # stable: run order
+    import ray
+    import torch
+
+    data = {
+        "format": "uti.reliability_results", "version": 1,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "session_seconds": round(_SPAN[1] - _SPAN[0], 1),  # wall time of the reliability tests alone
+        "tests_run_this_session": len(ran), "exitstatus": int(exitstatus),
+        "environment": {"python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
+                        "cpus": os.cpu_count(), "platform": platform.platform()},
+        "rows": merged,
+    }
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ---- Ray and the reference dataset -----------------------------------------------------------------------
+@pytest.fixture(scope="package")
+def ray_session():
+    """ONE local Ray instance for the package, shut down before any other test module runs.
+
+    Started through uti.ray_local.connect: ray.init(address="local", num_cpus=3, include_dashboard=False)
+    bound to 127.0.0.1 (a bare ray.init listens on every interface, test_security shows the difference)."""
+    import ray
+
+    from uti.ray_local import connect
+
+    if not connect(None, num_cpus=3):  # somebody else's instance: use it, leave it to its owner
+        yield ray
+        return
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class FaultData:
+    manifest: Path
+    row_ids: list[str]
+    n_shards: int
+    shard_samples: int = 1  # one sample per shard: faults land at many different points
+
+
+def make_fault_sources(src: Path) -> list:
+    """10 clips of 0.2-0.65 s (mono/stereo, 16-44.1 kHz), 6 small PNGs, a text row and a corrupt WAV."""
+    from sharding.manifest import ManifestRow
+    from verify_helpers import _write_png, _write_wav
+
+    src.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(10):
+        seconds = 0.2 + 0.05 * i
+        path = src / f"clip{i:02d}.wav"
+        _write_wav(path, seconds=seconds, rate=(16000, 22050, 44100, 24000)[i % 4], channels=1 + i % 2,
+                   freq=180.0 * (i + 1), seed=i)
+        rows.append(ManifestRow(id=f"rel:audio/clip{i:02d}", dataset="rel", modality="audio", path=str(path),
+                                captions=(f"tone number {i}",), split=("train", "val")[i % 2], duration=seconds))
+    for i in range(6):
+        path = src / f"img{i}.png"
+        _write_png(path, size=(48 + 16 * i, 64), seed=i)
+        rows.append(ManifestRow(id=f"rel:image/img{i}", dataset="rel", modality="image", path=str(path),
+                                captions=(f"picture {i}",), split=("train", "val")[i % 2]))
+    rows.append(ManifestRow(id="rel:text/t0", dataset="rel", modality="text", path=None,
+                            captions=("only words here",), split="train"))
+    broken = src / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    rows.append(ManifestRow(id="rel:audio/broken", dataset="rel", modality="audio", path=str(broken),
+                            captions=("never decodes",), split="train", duration=1.0))
+    return rows
+
+
+@pytest.fixture(scope="package")
+def fault_data(tmp_path_factory) -> FaultData:
+    from sharding.manifest import write_manifest
+
+    base = tmp_path_factory.mktemp("fault-data")
+    rows = make_fault_sources(base / "src")
+    manifest = base / "manifest.jsonl"
+    write_manifest(manifest, rows)
+    return FaultData(manifest=manifest, row_ids=sorted(r.id for r in rows), n_shards=len(rows))
+
+
+def tokenize_cfg(data: FaultData, out: Path, **kw):
+    from ray_jobs.config import TokenizeConfig
+
+    return TokenizeConfig(manifests=(str(data.manifest),), out=str(out), shard_samples=data.shard_samples,
+                          progress=False, **kw)
+
+
+@pytest.fixture(scope="package")
+def clean_run(ray_session, fault_data, tmp_path_factory) -> Path:
+    """The reference: an undisturbed run, fully verified (every sample decoded and re-encoded)."""
+    from ray_jobs.job import run_tokenize
+    from verify import VerifyConfig, run_verify
+
+    out = tmp_path_factory.mktemp("clean") / "out"
+    run_tokenize(tokenize_cfg(fault_data, out))
+    result = run_verify(VerifyConfig(out=str(out), decode_fraction=1.0, retokenize_fraction=1.0, plots=False,
+                                     report_dir=str(out.parent / "verify")))
+    assert result.ok, result.report["failed_hard"]
+    acc = account(out, fault_data.row_ids)
+    assert (acc.lost, acc.duplicates, acc.samples, acc.errors) == (0, 0, len(fault_data.row_ids) - 1, 1), acc
+    return out
+
+
+# ---- accounting and comparisons --------------------------------------------------------------------------
+@dataclass
+class Account:
+    samples: int
+    errors: int
+    lost: int
+    duplicates: int
+    unknown: int  # IDs in the output that are not manifest rows
+
+
+def account(out: Path, row_ids: list[str]) -> Account:
+    """Exactly once, measured: every manifest row once in a shard or once in errors.jsonl."""
+    from sharding.reader import ShardReader
+    from uti.token_space import TokenSpace
+
+    space = TokenSpace.load(out)
+    ids = [s.meta["id"] for s in ShardReader(str(out), expected_token_space=space)]
+    errors = [json.loads(line)["id"] for line in (out / "errors.jsonl").read_text().splitlines() if line.strip()]
+    seen = ids + errors
+    return Account(samples=len(ids), errors=len(errors), lost=len(set(row_ids) - set(seen)),
+                   duplicates=len(seen) - len(set(seen)), unknown=len(set(seen) - set(row_ids)))
+
+
+def assert_same_as_clean(out: Path, clean: Path) -> None:
+    from tokenize_helpers import shard_bytes
+
+    assert shard_bytes(out) == shard_bytes(clean), "shards differ from the clean run's"
+    assert (out / "errors.jsonl").read_bytes() == (clean / "errors.jsonl").read_bytes()
+    for name in ("token_space.json", "token_space.sha256", "plan.json"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+def verify_quick(out: Path, **kw):
+    """`uti verify` without the codec checks (the clean run had the full ones; outputs are byte-identical)."""
+    from verify import VerifyConfig, run_verify
+
+    cfg = {"decode_fraction": 0.0, "retokenize_fraction": 0.0, "plots": False, "loader_batches": 1,
+           "report_dir": str(Path(out).parent / f"{Path(out).name}-verify"), **kw}
+    return run_verify(VerifyConfig(out=str(out), **cfg))
+
+
+def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:
+    """Every file and folder under root (not following symlinks) with size and mtime; `skip` subtrees out."""
+    skip_s = [str(p) for p in skip]
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip_s]
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            found[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def wait_for(predicate, timeout: float = 120.0, step: float = 0.02) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def index_count(out: Path) -> int:
+    shards = out / "shards"
+    return len(list(shards.glob("*/shard-*.json"))) if shards.is_dir() else 0
