@@ -28,6 +28,7 @@ from uti.cli import main as cli_main
 from uti.token_space import TokenSpace
 
 from .conftest import account, assert_same_as_clean, index_count, tokenize_cfg, verify_quick, wait_for
+from .procs import descendants
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray]
 REPORT_GROUP = "tokenize faults"
@@ -123,24 +124,6 @@ def _plant_dead_attempts(out: Path) -> int:
 
 
 # ---- driver SIGKILL -----------------------------------------------------------------------------------------
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _session_members(sid: int) -> list[int]:
     members = []
     for entry in os.listdir("/proc"):
@@ -158,7 +141,7 @@ def _session_members(sid: int) -> list[int]:
 def _kill_driver_and_its_ray(proc: subprocess.Popen) -> None:
     """SIGKILL the driver's process group, then any process it started that outlived it (its local Ray:
     gcs_server, raylet, workers), by pid. All of them were started by this test."""
-    started = set(_descendants(proc.pid)) | set(_session_members(proc.pid))
+    started = set(descendants(proc.pid)) | set(_session_members(proc.pid))
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -6,14 +6,12 @@ Training reads the reference dataset tokenized by the suite (tokenize -> verify 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +22,7 @@ from train.metrics import read_metrics
 from train.runner import train
 
 from .conftest import snapshot, wait_for
+from .procs import descendants
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray]
 REPORT_GROUP = "train faults"
@@ -31,28 +30,10 @@ STEPS = 24
 EVERY = 4
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 def _train_workers() -> list[int]:
     """RayTrainWorker processes of the suite's own Ray instance (descendants of this process)."""
     pids = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 if b"RayTrainWorker" in fh.read():

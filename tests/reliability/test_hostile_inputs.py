@@ -234,7 +234,6 @@ def test_hostile_media_in_one_manifest_and_one_tokenize_run(ray_session, hostile
     assert verified.ok, verified.report["failed_hard"]
 
     for name, (fname, _, want) in media.items():
-        detail = "sample" if want == "ok" else f"errors.jsonl: {want}"
         label = name.replace("_", " ")
         fixed = " (was silently tokenized from the partial file before this suite's fix)" if name in FIXED else ""
         record(f"{label} ({fname})", group=REPORT_GROUP, outcome=("tokenized (must succeed)" if want == "ok" else

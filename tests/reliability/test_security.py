@@ -17,6 +17,8 @@ import pytest
 
 from sharding.paths import PathEscapeError, find_file, resolve_inside
 
+from .procs import descendants
+
 pytestmark = [pytest.mark.reliability]
 REPORT_GROUP = "security"
 
@@ -35,22 +37,8 @@ ray.shutdown()
 """
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = {root}, [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
+def _descendant_set(root: int) -> set[int]:
+    return {root, *descendants(root)}
 
 
 def _listening(pids: set[int]) -> list[tuple[str, str, int, str]]:
@@ -81,7 +69,7 @@ def test_local_ray_binds_loopback_only_and_runs_no_dashboard(record):
         pids = {mode: json.loads(p.stdout.readline())["pid"] for mode, p in procs.items()}
         time.sleep(1.0)  # agents start listening shortly after init returns
         for mode, pid in pids.items():
-            sockets[mode] = _listening(_descendants(pid))
+            sockets[mode] = _listening(_descendant_set(pid))
     finally:
         for p in procs.values():
             try:
