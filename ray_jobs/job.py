@@ -1,8 +1,9 @@
 """`uti tokenize`: manifests -> a tokenized dataset, on a laptop or a GPU cluster, exactly once.
 
 Shards are the unit of work. The driver plans them, skips the ones already complete, and feeds the
-rest to a pool of codec actors; CPU read tasks for a shard are launched when the shard is queued on an
-actor, so its media is decoded and resampled while the actor is still encoding the previous shard.
+rest to a pool of codec actors. CPU read tasks decode and resample a shard's media ahead of its actor:
+the first wave while the actors load their codecs, then each shard's reads when it is queued on an
+actor (on that actor's node), while the actor is still encoding its previous shard.
 A failed shard (actor killed, node lost, writer error) is retried on a restarted actor; after
 `max_shard_failures` failures of the same shard the job stops and names it.
 """
@@ -23,7 +24,7 @@ from ray_jobs.outputs import (JobError, claim_out, completed_shards, merge_error
 from ray.exceptions import ActorUnavailableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from sharding.manifest import ManifestRow, manifest_sha256, read_manifests
+from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
 from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
@@ -35,8 +36,6 @@ QUEUE_PER_ACTOR = 2  # one shard encoding, one whose media is being read ahead
 
 def plan_job(cfg: TokenizeConfig) -> tuple[list[ManifestRow], Plan]:
     rows = read_manifests(list(cfg.manifests))
-    from sharding.manifest import manifests_sha256
-
     target_samples = cfg.shard_samples if cfg.shard_samples or cfg.shard_seconds else 1000
     plan = make_plan(rows, manifest_sha256=manifests_sha256(list(cfg.manifests)),
                      target_samples=target_samples, target_seconds=cfg.shard_seconds)
@@ -70,14 +69,15 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     ucfg = load_config(cfg.config)
     rows, plan = plan_job(cfg)
     started = time.time()
-    # The driver loads the codecs once to fix the token space (sizes read from the models). That takes
-    # seconds, and so does starting Ray: do both at once.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        loading = pool.submit(UnifiedTokenizer, ucfg)
-        n_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_actors * cfg.cpus_per_actor + 1))
-        started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else n_cpus)
-        tok = loading.result()
+    started_ray = False
     try:
+        # The driver loads the codecs once to fix the token space (sizes read from the models). That
+        # takes seconds, and so does starting Ray: do both at once.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            loading = pool.submit(UnifiedTokenizer, ucfg)
+            n_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_actors * cfg.cpus_per_actor + 1))
+            started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else n_cpus)
+            tok = loading.result()
         space = tok.space
         claim_out(cfg.out, space, plan)
         removed = remove_stale_temp_files(cfg.out)
