@@ -14,7 +14,8 @@ import string
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sharding.datasets.base import DatasetAdapter, Item, locate, media_row, register_dataset, require_dir
+from sharding.datasets.base import (DatasetAdapter, Item, locate, media_row, register_dataset, require_dir,
+                                    split_files)
 from sharding.datasets.clotho import read_csv_dicts
 from sharding.manifest import ManifestError, Rejected
 
@@ -59,16 +60,10 @@ class AudioCaps(DatasetAdapter):
         require_dir(root, self.name)
         self.check_splits(splits)
         pattern = check_pattern(options.get("audio_pattern") or DEFAULT_PATTERN)
-        wanted = splits or self.official_splits
-        csvs = {s: root / f"{s}.csv" for s in wanted}
-        present = {s: p for s, p in csvs.items() if p.is_file()}
-        if splits and len(present) < len(csvs):
-            absent = [str(p) for s, p in csvs.items() if s not in present]
-            raise ManifestError(f"audiocaps: caption file(s) not found: {', '.join(absent)}; check --root and --split")
-        if not present:
-            raise ManifestError(
-                f"audiocaps: no train.csv, val.csv or test.csv in {root}; point --root at the folder holding them"
-            )
+        present = split_files(root, self.name, {s: f"{s}.csv" for s in splits or self.official_splits},
+                              explicit=bool(splits),
+                              none_found=f"no train.csv, val.csv or test.csv in {root}; point --root at the folder "
+                                         "holding them")
         for split, csv_path in present.items():
             yield from self._split_rows(root, split, csv_path, pattern)
 

@@ -167,3 +167,19 @@ def clean_captions(values: Iterable[Any]) -> list[str]:
 def require_dir(root: Path, dataset: str) -> None:
     if not root.is_dir():
         raise ManifestError(f"{dataset}: dataset root {root} is not a directory; pass the dataset's folder with --root")
+
+
+def split_files(root: Path, dataset: str, names: Mapping[str, str], *, explicit: bool, none_found: str) -> dict[str, Path]:
+    """The per-split caption files present under `root` ({split: file name} in `names`).
+
+    Splits asked for explicitly must all be there; otherwise at least one must be, and `none_found`
+    says what was expected and the fix.
+    """
+    wanted = {split: root / name for split, name in names.items()}
+    present = {split: path for split, path in wanted.items() if path.is_file()}
+    if explicit and len(present) < len(wanted):
+        absent = [str(path) for split, path in wanted.items() if split not in present]
+        raise ManifestError(f"{dataset}: caption file(s) not found: {', '.join(absent)}; check --root and --split")
+    if not present:
+        raise ManifestError(f"{dataset}: {none_found}")
+    return present

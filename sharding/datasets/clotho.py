@@ -17,6 +17,7 @@ from sharding.datasets.base import (
     locate,
     media_row,
     register_dataset,
+    split_files,
     require_dir,
 )
 from sharding.manifest import ManifestError, Rejected
@@ -75,17 +76,11 @@ class Clotho(DatasetAdapter):
     def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
         require_dir(root, self.name)
         self.check_splits(splits)
-        wanted = splits or self.official_splits
-        csvs = {s: root / f"clotho_captions_{s}.csv" for s in wanted}
-        present = {s: p for s, p in csvs.items() if p.is_file()}
-        if splits and len(present) < len(csvs):
-            absent = [str(p) for s, p in csvs.items() if s not in present]
-            raise ManifestError(f"clotho: caption file(s) not found: {', '.join(absent)}; check --root and --split")
-        if not present:
-            raise ManifestError(
-                f"clotho: no clotho_captions_{{development,validation,evaluation}}.csv in {root}; "
-                "point --root at the folder holding the CSVs and the per-split audio folders"
-            )
+        present = split_files(
+            root, self.name, {s: f"clotho_captions_{s}.csv" for s in splits or self.official_splits},
+            explicit=bool(splits),
+            none_found=f"no clotho_captions_{{development,validation,evaluation}}.csv in {root}; point --root at the "
+                       "folder holding the CSVs and the per-split audio folders")
         for split, csv_path in present.items():
             for lineno, rec in read_csv_dicts(csv_path, REQUIRED_COLUMNS):
                 where = f"{csv_path.name} line {lineno}"
