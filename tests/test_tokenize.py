@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from ray_jobs.config import TokenizeConfig
 from ray_jobs.job import actor_name, run_tokenize
 from sharding.manifest import read_manifests
 from sharding.reader import ShardReader
-from tokenize_helpers import make_manifests, shard_bytes
+from tokenize_helpers import make_manifests, shard_bytes, wait_for
 from uti.errors import TokenSpaceMismatch, UTIError
 from uti.token_space import TokenSpace
 
@@ -125,15 +124,6 @@ def test_gpus_requested_on_a_cpu_cluster_is_a_clear_error(ray_local, manifests, 
         run_tokenize(_cfg(manifests, tmp_path / "gpu", gpus_per_actor=1.0))
 
 
-def _wait_for(predicate, timeout=120.0, step=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
 def test_killed_actor_is_restarted_and_the_job_completes_exactly_once(clean_run, manifests, tmp_path, ray_local):
     ray = ray_local
     out_dir = tmp_path / "killed"
@@ -141,7 +131,7 @@ def test_killed_actor_is_restarted_and_the_job_completes_exactly_once(clean_run,
     cfg = TokenizeConfig(manifests=tuple(manifests), out=str(out_dir), shard_samples=1, num_actors=2, progress=False)
     thread = threading.Thread(target=lambda: result.update(job=run_tokenize(cfg)))
     thread.start()
-    assert _wait_for(lambda: any((out_dir / "shards").rglob("shard-*.json")) if (out_dir / "shards").exists() else False)
+    assert wait_for(lambda: any((out_dir / "shards").rglob("shard-*.json")) if (out_dir / "shards").exists() else False)
     ray.kill(ray.get_actor(actor_name(str(out_dir), 0)), no_restart=False)
     thread.join(timeout=300)
     assert "job" in result, "the job did not finish after an actor was killed"
@@ -160,7 +150,7 @@ def test_driver_killed_mid_run_then_rerun_is_byte_identical(clean_run, manifests
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         first = lambda: (target / "shards").exists() and any((target / "shards").rglob("shard-*.json"))  # noqa: E731
-        assert _wait_for(first, timeout=180)
+        assert wait_for(first, timeout=180)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

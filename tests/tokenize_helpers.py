@@ -70,3 +70,15 @@ def shard_bytes(out: Path) -> dict[str, str]:
     """SHA-256 of every shard tar and index, by relative path: equality means byte-identical outputs."""
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted((out / "shards").rglob("*")) if p.is_file()}
+
+
+def wait_for(predicate, timeout: float = 120.0, step: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; returns whether it became true."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False

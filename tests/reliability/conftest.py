@@ -244,12 +244,9 @@ def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int,
 
 
 def wait_for(predicate, timeout: float = 120.0, step: float = 0.02) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
+    from tokenize_helpers import wait_for as poll
+
+    return poll(predicate, timeout=timeout, step=step)
 
 
 def index_count(out: Path) -> int:
