@@ -54,6 +54,9 @@ def register_manifest(sub: argparse._SubParsersAction) -> None:
                    help="hf: caption column (default: caption, captions or text)")
     p.add_argument("--hf-id-column", metavar="COLUMN",
                    help="hf: column with the item's own ID (default: id when present)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="follow symlinks inside --root even when they lead out of it (default: such rows are "
+                   "rejected); '..' and absolute paths outside the root stay refused; recorded in the summary")
 
 
 def run_manifest(args: argparse.Namespace) -> int:
@@ -62,13 +65,16 @@ def run_manifest(args: argparse.Namespace) -> int:
     }
     if "split_fractions" in options:
         options["split_fractions"] = parse_split_fractions(options["split_fractions"])
-    summary = make_manifest(args.dataset, args.root, args.out, splits=args.split, **options)
+    summary = make_manifest(args.dataset, args.root, args.out, splits=args.split,
+                            follow_symlinks=args.follow_symlinks, **options)
     print(format_summary(summary, summary_file=str(summary_path(args.out))))
     return 0
 
 
 def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
     lines = [f"manifest: {summary['rows']} rows -> {summary['manifest']} (sha256 {summary['manifest_sha256'][:16]}...)"]
+    if summary.get("follow_symlinks"):
+        lines.append("  --follow-symlinks: symlinks inside the root were followed, also out of it")
     for split, counts in sorted(summary["by_split"].items()):
         lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
     if summary["missing"]["count"]:

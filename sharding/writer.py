@@ -7,7 +7,8 @@ rewrites. For non-local URLs the tar is built in a local temp file and uploaded 
 the index is uploaded last.
 
 Rewriting an existing shard first deletes its index, so at no moment does an index describe a tar
-it was not computed from.
+it was not computed from. Tar and index get the mode an ordinary open() gives (0666 minus the umask;
+see uti.atomic.create_temp), so shards on a shared filesystem are as readable as the umask allows.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 import uti
-from uti.atomic import atomic_write
+from uti.atomic import atomic_write, create_temp
 from sharding.errors import ShardError, ShardWriteError
 from sharding.format import (
     HEADER_MEMBER, INDEX_SUFFIX, MAX_KEY_LENGTH, META_REQUIRED, NPY_VERSION, TAR_SUFFIX, TEMP_MARKER, TOKEN_DTYPE,
@@ -131,12 +132,13 @@ class ShardWriter:
         self._text_counts: list[int] = []
         self._closed = False
 
-        prefix = f".{shard}{TAR_SUFFIX}{TEMP_MARKER}"
         if self._local:
             os.makedirs(self._dir, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(dir=self._dir, prefix=prefix)
+            # The temp file is renamed into place, so its mode is the shard's: the umask's, like open().
+            fd, self._tmp = create_temp(self._dir, shard + TAR_SUFFIX)
         else:
-            fd, self._tmp = tempfile.mkstemp(prefix=prefix)
+            # A private local staging copy (0600 in the shared temp dir); the upload gets the store's access rules.
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{shard}{TAR_SUFFIX}{TEMP_MARKER}")
         try:
             self._file = os.fdopen(fd, "wb")
             self._sink = _HashingSink(self._file)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import tarfile
 import tempfile
 import uuid
@@ -18,6 +19,7 @@ import pytest
 
 from sharding.errors import ShardError, ShardTokenSpaceMismatch, ShardWriteError
 from sharding.format import find_orphans, list_shards, read_index, sample_key
+from sharding.manifest import write_manifest
 from sharding.reader import ShardReader, read_shard
 from sharding.writer import ShardWriter, write_shard
 from uti.errors import TokenSpaceMismatch
@@ -128,6 +130,26 @@ def test_tar_members_order_and_fixed_attributes(tmp_path):
         "shard": "shard-000042", "split": "train", "producer": header["producer"],
     }
     assert header["producer"].startswith("uti ")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)],
+                         ids=["umask022", "umask002", "umask077"])
+def test_written_files_get_the_umask_mode_like_open(tmp_path, umask, mode):
+    """Shards on a shared filesystem must be readable as the umask allows (mkstemp alone gives 0600)."""
+    old = os.umask(umask)
+    try:
+        write(tmp_path, 3)
+        SPACE.write(tmp_path)                                        # token space via uti.atomic
+        write_manifest(tmp_path / "m.jsonl", [])                      # manifests, plan, errors, job.json: same path
+        with open(tmp_path / "plain.txt", "w"):                      # what an ordinary open() gives
+            pass
+    finally:
+        os.umask(old)
+    written = [tar_path(tmp_path), tar_path(tmp_path).with_suffix(".json"), tmp_path / "token_space.json",
+               tmp_path / "token_space.sha256", tmp_path / "m.jsonl", tmp_path / "plain.txt"]
+    assert {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {
+        str(p.relative_to(tmp_path)): oct(mode) for p in written
+    }
 
 
 # ---- crash safety and listing -------------------------------------------------------------------------

@@ -56,7 +56,9 @@ class AudioCaps(DatasetAdapter):
     official_splits = ("train", "val", "test")
     options = ("audio_pattern",)
 
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
         require_dir(root, self.name)
         self.check_splits(splits)
         pattern = check_pattern(options.get("audio_pattern") or DEFAULT_PATTERN)
@@ -65,9 +67,11 @@ class AudioCaps(DatasetAdapter):
                               none_found=f"no train.csv, val.csv or test.csv in {root}; point --root at the folder "
                                          "holding them")
         for split, csv_path in present.items():
-            yield from self._split_rows(root, split, csv_path, pattern)
+            yield from self._split_rows(root, split, csv_path, pattern, follow_symlinks)
 
-    def _split_rows(self, root: Path, split: str, csv_path: Path, pattern: str) -> Iterator[Item]:
+    def _split_rows(
+        self, root: Path, split: str, csv_path: Path, pattern: str, follow_symlinks: bool
+    ) -> Iterator[Item]:
         clips: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for lineno, rec in read_csv_dicts(csv_path, REQUIRED_COLUMNS):
             where = f"{csv_path.name} line {lineno}"
@@ -99,7 +103,7 @@ class AudioCaps(DatasetAdapter):
                 pattern.format(youtube_id=youtube_id, start_time=start, audiocap_id=a) for a in ids
             )
             candidates = [f"{split}/{n}" for n in names] + [f"audio/{n}" for n in names]
-            path, problem = locate(root, candidates, item=item)
+            path, problem = locate(root, candidates, item=item, follow_symlinks=follow_symlinks)
             if problem:
                 yield problem
                 continue

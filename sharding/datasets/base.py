@@ -32,8 +32,14 @@ class DatasetAdapter(ABC):
     official_splits: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
-        """Yield a ManifestRow or Rejected per item. `splits` limits which splits are read."""
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
+        """Yield a ManifestRow or Rejected per item. `splits` limits which splits are read.
+
+        `follow_symlinks` (the --follow-symlinks flag) goes to every path lookup (locate): symlinks
+        inside root are followed even when they lead out of it (see sharding.paths).
+        """
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -114,15 +120,15 @@ def audio_duration(source: Any) -> float | None:
 
 
 def locate(
-    root: Path, candidates: Iterable[str], *, item: str
+    root: Path, candidates: Iterable[str], *, item: str, follow_symlinks: bool = False
 ) -> tuple[Path | None, Rejected | None]:
-    """Find the first existing candidate inside root.
+    """Find the first existing candidate inside root (symlinks out of it allowed if follow_symlinks).
 
     Returns (path, None), or (None, Rejected) for an escape (rejected) or an absent file (missing).
     """
     candidates = list(candidates)
     try:
-        path = find_file(root, candidates)
+        path = find_file(root, candidates, follow_symlinks=follow_symlinks)
     except PathEscapeError as exc:
         return None, Rejected(item=item, reason=str(exc), path=candidates[0] if candidates else None)
     if path is None:

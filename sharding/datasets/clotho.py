@@ -73,7 +73,9 @@ class Clotho(DatasetAdapter):
     name = "clotho"
     official_splits = ("development", "validation", "evaluation")
 
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
         require_dir(root, self.name)
         self.check_splits(splits)
         present = split_files(
@@ -96,7 +98,7 @@ class Clotho(DatasetAdapter):
                 if not captions:
                     yield Rejected(item=item, reason=f"{where}: no non-empty caption", path=file_name)
                     continue
-                path, problem = locate(root, [f"{split}/{file_name}"], item=item)
+                path, problem = locate(root, [f"{split}/{file_name}"], item=item, follow_symlinks=follow_symlinks)
                 if problem:
                     yield problem
                     continue

@@ -57,7 +57,9 @@ class JSONLDataset(DatasetAdapter):
     name = "jsonl"
     options = ("file", "name", "split_fractions")
 
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
         fractions = split_fractions_option(options)
         dataset = dataset_name_option(options, self.name)
         data_root, jsonl_path = find_jsonl(root, options.get("file"))
@@ -72,9 +74,11 @@ class JSONLDataset(DatasetAdapter):
                 except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, absurd nesting
                     # A broken line means a broken file (truncated copy, wrong format): stop, don't guess.
                     raise ManifestError(f"{jsonl_path} line {lineno}: not valid UTF-8 JSON ({exc})") from None
-                yield self._row(data_root, dataset, where, obj, fractions)
+                yield self._row(data_root, dataset, where, obj, fractions, follow_symlinks)
 
-    def _row(self, root: Path, dataset: str, where: str, obj: Any, fractions: dict[str, float]) -> Item:
+    def _row(
+        self, root: Path, dataset: str, where: str, obj: Any, fractions: dict[str, float], follow_symlinks: bool
+    ) -> Item:
         if not isinstance(obj, dict):
             return Rejected(item=where, reason=f"expected a JSON object, got {type(obj).__name__}")
         raw_id = obj.get("id")
@@ -104,7 +108,7 @@ class JSONLDataset(DatasetAdapter):
                                split=split, extra=extra)
         if not isinstance(rel, str) or not rel:
             return Rejected(item=item, reason=f"{where}: missing 'path' (relative to {root})")
-        path, problem = locate(root, [rel], item=item)
+        path, problem = locate(root, [rel], item=item, follow_symlinks=follow_symlinks)
         if problem:
             return problem
         return media_row(dataset=dataset, key=str(raw_id), modality=modality, path=path, captions=captions,

@@ -30,7 +30,9 @@ class LLaVAPretrain(DatasetAdapter):
     name = "llava"
     options = ("file", "split_fractions")
 
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
         require_dir(root, self.name)
         fractions = split_fractions_option(options)
         self.check_splits(splits, fractions)
@@ -48,9 +50,9 @@ class LLaVAPretrain(DatasetAdapter):
                 "{id, image, conversations} objects"
             )
         for index, entry in enumerate(entries):
-            yield self._row(root, index, entry, fractions)
+            yield self._row(root, index, entry, fractions, follow_symlinks)
 
-    def _row(self, root: Path, index: int, entry: Any, fractions: dict[str, float]) -> Item:
+    def _row(self, root: Path, index: int, entry: Any, fractions: dict[str, float], follow_symlinks: bool) -> Item:
         where = f"entry {index}"
         if not isinstance(entry, dict):
             return Rejected(item=where, reason=f"expected an object, got {type(entry).__name__}")
@@ -69,7 +71,7 @@ class LLaVAPretrain(DatasetAdapter):
         ]
         if not captions:
             return Rejected(item=item, reason="no 'gpt' turn with a caption in 'conversations'", path=image)
-        path, problem = locate(root, [image, f"images/{image}"], item=item)
+        path, problem = locate(root, [image, f"images/{image}"], item=item, follow_symlinks=follow_symlinks)
         if problem:
             return problem
         return media_row(
