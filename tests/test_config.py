@@ -1,6 +1,6 @@
 import pytest
 
-from uti.config import UTIConfig, config_from_yaml, load_config
+from uti.config import AudioConfig, UTIConfig, config_from_yaml, load_config
 from uti.errors import ConfigError
 
 
@@ -48,3 +48,20 @@ def test_invalid_values_rejected():
         config_from_yaml("audio: {model: encodec_16khz}\n")
     with pytest.raises(ConfigError, match="text.path"):
         config_from_yaml("text: {kind: hf}\n")
+
+
+def test_a_modality_left_out_or_kind_none_has_no_codec():
+    only_text = config_from_yaml("text: {kind: byte}\n")
+    assert only_text.modalities == ("text",) and only_text.image is None and only_text.audio is None
+    assert config_from_yaml("text: {kind: byte}\naudio: {kind: none}\nimage:\n") == only_text
+    assert config_from_yaml("audio: {}\n").audio == AudioConfig()  # an empty mapping is the default codec
+    assert load_config("default").modalities == ("text", "image", "audio")  # the preset still has all three
+
+
+def test_kind_none_with_settings_or_no_codec_at_all_is_refused():
+    with pytest.raises(ConfigError, match=r"audio.kind is 'none'.*weights"):
+        config_from_yaml("text: {kind: byte}\naudio: {kind: none, weights: pretrained}\n")
+    with pytest.raises(ConfigError, match="names no codec"):
+        config_from_yaml("limits: {max_channels: 2}\n")
+    with pytest.raises(ConfigError, match=r"image.kind: 'vq'.*'none'"):
+        config_from_yaml("image: {kind: vq}\n")

@@ -17,6 +17,9 @@ def register_tokenspace(sub: argparse._SubParsersAction) -> None:
     b = ts.add_parser("build", help="load the codecs of a config and write token_space.json + .sha256")
     b.add_argument("--config", default=None, help="preset name or uti.yaml path (default: the 'default' preset)")
     b.add_argument("--out", required=True, type=Path, help="directory to write into")
+    b.add_argument("--force", action="store_true",
+                   help="replace a different token space already in --out (e.g. a tokenized dataset's: its shards "
+                        "then no longer match it)")
     b.set_defaults(tokenspace_func=_build)
     s = ts.add_parser("show", help="print a token space as a table of ranges")
     s.add_argument("path", type=Path, help="token_space.json or a directory holding it (a dataset OUT, a run)")
@@ -29,12 +32,17 @@ def register_tokenspace(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from uti.config import load_config
+    from uti.config import MODALITIES, load_config
+    from uti.token_space import write_token_space
     from uti.tokenizer import UnifiedTokenizer
 
-    tok = UnifiedTokenizer(load_config(args.config))
-    tok.space.write(args.out)
-    print(f"wrote {args.out / 'token_space.json'}  id {tok.space.id}")
+    config = load_config(args.config)
+    tok = UnifiedTokenizer(config)
+    outcome = write_token_space(tok.space, args.out, force=args.force)
+    print(f"{outcome} {args.out / 'token_space.json'}  id {tok.space.id}")
+    for modality in MODALITIES:
+        if modality not in config.modalities:
+            print(f"note: no {modality} range (the config has no {modality}: codec)")
     return 0
 
 

@@ -1,12 +1,15 @@
 """The codec configuration (`uti.yaml` or a built-in preset), as typed keyword-only dataclasses.
 
 A config names each modality's adapter, its weights (`random:SEED`, a local path, or `pretrained`)
-and its settings. The built-in preset `default` needs no files and no network.
+and its settings. A modality the config does not name (or names with `kind: none`) has no codec and
+no range in the token space. The built-in preset `default` names all three and needs no files and no
+network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +27,7 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("byte", "hf"):
-            raise ConfigError(f"text.kind: {self.kind!r} is not one of 'byte', 'hf'")
+            raise ConfigError(f"text.kind: {self.kind!r} is not one of 'byte', 'hf' (or 'none': no text codec)")
         if self.kind == "hf" and not self.path:
             raise ConfigError("text.path: kind 'hf' needs the path of a local tokenizer directory")
 
@@ -50,7 +53,7 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         if self.kind != "vqgan":
-            raise ConfigError(f"image.kind: {self.kind!r} is not one of 'vqgan'")
+            raise ConfigError(f"image.kind: {self.kind!r} is not one of 'vqgan' (or 'none': no image codec)")
         if self.proc_size <= 0:
             raise ConfigError(f"image.proc_size: must be positive, got {self.proc_size}")
 
@@ -64,7 +67,7 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         if self.kind != "encodec":
-            raise ConfigError(f"audio.kind: {self.kind!r} is not one of 'encodec'")
+            raise ConfigError(f"audio.kind: {self.kind!r} is not one of 'encodec' (or 'none': no audio codec)")
         if self.model not in ("encodec_24khz", "encodec_48khz"):
             raise ConfigError(f"audio.model: {self.model!r} is not one of 'encodec_24khz', 'encodec_48khz'")
 
@@ -77,18 +80,45 @@ class LimitsConfig:
     min_audio_samples: int = 2
     max_channels: int = 2
     min_sample_rate: int = 4000
-    max_sample_rate: int = 192000
+    max_sample_rate: int = 768000  # 352.8 and 384 kHz masters are good audio; they are resampled like any other
     max_image_pixels: int = 64_000_000
+
+    def __post_init__(self) -> None:
+        # A limit no input can meet would turn every sample into an error row: refuse it up front.
+        for name in ("max_audio_seconds", "min_audio_samples", "max_channels", "min_sample_rate",
+                     "max_sample_rate", "max_image_pixels"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"limits.{name}: must be a finite number > 0, got {value!r} (no sample could "
+                                  "meet it)")
+        if self.min_sample_rate > self.max_sample_rate:
+            raise ConfigError(f"limits.min_sample_rate ({self.min_sample_rate}) is above limits.max_sample_rate "
+                              f"({self.max_sample_rate}): no sample rate could meet both")
+
+
+MODALITIES = ("text", "image", "audio")
+NO_CODEC = "none"  # `kind: none` says explicitly that a modality has no codec (and no range)
 
 
 @dataclass(kw_only=True, frozen=True)
 class UTIConfig:
-    text: TextConfig = field(default_factory=TextConfig)
-    image: ImageConfig = field(default_factory=ImageConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    # None: no codec for the modality, so the token space has no range for it (see config_from_dict)
+    text: TextConfig | None = None
+    image: ImageConfig | None = None
+    audio: AudioConfig | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     num_reserved_specials: int = 50  # spare special slots so new task tags never shift other ranges
     device: str = "cpu"  # "cpu", "cuda", or "auto" (cuda when available)
+
+    def __post_init__(self) -> None:
+        if not self.modalities:
+            raise ConfigError("the codec config names no codec: give at least one of text:, image:, audio: "
+                              "(e.g. text: {kind: byte}), or use the preset 'default'")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities that have a codec, in token-space order."""
+        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -119,4 +149,23 @@ def config_from_yaml(text: str, *, where: str = "config") -> UTIConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    return config_from_dict(data, where=where)
+
+
+def config_from_dict(data: object, *, where: str = "config") -> UTIConfig:
+    """A config from plain data (YAML, job.json). A modality that is absent, null or `{kind: none}` has
+    no codec; `kind: none` takes no other settings (they would be silently unused)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    for modality in MODALITIES:
+        section = data.get(modality)
+        if isinstance(section, dict) and section.get("kind") == NO_CODEC:
+            extra = sorted(set(section) - {"kind"})
+            if extra:
+                raise ConfigError(f"{where}: {modality}.kind is 'none' (no {modality} codec) but it also sets "
+                                  f"{', '.join(extra)}; remove them or choose a codec kind")
+            data[modality] = None
     return from_dict(UTIConfig, data, where=where)

@@ -21,7 +21,12 @@ from uti.errors import RuntimeSizeMismatch, TokenSpaceError, TokenSpaceMismatch
 log = logging.getLogger(__name__)
 
 FORMAT = "uti.token_space"
-VERSION = 1
+# Version 2 (this one) records everything that changes a codec's output: a Hugging Face tokenizer's whole
+# definition (not its folder name) and an image model's architecture config. Version 1 files are still
+# read, and codecs are compared with them by the version-1 recipe (see CodecDescriptor and
+# UnifiedTokenizer); a version-1 and a version-2 space never have the same ID.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 JSON_NAME = "token_space.json"
 SHA_NAME = "token_space.sha256"
 LEVEL_ORDER = "frame_major"  # frame 0 levels 0..n_q-1, then frame 1, ...
@@ -70,7 +75,11 @@ class CodecDescriptor:
     kind: str  # "byte", "hf", "vqgan", "encodec"
     name: str
     weights: str  # "random:SEED", "pretrained", or "none" (file-free)
-    fingerprint: str  # SHA-256 over the weights (or the vocabulary for text)
+    # SHA-256 over what defines the codec's output: the weights' tensors; for a Hugging Face tokenizer
+    # its whole loaded definition (version 1: only its vocabulary)
+    fingerprint: str
+    # every size decode needs, and every setting that changes the codec's output (version 2: an image
+    # model's architecture config; a HF tokenizer's class, options and per-component hashes)
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -99,6 +108,7 @@ class TokenSpace:
     ranges: tuple[Range, ...]
     specials: Mapping[str, int]
     codecs: Mapping[str, CodecDescriptor]
+    version: int = VERSION  # what the descriptors record (see VERSION); loaded files keep their own
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -109,6 +119,7 @@ class TokenSpace:
         image: CodecDescriptor | None,
         audio: CodecDescriptor | None,
         num_reserved: int = 50,
+        version: int = VERSION,
     ) -> "TokenSpace":
         """Lay out ranges in the fixed order special, text, image, audio.l0..l{n_q-1}."""
         names = list(SPECIAL_TOKENS) + [f"<reserved_{i}>" for i in range(num_reserved)]
@@ -129,7 +140,7 @@ class TokenSpace:
                 ranges.append(Range(name=f"audio.l{level}", start=cursor, size=int(audio.params["codebook_size"])))
                 cursor = ranges[-1].end
             codecs["audio"] = audio
-        space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs)
+        space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs, version=version)
         space.validate()
         return space
 
@@ -142,7 +153,13 @@ class TokenSpace:
         for r in self.ranges:
             if r.name == name:
                 return r
+        modality = name.split(".")[0]
+        if modality in ("text", "image", "audio") and modality not in self.codecs:
+            raise TokenSpaceError(missing_modality_message(self, modality))
         raise TokenSpaceError(f"token space {self.short_id} has no range {name!r}; ranges: {self.range_names}")
+
+    def has_modality(self, modality: str) -> bool:
+        return modality in self.codecs
 
     def has_range(self, name: str) -> bool:
         return any(r.name == name for r in self.ranges)
@@ -171,7 +188,7 @@ class TokenSpace:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": self.version,
             "vocab_size": self.vocab_size,
             "level_order": LEVEL_ORDER,
             "ranges": [r.to_dict() for r in self.ranges],
@@ -195,10 +212,10 @@ class TokenSpace:
         _require_keys(data, ("format", "version", "vocab_size", "level_order", "ranges", "specials", "codecs"), where)
         if data["format"] != FORMAT:
             raise TokenSpaceError(f"{where}: format is {data['format']!r}, expected {FORMAT!r}")
-        if data["version"] != VERSION:
+        if type(data["version"]) is not int or data["version"] not in READABLE_VERSIONS:
             raise TokenSpaceError(
-                f"{where}: version {data['version']!r} is not supported by this reader (supports {VERSION}); "
-                "upgrade uti to read it"
+                f"{where}: version {data['version']!r} is not supported by this reader (reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade uti to read it"
             )
         if data["level_order"] != LEVEL_ORDER:
             raise TokenSpaceError(f"{where}: level_order {data['level_order']!r}, expected {LEVEL_ORDER!r}")
@@ -211,7 +228,7 @@ class TokenSpace:
                 raise TokenSpaceError(f"{where}: specials and codecs must be objects")
             specials = {str(k): _int(v, where) for k, v in data["specials"].items()}
             codecs = {str(m): CodecDescriptor.from_dict(c) for m, c in data["codecs"].items()}
-            space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs)
+            space = cls(ranges=tuple(ranges), specials=specials, codecs=codecs, version=data["version"])
             space.validate(where=where)
         except (TypeError, ValueError, AttributeError, RecursionError) as exc:
             if isinstance(exc, TokenSpaceError):
@@ -349,6 +366,16 @@ class TokenSpace:
             )
 
 
+def missing_modality_message(space: TokenSpace, modality: str) -> str:
+    """The one sentence every consumer prints when a sample of a modality without a range arrives."""
+    return (f"token space {space.short_id} has no {modality} range (its codec config has no {modality}: codec); "
+            f"configure {modality}: in uti.yaml (e.g. {EXAMPLE_CONFIG[modality]}) and rebuild the token space, "
+            f"or leave the {modality} samples out")
+
+
+EXAMPLE_CONFIG = {"text": "text: {kind: byte}", "image": "image: {kind: vqgan}", "audio": "audio: {kind: encodec}"}
+
+
 def _normalize(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_normalize(v) for v in value]
@@ -361,6 +388,41 @@ def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TokenSpaceError(f"{where}: expected an integer, got {value!r}")
     return value
+
+
+def write_token_space(space: TokenSpace, directory: str | os.PathLike, *, force: bool = False) -> str:
+    """Write `space` into `directory` unless a different token space is there (a tokenized dataset's,
+    a run's): that one is replaced only with force=True. Returns what happened: "wrote", "unchanged"
+    (the same token space was already there) or "replaced"."""
+    directory = Path(directory)
+    json_path = directory / JSON_NAME
+    if not json_path.is_file():
+        space.write(directory)
+        return "wrote"
+    raw = json_path.read_bytes()
+    if raw == space.canonical_json():
+        sha_path = directory / SHA_NAME
+        if not sha_path.is_file() or sha_path.read_text().split()[:1] != [space.id]:
+            space.write(directory)  # the same token space; only its .sha256 companion was missing or stale
+        return "unchanged"
+    if not force:
+        try:
+            existing = TokenSpace.from_json_bytes(raw, where=str(json_path))
+        except TokenSpaceError as exc:
+            raise TokenSpaceError(
+                f"{json_path} already exists and is not a readable token space ({exc}); refusing to overwrite it. "
+                "Write to another --out, or pass --force to replace it"
+            ) from None
+        changes = diff(existing, space)
+        listed = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise TokenSpaceMismatch(
+            f"{json_path} holds token space {existing.id[:16]}, a different one than this config's {space.id[:16]} "
+            f"(changed: {listed}); refusing to overwrite it. Write to another --out, or pass --force to replace "
+            "it (the shards or checkpoints made with the old one then no longer match it)",
+            expected_id=existing.id, found_id=space.id, changes=changes,
+        )
+    space.write(directory)
+    return "replaced"
 
 
 # ---- comparing token spaces -----------------------------------------------------------------------

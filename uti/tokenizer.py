@@ -7,6 +7,7 @@ boundary tokens, when present, must be balanced. Anything else is refused, namin
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,8 +15,10 @@ import torch
 
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, TextCodec
 from uti.config import UTIConfig, load_config
-from uti.errors import DecodeRefused
-from uti.token_space import BOUNDARY_PAIRS, TokenSpace
+from uti.errors import ConfigError, DecodeRefused
+from uti.token_space import BOUNDARY_PAIRS, VERSION, TokenSpace, missing_modality_message, require_same
+
+log = logging.getLogger(__name__)
 
 ID_DTYPE = np.uint32
 MODALITIES = ("text", "image", "audio")
@@ -34,65 +37,74 @@ def as_ids(values: Any, *, what: str) -> np.ndarray:
 class UnifiedTokenizer:
     def __init__(self, config: UTIConfig | None = None, *, device: str | None = None,
                  modalities: Sequence[str] = MODALITIES, token_space: TokenSpace | None = None):
-        """Load the codecs of `modalities` once. The token space always records all configured codecs;
-        when `token_space` is given (e.g. from a dataset), the loaded codecs must match it exactly."""
+        """Load the configured codecs of `modalities` (text: whenever configured) once. A modality the
+        config has no codec for is not loaded and has no range. When `token_space` is given (e.g. from a
+        dataset), the loaded codecs must match it exactly, by the recipe of its version."""
         from uti.codecs.registry import build_audio_codec, build_image_codec, build_text_codec
 
         self.config = config or load_config("default")
         device = device or self.config.device
-        self.text: TextCodec = build_text_codec(self.config.text)
-        self.image: ImageCodec | None = build_image_codec(self.config.image, device=device) if "image" in modalities else None
-        self.audio: AudioCodec | None = build_audio_codec(self.config.audio, device=device) if "audio" in modalities else None
+        cfg = self.config
+        self.text: TextCodec | None = build_text_codec(cfg.text) if cfg.text is not None else None
+        self.image: ImageCodec | None = (build_image_codec(cfg.image, device=device)
+                                         if "image" in modalities and cfg.image is not None else None)
+        self.audio: AudioCodec | None = (build_audio_codec(cfg.audio, device=device)
+                                         if "audio" in modalities and cfg.audio is not None else None)
+        # A given token space of an older version is compared with what that version recorded.
+        version = token_space.version if token_space is not None else VERSION
         built = TokenSpace.build(
-            text=self.text.descriptor(),
-            image=self.image.descriptor() if self.image else None,
-            audio=self.audio.descriptor() if self.audio else None,
-            num_reserved=self.config.num_reserved_specials,
+            **{m: (c.descriptor(version) if c is not None else None) for m, c in self._codecs(all_=True).items()},
+            num_reserved=cfg.num_reserved_specials, version=version,
         )
         if token_space is None:
             token_space = built
         else:
-            # Compare the codecs that were loaded with what the given token space records.
-            for modality in ("text", "image", "audio"):
-                codec = getattr(self, modality)
-                if codec is None:
-                    continue
-                mine, theirs = codec.descriptor().to_dict(), token_space.codecs.get(modality)
-                if theirs is None or theirs.to_dict() != mine:
-                    from uti.token_space import require_same
-
+            for modality, codec in self._codecs().items():
+                theirs = token_space.codecs.get(modality)
+                if theirs is None or theirs.to_dict() != codec.descriptor(version).to_dict():
                     require_same(token_space, built, what=f"loaded {modality} codec")
+            if version < VERSION and self.text is not None and token_space.codecs["text"].kind == "hf":
+                log.warning("token space %s is version %d: its ID covers the Hugging Face tokenizer's folder name "
+                            "and vocabulary only (which match), not its normalizer, pre-tokenizer or options. "
+                            "Re-tokenize with this uti for an ID that covers them",
+                            token_space.short_id, version)
         self.space = token_space
         self.space.check_runtime(self.runtime_sizes())
 
+    def _codecs(self, *, all_: bool = False) -> dict[str, Any]:
+        """The loaded codecs by modality (with all_: every modality, None where not loaded)."""
+        codecs = {"text": self.text, "image": self.image, "audio": self.audio}
+        return codecs if all_ else {m: c for m, c in codecs.items() if c is not None}
+
     def runtime_sizes(self) -> dict[str, dict[str, Any]]:
-        out = {"text": self.text.runtime_sizes()}
-        if self.image:
-            out["image"] = self.image.runtime_sizes()
-        if self.audio:
-            out["audio"] = self.audio.runtime_sizes()
-        return out
+        return {m: c.runtime_sizes() for m, c in self._codecs().items()}
 
     # ---- text -----------------------------------------------------------------------------------
     def encode_text(self, text: str) -> np.ndarray:
-        local = np.asarray(self.text.encode(text), dtype=np.int64)
+        local = np.asarray(self._need("text").encode(text), dtype=np.int64)
         return (local + self.space.range("text").start).astype(ID_DTYPE)
 
     def decode_text(self, ids: Any, *, what: str = "text") -> str:
         ids = as_ids(ids, what=what)
+        codec = self._need("text")
         r = self.space.range("text")
         bad = (ids < r.start) | (ids >= r.end)
         if bad.any():
             i = int(np.argmax(bad))
             raise DecodeRefused(f"{what}: ID {int(ids[i])} at position {i} is outside the text range [{r.start}, {r.end})")
-        return self.text.decode((ids.astype(np.int64) - r.start).tolist())
+        return codec.decode((ids.astype(np.int64) - r.start).tolist())
 
     # ---- image ----------------------------------------------------------------------------------
     def _need(self, modality: str):
         codec = getattr(self, modality)
-        if codec is None:
-            raise DecodeRefused(f"this tokenizer was loaded without the {modality} codec")
-        return codec
+        if codec is not None:
+            return codec
+        if getattr(self.config, modality) is None:
+            if not self.space.has_modality(modality):
+                raise ConfigError(missing_modality_message(self.space, modality))
+            raise ConfigError(f"token space {self.space.short_id} has a {modality} range but the codec config has no "
+                              f"{modality}: codec; use the config the data was tokenized with (its job.json)")
+        raise DecodeRefused(f"this tokenizer was loaded without the {modality} codec")
 
     def encode_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         codec: ImageCodec = self._need("image")

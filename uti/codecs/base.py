@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from uti.token_space import CodecDescriptor
+from uti.token_space import VERSION, CodecDescriptor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +58,9 @@ class AudioCodec(ABC):
         """(channels, n_samples) waveform at `sample_rate`."""
 
     @abstractmethod
-    def descriptor(self) -> CodecDescriptor: ...
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        """What a token space of `version` records about this codec (older versions: for comparing a
+        loaded codec with data made by an older uti)."""
 
     def expected_frames(self, n_samples: int, extra: dict[str, Any] | None = None) -> int:
         """How many frames a clip of `n_samples` must have; shape checks use it."""
@@ -95,7 +97,9 @@ class ImageCodec(ABC):
         """(grid_h, grid_w) codes -> uint8 (H, W, 3) image at `proc_size`."""
 
     @abstractmethod
-    def descriptor(self) -> CodecDescriptor: ...
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        """What a token space of `version` records about this codec (older versions: for comparing a
+        loaded codec with data made by an older uti)."""
 
     def runtime_sizes(self) -> dict[str, Any]:
         return {"proc_size": list(self.proc_size), "grid": list(self.grid), "codebook_size": self.codebook_size}
@@ -115,7 +119,9 @@ class TextCodec(ABC):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     @abstractmethod
-    def descriptor(self) -> CodecDescriptor: ...
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        """What a token space of `version` records about this codec (older versions: for comparing a
+        loaded codec with data made by an older uti)."""
 
     def runtime_sizes(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size}

@@ -27,7 +27,7 @@ from uti.codecs.base import AudioCodec, EncodedAudio
 from uti.codecs.weights import (WeightsSpec, cached_random_state, fingerprint_state_dict, parse_weights,
                                 resolve_device)
 from uti.errors import ConfigError, DecodeRefused, WeightsError
-from uti.token_space import CodecDescriptor
+from uti.token_space import VERSION, CodecDescriptor
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ class EncodecAudioCodec(AudioCodec):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def descriptor(self) -> CodecDescriptor:
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        # The same in versions 1 and 2: the model name fixes the architecture, the fingerprint the weights,
+        # and bandwidth (-> n_q), segmenting and normalization are all recorded.
         return CodecDescriptor(
             modality="audio", kind="encodec", name=self.name, weights=self._weights.label,
             fingerprint=self._fingerprint,

@@ -20,7 +20,7 @@ from uti.codecs.weights import cached_random_state, fingerprint_state_dict, pars
 from uti.config import ImageConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
 from uti.strict import to_dict as strict_to_dict
-from uti.token_space import CodecDescriptor
+from uti.token_space import VERSION, CodecDescriptor
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class VQImageCodec(ImageCodec):
                     vq_embed_dim=a.vq_embed_dim, norm_num_groups=a.norm_num_groups, sample_size=cfg.proc_size,
                 )
             self.name = "vqgan-random"
+            self._v1_name = self.name
         elif self._weights.kind == "path":
             path = self._weights.path
             if not (path / "config.json").is_file():
@@ -95,7 +96,8 @@ class VQImageCodec(ImageCodec):
                 net = VQModel.from_pretrained(str(path), local_files_only=True)
             except Exception as exc:
                 raise WeightsError(f"image.weights: cannot load a VQModel from {path}: {exc}") from None
-            self.name = f"vqgan:{path.name}"
+            self.name = "vqgan"  # not the folder name: a copy of the same model must give the same ID
+            self._v1_name = f"vqgan:{path.name}"  # what version-1 token spaces recorded
         else:
             raise ConfigError("image.weights: 'pretrained' needs a local VQModel directory path; "
                               "no default download exists for the image codec")
@@ -152,11 +154,19 @@ class VQImageCodec(ImageCodec):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def descriptor(self) -> CodecDescriptor:
-        return CodecDescriptor(
-            modality="image", kind="vqgan", name=self.name, weights=self._weights.label,
-            fingerprint=self._fingerprint, params={**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop"},
-        )
+    @property
+    def arch(self) -> dict:
+        """The model's architecture config (diffusers' own private `_` keys aside). Some of it changes the
+        output without changing any weight tensor (act_fn, norm_num_groups, norm_type, ...)."""
+        return {k: strict_to_dict(v) for k, v in sorted(dict(self._net.config).items()) if not k.startswith("_")}
+
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        params = {**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop"}
+        if version == 1:  # before version 2: no architecture config, the folder name in `name`
+            return CodecDescriptor(modality="image", kind="vqgan", name=self._v1_name, weights=self._weights.label,
+                                   fingerprint=self._fingerprint, params=params)
+        return CodecDescriptor(modality="image", kind="vqgan", name=self.name, weights=self._weights.label,
+                               fingerprint=self._fingerprint, params={**params, "arch": self.arch})
 
     def _latents(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
