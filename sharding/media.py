@@ -22,6 +22,7 @@ import numpy as np
 from uti.config import LimitsConfig
 from uti.errors import MediaError
 from sharding.manifest import ManifestRow
+from sharding.paths import PathEscapeError, resolve_inside
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,15 +41,80 @@ class LoadedMedia:
 
 
 def _fail(row: ManifestRow, stage: str, reason: str, detail: str) -> MediaError:
-    return MediaError(f"{row.id} ({row.path}): {detail}", stage=stage, reason=reason)
+    return MediaError(f"{row.id} ({source_label(row)}): {detail}", stage=stage, reason=reason)
+
+
+# ---- where a row's media is ---------------------------------------------------------------------------------
+# A row's media is a file (`path`), or bytes inside a Hugging Face dataset: then `path` is the dataset
+# folder and `extra` holds the reference below, written by sharding.datasets.hf. The tokenize job copies
+# both into the sample meta (`source`, `source_ref`) and verify rebuilds the row from them, so both
+# directions live here, next to the one loader they feed.
+SOURCE_REF = "source_ref"
+
+
+@dataclass(frozen=True)
+class HFRef:
+    """Row `index` of column `column` in a `save_to_disk` folder (`split` of a DatasetDict) or in the
+    parquet file `file` under `source`."""
+
+    source: str
+    index: int
+    column: str
+    split: str | None = None
+    file: str | None = None
+
+
+def hf_ref(row: ManifestRow) -> HFRef | None:
+    """The row's Hugging Face reference, None for a file row; a malformed one is a MediaError."""
+    extra = row.extra or {}
+    if "hf_source" not in extra or "column" not in extra:
+        return None
+    source, index, column = extra.get("hf_source"), extra.get("hf_index"), extra.get("column")
+    split, file = extra.get("hf_split"), extra.get("hf_file")
+    if (not isinstance(source, str) or not source or isinstance(index, bool) or not isinstance(index, int)
+            or index < 0 or not isinstance(column, str) or not column
+            or not (split is None or isinstance(split, str)) or not (file is None or isinstance(file, str))):
+        raise MediaError(f"{row.id}: malformed Hugging Face reference {extra!r}; expected hf_source (folder), "
+                         "hf_index (row >= 0), column, optional hf_split/hf_file", stage="read", reason="bad_reference")
+    return HFRef(source=source, index=index, column=column, split=split, file=file)
+
+
+def source_label(row: ManifestRow) -> str:
+    """Where the media is, for messages: the file, or `folder[/file|:split] column[index]`."""
+    try:
+        ref = hf_ref(row)
+    except MediaError:
+        ref = None
+    if ref is None:
+        return str(row.path)
+    where = os.path.join(ref.source, ref.file) if ref.file else ref.source + (f":{ref.split}" if ref.split else "")
+    return f"{where} {ref.column}[{ref.index}]"
+
+
+def source_meta(row: ManifestRow) -> dict[str, Any]:
+    """The sample-meta fields that say where a row's media came from (`source`, and `source_ref`
+    for bytes inside a Hugging Face dataset); `source_row` reads them back."""
+    meta: dict[str, Any] = {"source": row.path}
+    if (row.extra or {}).get("hf_source"):
+        meta[SOURCE_REF] = dict(row.extra)
+    return meta
+
+
+def source_row(meta: dict[str, Any]) -> ManifestRow:
+    """The manifest row a stored sample was made from, as far as loading its media needs: the inverse
+    of `source_meta`. Without `source_ref` an embedded-bytes row would point at its dataset folder."""
+    ref = meta.get(SOURCE_REF)
+    dataset = meta.get("dataset") or str(meta["id"]).split(":", 1)[0]
+    return ManifestRow(id=meta["id"], dataset=dataset, modality=meta["modality"], path=meta.get("source"),
+                       captions=tuple(meta.get("captions") or ()), split=meta["split"],
+                       extra=dict(ref) if isinstance(ref, dict) else {})
 
 
 def read_source_bytes(row: ManifestRow, *, max_bytes: int | None = None) -> bytes:
     """The raw bytes of a row's media: a file, or a Hugging Face dataset reference in `extra`."""
-    extra = row.extra or {}
-    if "hf_source" in extra and "column" in extra:
-        return _hf_bytes(extra["hf_source"], extra.get("hf_split"), extra.get("hf_file"), int(extra["hf_index"]),
-                         extra["column"], row)
+    ref = hf_ref(row)
+    if ref is not None:
+        return _hf_bytes(ref, row)
     if not row.path:
         raise _fail(row, "read", "no_path", "the row has no media path")
     try:
@@ -70,7 +136,7 @@ def _hf_table(source: str, split: str | None, file: str | None):
     if file is not None:
         import pyarrow.parquet as pq
 
-        return pq.read_table(os.path.join(source, file))
+        return pq.read_table(str(resolve_inside(source, file)))  # the reference stays inside its dataset
     import datasets
 
     ds = datasets.load_from_disk(source)
@@ -79,17 +145,45 @@ def _hf_table(source: str, split: str | None, file: str | None):
     return ds.with_format("arrow")
 
 
-def _hf_bytes(source: str, split: str | None, file: str | None, index: int, column: str, row: ManifestRow) -> bytes:
+def _hf_bytes(ref: HFRef, row: ManifestRow) -> bytes:
+    if not os.path.isdir(ref.source):
+        # The dataset stayed behind (another machine, deleted): the same case as a missing file.
+        raise _fail(row, "read", "missing_file", f"Hugging Face dataset folder {ref.source} not found")
     try:
-        table = _hf_table(source, split, file)
-        value = (table.slice(index, 1) if file is not None else table[index: index + 1]).column(column).to_pylist()[0]
+        table = _hf_table(ref.source, ref.split, ref.file)
+        part = table.slice(ref.index, 1) if ref.file is not None else table[ref.index: ref.index + 1]
+        value = part.column(ref.column).to_pylist()[0]
     except Exception as exc:  # noqa: BLE001 - pyarrow/datasets raise many types
-        raise _fail(row, "read", "unreadable", f"cannot read {column}[{index}] from {source}: {exc}") from None
+        raise _fail(row, "read", "unreadable", f"cannot read {ref.column}[{ref.index}] from {ref.source}: {exc}") from None
     if isinstance(value, dict):
-        value = value.get("bytes") or (open(value["path"], "rb").read() if value.get("path") else None)
+        payload = value.get("bytes")
+        if not payload and value.get("path"):
+            # A {path} cell: the file must lie inside the dataset folder, as the manifest adapter requires.
+            try:
+                with open(resolve_inside(ref.source, value["path"], allow_absolute=True), "rb") as fh:
+                    payload = fh.read()
+            except (OSError, PathEscapeError) as exc:
+                raise _fail(row, "read", "unreadable", f"{ref.column}[{ref.index}]: {exc}") from None
+        value = payload
     if not isinstance(value, (bytes, bytearray)) or not value:
-        raise _fail(row, "read", "unreadable", f"{column}[{index}] holds no media bytes")
+        raise _fail(row, "read", "unreadable", f"{ref.column}[{ref.index}] holds no media bytes")
     return bytes(value)
+
+
+def load_media(row: ManifestRow, *, limits: LimitsConfig, spec: AudioSpec | None = None,
+               proc_size: int | None = None) -> LoadedMedia | None:
+    """The one entry point from a row to codec-ready media (None for a text row): the tokenize read
+    tasks and verify's retokenize check both call it, so they can never load a row differently.
+    `spec` is needed for audio rows, `proc_size` for image rows."""
+    if row.modality == "audio":
+        if spec is None:
+            raise ValueError(f"{row.id}: loading audio needs the codec's AudioSpec")
+        return load_audio(row, spec=spec, limits=limits)
+    if row.modality == "image":
+        if proc_size is None:
+            raise ValueError(f"{row.id}: loading an image needs the codec's proc_size")
+        return load_image(row, proc_size=proc_size, limits=limits)
+    return None
 
 
 def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> LoadedMedia:
@@ -99,7 +193,7 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
     from uti.preprocess import prepare_waveform
 
     # Header first: a 3-hour file is refused before its samples are read.
-    if row.path and not (row.extra or {}).get("hf_source"):
+    if row.path and hf_ref(row) is None:
         try:
             info = sf.info(row.path)
         except FileNotFoundError:

@@ -18,24 +18,11 @@ import pytest
 
 from uti.errors import ConfigError
 from verify import CHECKS, VerifyConfig, run_verify
-from verify_helpers import (
-    build_dataset, other_token_space, read_raw, reindex, rewrite_shard, shard_with,
+from verify_helpers import (  # noqa: F401 - ray_address is a fixture
+    build_dataset, other_token_space, ray_address, read_raw, reindex, rewrite_shard, shard_with,
 )
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    if ray.is_initialized():  # another module's instance is still up: share it, leave it to its owner
-        yield ray.get_runtime_context().gcs_address
-        return
-    # address="local": a private instance even when someone else's `ray start` cluster runs on this machine.
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ctx.address_info["address"]
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -388,4 +375,4 @@ def test_cli_exit_codes(good, ray_address, tmp_path):
     missing = subprocess.run(uti + [str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no such dataset folder" in missing.stderr
     typo = subprocess.run(uti + [str(good.out), "--decode-fraction", "2"], capture_output=True, text=True, env=env)
-    assert typo.returncode == 2 and "decode_fraction" in typo.stderr
+    assert typo.returncode == 2 and "--decode-fraction" in typo.stderr

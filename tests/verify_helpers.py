@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 from sharding.format import HEADER_MEMBER
 from sharding.manifest import ManifestRow, manifest_sha256, write_manifest
-from sharding.media import AudioSpec, load_audio, load_image
+from sharding.media import AudioSpec, load_media, source_meta
 from sharding.plan import make_plan, write_plan
 from sharding.writer import write_shard
 from uti.errors import MediaError
@@ -31,6 +32,20 @@ from uti.strict import to_dict
 from uti.token_space import TokenSpace, canonical_json
 
 DATASET = "synth"
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One Ray instance per test module (import this fixture by name); CLI runs join it with --address."""
+    import ray
+
+    if ray.is_initialized():  # another module's instance is still up: share it, leave it to its owner
+        yield ray.get_runtime_context().gcs_address
+        return
+    # address="local": a private instance even when someone else's `ray start` cluster runs on this machine.
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ctx.address_info["address"]
+    ray.shutdown()
 
 
 # ---- sources -------------------------------------------------------------------------------------------
@@ -120,7 +135,7 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
             caption_ids = [tokenizer.encode_text(c) for c in row.captions]
             text = np.concatenate(caption_ids).astype(np.uint32) if caption_ids else np.zeros(0, np.uint32)
             meta = {"id": id_, "split": split, "modality": row.modality, "token_space_id": space.id,
-                    "dataset": row.dataset, "source": row.path, "source_sha256": sha,
+                    "dataset": row.dataset, **source_meta(row), "source_sha256": sha,
                     "captions": list(row.captions), "caption_token_lengths": [int(c.size) for c in caption_ids],
                     **codec_meta, **info}
             samples.append({"id": id_, "tokens": tokens, "text": text, "meta": meta})
@@ -142,12 +157,11 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
 def _encode(tok, row: ManifestRow, cfg) -> tuple[np.ndarray, dict, str | None, dict]:
     if row.modality == "text":
         return np.zeros(0, np.uint32), {}, None, {}
+    media = load_media(row, spec=AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels),
+                       proc_size=tok.image.proc_size[0], limits=cfg.limits)
     if row.modality == "audio":
-        media = load_audio(row, spec=AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels),
-                           limits=cfg.limits)
         ids, meta = tok.encode_audios([media.data])[0]
     else:
-        media = load_image(row, proc_size=tok.image.proc_size[0], limits=cfg.limits)
         ids, meta = tok.encode_images([media.data])[0]
     meta = {k: v for k, v in meta.items() if k not in ("modality", "token_space_id")}
     return ids, meta, media.source_sha256, dict(media.info)

@@ -79,12 +79,16 @@ def compare(baseline: dict[str, Any], current: dict[str, float], *, limits: Base
         regressed.append(name)
         result.examples.append(Finding("baseline", None, None, None, f"{name}: {detail}"))
 
+    drop, growth = limits.count_drop, limits.count_growth
     for name, b in sorted(base.items()):
         c = current.get(name)
         if name.startswith("samples."):
             c = 0 if c is None else c  # a split or modality that vanished has 0 samples
-            if _rel(b, c) > limits.sample_count_rel_change:
-                regress(name, f"{b:g} in the baseline, {c:g} now (limit {limits.sample_count_rel_change:.0%} change)")
+            if c < b and _rel(b, c) > drop:
+                regress(name, f"{b:g} in the baseline, {c:g} now: {_rel(b, c):.1%} fewer (limit {_pct(drop)} fewer; "
+                              "raise it with --baseline-tolerance F)")
+            elif c > b and growth is not None and _rel(b, c) > growth:
+                regress(name, f"{b:g} in the baseline, {c:g} now: {_rel(b, c):.1%} more (limit {_pct(growth)} more)")
         elif name == "error_rate":
             if c is not None and (c - b) * 100 > limits.error_rate_pp:
                 regress(name, f"{b * 100:.3f}% in the baseline, {c * 100:.3f}% now "
@@ -99,15 +103,21 @@ def compare(baseline: dict[str, Any], current: dict[str, float], *, limits: Base
                 regress(name, f"{b:.2f} tokens in the baseline, {c:.2f} now (limit "
                               f"{limits.mean_length_rel_change:.0%} change)")
     for name in sorted(set(current) - set(base)):
-        if name.startswith("samples.") and current[name] and limits.sample_count_rel_change < 1:
-            regress(name, f"absent from the baseline, {current[name]:g} now")
+        # A new split or modality is growth: gated only when growth is limited.
+        if name.startswith("samples.") and current[name] and growth is not None:
+            regress(name, f"absent from the baseline, {current[name]:g} now (limit {_pct(growth)} more)")
     result.failures = len(regressed)
     result.ok = not regressed
-    result.counts = {"baseline": where, "metrics_compared": len(base), "regressed": regressed}
+    result.counts = {"baseline": where, "metrics_compared": len(base), "regressed": regressed,
+                     "sample_count_limits": {"drop": drop, "growth": growth}}
     if baseline.get("token_space_id") != token_space_id:
         result.warnings.append(f"the baseline was made in token space {str(baseline.get('token_space_id'))[:12]}, "
                                f"this dataset is {token_space_id[:12]}: codebook metrics may not be comparable")
     return result
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
 
 
 def _rel(b: float, c: float) -> float:

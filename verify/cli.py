@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from uti.cli import add_command
 
 # flag attribute -> VerifyConfig field, for the flags that map one to one
 _FIELDS = ("address", "num_cpus", "token_space", "decode_fraction", "retokenize_fraction", "seed", "max_seq_len",
            "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device")
+# VerifyConfig field -> what the user typed, so a config error names the flag (uti.strict.from_flags)
+_FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation")},
+          "out": "OUT", "plots": "--no-plots", "baseline_limits.sample_count_rel_drop": "--baseline-tolerance"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="batches for the data-loader smoke test (default 4; 0 skips)")
     p.add_argument("--loader-batch-size", type=int, default=None, metavar="B")
     p.add_argument("--baseline", default=None, metavar="FILE", help="gate on this baseline (from --write-baseline)")
+    p.add_argument("--baseline-tolerance", type=float, default=None, metavar="F",
+                   help="with --baseline: share of a sample count (total, per split, per modality) that may be lost "
+                        "before the gate fails, e.g. 0.02 (default 0); a count that grew always passes")
     p.add_argument("--write-baseline", default=None, metavar="FILE", help="store this run's metrics as a baseline")
     p.add_argument("--report-dir", default=None, metavar="DIR", help="where report.json/html go (default OUT/verify)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="failure examples kept per check")
@@ -42,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from uti.strict import from_flags
     from verify.config import VerifyConfig
     from verify.report import format_summary
     from verify.run import run_verify
@@ -51,8 +59,18 @@ def _run(args: argparse.Namespace) -> int:
         data["fail_on_truncation"] = True
     if args.no_plots:
         data["plots"] = False
-    result = run_verify(VerifyConfig.from_dict(data, where="uti verify"))
+    if args.baseline_tolerance is not None:
+        if args.baseline is None:
+            from uti.errors import ConfigError
+
+            raise ConfigError("--baseline-tolerance applies to a --baseline gate; give --baseline FILE too")
+        data["baseline_limits"] = {"sample_count_rel_drop": args.baseline_tolerance}
+    result = run_verify(from_flags(VerifyConfig, data, flags=_FLAGS, where="uti verify"))
     print(format_summary(result.report))
+    # Warnings that change how to read the result (a baseline from another token space) go to the
+    # console in full, not only into the report.
+    for warning in result.check("baseline")["warnings"]:
+        print(f"uti verify: warning: baseline: {warning}", file=sys.stderr)
     print(f"\nreport: {result.json_path}\n        {result.html_path}")
     if result.baseline_path:
         print(f"baseline written: {result.baseline_path}")

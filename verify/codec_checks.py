@@ -181,16 +181,8 @@ def _caption_slices(meta: dict) -> list[tuple[int, int]]:
     return out
 
 
-def _row(meta: dict):
-    from sharding.manifest import ManifestRow
-
-    dataset = meta.get("dataset") or str(meta["id"]).split(":", 1)[0]
-    return ManifestRow(id=meta["id"], dataset=dataset, modality=meta["modality"], path=meta.get("source"),
-                       captions=tuple(meta.get("captions") or ()), split=meta["split"])
-
-
 def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
-    from sharding.media import AudioSpec, load_audio, load_image
+    from sharding.media import AudioSpec, load_media, source_label, source_row
     from uti.errors import MediaError
 
     meta = s.meta
@@ -203,13 +195,14 @@ def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
     if meta["modality"] == "text":
         _bump(counts, "retokenize.text.exact")
         return
-    row = _row(meta)
     try:
-        if meta["modality"] == "audio":
-            media = load_audio(row, spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]),
-                               limits=cfg.limits)
-        else:
-            media = load_image(row, proc_size=int(meta["proc_size"][0]), limits=cfg.limits)
+        # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset), loaded by
+        # the same function its read tasks use, with the sizes this sample was encoded at.
+        row = source_row(meta)
+        audio = meta["modality"] == "audio"
+        media = load_media(row, limits=cfg.limits,
+                           spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]) if audio else None,
+                           proc_size=None if audio else int(meta["proc_size"][0]))
     except MediaError as exc:
         if exc.reason == "missing_file":
             # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.
@@ -218,7 +211,7 @@ def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
         fail("retokenize", f"source no longer loads: {exc}")
         return
     if media.source_sha256 != meta.get("source_sha256"):
-        fail("retokenize", f"source file {row.path} now hashes to {media.source_sha256[:16]}, the sample was made from "
+        fail("retokenize", f"source {source_label(row)} now hashes to {media.source_sha256[:16]}, the sample was made from "
                            f"{str(meta.get('source_sha256'))[:16]} (the source changed after tokenizing)")
         return
     if meta["modality"] == "audio":

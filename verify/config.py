@@ -16,18 +16,39 @@ from uti.strict import from_dict, to_dict
 
 @dataclass(kw_only=True, frozen=True)
 class BaselineLimits:
-    """How far a metric may move against the baseline before the `baseline` check fails."""
+    """How far a metric may move against the baseline before the `baseline` check fails.
+
+    Sample counts (total, per split, per modality) are gated one way by default: a dataset that grew
+    (new rows, a new split) passes, one that lost more than `sample_count_rel_drop` of a count fails.
+    """
 
     utilization_rel_drop: float = 0.10  # per codebook level, relative to the baseline's utilization
     error_rate_pp: float = 0.5  # absolute increase of the per-row error rate, in percentage points
-    sample_count_rel_change: float = 0.0  # any change of a sample count is a regression by default
+    sample_count_rel_drop: float = 0.0  # share of a count that may be lost (--baseline-tolerance)
+    sample_count_rel_growth: float | None = None  # share a count may grow by; None: growth never fails
+    sample_count_rel_change: float | None = None  # the older two-sided limit: sets both of the above
     mean_length_rel_change: float = 0.10  # mean tokens per sample, per modality
 
     def __post_init__(self) -> None:
-        for name in ("utilization_rel_drop", "error_rate_pp", "sample_count_rel_change", "mean_length_rel_change"):
+        for name in ("utilization_rel_drop", "error_rate_pp", "sample_count_rel_drop", "sample_count_rel_growth",
+                     "sample_count_rel_change", "mean_length_rel_change"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise ConfigError(f"baseline_limits.{name}: must be a finite number >= 0, got {value!r}")
+        if self.sample_count_rel_change is not None and (self.sample_count_rel_drop != 0.0
+                                                         or self.sample_count_rel_growth is not None):
+            raise ConfigError("baseline_limits.sample_count_rel_change sets both directions; give it or "
+                              "baseline_limits.sample_count_rel_drop / baseline_limits.sample_count_rel_growth, not both")
+
+    @property
+    def count_drop(self) -> float:
+        """The share of a sample count that may be lost."""
+        return self.sample_count_rel_change if self.sample_count_rel_change is not None else self.sample_count_rel_drop
+
+    @property
+    def count_growth(self) -> float | None:
+        """The share a sample count may grow by; None: any growth passes."""
+        return self.sample_count_rel_change if self.sample_count_rel_change is not None else self.sample_count_rel_growth
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -74,7 +95,7 @@ class VerifyConfig:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError(f"num_cpus: must be >= 1, got {self.num_cpus!r}")
         if self.fail_on_truncation and self.max_seq_len is None:
-            raise ConfigError("fail_on_truncation needs max_seq_len (--max-seq-len L)")
+            raise ConfigError("fail_on_truncation needs max_seq_len: the length to measure sequences against")
         if self.address is not None and self.num_cpus is not None:
             raise ConfigError("num_cpus applies to a local Ray instance only; drop it when giving an address")
 

@@ -87,23 +87,39 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         fig.suptitle("Length histograms per modality", fontsize=11)
         fig.tight_layout()
         out["Length histograms per modality"] = _png(fig)
-    shards = report.get("per_shard") or []
-    if shards:
-        labels = [s["shard"] for s in shards]
-        errs = report.get("errors_per_shard") or {}
-        job_errors = [errs.get(label, 0) for label in labels]
-        failures = [sum(s["failures"].values()) for s in shards]
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(labels) + 2), 3.2))
-        x = range(len(labels))
-        ax.bar(x, job_errors, color="#9a6700", label="errors.jsonl rows (tokenize)")
-        ax.bar(x, failures, bottom=job_errors, color="#cf222e", label="verify failures")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(labels if len(labels) <= 60 else [""] * len(labels), rotation=90, fontsize=7)
-        ax.set_ylabel("count")
-        ax.set_title("Errors per shard")
-        ax.legend(fontsize=8)
+    fig = errors_per_shard_figure(report)
+    if fig is not None:
         out["Errors per shard"] = _png(fig)
     return out
+
+
+def errors_per_shard_figure(report: dict[str, Any]):
+    """Stacked bars of tokenize errors and verify failures per shard; None without shards."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    shards = report.get("per_shard") or []
+    if not shards:
+        return None
+    labels = [s["shard"] for s in shards]
+    errs = report.get("errors_per_shard") or {}
+    job_errors = [errs.get(label, 0) for label in labels]
+    failures = [sum(s["failures"].values()) for s in shards]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(labels) + 2), 3.2))
+    x = range(len(labels))
+    ax.bar(x, job_errors, color="#9a6700", label="errors.jsonl rows (tokenize)")
+    ax.bar(x, failures, bottom=job_errors, color="#cf222e", label="verify failures")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels if len(labels) <= 60 else [""] * len(labels), rotation=90, fontsize=7)
+    # Counts: the axis starts at 0 with whole-number ticks; with no error at all matplotlib would
+    # otherwise centre an empty axis on 0 (-0.04 .. 0.04).
+    top = max((e + f for e, f in zip(job_errors, failures)), default=0)
+    ax.set_ylim(0, max(1, top * 1.05))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("count")
+    ax.set_title("Errors per shard" + (": none" if top == 0 else ""))
+    ax.legend(fontsize=8)
+    return fig
 
 
 # ---- html ------------------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ class HFDataset(DatasetAdapter):
     name = "hf"
     options = ("audio_column", "image_column", "caption_column", "id_column", "name", "split_fractions")
 
-    def rows(self, root: Path, *, splits: Sequence[str] | None = None, **options: Any) -> Iterator[Item]:
+    def rows(
+        self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
+    ) -> Iterator[Item]:
         fractions = split_fractions_option(options)
         dataset = dataset_name_option(options, self.name)
         if options.get("audio_column") and options.get("image_column"):
@@ -62,9 +64,11 @@ class HFDataset(DatasetAdapter):
         for part in _open_parts(root):
             if splits is not None and part.split is not None and part.split not in splits:
                 continue
-            yield from self._part_rows(data_root, dataset, part, options, fractions)
+            yield from self._part_rows(data_root, dataset, part, options, fractions, follow_symlinks)
 
-    def _part_rows(self, root: Path, dataset: str, part: _Part, options: dict, fractions: dict) -> Iterator[Item]:
+    def _part_rows(
+        self, root: Path, dataset: str, part: _Part, options: dict, fractions: dict, follow_symlinks: bool
+    ) -> Iterator[Item]:
         modality, media_col = _pick_media(part, options)
         caption_col = options.get("caption_column") or next((c for c in CAPTION_GUESSES if c in part.columns), None)
         id_col = options.get("id_column") or ("id" if "id" in part.columns else None)
@@ -83,17 +87,19 @@ class HFDataset(DatasetAdapter):
         index = 0
         for batch in part.batches(wanted):
             for rec in batch:
-                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions)
+                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+                                follow_symlinks)
                 index += 1
 
-    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions) -> Item:
+    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+             follow_symlinks) -> Item:
         where = f"{part.ref.get('hf_file') or part.split or 'dataset'}[{index}]"
         captions = _captions(rec.get(caption_col)) if caption_col else []
         ref = {"hf_source": str(root), "hf_index": index, **part.ref}
         path: Path | None = None
         payload: bytes | None = None
         if media_col is not None:
-            path, payload, reason = _media(root, rec.get(media_col))
+            path, payload, reason = _media(root, rec.get(media_col), follow_symlinks)
             if reason:
                 return Rejected(item=where, reason=f"column {media_col!r}: {reason}")
             ref["column"] = media_col
@@ -150,7 +156,7 @@ def _captions(value: Any) -> list[str]:
     return []
 
 
-def _media(root: Path, value: Any) -> tuple[Path | None, bytes | None, str | None]:
+def _media(root: Path, value: Any, follow_symlinks: bool = False) -> tuple[Path | None, bytes | None, str | None]:
     """(file inside root, embedded bytes, rejection reason) for one raw media cell."""
     if isinstance(value, dict):
         file, payload = value.get("path"), value.get("bytes")
@@ -166,7 +172,7 @@ def _media(root: Path, value: Any) -> tuple[Path | None, bytes | None, str | Non
     problem = None
     if isinstance(file, str) and file:
         try:
-            candidate = resolve_inside(root, file, allow_absolute=True)
+            candidate = resolve_inside(root, file, allow_absolute=True, follow_symlinks=follow_symlinks)
             if candidate.is_file():
                 return candidate, None, None
             problem = f"file {file!r} not found under {root}"
