@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from train.checkpoint import load_data_state, load_tensors, save_checkpoint
@@ -111,6 +112,40 @@ def text_loss(model: torch.nn.Module, docs: list, *, seq_len: int, pad_id: int, 
     return total / max(count, 1)
 
 
+def step_sums(batch: dict, *, ce_sum: float, n_targets: int, per_task_sum: list[float], per_task_n: list[int],
+              crc: int, data_s: float, stats: SeqStats) -> dict[str, float]:
+    """One rank's share of a step's metrics, by name; every value is summed over ranks."""
+    task_ids = batch["task_ids"]
+    starts = task_ids[(batch["position_ids"] == 0) & (task_ids != NO_TASK)]  # one per doc in the batch
+    docs = np.bincount(starts, minlength=len(TASKS))
+    real = int((task_ids != NO_TASK).sum())
+    return {
+        "ce_sum": ce_sum, "targets": n_targets, "tokens": real, "pad_tokens": int(task_ids.size - real),
+        "batch_crc": float(crc), "data_s": data_s,
+        **{f"ce_{t}": per_task_sum[i] for i, t in enumerate(TASKS)},
+        **{f"targets_{t}": per_task_n[i] for i, t in enumerate(TASKS)},
+        **{f"batch_docs_{t}": int(docs[i]) for i, t in enumerate(TASKS)},
+        **SeqStats.vector_to_dict(stats.as_vector()),
+    }
+
+
+def metrics_row(red: dict[str, float], *, step: int, lr: float, dt: float, world: int) -> dict[str, Any]:
+    """A metrics.jsonl line from the summed step metrics. `batch_docs_T` are the docs of task T in this
+    step's batch, `mix_T` the share of task T among all docs built so far (the realised --mix)."""
+    n_tgt = red["targets"]
+    all_docs = sum(red[f"task_{t}"] for t in TASKS)
+    return {
+        "step": step, "loss": red["ce_sum"] / max(n_tgt, 1), "lr": lr, "targets": int(n_tgt),
+        "tokens": int(red["tokens"]), "pad_tokens": int(red["pad_tokens"]), "tokens_per_s": red["tokens"] / dt,
+        "step_s": dt, "data_s": red["data_s"] / world, "batch_crc": int(red["batch_crc"]),
+        **{f"loss_{t}": (red[f"ce_{t}"] / red[f"targets_{t}"]) if red[f"targets_{t}"] else None for t in TASKS},
+        **{f"batch_docs_{t}": int(red[f"batch_docs_{t}"]) for t in TASKS},
+        **{f"mix_{t}": red[f"task_{t}"] / all_docs if all_docs else None for t in TASKS},
+        **{k: int(red[k]) for k in SeqStats.vector_to_dict(SeqStats().as_vector())},
+        "time": time.time(),
+    }
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -154,8 +189,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stream.load_state_dict(data["stream"])
         torch.set_rng_state(data["torch_rng"])
 
-    heldout, heldout_split = heldout_text_docs(config["inputs"][0]["out"], token_space_id=config["inputs"][0]["token_space_id"],
-                                               train_split=cfg.split, sp=sp, seq_len=cfg.seq_len, limit=cfg.eval_texts)
+    first = config["inputs"][0]
+    heldout, heldout_split = heldout_text_docs(first["out"], token_space_id=first["token_space_id"],
+                                               train_split=stream.splits[0], sp=sp, seq_len=cfg.seq_len,
+                                               limit=cfg.eval_texts)
     drift_path = run / TEXT_DRIFT
     drift = json.loads(drift_path.read_text()) if (resume_from and drift_path.is_file()) else {}
     if "before" not in drift:
@@ -185,31 +222,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        # ---- metrics (one all_reduce) --------------------------------------------------------
+        # ---- metrics (one all_reduce of named sums) -------------------------------------------
         task_of = torch.as_tensor(batch["task_ids"], device=device)[:, 1:][sel]
         ce_d = ce.detach().double()
-        per_task_sum = torch.bincount(task_of, weights=ce_d, minlength=len(TASKS)).tolist()
-        per_task_n = torch.bincount(task_of, minlength=len(TASKS)).tolist()
-        real = int((batch["task_ids"] != NO_TASK).sum())
-        pad = int(batch["task_ids"].size - real)
-        vec = [float(ce_d.sum()), float(ce.numel()), *per_task_sum, *per_task_n, real, pad,
-               float(batch_checksum(batch) * (rank + 1)), t_data, *stream.stats.as_vector()]
-        red = _all_reduce_sum(vec)
+        sums = step_sums(batch, ce_sum=float(ce_d.sum()), n_targets=int(ce.numel()),
+                         per_task_sum=torch.bincount(task_of, weights=ce_d, minlength=len(TASKS)).tolist(),
+                         per_task_n=torch.bincount(task_of, minlength=len(TASKS)).tolist(),
+                         crc=batch_checksum(batch) * (rank + 1), data_s=t_data, stats=stream.stats)
+        red = dict(zip(sums, _all_reduce_sum(list(sums.values()))))
         now = time.perf_counter()
         dt = now - t_prev
         t_prev = now
         if rank == 0:
-            k = len(TASKS)
-            n_tgt = red[1]
-            row = {
-                "step": step, "loss": red[0] / max(n_tgt, 1), "lr": lr, "targets": int(n_tgt),
-                "tokens": int(red[2 + 2 * k]), "pad_tokens": int(red[3 + 2 * k]),
-                "tokens_per_s": red[2 + 2 * k] / dt, "step_s": dt,
-                "data_s": red[5 + 2 * k] / world, "batch_crc": int(red[4 + 2 * k]),
-                **{f"loss_{t}": (red[2 + i] / red[2 + k + i]) if red[2 + k + i] else None for i, t in enumerate(TASKS)},
-                **SeqStats.vector_to_dict(red[6 + 2 * k:]),
-                "time": time.time(),
-            }
+            row = metrics_row(red, step=step, lr=lr, dt=dt, world=world)
             metrics.write(row)
             last = row
         if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

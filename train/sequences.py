@@ -99,10 +99,11 @@ class SeqStats:
     split_pieces: int = 0  # docs produced by splitting
     no_caption: int = 0  # samples skipped: no caption, so no task applies
     no_task: int = 0  # samples skipped: every task valid for the modality has ratio 0
-    tasks: Counter = field(default_factory=Counter)
+    stray: int = 0  # samples no stream reads (see train.census: an audio clip of exactly an image's token count)
+    tasks: Counter = field(default_factory=Counter)  # docs built per task
 
     FIELDS = ("samples", "docs", "doc_tokens", "overlong", "overlong_dropped", "overlong_split", "split_pieces",
-              "no_caption", "no_task")
+              "no_caption", "no_task", "stray")
 
     def as_vector(self) -> list[int]:
         return [getattr(self, f) for f in self.FIELDS] + [self.tasks.get(t, 0) for t in TASKS]
@@ -112,7 +113,8 @@ class SeqStats:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SeqStats":
-        return cls(**{f: int(data[f]) for f in cls.FIELDS}, tasks=Counter({k: int(v) for k, v in data["tasks"].items()}))
+        return cls(**{f: int(data[f]) for f in cls.FIELDS},
+                   tasks=Counter({k: int(v) for k, v in data["tasks"].items()}))
 
     @staticmethod
     def vector_to_dict(vec: Sequence[int]) -> dict:
@@ -202,18 +204,26 @@ def sample_to_docs(
     seed: int,
     epoch: int,
     stats: SeqStats,
+    task: str | None = None,
 ) -> list[Doc]:
-    """One sample -> 0..n docs (0: skipped or dropped, always counted in `stats`)."""
+    """One sample -> 0..n docs (0: skipped or dropped, always counted in `stats`).
+
+    `task`: the task already chosen for this sample (train.stream chooses the task first, from the
+    mix); None chooses one here among the tasks the sample's modality allows, by the mix ratios."""
     what = f"sample {meta.get('id')!r}"
     modality = meta.get("modality")
     check_media(str(modality), tokens, meta, what=what)
+    if task is not None and task not in VALID_TASKS.get(str(modality), ()):
+        raise SequenceError(f"{what}: a {modality} sample cannot serve task {task!r} (it serves "
+                            f"{', '.join(VALID_TASKS.get(str(modality), ())) or 'no task'})")
     stats.samples += 1
     captions = [c for c in split_captions(text, meta.get("caption_token_lengths", []), what=what) if len(c)]
     if not captions:
         stats.no_caption += 1
         return []
     rng = sample_rng(seed, epoch, str(meta.get("id")))
-    task = choose_task(str(modality), mix, rng)
+    if task is None:
+        task = choose_task(str(modality), mix, rng)
     if task is None:
         stats.no_task += 1
         return []
