@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from uti.cli import add_command
 
@@ -14,8 +15,11 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         example="uti train --data OUT --out RUN --model tiny --num-workers 2 --steps 300 --seq-len 512",
         func=_train,
     )
-    p.add_argument("--data", action="append", required=True, metavar="OUT",
-                   help="a tokenized dataset folder (OUT of `uti tokenize`); repeat for several")
+    # Every option defaults to None here: `--resume` takes the run's stored value for each option not
+    # given, and refuses only given ones that differ (train.runner.resume_config).
+    p.add_argument("--data", action="append", default=None, metavar="OUT",
+                   help="a tokenized dataset folder (OUT of `uti tokenize`); repeat for several "
+                        "(required, except with --resume, which reads it from the run)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, metrics, loss.png")
     p.add_argument("--model", default=None, help="'tiny' (default) or a local Hugging Face causal-LM directory")
     p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default 2)")
@@ -26,10 +30,15 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
     p.add_argument("--mix", default=None, metavar="TASK=RATIO,...",
                    help="task ratios over a2t,t2a,i2t,t2i,text (default a2t=0.3,t2a=0.25,i2t=0.15,t2i=0.15,text=0.15)")
-    p.add_argument("--split", default=None, help="dataset split to train on (default train)")
+    p.add_argument("--split", default=None, metavar="NAME[,NAME...]",
+                   help="split to train on: one name for all --data, or one per --data in the same order "
+                        "(--split development,train); where a name does not exist its alias is used: train = "
+                        "development, val = validation = valid, test = evaluation = eval (default train)")
     p.add_argument("--trainable-rows", action="store_true", default=None,
                    help="train only the non-text embedding and LM-head rows; reports text-loss drift")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from RUN's latest checkpoint")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue from RUN's latest checkpoint; options not given keep the run's values "
+                        "(--steps may grow)")
     p.add_argument("--fsdp", action="store_true", default=None, help="shard the model with FSDP instead of DDP")
     p.add_argument("--overlong", choices=("drop", "split"), default=None,
                    help="sequences longer than --seq-len: drop (default) or split audio at frame boundaries "
@@ -38,28 +47,59 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-token-space-mismatch", action="store_true", default=None,
                    help="train on inputs of another token space anyway (recorded in RUN/overrides.json)")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: a local instance)")
+    p.add_argument("--wait-for-resources", action="store_true", default=None,
+                   help="when the cluster lacks the CPUs/GPUs for --num-workers, wait (an autoscaler may add "
+                        "nodes) instead of failing at once")
     p.add_argument("--seed", type=int, default=None, help="model init, task choice and shard shuffle seed (default 0)")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from train.config import TrainConfig, parse_mix
-    from train.runner import train
+    from train.config import FLAG_FIELDS, TrainConfig, TrainError, TrainInterrupted, parse_mix
+    from train.runner import resume_config, train
 
-    fields = ("model", "num_workers", "use_gpu", "steps", "seq_len", "batch_size", "lr", "split", "trainable_rows",
-              "resume", "fsdp", "overlong", "checkpoint_every", "allow_token_space_mismatch", "address", "seed")
-    kwargs = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    given = {f: getattr(args, f) for f in FLAG_FIELDS if f not in ("mix", "data") and getattr(args, f) is not None}
     if args.mix is not None:
-        kwargs["mix"] = parse_mix(args.mix)
-    cfg = TrainConfig(data=tuple(args.data), out=args.out, **kwargs)
-    result = train(cfg)
+        given["mix"] = parse_mix(args.mix)
+    if args.data is not None:
+        given["data"] = tuple(args.data)
+    if args.resume:
+        cfg = resume_config(args.out, given)
+    elif args.data is None:
+        raise TrainError("--data: give at least one tokenized dataset folder (--data OUT); only --resume reads "
+                         "it from the run")
+    else:
+        cfg = TrainConfig(**given)
+    try:
+        result = train(cfg)
+    except TrainInterrupted as exc:
+        print(f"uti train: {exc}", file=sys.stderr)
+        return 130
     s = result.summary
     print(f"trained steps {result.start_step + 1}..{result.last_step} in {s.get('wall_s', 0):.1f}s: "
           f"loss {s.get('loss_first', float('nan')):.3f} -> {s.get('loss_last', float('nan')):.3f}, "
           f"{s.get('tokens_per_s', 0):.0f} tokens/s, {s.get('steps_per_s', 0):.2f} steps/s, "
           f"overlong {s.get('overlong', 0)} (dropped {s.get('overlong_dropped', 0)}, split {s.get('overlong_split', 0)})")
+    drift = _drift_line(result.text_drift)
+    if drift:
+        print(drift)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     print(f"checkpoint {result.checkpoint}")
     print(f"metrics    {result.run / 'metrics.jsonl'}, {result.run / 'loss.png'}")
     return 0
+
+
+def _drift_line(drift: dict | None) -> str | None:
+    """The text-only loss on held-out captions before/after (RUN/text_drift.json) as one line."""
+    if not drift:
+        return None
+    before, after = (drift.get(k, {}).get("loss") for k in ("before", "after"))
+    if before is None or after is None:
+        return None
+    frozen = drift.get("frozen_rows") if drift.get("trainable_rows") else None
+    rows = f"; --trainable-rows: rows {frozen[0]}..{frozen[1] - 1} frozen" if frozen else ""
+    where = f"{drift.get('heldout_docs', '?')} held-out captions (split {drift.get('heldout_split')})"
+    return f"text-only loss on {where}: {before:.3f} -> {after:.3f} ({after - before:+.3f}){rows}"
 
 
 def register_generate(sub: argparse._SubParsersAction) -> None:
@@ -78,14 +118,20 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely allowed tokens (0 = all)")
-    p.add_argument("--out", required=True, metavar="FILE", help=".wav for audio, .png for image, a text file for text")
+    p.add_argument("--audio-scale", type=float, default=None,
+                   help="EnCodec 48 kHz only: the loudness (RMS) scale every generated 1 s segment is decoded with "
+                        "(default: the training data's median, measured by `uti train` into RUN/audio_scale.json)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="audio: FILE.wav; image: FILE.png (or .jpg); text: FILE.txt. Also writes FILE.json "
+                        "with the tokens and meta")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from train.generate import GenerateConfig, generate
 
     cfg = GenerateConfig(checkpoint=args.checkpoint, out=args.out, mode=args.mode, prompt=args.prompt,
-                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature, top_k=args.top_k)
+                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                         audio_scale=args.audio_scale)
     result = generate(cfg)
     detail = json.dumps({k: v for k, v in result.meta.items() if k != "token_space_id"})
     print(f"wrote {result.path} ({len(result.tokens)} tokens from step {result.step}; {detail})")

@@ -7,6 +7,7 @@ stale key can never fall back silently to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -21,6 +22,38 @@ OVERLONG_POLICIES = ("drop", "split")
 
 class TrainError(UTIError):
     """Training cannot start or continue; the message names the file/step and the fix."""
+
+
+class TrainInterrupted(TrainError):
+    """Ctrl-C stopped a run: `checkpoint_step` is the step `--resume` continues from (None: no checkpoint yet)."""
+
+    def __init__(self, message: str, *, run: str, checkpoint_step: int | None):
+        super().__init__(message)
+        self.run = run
+        self.checkpoint_step = checkpoint_step
+
+
+# The TrainConfig fields `uti train` sets from a flag of the same name (--num-workers -> num_workers):
+# error messages name the flag, which is what the user typed.
+FLAG_FIELDS: tuple[str, ...] = (
+    "data", "out", "model", "num_workers", "use_gpu", "steps", "seq_len", "batch_size", "lr", "mix", "split",
+    "trainable_rows", "resume", "fsdp", "overlong", "checkpoint_every", "allow_token_space_mismatch", "address",
+    "seed", "wait_for_resources",
+)
+
+
+def flag(name: str) -> str:
+    """How the user names a TrainConfig field: its flag (`--seq-len`), else the config key (`train.grad_clip`)."""
+    return "--" + name.replace("_", "-") if name in FLAG_FIELDS else f"train.{name}"
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute against the current folder (the driver's); URLs unchanged."""
+    return path if is_url(path) else os.path.abspath(os.path.expanduser(path))
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -38,7 +71,7 @@ class TrainConfig:
     warmup_steps: int = 20
     grad_clip: float = 1.0
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    split: str = "train"
+    split: str = "train"  # one split name for all inputs, or one per --data in order ("development,train")
     trainable_rows: bool = False
     resume: bool = False
     fsdp: bool = False
@@ -46,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the last step
     allow_token_space_mismatch: bool = False
     address: str | None = None  # Ray cluster address; None starts a local Ray bound to 127.0.0.1
+    wait_for_resources: bool = False  # wait (saying for what) when the cluster lacks the workers' CPUs/GPUs
     seed: int = 0
     eval_texts: int = 16  # held-out captions for the text-only loss (drift) before/after training
     name: str | None = None  # Ray Train run name (default: the run folder's name)
@@ -54,25 +88,28 @@ class TrainConfig:
         if isinstance(self.data, str):  # a single path is a common slip in Python callers
             object.__setattr__(self, "data", (self.data,))
         if not self.data:
-            raise ConfigError("train.data: give at least one tokenized dataset folder (--data OUT)")
+            raise ConfigError("--data: give at least one tokenized dataset folder (--data OUT)")
         if not self.out:
-            raise ConfigError("train.out: give the run folder (--out RUN)")
+            raise ConfigError("--out: give the run folder (--out RUN)")
         for name in ("num_workers", "steps", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{flag(name)}: must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_every", "eval_texts", "seed"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{flag(name)}: must be >= 0, got {getattr(self, name)}")
         if self.seq_len < 16:
-            raise ConfigError(f"train.seq_len: {self.seq_len} is too short for any task sequence; use >= 16")
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ConfigError("train.lr must be > 0, weight_decay and grad_clip >= 0")
+            raise ConfigError(f"--seq-len: {self.seq_len} is too short for any task sequence; use >= 16")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if self.overlong not in OVERLONG_POLICIES:
-            raise ConfigError(f"train.overlong: {self.overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
+            raise ConfigError(f"--overlong: {self.overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
         check_mix(self.mix)
+        split_names(self.split)
         if self.fsdp and self.trainable_rows:
             raise ConfigError(
-                "train: --fsdp with --trainable-rows is not supported (row masks need whole, unsharded "
+                "--fsdp with --trainable-rows is not supported (row masks need whole, unsharded "
                 "embedding matrices); use DDP (drop --fsdp) for trainable-rows runs"
             )
 
@@ -83,20 +120,36 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "train config") -> "TrainConfig":
         return from_dict(cls, dict(data), where=where)
 
+    def resolved(self) -> "TrainConfig":
+        """The same config with every local path absolute against the current folder. Runs on the
+        driver: Ray workers start in other folders, so a relative `--model llama_tiny` or `--data tok`
+        would name something else (or nothing) there. `--model tiny` is a name, not a path."""
+        model = self.model if self.model == "tiny" else absolute(self.model)
+        return dataclasses.replace(self, data=tuple(absolute(d) for d in self.data), out=absolute(self.out), model=model)
+
     @property
     def run_name(self) -> str:
         return self.name or os.path.basename(os.path.abspath(self.out).rstrip("/")) or "uti-train"
 
 
+def split_names(split: str) -> list[str]:
+    """--split as a list of names: "train" or "development,train" (one per --data, in order)."""
+    names = [n.strip() for n in str(split).split(",")]
+    if not split or not all(names):
+        raise ConfigError(f"--split: {split!r} has an empty name; give one split name, or one per --data separated "
+                          "by commas (--split development,train)")
+    return names
+
+
 def check_mix(mix: Mapping[str, float]) -> dict[str, float]:
     unknown = sorted(set(mix) - set(TASKS))
     if unknown:
-        raise ConfigError(f"train.mix: unknown task(s) {unknown}; tasks are {', '.join(TASKS)}")
+        raise ConfigError(f"--mix: unknown task(s) {unknown}; tasks are {', '.join(TASKS)}")
     bad = {k: v for k, v in mix.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0}
     if bad:
-        raise ConfigError(f"train.mix: ratios must be numbers >= 0, got {bad}")
+        raise ConfigError(f"--mix: ratios must be numbers >= 0, got {bad}")
     if not any(v > 0 for v in mix.values()):
-        raise ConfigError("train.mix: at least one task needs a ratio > 0")
+        raise ConfigError("--mix: at least one task needs a ratio > 0")
     return {k: float(v) for k, v in mix.items()}
 
 
@@ -107,8 +160,11 @@ def parse_mix(text: str) -> dict[str, float]:
         name, sep, value = part.partition("=")
         if not sep:
             raise ConfigError(f"--mix: {part!r} is not TASK=RATIO (example: a2t=0.4,t2a=0.3,i2t=0.2,text=0.1)")
+        name = name.strip()
+        if name in out:  # a second value would silently replace the first
+            raise ConfigError(f"--mix: task {name!r} is given twice ({text!r}); give each task once")
         try:
-            out[name.strip()] = float(value)
+            out[name] = float(value)
         except ValueError:
             raise ConfigError(f"--mix: ratio {value!r} of {name!r} is not a number") from None
     return check_mix(out)

@@ -13,21 +13,29 @@ always has a decodable shape: whole frames for audio, a full grid for images. Th
 rebuilt from RUN/codec_config.json (the tokenize job's config) and must match the checkpoint's
 token space exactly.
 
-Generation supports 24 kHz EnCodec only: 48 kHz models need per-segment normalization scales
-that the LM does not produce, so they are refused with a clear error.
+EnCodec 48 kHz decodes per 1 s segment, each with the loudness scale it was normalized by at
+encode time. The LM generates the codes, not the scales: generated frames are laid out in the
+codec's own segments (the layout training saw: full segments first) and every segment is decoded
+with one scale, the median of the training data's (RUN/audio_scale.json, see train.audio_scale), or
+`--audio-scale`.
+
+The output's suffix must fit the mode (.wav; .png or .jpg; .txt): bytes of one format under
+another's name are refused before anything runs.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from train.audio_scale import read_scale
 from train.checkpoint import COMPLETE, checkpoint_space, latest_checkpoint, load_tensors, read_trainer_state
 from train.model import model_from_checkpoint, padded_vocab
 from train.runner import CODEC_CONFIG
@@ -36,6 +44,8 @@ from uti.token_space import TokenSpace, require_same
 
 MODES = ("audio", "image", "text")
 DEFAULT_MAX_TOKENS = {"audio": 600, "text": 200}
+SUFFIXES = {"audio": (".wav",), "image": (".png", ".jpg", ".jpeg"), "text": (".txt",)}
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 class GenerateError(UTIError):
@@ -45,17 +55,25 @@ class GenerateError(UTIError):
 @dataclass(kw_only=True, frozen=True)
 class GenerateConfig:
     checkpoint: str  # a run folder (its latest checkpoint) or one checkpoints/step-NNNNNN folder
-    out: str  # .wav (audio), .png (image) or a text file
+    out: str  # .wav (audio), .png/.jpg (image) or .txt (text): SUFFIXES
     mode: str = "audio"
     prompt: str = ""
     max_tokens: int | None = None  # audio: rounded down to whole frames; image: must be >= the grid
     seed: int = 0
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = no top-k cut
+    audio_scale: float | None = None  # segmented audio codecs: decode scale (default: RUN/audio_scale.json)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise GenerateError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        suffix = Path(self.out).suffix.lower()
+        if suffix not in SUFFIXES[self.mode]:
+            raise GenerateError(f"--out {self.out}: --mode {self.mode} writes {' or '.join(SUFFIXES[self.mode])} "
+                                f"files, not {suffix or 'a name without suffix'}; name the output "
+                                f"{Path(self.out).stem or 'out'}{SUFFIXES[self.mode][0]}")
+        if self.audio_scale is not None and not self.audio_scale > 0:
+            raise GenerateError(f"--audio-scale must be > 0, got {self.audio_scale}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise GenerateError(f"--max-tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0 or self.top_k < 0:
@@ -75,7 +93,10 @@ class GenerationResult:
 class Constraint:
     """Which IDs may be sampled at each generated position (a bool mask over the padded vocab)."""
 
-    def __init__(self, mode: str, space: TokenSpace, *, max_tokens: int, padded: int):
+    def __init__(self, mode: str, space: TokenSpace, *, max_tokens: int, padded: int,
+                 frames_ok: Callable[[int], bool] | None = None):
+        """frames_ok(n): whether the codec can decode exactly n generated frames (audio may stop only
+        there; default: any count)."""
         self.mode = mode
         self.padded = padded
         sp = space.special
@@ -83,7 +104,10 @@ class Constraint:
         if mode == "audio":
             levels = space.audio_levels
             self.n_q = len(levels)
+            self.frames_ok = frames_ok or (lambda n: True)
             self.max_frames = max_tokens // self.n_q
+            while self.max_frames >= 1 and not self.frames_ok(self.max_frames):
+                self.max_frames -= 1
             if self.max_frames < 1:
                 raise GenerateError(f"--max-tokens {max_tokens} is less than one audio frame ({self.n_q} tokens)")
             self.stop = sp("<eoa>")
@@ -117,7 +141,7 @@ class Constraint:
             if i % self.n_q:
                 return self.level_masks[i % self.n_q]
             m = self.level_masks[0].clone() if i < self.length else torch.zeros(self.padded, dtype=torch.bool)
-            if i > 0:  # <eoa> only between whole frames, never before the first frame
+            if i > 0 and self.frames_ok(i // self.n_q):  # <eoa> only after whole, decodable frames
                 m[self.stop] = True
             return m
         if self.mode == "image":
@@ -151,9 +175,6 @@ def load_codecs(ckpt: Path, space: TokenSpace, mode: str, tokenizer: Any = None)
         audio = space.codecs.get("audio")
         if audio is None:
             raise GenerateError(f"checkpoint {ckpt}: its token space has no audio codec; use --mode image or text")
-        if audio.name != "encodec_24khz" or audio.params.get("segment_length") is not None:
-            raise GenerateError(f"checkpoint {ckpt}: audio codec {audio.name} decodes with per-segment scales the LM "
-                                "does not generate; generation supports encodec_24khz only")
     if mode == "image" and "image" not in space.codecs:
         raise GenerateError(f"checkpoint {ckpt}: its token space has no image codec; use --mode audio or text")
     if tokenizer is not None:
@@ -187,8 +208,9 @@ def sample(model: torch.nn.Module, prompt: list[int], constraint: Constraint, *,
            seed: int) -> list[int]:
     """Autoregressive sampling with a KV cache; every token is drawn from the constraint's mask."""
     gen = torch.Generator().manual_seed(seed)
+    cache_arg = _cache_argument(model)
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-    past, logits = out.past_key_values, out.logits[0, -1]
+    past, logits = _cache_of(out), out.logits[0, -1]
     tokens: list[int] = []
     while not constraint.finished(len(tokens)):
         allowed = constraint.mask(len(tokens))
@@ -207,9 +229,20 @@ def sample(model: torch.nn.Module, prompt: list[int], constraint: Constraint, *,
         if tok == constraint.stop:
             break
         tokens.append(tok)
-        out = model(input_ids=torch.tensor([[tok]]), past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[0, -1]
+        out = model(input_ids=torch.tensor([[tok]]), use_cache=True, **{cache_arg: past})
+        past, logits = _cache_of(out), out.logits[0, -1]
     return tokens
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The KV-cache keyword of this model's forward: transformers 5 renamed `past_key_values` to
+    `cache` (the old name still works but warns on every call); 4.x knows only the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)  # reading .past_key_values on transformers 5 warns too
+    return cache if cache is not None else out.past_key_values
 
 
 def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
@@ -227,7 +260,8 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     if cfg.mode == "image" and cfg.max_tokens is None:
         grid = space.codecs["image"].params["grid"]
         max_tokens = int(grid[0]) * int(grid[1])
-    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded)
+    frames_ok = (lambda n: decodable_frames(tok.audio, n)) if cfg.mode == "audio" else None
+    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded, frames_ok=frames_ok)
     caption = tok.encode_text(cfg.prompt) if cfg.prompt else np.zeros(0, np.uint32)
     prompt = prompt_ids(cfg.mode, space, caption)
     ids = np.asarray(sample(model, prompt, constraint, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed),
@@ -235,7 +269,10 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "audio":
-        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.n_q)
+        scale = (cfg.audio_scale, "--audio-scale") if cfg.audio_scale is not None else read_scale(_run_folder(ckpt))
+        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.n_q, scale=scale[0])
+        if "scales" in meta:
+            meta["scale_from"] = scale[1]
         wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
         import soundfile as sf
 
@@ -245,7 +282,8 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
                 "token_space_id": space.id}
         from PIL import Image
 
-        Image.fromarray(tok.decode_image(ids, meta, what="generated image")).save(out, format="PNG")
+        Image.fromarray(tok.decode_image(ids, meta, what="generated image")).save(
+            out, format=_IMAGE_FORMATS[out.suffix.lower()])
     else:
         meta = {"modality": "text", "token_space_id": space.id}
         out.write_text(tok.decode_text(ids, what="generated text"), encoding="utf-8")
@@ -256,9 +294,55 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step)
 
 
-def audio_meta(tok: Any, space: TokenSpace, *, n_frames: int) -> dict[str, Any]:
-    """The meta decode needs for generated 24 kHz audio: whole frames, hop_length samples each."""
+def audio_meta(tok: Any, space: TokenSpace, *, n_frames: int, scale: float) -> dict[str, Any]:
+    """The meta decode needs for `n_frames` generated frames: the longest clip the codec encodes to
+    exactly that many frames; for segmented codecs (EnCodec 48 kHz) also its segments' frame counts
+    and one decode scale per segment (`scale`, see train.audio_scale)."""
     codec = tok.audio
-    return {"modality": "audio", "sample_rate": codec.sample_rate, "channels": codec.channels,
-            "n_samples": n_frames * codec.hop_length, "n_frames": n_frames, "n_q": codec.n_q,
-            "frame_rate": codec.frame_rate, "token_space_id": space.id}
+    n_samples = samples_for_frames(codec, n_frames)
+    meta = {"modality": "audio", "sample_rate": codec.sample_rate, "channels": codec.channels,
+            "n_samples": n_samples, "n_frames": n_frames, "n_q": codec.n_q, "frame_rate": codec.frame_rate,
+            "token_space_id": space.id}
+    layout = segment_frames(codec, n_samples)
+    if layout is not None:
+        meta["segment_frames"] = layout
+        meta["scales"] = [float(scale)] * len(layout)
+    return meta
+
+
+def segment_frames(codec: Any, n_samples: int) -> list[int] | None:
+    """Frames per segment of a clip of n_samples for codecs that encode in overlapping segments
+    (EnCodec 48 kHz: 1 s segments every 0.99 s), None for whole-clip codecs."""
+    seg, stride = getattr(codec, "segment_length", None), getattr(codec, "segment_stride", None)
+    if seg is None:
+        return None
+    return [-(-min(seg, n_samples - off) // codec.hop_length) for off in range(0, n_samples, stride)]
+
+
+def decodable_frames(codec: Any, n_frames: int) -> bool:
+    """Whether n_frames generated frames decode. EnCodec's overlap-add sizes its output by the last
+    segment, so every earlier segment's decoded samples must end within it: a last segment of one
+    frame after a full one (n_frames = 151, 301, ...) does not fit, and generation never stops there."""
+    layout = segment_frames(codec, samples_for_frames(codec, n_frames))
+    if layout is None:
+        return True
+    hop, stride = codec.hop_length, codec.segment_stride
+    total = stride * (len(layout) - 1) + layout[-1] * hop
+    return all(i * stride + frames * hop <= total for i, frames in enumerate(layout))
+
+
+def samples_for_frames(codec: Any, n_frames: int) -> int:
+    """The largest sample count the codec encodes to exactly n_frames (frames grow by at most one per
+    added sample and never shrink, so a binary search finds it): n_frames * hop for whole-clip
+    codecs; for overlapping segments the layout training sees, full segments then the rest."""
+    lo, hi = 1, (n_frames + 1) * codec.hop_length * 2 + (getattr(codec, "segment_length", None) or 0)
+    while lo < hi:  # largest n with expected_frames(n) <= n_frames
+        mid = (lo + hi + 1) // 2
+        if codec.expected_frames(mid) <= n_frames:
+            lo = mid
+        else:
+            hi = mid - 1
+    if codec.expected_frames(lo) != n_frames:
+        name = getattr(codec, "name", "the audio codec")
+        raise GenerateError(f"no clip length encodes to exactly {n_frames} frames with {name}")
+    return lo

@@ -72,10 +72,10 @@ def _load_local(path: str, space: TokenSpace) -> tuple[torch.nn.Module, dict[str
     old_out = None if tied else out_emb.weight.detach().clone()
     old_vocab = old_in.shape[0]
     model.resize_token_embeddings(space.vocab_size, pad_to_multiple_of=PAD_MULTIPLE)
-    text = space.range("text")
-    text_codec = space.codecs.get("text")
     info: dict[str, Any] = {"kind": "local", "path": os.path.abspath(path), "pretrained_vocab": old_vocab}
-    if text_codec is not None and text_codec.kind == "hf" and text.size == old_vocab:
+    warning = vocab_warning(path, space, old_vocab)
+    if warning is None:
+        text = space.range("text")
         with torch.no_grad():
             model.get_input_embeddings().weight[text.start:text.end] = old_in
             if old_out is not None:
@@ -83,13 +83,42 @@ def _load_local(path: str, space: TokenSpace) -> tuple[torch.nn.Module, dict[str
         info["text_rows"] = f"pretrained rows 0..{old_vocab - 1} moved to IDs {text.start}..{text.end - 1}"
     else:
         info["text_rows"] = "kept by ID (the token space's text codec is not this model's tokenizer)"
-        log.warning("--model %s: its %d-row vocabulary is not the token space's text range (%s, %d IDs); "
-                    "rows are kept by ID, so pretrained text knowledge does not line up with the text IDs",
-                    path, old_vocab, text_codec.kind if text_codec else "none", text.size)
+        log.warning("%s", warning)
     model.config.pad_token_id = space.special("<pad>")
     model.config.bos_token_id = space.special("<bos>")
     model.config.eos_token_id = space.special("<eos>")
     return model, info
+
+
+def vocab_warning(model: str, space: TokenSpace, pretrained_vocab: int) -> str | None:
+    """None when a pretrained model's rows line up with the token space's text range (its tokenizer
+    is the text codec: kind "hf", same size); else the warning that its text knowledge will not."""
+    text_codec = space.codecs.get("text")
+    size = space.range("text").size if space.has_range("text") else 0
+    if text_codec is not None and text_codec.kind == "hf" and size == pretrained_vocab:
+        return None
+    return (f"--model {model}: its {pretrained_vocab}-row vocabulary is not the token space's text range "
+            f"({text_codec.kind if text_codec else 'none'}, {size} IDs); rows are kept by ID, so pretrained text "
+            "knowledge does not line up with the text IDs (tokenize with this model's tokenizer as the text codec, "
+            "`text: {kind: hf, path: MODEL}`, to line them up)")
+
+
+def local_model_vocab(path: str) -> int:
+    """The vocabulary size a local HF model declares (its config.json only: no weights are read)."""
+    from transformers import AutoConfig
+
+    if not os.path.isdir(path):
+        raise TrainError(f"--model {path}: not 'tiny' and not a local model directory (no downloads are made; "
+                         "save the model with save_pretrained() and pass its folder)")
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"--model {path}: cannot read a Hugging Face model config from it ({exc})") from None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    vocab = getattr(text_cfg, "vocab_size", None)
+    if not isinstance(vocab, int):
+        raise TrainError(f"--model {path}: its config.json declares no integer vocab_size")
+    return vocab
 
 
 def model_from_checkpoint(ckpt_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:

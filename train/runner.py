@@ -8,11 +8,17 @@ Run folder (RUN):
     codec_config.json          the UTIConfig the data was tokenized with (OUT/job.json "config"),
                                so `uti generate` can rebuild the codecs to decode
     overrides.json             token-space mismatches accepted with --allow-token-space-mismatch
+    audio_scale.json           segmented audio codecs (EnCodec 48 kHz): the loudness scale generation
+                               decodes with (train.audio_scale)
     checkpoints/step-NNNNNN/   see train.checkpoint
     metrics.jsonl, loss.png    per-step metrics and the loss plot (train.metrics)
     text_drift.json            text-only loss on held-out captions before/after
-    summary.json               what this start did: steps, throughput, loss first/last
+    summary.json               what this start did: steps, throughput, loss first/last, warnings
     ray/                       Ray Train's own storage (RunConfig.storage_path)
+
+Every local path (--data, --out, --model) is made absolute here, on the driver: Ray workers run in
+other folders. Ctrl-C stops the run at once (the workers are killed; checkpoints are atomic) and
+raises TrainInterrupted naming the step `--resume` continues from.
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from sharding.format import list_shards, url_to_fs
+from train.audio_scale import write_scale
+from train.census import check_training_input, resolve_splits
 from train.checkpoint import checkpoint_space, latest_checkpoint, list_checkpoints, read_trainer_state
-from train.config import TrainConfig, TrainError
+from train.config import TrainConfig, TrainError, TrainInterrupted, absolute, flag
 from train.metrics import METRICS_NAME, plot_loss, read_metrics
+from train.model import local_model_vocab, vocab_warning
 from uti.errors import TokenSpaceError, UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
 
@@ -51,6 +60,8 @@ class TrainResult:
     checkpoint: Path | None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # also logged when they arise; the CLI repeats them
+    text_drift: dict[str, Any] | None = None  # RUN/text_drift.json: held-out text-only loss before/after
 
 
 def _read(out: str, name: str) -> bytes | None:
@@ -75,15 +86,49 @@ def load_input_space(out: str) -> TokenSpace:
     return space
 
 
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
+    """The config of `uti train --out RUN --resume [flags]`: the latest checkpoint's run_config.json
+    with the flags the user gave on top. A given flag that differs from the run's value where the
+    model or the data position depends on it is refused, naming the flag; others (--steps may grow,
+    --lr, --checkpoint-every, --address, ...) apply from this start on."""
+    run = Path(absolute(out))
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
+                         "without --resume")
+    path = ckpt / "run_config.json"
+    try:
+        stored = TrainConfig.from_dict(json.loads(path.read_text()), where=str(path)).to_dict()
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"{path}: unreadable ({exc}); the checkpoint is damaged") from None
+    merged = TrainConfig.from_dict(stored | dict(given) | {"out": str(run), "resume": True},
+                                   where="uti train --resume").resolved()
+    now = merged.to_dict()
+    changed = [k for k in _RESUME_FIXED if k in given and _norm(now[k]) != _norm(stored.get(k))]
+    if changed:
+        raise TrainError(
+            f"--resume from {ckpt}: "
+            + "; ".join(f"{flag(k)} {_show(now[k])} differs from the run's {_show(stored.get(k))}" for k in changed)
+            + ". The model and the data position depend on these: drop the flag(s) to keep the run's values, "
+            "or start a new --out"
+        )
+    return merged
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
-    """Everything that can fail before Ray starts: token spaces, resume consistency, run folder.
+    """Everything that can fail before Ray starts: paths, token spaces, resume consistency, run folder.
     Returns the workers' train_loop_config."""
-    run = Path(cfg.out).resolve()
-    inputs = [_abs(d) for d in cfg.data]
+    cfg = cfg.resolved()
+    run = Path(cfg.out)
+    inputs = list(cfg.data)
     spaces = [load_input_space(d) for d in inputs]
     ckpt = latest_checkpoint(run)
     if cfg.resume:
@@ -97,8 +142,9 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
         changed = [k for k in _RESUME_FIXED if _norm(saved.get(k)) != _norm(now.get(k))]
         if changed:
             raise TrainError(
-                f"--resume from {ckpt}: {', '.join(f'{k} was {saved.get(k)!r}, now {now.get(k)!r}' for k in changed)}; "
-                "the data position and model depend on these, so resume with the same values (or start a new --out)"
+                f"--resume from {ckpt}: "
+                + "; ".join(f"{flag(k)} was {_show(saved.get(k))}, now {_show(now.get(k))}" for k in changed)
+                + ". The data position and model depend on these, so resume with the same values (or start a new --out)"
             )
         if int(state["step"]) >= cfg.steps:
             raise TrainError(f"--resume: {ckpt} is already at step {state['step']} >= --steps {cfg.steps}; raise --steps "
@@ -116,18 +162,22 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
             raise TrainError(f"{exc}; or pass --allow-token-space-mismatch (recorded in {OVERRIDES})") from None
         if record:
             overrides.append(record | {"time": time.time()})
-    shard_counts = {}
-    for out in inputs:
-        refs = list_shards(out, cfg.split)
-        if not refs:
-            raise TrainError(f"--data {out}: no complete shards for split {cfg.split!r}; check --split")
-        shard_counts[out] = len(refs)
+    # The split of each input (--split NAME or one per --data; aliases such as train = development;
+    # the splits that exist when one is missing), then what the shard indexes say about --mix and
+    # --seq-len: console warnings, and a refusal when no task can produce a sequence (train.census).
+    splits = resolve_splits(inputs, cfg.split)
+    for line in check_training_input(inputs, splits, cfg):
+        log.warning("%s", line)
+    shard_counts = {out: len(list_shards(out, split)) for out, split in zip(inputs, splits)}
     if max(shard_counts.values()) < cfg.num_workers:
         raise TrainError(
             f"--num-workers {cfg.num_workers} but the inputs have at most {max(shard_counts.values())} shard(s) of split "
-            f"{cfg.split!r}: every worker needs whole shards; use fewer workers or re-tokenize with smaller shards"
+            f"{', '.join(sorted(set(splits)))}: every worker needs whole shards; use fewer workers or re-tokenize with "
+            "smaller shards"
         )
-    if cfg.model != "tiny" and os.path.isdir(cfg.model) and os.path.isfile(os.path.join(cfg.model, JSON_NAME)):
+    if cfg.model != "tiny":
+        local_model_vocab(cfg.model)  # fails here, naming the folder, instead of on every worker
+    if cfg.model != "tiny" and os.path.isfile(os.path.join(cfg.model, JSON_NAME)):
         try:  # a model folder exported by a previous run carries its token space: fine-tuning must match
             require_same(run_space, TokenSpace.load(cfg.model), what=f"--model {cfg.model}",
                          override=cfg.allow_token_space_mismatch)
@@ -149,10 +199,11 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
             log.warning("%s/job.json has no usable \"config\" (%s); `uti generate` will not be able to decode", inputs[0], exc)
     elif not (run / CODEC_CONFIG).is_file():
         log.warning("%s has no job.json: `uti generate` will need %s in the run folder to decode", inputs[0], CODEC_CONFIG)
+    write_scale(run, inputs, run_space)
     return {
         "train": cfg.to_dict() | {"data": inputs},
         "run": str(run),
-        "inputs": [{"out": out, "token_space_id": s.id} for out, s in zip(inputs, spaces)],
+        "inputs": [{"out": out, "token_space_id": s.id, "split": split} for out, s, split in zip(inputs, spaces, splits)],
         "resume_from": str(ckpt) if cfg.resume else None,
     }
 
@@ -178,30 +229,31 @@ def ensure_ray(address: str | None, num_workers: int) -> bool:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run `uti train`: returns where it ended; raises TrainError (naming the fix) on any refusal."""
+    """Run `uti train`: returns where it ended; raises TrainError (naming the fix) on any refusal and
+    TrainInterrupted on Ctrl-C."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
-    from train.loop import train_loop_per_worker
     from train.progress import follow_metrics
 
+    cfg = cfg.resolved()
     loop_config = prepare_run(cfg)
     run = Path(loop_config["run"])
     start_step = int(read_trainer_state(loop_config["resume_from"])["step"]) if loop_config["resume_from"] else 0
+    warnings = model_warnings(cfg, TokenSpace.load(run))
+    for warning in warnings:  # now, while it matters; the CLI repeats them after the run
+        log.warning("%s", warning)
     started = ensure_ray(cfg.address, cfg.num_workers)
     t0 = time.time()
     try:
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            # Ray's default per worker: 1 CPU, or 1 GPU with use_gpu.
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-            run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
-        )
+        check_resources(cfg, ray.cluster_resources())
+        trainer = _make_trainer(cfg, loop_config, run)
         try:
             with follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps):
                 trainer.fit()
+        except KeyboardInterrupt:
+            _stop(trainer, started)
+            started = False
+            raise _interrupted(run) from None
         except Exception as exc:  # Ray wraps worker errors; surface ours as one clear line
             cause = _root_cause(exc)
             if isinstance(cause, UTIError):
@@ -214,10 +266,128 @@ def train(cfg: TrainConfig) -> TrainResult:
     rows = [r for r in read_metrics(run) if r["step"] > start_step]
     plot_loss(run)
     ckpt = latest_checkpoint(run)
-    summary = summarize(rows, start_step=start_step, wall_s=wall, cfg=cfg) | {"token_space_id": TokenSpace.load(run).id}
+    summary = summarize(rows, start_step=start_step, wall_s=wall, cfg=cfg) | {"token_space_id": TokenSpace.load(run).id,
+                                                                              "warnings": warnings}
     (run / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return TrainResult(run=run, start_step=start_step, last_step=rows[-1]["step"] if rows else start_step,
-                       checkpoint=ckpt, metrics=rows, summary=summary)
+                       checkpoint=ckpt, metrics=rows, summary=summary, warnings=warnings,
+                       text_drift=_read_drift(run))
+
+
+def model_warnings(cfg: TrainConfig, space: TokenSpace) -> list[str]:
+    """What the user should know before training starts (the workers only log to their own files)."""
+    if cfg.model == "tiny":
+        return []
+    warning = vocab_warning(cfg.model, space, local_model_vocab(cfg.model))
+    return [warning] if warning else []
+
+
+def _read_drift(run: Path) -> dict[str, Any] | None:
+    from train.loop import TEXT_DRIFT
+
+    try:
+        return json.loads((run / TEXT_DRIFT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What Ray Train's ScalingConfig asks per worker by default: 1 GPU with --use-gpu, else 1 CPU."""
+    return {"GPU": 1.0} if cfg.use_gpu else {"CPU": 1.0}
+
+
+def resource_shortfall(cfg: TrainConfig, total: dict[str, float]) -> str | None:
+    """Why the cluster (its total resources) can never place the workers, or None when it can."""
+    have = _show_resources(total)
+    for name, per_worker in worker_resources(cfg).items():
+        need, got = per_worker * cfg.num_workers, float(total.get(name, 0.0))
+        if got >= need:
+            continue
+        if name == "GPU" and got == 0:
+            return f"--use-gpu but this Ray cluster has no GPUs (resources: {have})"
+        what = "--use-gpu " if name == "GPU" else ""
+        return (f"{what}--num-workers {cfg.num_workers} needs {need:g} {name}(s), one per worker, but this Ray "
+                f"cluster has {got:g} (resources: {have})")
+    return None
+
+
+def check_resources(cfg: TrainConfig, total: dict[str, float]) -> None:
+    """Fail at once when the workers cannot be placed (Ray would wait forever at 0/N); with
+    --wait-for-resources (an autoscaling cluster) say what the run waits for, then wait."""
+    problem = resource_shortfall(cfg, total)
+    if problem is None:
+        return
+    if cfg.wait_for_resources:
+        log.warning("%s; waiting for them (--wait-for-resources): an autoscaler may add nodes. Ctrl-C stops", problem)
+        return
+    fix = "drop --use-gpu to train on CPUs, " if cfg.use_gpu else ""
+    raise TrainError(f"{problem}; {fix}use fewer --num-workers, join a larger cluster with --address, or pass "
+                     "--wait-for-resources if an autoscaler will add nodes")
+
+
+def _show_resources(total: dict[str, float]) -> str:
+    parts = []
+    for name in sorted(total, key=lambda k: (k not in ("CPU", "GPU"), k)):
+        if name.startswith("node:") or name == "object_store_memory" or name.startswith("accelerator_type:"):
+            continue
+        value = total[name]
+        parts.append(f"{name} {value / 2**30:.1f} GiB" if name == "memory" else f"{name} {value:g}")
+    return ", ".join(parts) or "none"
+
+
+def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from train.loop import train_loop_per_worker
+
+    class Trainer(TorchTrainer):
+        """TorchTrainer whose fit() lets Ctrl-C through as KeyboardInterrupt.
+
+        Ray Train's own SIGINT handler asks the controller to abort and swallows the signal; while the
+        workers cannot be placed the abort never completes, so Ctrl-C seemed ignored and the third one
+        exited 1 without a word. Here the handler is not installed (Python's default stays: one Ctrl-C
+        raises KeyboardInterrupt out of fit()), and the controller is kept so `_stop` can kill it."""
+
+        controller = None
+
+        def _register_sigint_handler(self, controller) -> None:
+            self.controller = controller
+
+    return Trainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        # Ray's default per worker: 1 CPU, or 1 GPU with use_gpu (worker_resources).
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
+    )
+
+
+def _stop(trainer: Any, started: bool) -> None:
+    """Stop the run's Ray work: the controller (its workers are its actors and die with it), and the
+    local Ray instance this run started. A checkpoint being written is either renamed complete or
+    left as an ignored step-N.tmp folder."""
+    import ray
+
+    controller = getattr(trainer, "controller", None)
+    if controller is not None:
+        try:
+            ray.kill(controller, no_restart=True)
+        except Exception as exc:  # noqa: BLE001 - already gone is fine
+            log.debug("killing the train controller: %s", exc)
+    if started:
+        ray.shutdown()
+
+
+def _interrupted(run: Path) -> TrainInterrupted:
+    found = list_checkpoints(run)
+    if not found:
+        return TrainInterrupted(
+            f"interrupted before the first checkpoint, nothing to resume; rerun the command to start again "
+            f"(--checkpoint-every N makes a long run resumable)", run=str(run), checkpoint_step=None)
+    step = found[-1][0]
+    return TrainInterrupted(f"interrupted; `uti train --out {run} --resume` continues from step {step}",
+                            run=str(run), checkpoint_step=step)
 
 
 def summarize(rows: list[dict[str, Any]], *, start_step: int, wall_s: float, cfg: TrainConfig) -> dict[str, Any]:
