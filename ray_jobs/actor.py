@@ -43,9 +43,12 @@ class CodecWorker:
     def tokenize_shard(self, *, split: str, shard: str, rows: list[dict], chunks: list, extra: dict) -> dict[str, Any]:
         import ray
 
+        from sharding.manifest import ManifestRow
+        from sharding.media import source_meta  # `source`/`source_ref`: what verify reads the row back from
         from sharding.writer import write_shard
 
         started = time.perf_counter()
+        started_at = time.time()  # wall clock: the driver spans a modality's shards across actors
         busy = wait = 0.0
         by_id = {r["id"]: r for r in rows}
         encoded: dict[str, tuple[np.ndarray, dict, str | None, dict]] = {}
@@ -69,12 +72,10 @@ class CodecWorker:
             text = np.concatenate(caption_ids).astype(np.uint32) if caption_ids else np.zeros(0, np.uint32)
             meta = {
                 "id": row["id"], "split": split, "modality": row["modality"], "token_space_id": self.space.id,
-                "dataset": row.get("dataset"), "source": row.get("path"), "source_sha256": sha,
+                "dataset": row.get("dataset"), **source_meta(ManifestRow.from_dict(row)), "source_sha256": sha,
                 "captions": captions, "caption_token_lengths": [int(c.size) for c in caption_ids],
                 **codec_meta, **info,
             }
-            if (row.get("extra") or {}).get("hf_source"):
-                meta["source_ref"] = row["extra"]
             samples.append({"id": row["id"], "tokens": tokens, "text": text, "meta": meta})
             media_tokens += int(tokens.size)
             text_tokens += int(text.size)
@@ -93,6 +94,7 @@ class CodecWorker:
             "split": split, "shard": shard, "num_samples": index["num_samples"], "num_errors": len(errors),
             "audio_seconds": audio_seconds, "images": images, "media_tokens": media_tokens, "text_tokens": text_tokens,
             "busy": busy, "wait": wait, "wall": time.perf_counter() - started, "pid": os.getpid(),
+            "started_at": started_at, "finished_at": time.time(),
             "modalities": _count_modalities(samples), "error_reasons": _count_reasons(errors.values()),
         }
 

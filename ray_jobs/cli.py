@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one shard")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Ctrl-C and SIGTERM stop the same clean way (uti.cli.main): complete shards are kept.
+    p.set_defaults(on_interrupt="rerun the same command to resume")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,10 +44,22 @@ def _run(args: argparse.Namespace) -> int:
     )
     job = run_tokenize(cfg)
     c, t = job["counts"], job["throughput"]
+    errors = f"  per-sample errors: {args.out}/errors.jsonl" if c["errors"] else None
+    if c["shards"]["written"] == 0:
+        print(f"nothing to do: all {c['shards']['total']} shards complete at {args.out} "
+              f"({c['samples']} samples, {c['errors']} errors)")
+        if errors:
+            print(errors)
+        return 0
     print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards "
           f"({c['shards']['written']} written, {c['shards']['skipped_complete']} already complete) at {args.out}")
-    print(f"  {t['audio_seconds_per_second']:.1f} audio s/s, {t['images_per_second']:.1f} images/s, "
-          f"{t['tokens_per_second']:,.0f} tokens/s; actors busy {job['actors']['busy_fraction']:.0%}")
-    if c["errors"]:
-        print(f"  per-sample errors: {args.out}/errors.jsonl")
+    rates = []  # each over the time its modality was being encoded; a modality this run did not touch is left out
+    if t["audio_seconds"]:
+        rates.append(f"{t['audio_seconds_per_second']:.1f} audio s/s")
+    if t["images"]:
+        rates.append(f"{t['images_per_second']:.1f} images/s")
+    rates.append(f"{t['tokens_per_second']:,.0f} tokens/s")
+    print(f"  {', '.join(rates)}; actors busy {job['actors']['busy_fraction']:.0%}")
+    if errors:
+        print(errors)
     return 0

@@ -5,12 +5,16 @@ rest to a pool of codec actors. CPU read tasks decode and resample a shard's med
 the first wave while the actors load their codecs, then each shard's reads when it is queued on an
 actor (on that actor's node), while the actor is still encoding its previous shard.
 A failed shard (actor killed, node lost, writer error) is retried on a restarted actor; after
-`max_shard_failures` failures of the same shard the job stops and names it.
+`max_shard_failures` failures of the same shard the job stops and names it. Ctrl-C or SIGTERM (raised
+as KeyboardInterrupt, see uti.ray_local) cancels the read tasks and kills the actors; a shard cut short
+leaves only temp files, which the rerun removes. A run in which no sample could be tokenized is an
+error, raised after errors.jsonl and job.json are written so the reasons can be read.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -19,8 +23,8 @@ import time
 from typing import Any
 
 from ray_jobs.config import TokenizeConfig
-from ray_jobs.outputs import (JobError, claim_out, completed_shards, merge_errors, remove_stale_temp_files,
-                              write_job)
+from ray_jobs.outputs import (ERRORS_NAME, JOB_NAME, PLAN_NAME, JobError, claim_out, completed_shards, merge_errors,
+                              read_bytes, remove_stale_temp_files, write_job)
 from ray.exceptions import ActorUnavailableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -36,6 +40,9 @@ QUEUE_PER_ACTOR = 2  # one shard encoding, one whose media is being read ahead
 
 def plan_job(cfg: TokenizeConfig) -> tuple[list[ManifestRow], Plan]:
     rows = read_manifests(list(cfg.manifests))
+    if not rows:
+        raise JobError(f"the manifests {', '.join(cfg.manifests)} hold no rows: nothing to tokenize; make one with "
+                       "`uti manifest --dataset NAME --root DIR --out FILE`")
     target_samples = cfg.shard_samples if cfg.shard_samples or cfg.shard_seconds else 1000
     plan = make_plan(rows, manifest_sha256=manifests_sha256(list(cfg.manifests)),
                      target_samples=target_samples, target_seconds=cfg.shard_seconds)
@@ -60,23 +67,50 @@ def chunk_rows(rows: list[dict], *, batch_seconds: float, max_images: int) -> li
     return chunks
 
 
+def absolute_paths(cfg: TokenizeConfig, ucfg: UTIConfig) -> tuple[TokenizeConfig, UTIConfig]:
+    """Relative local paths (--out, codec folders and weight files) resolved on the driver.
+
+    Actors and read tasks may run on other nodes or in another working directory; an absolute path
+    names the same file everywhere (on a cluster: the shared filesystem or the same image).
+    """
+    def absolute(path: str) -> str:
+        return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+    changes: dict[str, Any] = {}
+    text = getattr(ucfg, "text", None)
+    if text is not None and getattr(text, "path", None):
+        changes["text"] = dataclasses.replace(text, path=absolute(text.path))
+    for name in ("image", "audio"):
+        part = getattr(ucfg, name, None)
+        weights = getattr(part, "weights", None)
+        if isinstance(weights, str) and not weights.startswith("random:") and weights != "pretrained":
+            changes[name] = dataclasses.replace(part, weights=absolute(weights))
+    ucfg = dataclasses.replace(ucfg, **changes) if changes else ucfg
+    return dataclasses.replace(cfg, out=absolute(cfg.out)), ucfg
+
+
+def _looks_complete(out: str, plan: Plan) -> bool:
+    """A finished run of this plan is there (its job.json written last): likely nothing to do, so Ray is
+    not started ahead of the check. A wrong guess costs only the overlap of Ray's start with codec loading."""
+    return read_bytes(out, JOB_NAME) is not None and read_bytes(out, PLAN_NAME) == plan.to_bytes()
+
+
 def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from uti.ray_local import connect
     from uti.tokenizer import UnifiedTokenizer
 
-    ucfg = load_config(cfg.config)
+    cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
     rows, plan = plan_job(cfg)
     started = time.time()
-    started_ray = False
+    ray_state = _RayState(cfg)
     try:
         # The driver loads the codecs once to fix the token space (sizes read from the models). That
-        # takes seconds, and so does starting Ray: do both at once.
+        # takes seconds, and so does starting Ray: do both at once, unless the job is likely done.
         with ThreadPoolExecutor(max_workers=1) as pool:
             loading = pool.submit(UnifiedTokenizer, ucfg)
-            n_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_actors * cfg.cpus_per_actor + 1))
-            started_ray = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else n_cpus)
+            if not _looks_complete(cfg.out, plan):
+                ray_state.start()
             tok = loading.result()
         space = tok.space
         claim_out(cfg.out, space, plan)
@@ -98,15 +132,13 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         actor_info: list[dict] = []
         processing = 0.0
         if todo:
+            ray_state.start()
             stats, failures, actor_info, processing = _run_shards(cfg, ucfg, space, plan, todo, row_dicts,
                                                                   read_args=read_args, media=media)
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)
     finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        ray_state.stop()
     wall = time.time() - started
 
     refs = completed_shards(cfg.out, space, plan)
@@ -116,8 +148,47 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     errors = merge_errors(cfg.out, refs.values())
     job = _summary(cfg, ucfg, space, plan, refs, errors, stats, failures, actor_info, processing, skipped=len(done))
     job["throughput"]["total_seconds_with_startup"] = wall
-    write_job(cfg.out, job)
+    if todo or read_bytes(cfg.out, JOB_NAME) is None:
+        write_job(cfg.out, job)  # a rerun with nothing to do keeps the summary of the run that did the work
+    if job["counts"]["samples"] == 0:
+        raise JobError(_nothing_tokenized(cfg.out, errors))
     return job
+
+
+class _RayState:
+    """Starts Ray (or joins --address) at most once, and shuts down only what it started."""
+
+    def __init__(self, cfg: TokenizeConfig):
+        self.cfg = cfg
+        self.attempted = False
+        self.owned = False
+
+    def start(self) -> None:
+        from uti.ray_local import connect
+
+        if self.attempted:
+            return
+        self.attempted = True
+        cfg = self.cfg
+        n_cpus = max(os.cpu_count() or 1, math.ceil(cfg.num_actors * cfg.cpus_per_actor + 1))
+        self.owned = connect(cfg.address, dashboard=cfg.dashboard, num_cpus=None if cfg.address else n_cpus)
+
+    def stop(self) -> None:
+        if self.owned:
+            import ray
+
+            ray.shutdown()
+            self.owned = False
+
+
+def _nothing_tokenized(out: str, errors: list[dict]) -> str:
+    """The error for a run whose every sample failed: where the details are and the commonest causes."""
+    reasons = collections.Counter(e["reason"] for e in errors).most_common()
+    top = ", ".join(f"{reason} ({n})" for reason, n in reasons[:3])
+    example = next((e for e in errors if e["reason"] == reasons[0][0]), None) if reasons else None
+    detail = f"; e.g. {example['id']}: {example.get('detail') or example['reason']}" if example else ""
+    return (f"no sample was tokenized: all {len(errors)} rows failed ({top}){detail}. Every failure is listed in "
+            f"{out}/{ERRORS_NAME}; fix the inputs or the config's limits and rerun")
 
 
 def actor_name(out: str, index: int) -> str:
@@ -138,6 +209,8 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
 
     n_actors = max(1, min(cfg.num_actors, len(todo)))
     actors: list = []
+    prefetched: dict[tuple[str, str], list] = {}  # read tasks started before their shard was queued
+    reading: dict[tuple[str, str], list] = {}  # read tasks of the shards queued on actors
     try:
         available = cluster_gpus()
         gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if available > 0 else 0.0)
@@ -168,8 +241,8 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                     chunk_rows(rows, batch_seconds=cfg.batch_seconds, max_images=cfg.max_images_per_batch)]
 
         # The first wave of reads starts now, while the actors are still loading their codecs.
-        prefetched = {(split, shard.name): read([row_dicts[x] for x in shard.ids], None)
-                      for split, shard in todo[: n_actors * QUEUE_PER_ACTOR]}
+        prefetched.update({(split, shard.name): read([row_dicts[x] for x in shard.ids], None)
+                           for split, shard in todo[: n_actors * QUEUE_PER_ACTOR]})
         try:
             actor_info = ray.get([a.info.remote() for a in actors])
         except RayError as exc:
@@ -188,6 +261,7 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
             rows = [row_dicts[x] for x in shard.ids]
             # Read tasks start now (if not already), while actor i still encodes its previous shard.
             chunks = prefetched.pop((split, shard.name), None) or read(rows, nodes[i])
+            reading[(split, shard.name)] = chunks
             ref = actors[i].tokenize_shard.remote(split=split, shard=shard.name, rows=rows, chunks=chunks,
                                                   extra={"plan_sha256": plan.sha256})
             pool.assign(ref, i, (split, shard))
@@ -205,6 +279,7 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
                             nodes[i] = outcome["node"]  # a restarted actor may live on another node now
                         continue
                     split, shard = payload
+                    reading.pop((split, shard.name), None)
                     if not isinstance(outcome, Exception):
                         stats.append(outcome)
                         progress.update(outcome)
@@ -229,6 +304,14 @@ def _run_shards(cfg, ucfg: UTIConfig, space, plan: Plan, todo, row_dicts, *, rea
         failures["__resubmitted__"] = resubmitted
         return stats, failures, actor_info, time.time() - processing_started
     finally:
+        # Stopped early (Ctrl-C, SIGTERM, a failed shard): nothing keeps reading or encoding on a cluster.
+        # An actor killed mid-shard leaves only temp files, which the next run removes.
+        for chunks in [*prefetched.values(), *reading.values()]:
+            for ref in chunks:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - finished or already gone is fine
+                    pass
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -354,7 +437,12 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, stats, failures, actor_
         by_modality.update(s["modalities"])
         reasons.update(s["error_reasons"])
     audio_s = sum(s["audio_seconds"] for s in stats)
+    images = sum(s["images"] for s in stats)
     tokens = sum(s["media_tokens"] + s["text_tokens"] for s in stats)
+    # Each modality's rate is over the time its shards were being encoded, not the whole job's: in a job
+    # of long audio and a few images, images/s over the whole run said nothing about the image codec.
+    audio_span = _span([s for s in stats if s["audio_seconds"] > 0])
+    image_span = _span([s for s in stats if s["images"] > 0])
     busy_by_pid: dict[int, float] = collections.Counter()
     for s in stats:
         busy_by_pid[s["pid"]] += s["busy"]
@@ -372,9 +460,10 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, stats, failures, actor_
             "shards": {"total": plan.num_shards, "skipped_complete": skipped, "written": len(stats)},
         },
         "throughput": {
-            "wall_seconds": wall, "audio_seconds": audio_s,
-            "audio_seconds_per_second": audio_s / wall if wall else 0.0,
-            "images_per_second": sum(s["images"] for s in stats) / wall if wall else 0.0,
+            "wall_seconds": wall, "audio_seconds": audio_s, "images": images,
+            "audio_span_seconds": audio_span, "image_span_seconds": image_span,
+            "audio_seconds_per_second": audio_s / audio_span if audio_span else 0.0,
+            "images_per_second": images / image_span if image_span else 0.0,
             "tokens_per_second": tokens / wall if wall else 0.0,
         },
         "actors": {
@@ -387,3 +476,10 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, stats, failures, actor_
         "versions": {"uti": __version__, "python": platform.python_version(), "torch": torch.__version__,
                      "ray": __import__("ray").__version__},
     }
+
+
+def _span(stats: list[dict]) -> float:
+    """Seconds from the first of these shards starting to the last one finishing (on any actor)."""
+    if not stats:
+        return 0.0
+    return max(s["finished_at"] for s in stats) - min(s["started_at"] for s in stats)

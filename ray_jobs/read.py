@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sharding.manifest import ManifestRow
-from sharding.media import AudioSpec, load_audio, load_image
+from sharding.media import AudioSpec, load_media
 from uti.config import LimitsConfig
 from uti.errors import MediaError
 
@@ -21,16 +21,13 @@ def read_rows(rows: list[dict], *, sample_rate: int, channels: int, proc_size: i
     for data in rows:
         row = ManifestRow.from_dict(data)
         try:
-            if row.modality == "audio":
-                media = load_audio(row, spec=spec, limits=lim)
-                out.append({"id": row.id, "ok": True, "data": media.data.numpy(), "sha": media.source_sha256,
-                            "info": media.info})
-            elif row.modality == "image":
-                media = load_image(row, proc_size=proc_size, limits=lim)
-                out.append({"id": row.id, "ok": True, "data": media.data, "sha": media.source_sha256,
-                            "info": media.info})
-            else:
+            # The same loader verify's retokenize check uses (files and Hugging Face rows alike).
+            media = load_media(row, spec=spec, proc_size=proc_size, limits=lim)
+            if media is None:  # text
                 out.append({"id": row.id, "ok": True, "data": None, "sha": None, "info": {}})
+            else:
+                data = media.data.numpy() if row.modality == "audio" else media.data
+                out.append({"id": row.id, "ok": True, "data": data, "sha": media.source_sha256, "info": media.info})
         except MediaError as exc:
             out.append({"id": row.id, "ok": False, "stage": exc.stage, "reason": exc.reason, "detail": str(exc)})
     return out

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -196,11 +196,34 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 raise ManifestError(f"{where}: not valid JSON ({detail})") from None
             if not isinstance(data, dict):
                 raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+            _require_manifest_keys(data, path=path, where=where)
             row = ManifestRow.from_dict(data, where=where)
             rows.append(row)
             seen.append((row.id, f"line {lineno}"))
     _refuse_duplicates(seen, where=str(path))
     return rows
+
+
+_REQUIRED_KEYS = tuple(f.name for f in fields(ManifestRow)
+                       if f.default is MISSING and f.default_factory is MISSING)  # id, dataset, modality, path, split
+
+
+def _require_manifest_keys(data: dict, *, path: Path, where: str) -> None:
+    """A row without `dataset` (a key only `uti manifest` writes) is not from a manifest: most often it is
+    the source JSONL given to --manifest instead of the manifest made from it. Other missing keys are
+    named plainly (unknown keys, typos such as 'splitt', are left to from_dict, which names them)."""
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if not missing:
+        return
+    if "dataset" in missing:
+        raise ManifestError(
+            f"{where}: not a uti manifest (no {', '.join(repr(k) for k in missing)}); {path} looks like a source "
+            f"list, not a manifest written by `uti manifest`. Make one from it with `uti manifest --dataset jsonl "
+            f"--root DIR --file {path} --name NAME --out manifest.jsonl` (DIR: the folder its paths are relative "
+            "to) and pass that to --manifest")
+    if set(data) <= {f.name for f in fields(ManifestRow)}:
+        raise ManifestError(f"{where}: manifest row without {', '.join(repr(k) for k in missing)}; every row has "
+                            f"{', '.join(_REQUIRED_KEYS)}: rewrite the manifest with `uti manifest`")
 
 
 def read_manifests(paths: Sequence[str | os.PathLike]) -> list[ManifestRow]:
@@ -269,6 +292,7 @@ class ManifestBuild:
     rejected: list[Rejected]
     splits: tuple[str, ...] | None = None
     options: dict = field(default_factory=dict)
+    follow_symlinks: bool = False  # --follow-symlinks: symlinks inside root were followed out of it
 
     def summary(self, *, manifest: str | None = None, manifest_sha256: str | None = None) -> dict[str, Any]:
         by_split: dict[str, dict[str, int]] = {}
@@ -282,6 +306,7 @@ class ManifestBuild:
             "root": self.root,
             "splits_requested": list(self.splits) if self.splits else None,
             "options": to_dict(self.options),
+            "follow_symlinks": self.follow_symlinks,
             "manifest": manifest,
             "manifest_sha256": manifest_sha256,
             "rows": len(self.rows),
@@ -293,9 +318,13 @@ class ManifestBuild:
 
 
 def build_manifest(
-    dataset: str, root: str | os.PathLike, *, splits: Sequence[str] | None = None, **options: Any
+    dataset: str, root: str | os.PathLike, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False,
+    **options: Any,
 ) -> ManifestBuild:
-    """Run dataset adapter `dataset` over `root`; duplicates and wrong splits are filtered and reported."""
+    """Run dataset adapter `dataset` over `root`; duplicates and wrong splits are filtered and reported.
+
+    Source paths stay confined to root (symlinks resolved) unless follow_symlinks (see sharding.paths).
+    """
     from sharding.datasets import get_dataset  # adapters import this module; import lazily to avoid a cycle
 
     adapter = get_dataset(dataset)
@@ -307,7 +336,7 @@ def build_manifest(
     rows: dict[str, ManifestRow] = {}
     missing: list[Rejected] = []
     rejected: list[Rejected] = []
-    for item in adapter.rows(root_path, splits=splits, **options):
+    for item in adapter.rows(root_path, splits=splits, follow_symlinks=follow_symlinks, **options):
         if isinstance(item, Rejected):
             (missing if item.missing else rejected).append(item)
         elif splits is not None and item.split not in splits:
@@ -326,6 +355,7 @@ def build_manifest(
         rejected=rejected,
         splits=splits,
         options=dict(options),
+        follow_symlinks=follow_symlinks,
     )
 
 

@@ -8,12 +8,82 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+from importlib.machinery import all_suffixes
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable
 
 from uti import __version__
 from uti.errors import UTIError
+from uti.ray_local import stop_on_sigterm_like_ctrl_c
+
+
+# The top-level packages of this distribution (pyproject.toml, [tool.setuptools.packages.find]).
+OUR_PACKAGES = ("uti", "sharding", "ray_jobs", "verify", "train", "demo", "bench")
+
+
+def _shadows_ours(entry: str, *, cwd: Path, home: Path) -> bool:
+    """True when import-path `entry` is the working directory and holds a module or folder named like
+    one of our packages (a folder counts: with an editable install it becomes a namespace package
+    that wins over ours)."""
+    try:
+        folder = Path(entry or os.curdir).resolve()
+    except OSError:
+        return False
+    if folder != cwd or folder == home:
+        return False
+    return any((folder / name).is_dir() or any((folder / f"{name}{suffix}").is_file() for suffix in all_suffixes())
+               for name in OUR_PACKAGES)
+
+
+def drop_working_directory_from_imports() -> None:
+    """Keep a `verify.py`, `sharding.py` or `train/` in the user's folder from replacing our packages.
+
+    `python -m uti.cli`, `PYTHONPATH=.` or an empty PYTHONPATH entry put the working directory on the
+    import path ahead of the installed packages (an editable install's finder comes after every
+    sys.path entry). It is removed from sys.path before any subcommand module is imported, and from
+    PYTHONPATH, which the processes of a local Ray instance inherit. It stays when it is where our
+    packages are installed (an editable install run from the repository root). The Ray workers' own
+    path is handled in uti.ray_local. A `uti.py` there cannot be helped: it replaces `uti` before
+    this code runs.
+    """
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory was deleted: nothing there to shadow anything
+        return
+    home = Path(__file__).resolve().parent.parent  # the folder holding uti/ and its sibling packages
+    sys.path[:] = [e for e in sys.path if not _shadows_ours(e, cwd=cwd, home=home)]
+    if "PYTHONPATH" in os.environ:
+        kept = [e for e in os.environ["PYTHONPATH"].split(os.pathsep) if not _shadows_ours(e, cwd=cwd, home=home)]
+        if kept:
+            os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del os.environ["PYTHONPATH"]
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples keep their line breaks; every option shows its default (unless it is
+    None, False or empty, or its help already says it), so `uti CMD --help` tells what a run uses."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default is argparse.SUPPRESS
+                or (isinstance(default, (str, list, tuple)) and not default) or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with our HelpFormatter; subparsers inherit the class, so every `uti` command gets it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def add_command(
@@ -31,19 +101,17 @@ def add_command(
         help=help,
         description=description or help,
         epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="uti",
         description="Unified Tokenizer Interface: tokenize audio, image and text datasets into one token space, "
         "verify them, and train a token LM on them.",
         epilog="example:\n  uti demo --out demo-out",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"uti {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -56,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 ok, 1 a check failed (verify, audit), 2 an error, 130 Ctrl-C, 143 SIGTERM.
+    Both signals stop a command the same clean way; a subcommand may name what to do next with
+    `parser.set_defaults(on_interrupt="...")`."""
+    drop_working_directory_from_imports()  # before build_parser imports the subcommand modules
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm_like_ctrl_c()
+    try:
+        return _run(argv)
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves no trace
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
@@ -67,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"uti {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"uti {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"uti {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         if args.debug:
             raise

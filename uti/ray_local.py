@@ -6,6 +6,15 @@ interface; its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, the def
 Windows) instead uses the loopback address as the node IP, and every server binds to it. The flag is
 read at import time, so both the environment (for the processes Ray starts) and the imported constant
 are set around `ray.init`, then restored.
+
+Ray also puts the driver's working directory (and its script's directory) at the front of every
+worker's import path; `driver_paths_kept_off_workers` below stops that, so a `verify.py` or `train/`
+in the user's folder can never replace one of our packages inside a Ray task or actor.
+
+SIGTERM: `ray.init` replaces the driver's SIGTERM handler (and its core worker then dumps a stack and
+aborts: "Aborted"), so a `kill` or a Kubernetes pod stop skipped every cleanup. `uti` makes SIGTERM
+raise `Terminated` (a KeyboardInterrupt) exactly where Ctrl-C would, and `connect` keeps that handler
+across `ray.init`; every job then stops the same clean way for both signals.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from typing import Any, Iterator
 
 from uti.errors import UTIError
@@ -36,6 +47,89 @@ def loopback_only() -> Iterator[None]:
             os.environ[env_name] = old_env
 
 
+class _NoDriverSysPath(list):
+    """A list that stays empty: Ray's `connect` cannot add the driver's paths to it.
+
+    Ray 2.60 (`ray/_private/worker.py`, `connect`) extends `job_config._py_driver_sys_path` with the
+    driver's current directory and script directory, and every worker of the job inserts those at
+    sys.path[0]. Our packages are installed on every node, so workers need neither; but a file or folder
+    named like one of them (`verify.py`, `sharding.py`, `train/`, ...) in the user's working directory
+    would shadow the installed package in every task and actor: `uti verify` then reported healthy
+    shards as failing and `uti tokenize` could not start its actors (issue 18 item 3).
+
+    Why this and not a temporary `os.chdir` around `ray.init`: the working directory is process-wide
+    (run_tokenize loads codecs in a thread while Ray starts, and a relative tokenizer path would then be
+    looked up in the wrong folder), a chdir would also change a local instance's worker directory (so
+    every relative path a job sends would break), and it would leave the script directory in place.
+    The protection is checked end to end by tests/test_shadowing.py; if a Ray upgrade renames the
+    attribute, that test fails rather than the users' results.
+    """
+
+    def append(self, item) -> None:  # noqa: D102 - see the class docstring
+        pass
+
+    def extend(self, items) -> None:  # noqa: D102
+        pass
+
+    def insert(self, index, item) -> None:  # noqa: D102
+        pass
+
+    def __iadd__(self, items):
+        return self
+
+
+def driver_paths_kept_off_workers():
+    """A JobConfig whose workers get none of the driver's directories on their import path."""
+    from ray.job_config import JobConfig
+
+    config = JobConfig()
+    if not isinstance(getattr(config, "_py_driver_sys_path", None), list):  # Ray's internals changed
+        logging.getLogger(__name__).warning(
+            "this Ray version has no JobConfig._py_driver_sys_path: files named like uti's packages in the "
+            "working directory may shadow them in Ray workers; run from a folder without such files")
+    config._py_driver_sys_path = _NoDriverSysPath()  # not the constructor: `[] or []` would drop the subclass
+    return config
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt; the CLI exits 128 + signum (143)."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def stop_on_sigterm_like_ctrl_c() -> None:
+    """From now on SIGTERM raises Terminated in the main thread (only the main thread can set handlers)."""
+    if _in_main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Keep the process's Python SIGTERM handler (ours under `uti`) across `ray.init`.
+
+    ray.init sets a Python handler that exits with status 15 and no message, and its core worker then
+    installs a C-level one behind Python's back that dumps a stack and aborts. Re-installing the Python
+    handler afterwards puts it back at the C level too. Without one of ours (a library caller), Ray's
+    Python handler is the one re-armed: SystemExit still runs the callers' cleanup, unlike the abort.
+    """
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if _in_main_thread():
+            handler = before if callable(before) else signal.getsignal(signal.SIGTERM)
+            if handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool = False,
             runtime_env: dict[str, Any] | None = None) -> bool:
     """Make sure Ray is initialised; returns True when this call started it (the caller shuts it down).
@@ -51,16 +145,18 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Token auth stays on; only its every-start notice is kept out of the user's terminal.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                              "job_config": driver_paths_kept_off_workers()}
     if runtime_env:
         common["runtime_env"] = runtime_env
     try:
-        if address:
-            ray.init(address=address, **common)
-        else:
-            with loopback_only():
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                         dashboard_host="127.0.0.1", **common)
+        with sigterm_handler_kept():
+            if address:
+                ray.init(address=address, **common)
+            else:
+                with loopback_only():
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                             dashboard_host="127.0.0.1", **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UTIError(f"cannot start or reach {where}: {exc}") from None

@@ -7,9 +7,10 @@ file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 from uti.errors import ConfigError
 
@@ -39,6 +40,39 @@ def from_dict(cls: type[T], data: Any, *, where: str = "config") -> T:
         return cls(**kwargs)
     except TypeError as exc:  # missing required keys
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def from_flags(cls: type[T], data: Any, *, flags: Mapping[str, str], where: str) -> T:
+    """`from_dict` for a config built from CLI flags: an error names the flag the user typed
+    (`--max-seq-len`), not the dataclass field (`max_seq_len`). `flags` maps field names (dotted for
+    nested fields, e.g. `limits.max_x`) to flags; see `name_flags`."""
+    try:
+        return from_dict(cls, data, where=where)
+    except ConfigError as exc:
+        raise ConfigError(name_flags(str(exc), flags, where=where)) from None
+
+
+def name_flags(message: str, flags: Mapping[str, str], *, where: str | None = None) -> str:
+    """`message` with config field names replaced by their CLI flags.
+
+    A name is replaced where it reads as an identifier: when it holds `_` or `.`, or when it starts the
+    "field: problem" form. Single-word fields (`seed`, `address`) stay alone mid-sentence, where they are
+    usually plain English. `where.field` (from `from_dict`) becomes `where: --flag`.
+    """
+    if not flags:
+        return message
+    if where:
+        message = message.replace(f"{where}.", f"{where}: ")
+    names = "|".join(re.escape(n) for n in sorted(flags, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.-])({names})(?![\w-])(:?)")
+
+    def swap(m: re.Match) -> str:
+        name, colon = m.group(1), m.group(2)
+        if colon or "_" in name or "." in name:
+            return flags[name] + colon
+        return m.group(0)
+
+    return pattern.sub(swap, message)
 
 
 def _coerce(hint: Any, value: Any, *, where: str) -> Any:
