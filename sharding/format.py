@@ -36,10 +36,14 @@ hold no dots or slashes).
 
 Index ``shard-000042.json`` (canonical JSON)::
 
-    {"format": "uti.shard_index", "version": 1, "shard": ..., "split": ..., "token_space_id": ...,
+    {"format": "uti.shard_index", "version": 2, "shard": ..., "split": ..., "token_space_id": ...,
      "num_samples": N, "keys": [...], "ids": [...], "token_counts": [...],
-     "text_token_counts": [...], "tar_bytes": size, "tar_sha256": hex,
+     "text_token_counts": [...], "offsets": [...], "tar_bytes": size, "tar_sha256": hex,
      "errors": [{...}, ...], "extra": {...}}
+
+``offsets[i]`` (index version 2) is the byte offset in the tar of sample i's first member header
+(``{key}.tokens.npy``), so a reader can seek to any sample. Version 1 indexes (no ``offsets``) are
+still read; a reader then reaches a sample by streaming over the ones before it.
 """
 
 from __future__ import annotations
@@ -64,7 +68,11 @@ log = logging.getLogger(__name__)
 
 FORMAT = "uti.shard"
 INDEX_FORMAT = "uti.shard_index"
-VERSION = 1
+VERSION = 1  # of the tar (its header); the index has its own version since it gained member offsets
+# Index version 2 adds "offsets" (where each sample's first member starts in the tar) so a reader
+# can seek to any sample; version 1 indexes stay readable (readers skip by streaming instead).
+INDEX_VERSION = 2
+INDEX_VERSIONS = (1, 2)
 
 SHARDS_DIR = "shards"
 TAR_SUFFIX = ".tar"
@@ -162,14 +170,24 @@ def validate_header(header: Any, where: str) -> dict:
 def build_index(
     *, shard: str, split: str, token_space_id: str, keys: list[str], ids: list[str],
     token_counts: list[int], text_token_counts: list[int], tar_bytes: int, tar_sha256: str,
-    errors: list[dict], extra: dict,
+    errors: list[dict], extra: dict, offsets: list[int] | None = None,
 ) -> dict:
-    return {
-        "format": INDEX_FORMAT, "version": VERSION, "shard": shard, "split": split,
+    """A version 2 index when the member `offsets` are given (the writer always does), else version 1."""
+    index = {
+        "format": INDEX_FORMAT, "version": 1 if offsets is None else INDEX_VERSION, "shard": shard, "split": split,
         "token_space_id": token_space_id, "num_samples": len(keys), "keys": list(keys), "ids": list(ids),
         "token_counts": list(token_counts), "text_token_counts": list(text_token_counts),
         "tar_bytes": tar_bytes, "tar_sha256": tar_sha256, "errors": list(errors), "extra": dict(extra),
     }
+    if offsets is not None:
+        index["offsets"] = list(offsets)
+    return index
+
+
+def sample_offsets(index: Mapping[str, Any]) -> list[int] | None:
+    """Byte offsets in the tar of each sample's first member header (version 2 indexes), or None
+    (version 1: a reader reaches sample k by streaming over the k before it)."""
+    return index.get("offsets") if index.get("version", 1) >= 2 else None
 
 
 def validate_index(index: Any, where: str) -> dict:
@@ -181,10 +199,10 @@ def validate_index(index: Any, where: str) -> dict:
         raise ShardError(f"{where}: shard index lacks {', '.join(missing)}; {REGENERATE}")
     if index["format"] != INDEX_FORMAT:
         raise ShardError(f"{where}: index format is {index['format']!r}, expected {INDEX_FORMAT!r}")
-    if index["version"] != VERSION:
+    if index["version"] not in INDEX_VERSIONS or isinstance(index["version"], bool):
         raise ShardError(
             f"{where}: shard index version {index['version']!r} is not supported by this reader "
-            f"(supports {VERSION}); upgrade uti to read it"
+            f"(supports {', '.join(map(str, INDEX_VERSIONS))}); upgrade uti to read it"
         )
     check_name(index["shard"], "shard name", where)
     check_name(index["split"], "split", where)
@@ -207,6 +225,14 @@ def validate_index(index: Any, where: str) -> dict:
         raise ShardError(f"{where}: errors must be a list of objects; {REGENERATE}")
     if not isinstance(index["extra"], dict):
         raise ShardError(f"{where}: extra must be an object; {REGENERATE}")
+    if index["version"] >= 2:
+        offsets = index.get("offsets")
+        # Each sample starts on a 512-byte block after the header member, in increasing order, inside the tar.
+        if (not isinstance(offsets, list) or len(offsets) != n or not all(_is_count(o) and o % 512 == 0 and o > 0
+                                                                         for o in offsets)
+                or any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and offsets[-1] >= index["tar_bytes"])):
+            raise ShardError(f"{where}: offsets must be num_samples={n} increasing 512-byte-aligned positions inside "
+                             f"the tar (version 2 index); {REGENERATE}")
     return index
 
 

@@ -25,7 +25,8 @@ from sharding.errors import ShardError, ShardTokenSpaceMismatch
 from sharding.tario import TrackingReader
 from sharding.format import (
     DEFAULT_MAX_MEMBER_BYTES, HEADER_MEMBER, META_REQUIRED, NPY_VERSION, REGENERATE, SAMPLE_EXTENSIONS,
-    TAR_SUFFIX, TOKEN_DTYPE, ShardRef, is_hex64, is_safe_name, list_shards, url_to_fs, validate_header,
+    TAR_SUFFIX, TOKEN_DTYPE, ShardRef, is_hex64, is_safe_name, list_shards, sample_offsets, url_to_fs,
+    validate_header,
 )
 from uti.errors import TokenSpaceError, TokenSpaceMismatch
 from uti.token_space import TokenSpace, canonical_json, require_same, sha256_hex
@@ -228,7 +229,12 @@ def read_shard(
         accepts the shard's own token space (its header must still be self-consistent).
     index: the shard's index; when given, keys, IDs, counts, tar size and SHA-256 are checked
         against it (a mismatch in size/hash surfaces after the last sample).
-    start: number of leading samples to validate but not yield (resume).
+    start: number of leading samples not to yield (resume, or a rank's share starting mid-shard).
+        With a version 2 index (member offsets) and a seekable file, the reader reads the header,
+        then seeks to sample `start`: the samples before it are never read, and the whole-file
+        size/SHA-256 check is left out (it needs every byte); the samples read are still checked
+        member by member and against their index entries. Otherwise (version 1 index, no index,
+        or a stream that cannot seek) the leading samples are read and validated but not yielded.
     """
     path = os.fspath(tar_path)
     if isinstance(expected_token_space, str) and not is_hex64(expected_token_space):
@@ -241,12 +247,22 @@ def read_shard(
     except (OSError, ValueError) as exc:
         raise ShardError(f"{path}: cannot open shard ({exc})") from exc
     with raw:
-        yield from _read_stream(raw, path, stem, expected_token_space, index, start, max_member_bytes)
+        offsets = sample_offsets(index) if index is not None and start > 0 else None
+        seek_to = offsets[start] if offsets and start < len(offsets) and _seekable(raw) else None
+        yield from _read_stream(raw, path, stem, expected_token_space, index, start, max_member_bytes, seek_to)
+
+
+def _seekable(raw: Any) -> bool:
+    try:
+        return bool(raw.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | str | None,
-                 index: Mapping[str, Any] | None, start: int, max_bytes: int) -> Iterator[Sample]:
-    src = TrackingReader(raw, hash_bytes=index is not None)
+                 index: Mapping[str, Any] | None, start: int, max_bytes: int,
+                 seek_to: int | None = None) -> Iterator[Sample]:
+    src = TrackingReader(raw, hash_bytes=index is not None and seek_to is None)
     try:
         tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
     except _TAR_ERRORS as exc:
@@ -285,11 +301,20 @@ def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | 
                 raise _fail(where, f"index {field} {index[field]!r} differs from the header's {header[field]!r}")
     vocab = space.vocab_size
 
+    i = 0
+    if seek_to is not None:
+        # The header is checked; now jump to sample `start` and parse the tar from its member header on.
+        try:
+            raw.seek(seek_to)
+            src = TrackingReader(raw, hash_bytes=False)
+            tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
+        except _TAR_ERRORS as exc:
+            raise _fail(where, f"cannot seek to sample {start} at byte {seek_to} given by the index ({exc})") from None
+        i = start
     seen_keys: set[str] = set()
     seen_ids: set[str] = set()
     parts: dict[str, Any] = {}
     key = ""
-    i = 0
     while (info := next_member()) is not None:
         _check_member(info, where, max_bytes)
         if info.name == HEADER_MEMBER:
@@ -328,7 +353,11 @@ def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | 
     if index is not None:
         if i != index["num_samples"]:
             raise _fail(where, f"the tar holds {i} samples, its index says {index['num_samples']}")
-        if src.pos != index["tar_bytes"] or src.sha.hexdigest() != index["tar_sha256"]:
+        if seek_to is not None:  # read from the middle: the size still tells, the hash needs every byte
+            if seek_to + src.pos != index["tar_bytes"]:
+                raise _fail(where, f"tar is {seek_to + src.pos} bytes, its index records {index['tar_bytes']} "
+                                   "(modified after writing)")
+        elif src.pos != index["tar_bytes"] or src.sha.hexdigest() != index["tar_sha256"]:
             raise _fail(where, f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
                                f"records {index['tar_bytes']} bytes and {index['tar_sha256'][:16]} (modified after writing)")
 

@@ -130,6 +130,7 @@ class ShardWriter:
         self._seen_ids: set[str] = set()
         self._token_counts: list[int] = []
         self._text_counts: list[int] = []
+        self._offsets: list[int] = []  # where each sample's first member starts (index version 2: readers seek)
         self._closed = False
 
         if self._local:
@@ -189,10 +190,12 @@ class ShardWriter:
         text_b = self._ids_npy(text, "text", where)
         meta_b = self._meta_json(meta, id, where)
 
+        offset = self._tar.offset  # the tarfile's logical position: the next member header starts here
         self._add_member(f"{key}.tokens.npy", tokens_b)
         self._add_member(f"{key}.text.npy", text_b)
         self._add_member(f"{key}.json", meta_b)
         self._keys.append(key)
+        self._offsets.append(offset)
         self._ids.append(id)
         self._key_to_id[key] = id
         self._seen_ids.add(id)
@@ -260,7 +263,7 @@ class ShardWriter:
                 shard=self.shard, split=self.split, token_space_id=self.token_space_id, keys=self._keys,
                 ids=self._ids, token_counts=self._token_counts, text_token_counts=self._text_counts,
                 tar_bytes=self._sink.size, tar_sha256=self._sink.sha.hexdigest(), errors=errors_list,
-                extra=self._extra,
+                extra=self._extra, offsets=self._offsets,
             )
             self._publish(canonical_json(index))
         except BaseException:

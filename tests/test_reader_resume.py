@@ -152,3 +152,38 @@ def test_dataloader_workers_split_shards_and_resume_with_record(out):
     resumed.load_state_dict(reader.state_dict())
     rest = ids(loader(resumed))
     assert sorted(seen + rest) == sorted(everything) and not set(seen) & set(rest)
+
+
+# ---- issue 13 item 1: the index records member offsets; a reader seeks to its first sample ----------------
+def test_index_offsets_let_a_reader_seek_and_old_indexes_skip_by_streaming(tmp_path):
+    import hashlib
+    import tarfile
+
+    from sharding.format import read_index, validate_index
+    from sharding.reader import read_shard
+
+    index = write_shard(tmp_path, split="train", shard="shard-000000", token_space=SPACE,
+                        samples=[_sample(i) for i in range(6)])
+    tar = tmp_path / "shards" / "train" / "shard-000000.tar"
+    assert index["version"] == 2 and read_index(tar.with_suffix(".json")) == index
+    with tarfile.open(tar) as tf:  # offsets are where each sample's first member header starts
+        starts = [m.offset for m in tf.getmembers() if m.name.endswith(".tokens.npy")]
+    assert index["offsets"] == starts
+
+    # Damage sample 0's payload (same size): a reader that seeks to sample 3 never reads it.
+    raw = bytearray(tar.read_bytes())
+    raw[starts[0] + 512] ^= 0xFF  # first byte of the .npy magic
+    tar.write_bytes(bytes(raw))
+    got = list(read_shard(tar, expected_token_space=SPACE, index=index, start=3))
+    assert ids(got) == [f"test:{i:04d}" for i in (3, 4, 5)] and [s.index_in_shard for s in got] == [3, 4, 5]
+    with pytest.raises(ShardError, match="not a valid .npy"):  # reading from the start meets the damage
+        list(read_shard(tar, expected_token_space=SPACE, index=index))
+
+    # A version 1 index (no offsets) is still valid and read: the reader streams over samples 0..2.
+    old = {k: v for k, v in index.items() if k != "offsets"} | {"version": 1,
+                                                                "tar_sha256": hashlib.sha256(raw).hexdigest()}
+    validate_index(old, "v1")
+    with pytest.raises(ShardError, match="not a valid .npy"):
+        list(read_shard(tar, expected_token_space=SPACE, index=old, start=3))
+    with pytest.raises(ShardError, match="offsets must be"):
+        validate_index(index | {"offsets": index["offsets"][::-1]}, "bad")

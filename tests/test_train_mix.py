@@ -143,16 +143,16 @@ def test_mix_resume_gives_the_same_batches(modal, default_space):
 
 
 def test_ranks_split_every_modality(modal, default_space):
-    """In every epoch the ranks' shares of a modality are disjoint and cover it: by whole shards
-    (audio: 5 shards) or, with fewer shards than ranks (text: 1 shard), by samples."""
+    """In every epoch the ranks' shares of a modality are disjoint, equal in size and cover it: by
+    samples (issue 13 item 1), whether it spans many shards (audio: 5) or one (text)."""
     ranks = [stream(modal, default_space, rank=r, world=2) for r in (0, 1)]
-    audio = [s.streams["0:audio"] for s in ranks]
-    assert not audio[0].spec.by_samples
-    for epoch in range(4):
-        walks = [{ref.name for ref in st.walk(epoch)} for st in audio]
-        assert not walks[0] & walks[1] and walks[0] | walks[1] == {r.name for r in audio[0].spec.refs}
+    for key, n in (("0:audio", 30), ("0:text", 6)):
+        streams = [s.streams[key] for s in ranks]
+        for epoch in range(3):
+            shares = [st.epoch_positions(epoch) for st in streams]
+            assert len(shares[0]) == len(shares[1]) == n // 2
+            assert not set(shares[0]) & set(shares[1]) and len(set(shares[0]) | set(shares[1])) == n
     text = [s.streams["0:text"] for s in ranks]
-    assert text[0].spec.by_samples
     per_rank = []
     for st in text:
         ids = []

@@ -12,13 +12,16 @@ caption token count (`text_token_counts`), not its modality; the token space fix
 other count is audio. One count is ambiguous: an audio clip whose n_frames * n_q equals the grid
 (e.g. 32 frames at n_q 8 = 16x16). Such a clip is still read whenever its shard holds other audio;
 only in a shard whose every media sample has the grid's count is it missed by the audio stream,
-and then it is counted (`stray`) and named in a warning, never dropped silently.
+and then it is counted (`stray`) and named in a warning, never dropped silently. (`positions` lists
+what each modality's stream reads: the audio stream also reads a shard's image-sized samples when
+the shard holds other audio, and keeps those that are audio.)
 """
 
 from __future__ import annotations
 
 import logging
 import posixpath
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -193,6 +196,10 @@ class InputCensus:
     shape: MediaShape
     shard_modalities: Mapping[str, frozenset[str]]  # shard name -> modalities it holds
     sizes: Mapping[str, SampleSizes]  # modality -> its samples' sizes
+    # modality -> shard name -> in-shard positions its stream reads (train.stream partitions these
+    # across ranks): the samples of that modality by count, plus, for audio, the image-sized samples
+    # of shards that also hold other audio (the ambiguous count; the stream keeps the real audio ones).
+    positions: Mapping[str, Mapping[str, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
 
     def candidates(self, modality: str) -> list[ShardRef]:
         """The shards that hold samples of `modality`, in name order."""
@@ -209,16 +216,27 @@ def input_census(out: str, split: str, *, space: TokenSpace | None = None,
     per_shard: dict[str, frozenset[str]] = {}
     media: dict[str, list[int]] = {m: [] for m in MODALITIES}
     text: dict[str, list[int]] = {m: [] for m in MODALITIES}
+    positions: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in MODALITIES}
     for ref in refs:
         found: set[str] = set()
-        for count, caption in zip(ref.index["token_counts"], ref.index["text_token_counts"]):
+        here: dict[str, list[int]] = {m: [] for m in MODALITIES}
+        counts = ref.index["token_counts"]
+        for i, (count, caption) in enumerate(zip(counts, ref.index["text_token_counts"])):
             for m in shape.modalities_of_count(int(count)):
                 found.add(m)
                 media[m].append(int(count))
                 text[m].append(int(caption))
+                here[m].append(i)
+        if here["audio"] and shape.image_tokens is not None and shape.has_audio:
+            # An audio clip may have exactly an image's count: the audio stream reads those too here.
+            here["audio"] = sorted(set(here["audio"]) | {i for i, c in enumerate(counts) if c == shape.image_tokens})
         per_shard[ref.name] = frozenset(found)
+        for m in MODALITIES:
+            if here[m]:
+                positions[m][ref.name] = tuple(here[m])
     sizes = {m: SampleSizes(tuple(media[m]), tuple(text[m])) for m in MODALITIES}
-    return InputCensus(out=out, split=split, refs=tuple(refs), shape=shape, shard_modalities=per_shard, sizes=sizes)
+    return InputCensus(out=out, split=split, refs=tuple(refs), shape=shape, shard_modalities=per_shard, sizes=sizes,
+                       positions=positions)
 
 
 # ---- can a task produce a sequence? --------------------------------------------------------------------

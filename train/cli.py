@@ -51,13 +51,32 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                    help="when the cluster lacks the CPUs/GPUs for --num-workers, wait (an autoscaler may add "
                         "nodes) instead of failing at once")
     p.add_argument("--seed", type=int, default=None, help="model init, task choice and shard shuffle seed (default 0)")
+    p.add_argument("--data-weights", default=None, metavar="W,W,...",
+                   help="mix the --data inputs by these proportions (one per --data, same order; normalised): "
+                        "each task takes its next sample from the input furthest behind its share, seeded and "
+                        "resumable (default: inputs take turns)")
+    p.add_argument("--mix-by", choices=("samples", "tokens"), default=None,
+                   help="--data-weights are proportions of samples (default) or of tokens (media + captions)")
+    p.add_argument("--eval-split", default=None, metavar="NAME[,NAME...]",
+                   help="held-out split to evaluate on (one name, or one per --data; aliases as --split): the "
+                        "loss per task on every worker, in metrics.jsonl (eval_loss, eval_loss_T) and loss.png")
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate every N steps and at the last step (default: the last step only)")
+    p.add_argument("--eval-batches", type=int, default=None, metavar="M",
+                   help="batches per worker per evaluation, the same ones every time (default 4)")
+    p.add_argument("--shuffle-buffer", type=int, default=None, metavar="N",
+                   help="samples per input and modality that each worker shuffles among, on top of the seeded "
+                        "shard order per epoch (default 128; 1 = shard order only). Kept in checkpoints")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from train.config import FLAG_FIELDS, TrainConfig, TrainError, TrainInterrupted, parse_mix
+    from train.config import FLAG_FIELDS, TrainConfig, TrainError, TrainInterrupted, parse_mix, parse_weights
     from train.runner import resume_config, train
 
-    given = {f: getattr(args, f) for f in FLAG_FIELDS if f not in ("mix", "data") and getattr(args, f) is not None}
+    given = {f: getattr(args, f) for f in FLAG_FIELDS if f not in ("mix", "data", "data_weights")
+             and getattr(args, f) is not None}
+    if args.data_weights is not None:
+        given["data_weights"] = parse_weights(args.data_weights)
     if args.mix is not None:
         given["mix"] = parse_mix(args.mix)
     if args.data is not None:
@@ -73,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(cfg)
     except TrainInterrupted as exc:
         print(f"uti train: {exc}", file=sys.stderr)
-        return 130
+        return 128 + exc.signum
     s = result.summary
     print(f"trained steps {result.start_step + 1}..{result.last_step} in {s.get('wall_s', 0):.1f}s: "
           f"loss {s.get('loss_first', float('nan')):.3f} -> {s.get('loss_last', float('nan')):.3f}, "

@@ -18,6 +18,8 @@ from uti.strict import from_dict, to_dict
 TASKS: tuple[str, ...] = ("a2t", "t2a", "i2t", "t2i", "text")
 DEFAULT_MIX: dict[str, float] = {"a2t": 0.3, "t2a": 0.25, "i2t": 0.15, "t2i": 0.15, "text": 0.15}
 OVERLONG_POLICIES = ("drop", "split")
+MIX_BY = ("samples", "tokens")  # what --data-weights are proportions of
+DEFAULT_SHUFFLE_BUFFER = 128  # samples per (input, modality) stream and rank (checkpoints keep their positions)
 
 
 class TrainError(UTIError):
@@ -25,12 +27,14 @@ class TrainError(UTIError):
 
 
 class TrainInterrupted(TrainError):
-    """Ctrl-C stopped a run: `checkpoint_step` is the step `--resume` continues from (None: no checkpoint yet)."""
+    """Ctrl-C (or SIGTERM) stopped a run: `checkpoint_step` is the step `--resume` continues from (None: no
+    checkpoint yet); `signum` is the signal, so the exit code is 128 + signum like any interrupted command."""
 
-    def __init__(self, message: str, *, run: str, checkpoint_step: int | None):
+    def __init__(self, message: str, *, run: str, checkpoint_step: int | None, signum: int = 2):
         super().__init__(message)
         self.run = run
         self.checkpoint_step = checkpoint_step
+        self.signum = signum
 
 
 # The TrainConfig fields `uti train` sets from a flag of the same name (--num-workers -> num_workers):
@@ -38,7 +42,8 @@ class TrainInterrupted(TrainError):
 FLAG_FIELDS: tuple[str, ...] = (
     "data", "out", "model", "num_workers", "use_gpu", "steps", "seq_len", "batch_size", "lr", "mix", "split",
     "trainable_rows", "resume", "fsdp", "overlong", "checkpoint_every", "allow_token_space_mismatch", "address",
-    "seed", "wait_for_resources",
+    "seed", "wait_for_resources", "data_weights", "mix_by", "shuffle_buffer", "eval_split", "eval_every",
+    "eval_batches",
 )
 
 
@@ -83,6 +88,12 @@ class TrainConfig:
     seed: int = 0
     eval_texts: int = 16  # held-out captions for the text-only loss (drift) before/after training
     name: str | None = None  # Ray Train run name (default: the run folder's name)
+    data_weights: tuple[float, ...] | None = None  # one per --data, in order; None: inputs take turns
+    mix_by: str = "samples"  # --data-weights are proportions of "samples" or of "tokens" (media + captions)
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER  # samples per (input, modality) stream and rank
+    eval_split: str | None = None  # held-out split(s) for the evaluation loss (like --split); None: no evaluation
+    eval_every: int = 0  # evaluate every N steps (and at the last step); 0: at the last step only
+    eval_batches: int = 4  # batches per rank per evaluation (the same batches every time)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # a single path is a common slip in Python callers
@@ -107,6 +118,18 @@ class TrainConfig:
             raise ConfigError(f"--overlong: {self.overlong!r} is not one of {', '.join(OVERLONG_POLICIES)}")
         check_mix(self.mix)
         split_names(self.split)
+        check_data_weights(self.data_weights, len(self.data))
+        if self.mix_by not in MIX_BY:
+            raise ConfigError(f"--mix-by: {self.mix_by!r} is not one of {', '.join(MIX_BY)}")
+        if self.eval_split is not None:
+            split_names(self.eval_split)
+        elif self.eval_every:
+            raise ConfigError("--eval-every: give the held-out split to evaluate on with --eval-split (e.g. val)")
+        if self.eval_every < 0 or self.eval_batches < 1:
+            raise ConfigError(f"--eval-every must be >= 0 and --eval-batches >= 1, got {self.eval_every} and "
+                              f"{self.eval_batches}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"--shuffle-buffer: must be >= 1 (1 = no shuffling within shards), got {self.shuffle_buffer}")
         if self.fsdp and self.trainable_rows:
             raise ConfigError(
                 "--fsdp with --trainable-rows is not supported (row masks need whole, unsharded "
@@ -139,6 +162,25 @@ def split_names(split: str) -> list[str]:
         raise ConfigError(f"--split: {split!r} has an empty name; give one split name, or one per --data separated "
                           "by commas (--split development,train)")
     return names
+
+
+def check_data_weights(weights: tuple[float, ...] | None, n_inputs: int) -> None:
+    if weights is None:
+        return
+    if len(weights) != n_inputs:
+        raise ConfigError(f"--data-weights: {len(weights)} weight(s) for {n_inputs} --data input(s); give one per "
+                          "--data, in the same order (--data-weights 0.7,0.3)")
+    if any(isinstance(w, bool) or not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ConfigError(f"--data-weights: weights must be numbers >= 0, at least one > 0; got "
+                          f"{','.join(str(w) for w in weights)}")
+
+
+def parse_weights(text: str) -> tuple[float, ...]:
+    """'0.7,0.3' -> (0.7, 0.3) (checked against the number of --data in TrainConfig)."""
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--data-weights: {text!r} is not comma-separated numbers (example: 0.7,0.3)") from None
 
 
 def check_mix(mix: Mapping[str, float]) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Order of a worker's start: build the model (same seed on every rank) -> load the checkpoint's
 weights into the plain model -> trainable-rows masks -> wrap (DDP through
 ray.train.torch.prepare_model; FSDP2 `fully_shard` when asked, which also runs on CPU with gloo)
--> optimizer/scheduler (+ their checkpoint state) -> data stream (+ its per-rank state).
+-> optimizer/scheduler (+ their checkpoint state) -> data stream (+ its per-rank state; resumed with
+another --num-workers, every rank reads all old ranks' data states: train.stream load_elastic).
 
 Per step each rank takes `batch_size` packed rows from its own stream; the loss is the mean
 cross-entropy over its target tokens (DDP averages gradients across ranks). Metrics are summed
@@ -112,6 +113,38 @@ def text_loss(model: torch.nn.Module, docs: list, *, seq_len: int, pad_id: int, 
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, stream: BatchStream, *, batches: int, vocab_size: int, device) -> dict[str, float]:
+    """This rank's sums of the evaluation loss per task over `batches` batches of a held-out stream
+    (built anew for every evaluation, so every evaluation sees the same batches). Every rank runs it."""
+    sums = {f"eval_ce_{t}": 0.0 for t in TASKS} | {f"eval_targets_{t}": 0.0 for t in TASKS}
+    was_training = model.training
+    model.eval()
+    for _ in range(batches):
+        batch = stream.next_batch()
+        ce, sel = token_losses(model, torch.as_tensor(batch["input_ids"], device=device),
+                               torch.as_tensor(batch["position_ids"], device=device),
+                               torch.as_tensor(batch["targets"], device=device), vocab_size)
+        task_of = torch.as_tensor(batch["task_ids"], device=device)[:, 1:][sel]
+        ce_d = ce.double()
+        per_sum = torch.bincount(task_of, weights=ce_d, minlength=len(TASKS)).tolist()
+        per_n = torch.bincount(task_of, minlength=len(TASKS)).tolist()
+        for i, t in enumerate(TASKS):
+            sums[f"eval_ce_{t}"] += per_sum[i]
+            sums[f"eval_targets_{t}"] += per_n[i]
+    model.train(was_training)
+    return sums
+
+
+def eval_row(red: dict[str, float]) -> dict[str, Any]:
+    """metrics.jsonl fields of an evaluation from the sums over ranks: eval_loss and eval_loss_T."""
+    ce = sum(red[f"eval_ce_{t}"] for t in TASKS)
+    n = sum(red[f"eval_targets_{t}"] for t in TASKS)
+    return {"eval_loss": ce / n if n else None,
+            **{f"eval_loss_{t}": red[f"eval_ce_{t}"] / red[f"eval_targets_{t}"] if red[f"eval_targets_{t}"] else None
+               for t in TASKS}}
+
+
 def step_sums(batch: dict, *, ce_sum: float, n_targets: int, per_task_sum: list[float], per_task_n: list[int],
               crc: int, data_s: float, stats: SeqStats) -> dict[str, float]:
     """One rank's share of a step's metrics, by name; every value is summed over ranks."""
@@ -185,9 +218,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         set_optimizer_state_dict(model, optimizer, optim_state_dict=load_tensors(Path(resume_from) / "optimizer.pt"),
                                  options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(load_tensors(Path(resume_from) / "scheduler.pt"))
-        data = load_data_state(resume_from, rank)
-        stream.load_state_dict(data["stream"])
-        torch.set_rng_state(data["torch_rng"])
+        old_world = int(trainer_state.get("world_size", world))
+        if old_world == world:  # exact: the same batches as a run that was never interrupted
+            data = load_data_state(resume_from, rank)
+            stream.load_state_dict(data["stream"])
+            torch.set_rng_state(data["torch_rng"])
+        else:  # elastic: every rank reads all old ranks' data states and takes its part of what is left
+            stream.load_elastic([load_data_state(resume_from, r)["stream"] for r in range(old_world)])
+            if rank == 0:
+                log.warning("resuming %s with %d workers instead of %d: the rest of every begun epoch is shared "
+                            "out anew (no sample skipped or repeated); batches differ from a %d-worker run",
+                            resume_from, world, old_world, old_world)
 
     first = config["inputs"][0]
     heldout, heldout_split = heldout_text_docs(first["out"], token_space_id=first["token_space_id"],
@@ -233,8 +274,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         now = time.perf_counter()
         dt = now - t_prev
         t_prev = now
+        evaluation = None
+        if config.get("eval_inputs") and (step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)):
+            held_out = BatchStream(config["eval_inputs"], cfg=cfg, sp=sp, vocab_size=vocab, rank=rank, world_size=world)
+            e = evaluate(model, held_out, batches=cfg.eval_batches, vocab_size=vocab, device=device)
+            evaluation = eval_row(dict(zip(e, _all_reduce_sum(list(e.values())))))
         if rank == 0:
-            row = metrics_row(red, step=step, lr=lr, dt=dt, world=world)
+            row = metrics_row(red, step=step, lr=lr, dt=dt, world=world) | (evaluation or {})
             metrics.write(row)
             last = row
         if step == cfg.steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

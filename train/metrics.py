@@ -49,7 +49,8 @@ def read_metrics(run: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def plot_loss(run: str | os.PathLike, rows: Iterable[dict[str, Any]] | None = None) -> Path | None:
-    """loss.png: total and per-task training loss against step (Agg backend: no display needed)."""
+    """loss.png: total and per-task training loss against step, and the held-out loss of --eval-split
+    where it was measured (Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -67,9 +68,16 @@ def plot_loss(run: str | os.PathLike, rows: Iterable[dict[str, Any]] | None = No
         pts = [(r["step"], r[f"loss_{task}"]) for r in rows if r.get(f"loss_{task}") is not None]
         if pts:
             ax.plot(*zip(*pts), label=f"{task}", linewidth=0.8, alpha=0.8)
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    if evals:  # --eval-split: the held-out loss, total and per task, as marked dashed lines
+        ax.plot(*zip(*evals), label="eval loss (held out)", color="black", linestyle="--", marker="o", markersize=3)
+        for task in TASKS:
+            pts = [(r["step"], r[f"eval_loss_{task}"]) for r in rows if r.get(f"eval_loss_{task}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=f"eval {task}", linestyle="--", marker=".", linewidth=0.8, alpha=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(f"{Path(run).name}: training loss")
+    ax.set_title(f"{Path(run).name}: training loss" + (" and held-out loss" if evals else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharding.format import list_shards, url_to_fs
+from sharding.format import url_to_fs
 from train.audio_scale import write_scale
 from train.census import check_training_input, resolve_splits
 from train.checkpoint import checkpoint_space, latest_checkpoint, list_checkpoints, read_trainer_state
@@ -48,8 +48,9 @@ CODEC_CONFIG = "codec_config.json"
 OVERRIDES = "overrides.json"
 SUMMARY = "summary.json"
 # run_config keys that must not change across a resume (the data position depends on them)
-_RESUME_FIXED = ("data", "split", "seq_len", "num_workers", "seed", "model", "batch_size", "trainable_rows", "mix",
-                 "overlong")
+# (--num-workers may change: the workers share out the rest of the data position, train.stream load_elastic)
+_RESUME_FIXED = ("data", "split", "seq_len", "seed", "model", "batch_size", "trainable_rows", "mix",
+                 "overlong", "data_weights", "mix_by", "shuffle_buffer")
 
 
 @dataclass
@@ -168,13 +169,6 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
     splits = resolve_splits(inputs, cfg.split)
     for line in check_training_input(inputs, splits, cfg):
         log.warning("%s", line)
-    shard_counts = {out: len(list_shards(out, split)) for out, split in zip(inputs, splits)}
-    if max(shard_counts.values()) < cfg.num_workers:
-        raise TrainError(
-            f"--num-workers {cfg.num_workers} but the inputs have at most {max(shard_counts.values())} shard(s) of split "
-            f"{', '.join(sorted(set(splits)))}: every worker needs whole shards; use fewer workers or re-tokenize with "
-            "smaller shards"
-        )
     if cfg.model != "tiny":
         local_model_vocab(cfg.model)  # fails here, naming the folder, instead of on every worker
     if cfg.model != "tiny" and os.path.isfile(os.path.join(cfg.model, JSON_NAME)):
@@ -205,7 +199,20 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
         "run": str(run),
         "inputs": [{"out": out, "token_space_id": s.id, "split": split} for out, s, split in zip(inputs, spaces, splits)],
         "resume_from": str(ckpt) if cfg.resume else None,
+        "eval_inputs": _eval_inputs(cfg, inputs, spaces, splits),
     }
+
+
+def _eval_inputs(cfg: TrainConfig, inputs: list[str], spaces: list[TokenSpace], splits: list[str]) -> list | None:
+    """The --eval-split of each input (aliases as --split; a missing one fails here, naming it)."""
+    if cfg.eval_split is None:
+        return None
+    evals = resolve_splits(inputs, cfg.eval_split)
+    for out, train_split, eval_split in zip(inputs, splits, evals):
+        if eval_split == train_split:
+            log.warning("--eval-split: %s evaluates on %r, the split it trains on: the evaluation loss is not "
+                        "held out", out, eval_split)
+    return [{"out": out, "token_space_id": s.id, "split": split} for out, s, split in zip(inputs, spaces, evals)]
 
 
 def _norm(value: Any) -> Any:
@@ -250,10 +257,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         try:
             with follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps):
                 trainer.fit()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated carries signum)
             _stop(trainer, started)
             started = False
-            raise _interrupted(run) from None
+            raise _interrupted(run, signum=int(getattr(exc, "signum", 2))) from None
         except Exception as exc:  # Ray wraps worker errors; surface ours as one clear line
             cause = _root_cause(exc)
             if isinstance(cause, UTIError):
@@ -379,15 +386,15 @@ def _stop(trainer: Any, started: bool) -> None:
         ray.shutdown()
 
 
-def _interrupted(run: Path) -> TrainInterrupted:
+def _interrupted(run: Path, *, signum: int) -> TrainInterrupted:
     found = list_checkpoints(run)
     if not found:
         return TrainInterrupted(
             f"interrupted before the first checkpoint, nothing to resume; rerun the command to start again "
-            f"(--checkpoint-every N makes a long run resumable)", run=str(run), checkpoint_step=None)
+            f"(--checkpoint-every N makes a long run resumable)", run=str(run), checkpoint_step=None, signum=signum)
     step = found[-1][0]
     return TrainInterrupted(f"interrupted; `uti train --out {run} --resume` continues from step {step}",
-                            run=str(run), checkpoint_step=step)
+                            run=str(run), checkpoint_step=step, signum=signum)
 
 
 def summarize(rows: list[dict[str, Any]], *, start_step: int, wall_s: float, cfg: TrainConfig) -> dict[str, Any]:

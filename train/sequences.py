@@ -333,6 +333,10 @@ class Packer:
             self.ready.append(self.current)
             self.current, self._current_len = [], 0
 
+    def pending_docs(self) -> list[Doc]:
+        """Every doc not yet handed out, in order (an elastic resume deals them to the new ranks)."""
+        return [d for row in self.ready for d in row] + list(self.current)
+
     # ---- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         def enc(d: Doc) -> dict:

@@ -10,15 +10,19 @@ sample from a stream of that task's modality:
     is behind its share), so the realised share of docs per task stays within about one doc of
     the mix at every step, while the order stays random. Tasks whose modality this rank has no
     data for are left out and the mix renormalised over the others (said once in the log).
-  * ModalityStream, one per (input, modality): walks the shards that hold that modality (from the
-    index, see train.census) in a seeded order per epoch, keeps only that modality's samples, and
-    hands them out through a small seeded shuffle buffer. Streams cycle their epochs
-    independently, so a small modality repeats while a large one is still in its first epoch.
-    A modality with at least as many shards as ranks is split across ranks by whole shards (rank r
-    takes positions r::world of the epoch's order); one with fewer shards by samples (every rank
-    reads its shards and keeps every world-th sample of the modality), so no rank lacks it.
+  * ModalityStream, one per (input, modality): the modality's samples (their positions, from the
+    index, see train.census) in a seeded shard order per epoch form one list, the same on every
+    rank. Every rank takes an equal, contiguous share of it, ceil(N / world) samples; the remainder
+    rule pads the list by repeating the epoch's first samples (torch DistributedSampler's
+    drop_last=False), so no sample is dropped and no rank runs out first (no DDP hang). A rank
+    seeks to the first sample of its share inside a shard (index version 2 member offsets; older
+    indexes stream over the samples before it) and stops after its last. The share goes through
+    a seeded shuffle buffer (--shuffle-buffer). Streams cycle their epochs independently, so a
+    small modality repeats while a large one is still in its first epoch.
   * `text` takes captions from every stream in turn (text-only samples and media captions);
-    a2t/t2a from the audio streams, i2t/t2i from the image streams, rotating over inputs.
+    a2t/t2a from the audio streams, i2t/t2i from the image streams, rotating over inputs; with
+    --data-weights the input is drawn instead by its deficit against the weights (InputMixer),
+    counted in samples or (--mix-by tokens) tokens.
 
 A drawn sample that gives no doc (no caption, overlong with --overlong drop) is counted and the
 task takes the next one, so a task keeps its share. A task whose samples keep failing for longer
@@ -26,18 +30,18 @@ than its streams hold samples is dropped on this rank with a warning; when no ta
 run stops with an error naming the counts. The driver warns about such tasks up front
 (train.census.check_training_input), from the indexes.
 
-Resume state = every stream's position, shuffle buffer (samples inline, as base64 IDs) and draw
-count, the scheduler's draw count, the task rotation, the packer's pending docs and the counters:
+Resume state = every stream's position (epoch, samples of the share taken), shuffle buffer
+(by position: shard, index, epoch; re-read on load by seeking) and draw count, the scheduler's draw count, the task rotation or
+the input mixer's counters, the packer's pending docs and the counters:
 a resumed run sees exactly the batches the uninterrupted run would have seen (same world size).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import zlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -54,8 +58,7 @@ from train.sequences import (
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "uti.train_stream"
-STATE_VERSION = 2
-SHUFFLE_BUFFER = 16  # samples per (input, modality) stream; they are part of every checkpoint's data state
+STATE_VERSION = 3  # 3: sample-level rank shares (stream positions are "taken", not shard walks)
 _MODALITY_CODE = {m: i for i, m in enumerate(MODALITIES)}
 
 
@@ -75,110 +78,140 @@ class StreamSpec:
     token_space_id: str
     modality: str
     refs: tuple[ShardRef, ...]  # shards holding the modality, in name order
-    claimed: Mapping[str, frozenset[str]]  # shard name -> modalities its index says it holds
-    samples: int  # samples of the modality in those shards (from the index)
-    by_samples: bool  # fewer shards than ranks: every rank reads them all and keeps every world-th sample
+    positions: Mapping[str, Mapping[str, tuple[int, ...]]]  # modality -> shard -> in-shard positions (census)
+    samples: int  # positions of the modality in those shards (from the index)
 
     @property
     def key(self) -> str:
         return f"{self.input}:{self.modality}"
 
 
+def rank_share(samples: int, world_size: int) -> int:
+    """Samples of a stream's epoch that every rank reads: ceil(samples / world). The remainder rule:
+    the epoch's order is padded to world * share by repeating its first samples (like torch's
+    DistributedSampler with drop_last=False), so every rank gets the same count, none is dropped,
+    and no rank waits on another for data."""
+    return -(-int(samples) // int(world_size))
+
+
 class ModalityStream:
-    """Samples of one modality of one input for one rank: seeded shard order per epoch, a rank's
-    share, a bounded seeded shuffle buffer; resumable."""
+    """Samples of one modality of one input for one rank: seeded shard order per epoch, a contiguous
+    share of the epoch's samples, a bounded seeded shuffle buffer; resumable.
+
+    Per epoch, the stream's samples (positions from the index) in a seeded shard order form one list
+    that is the same on every rank; padded to world * share (rank_share), rank r takes positions
+    [r * share, (r + 1) * share). A rank thus reads whole shards in the middle of its share and part
+    of at most two at its edges, where it seeks to the first sample it needs (index member offsets,
+    sharding.reader.read_shard) and stops after the last."""
 
     def __init__(self, spec: StreamSpec, *, seed: int, rank: int, world_size: int, buffer_size: int,
                  shape: MediaShape):
         self.spec = spec
         self.seed, self.rank, self.world = int(seed), int(rank), int(world_size)
-        # Never more than about one epoch of this rank's share: a tiny modality would otherwise hold
-        # the same samples several times over (read from several epochs ahead).
-        self.buffer_size = max(1, min(int(buffer_size), spec.samples // self.world))
+        self.share = rank_share(spec.samples, self.world)
+        # Never more than one epoch of this rank's share: a tiny modality would otherwise hold the
+        # same samples several times over (read from several epochs ahead).
+        self.buffer_size = max(1, min(int(buffer_size), self.share))
         self.shape = shape
         self.epoch = 0
-        self.pos = 0  # position in this epoch's walk (list of this rank's shards)
-        self.in_shard = 0  # samples of the current shard already read (all modalities)
-        self.ordinal = 0  # samples of the modality met in this epoch (the by-samples share)
-        self.yielded = 0  # samples handed to the buffer in this epoch
+        self.taken = 0  # positions of this rank's share of the epoch already read
+        self.yielded = 0  # samples handed to the buffer in this epoch (positions of another modality are not)
         self.draws = 0
         self.buffer: list[tuple[Sample, int]] = []  # (sample, epoch it was read in)
         self.empty = False
-        self.found = 0  # samples of the modality met in the current shard (any rank's)
-        self.barren: set[str] = set()  # shards read whole that held none of the modality
         self.stray = 0
         self._it: Iterator[Sample] | None = None
+        self._at: tuple[str, int] | None = None  # (shard, in-shard index the open reader yields next)
         self._warned: set[str] = set()
-        self._walk: tuple[int, list[ShardRef]] = (-1, [])
+        self._plan: tuple[int, list[ShardRef], np.ndarray] = (-1, [], np.zeros(0, np.int64))
+        self._mine = {m: {n: frozenset(p) for n, p in by_shard.items()} for m, by_shard in spec.positions.items()}
+        # After an elastic resume (another world size): this rank's share of what the old ranks left
+        # unread of their epochs, as (epoch, position in the epoch's unpadded list); read first.
+        self.pending: list[tuple[int, int]] = []
+        self.pending_taken = 0
 
     @property
     def key(self) -> str:
         return self.spec.key
 
-    def walk(self, epoch: int) -> list[ShardRef]:
-        """This rank's shards of an epoch, in reading order: the same seeded permutation on every
-        rank, of which rank r takes positions r::world (by shards) or all (by samples)."""
-        if self._walk[0] != epoch:
+    def order(self, epoch: int) -> tuple[list[ShardRef], np.ndarray]:
+        """The epoch's shard order (the same seeded permutation on every rank) and the cumulative
+        count of the stream's positions over it."""
+        if self._plan[0] != epoch:
             code = _MODALITY_CODE[self.spec.modality]
-            order = _rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
-            refs = [self.spec.refs[i] for i in order]
-            self._walk = (epoch, refs if self.spec.by_samples else refs[self.rank::self.world])
-        return self._walk[1]
+            perm = _rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
+            refs = [self.spec.refs[i] for i in perm]
+            counts = [len(self.spec.positions[self.spec.modality][r.name]) for r in refs]
+            self._plan = (epoch, refs, np.cumsum(counts, dtype=np.int64))
+        return self._plan[1], self._plan[2]
+
+    def locate(self, epoch: int, g: int) -> tuple[ShardRef, int]:
+        """Shard and in-shard index of position g of the epoch's padded list."""
+        refs, cum = self.order(epoch)
+        g %= int(cum[-1])  # the padding repeats the epoch's first samples
+        s = int(np.searchsorted(cum, g, side="right"))
+        before = int(cum[s - 1]) if s else 0
+        return refs[s], self.spec.positions[self.spec.modality][refs[s].name][g - before]
+
+    def epoch_positions(self, epoch: int) -> list[tuple[str, int]]:
+        """(shard, in-shard index) of this rank's share of an epoch, in reading order (tests, tools)."""
+        out = []
+        for j in range(self.share):
+            ref, i = self.locate(epoch, self.rank * self.share + j)
+            out.append((ref.name, i))
+        return out
+
+    def _fetch(self, ref: ShardRef, i: int) -> Sample:
+        """Sample i of a shard: from the open reader when it is at or before i in that shard (streaming
+        on), else from a new reader that seeks to it."""
+        if self._it is None or self._at is None or self._at[0] != ref.name or self._at[1] > i:
+            self._it = read_shard(ref.tar_path, expected_token_space=self.spec.token_space_id, index=ref.index, start=i)
+        for sample in self._it:
+            if sample.index_in_shard == i:
+                self._at = (ref.name, i + 1)
+                if i == self.spec.positions[self.spec.modality][ref.name][-1]:
+                    # The stream's last sample of this shard: read to the end, so the reader's end checks
+                    # run (tar size; and SHA-256 against the index when this reader started at sample 0).
+                    for _ in self._it:
+                        pass
+                    self._it, self._at = None, None
+                return sample
+        raise TrainError(f"{ref.tar_path}: ended before sample {i} its index lists; re-run `uti tokenize` for it")
 
     def _read_one(self) -> tuple[Sample, int] | None:
-        """The next sample of this rank's share, crossing into the next epoch; None when the stream
-        can never give one (see `_exhausted`)."""
+        """The next sample of this rank's share, crossing into the next epoch; None when a whole
+        epoch of the share held none of the modality (its positions were only image-sized audio)."""
         modality = self.spec.modality
         while True:
-            walk = self.walk(self.epoch)
-            if self.pos >= len(walk):
-                if self._exhausted():
+            if self.pending_taken < len(self.pending):
+                epoch, u = self.pending[self.pending_taken]
+                ref, i = self.locate(epoch, u)
+                sample = self._fetch(ref, i)
+                self.pending_taken += 1
+                if str(sample.meta.get("modality")) == modality:
+                    return sample, epoch
+                continue
+            if self.taken >= self.share:
+                if self.yielded == 0:
                     self.empty = True
                     return None
-                self.epoch, self.pos, self.in_shard, self.ordinal, self.yielded = self.epoch + 1, 0, 0, 0, 0
+                self.epoch, self.taken, self.yielded = self.epoch + 1, 0, 0
                 continue
-            ref = walk[self.pos]
-            if ref.name in self.barren:  # read before and held none of the modality: the same yield, unread
-                self.pos += 1
+            ref, i = self.locate(self.epoch, self.rank * self.share + self.taken)
+            sample = self._fetch(ref, i)
+            self.taken += 1
+            actual = str(sample.meta.get("modality"))
+            if actual != modality:
+                self._check_stray(ref, sample, actual)
                 continue
-            if self._it is None:
-                self._it = read_shard(ref.tar_path, expected_token_space=self.spec.token_space_id, index=ref.index,
-                                      start=self.in_shard)
-                self.found = 0 if self.in_shard == 0 else self.found
-            for sample in self._it:
-                self.in_shard = sample.index_in_shard + 1
-                actual = str(sample.meta.get("modality"))
-                if actual != modality:
-                    self._check_stray(ref, sample, actual)
-                    continue
-                self.found += 1
-                mine = not self.spec.by_samples or self.ordinal % self.world == self.rank
-                self.ordinal += 1
-                if mine:
-                    self.yielded += 1
-                    return sample, self.epoch
-            if self.found == 0:
-                # Its index promised the modality by token count only (an audio clip of exactly an
-                # image's token count): remember, so later epochs do not read it again.
-                self.barren.add(ref.name)
-            self._it = None
-            self.pos, self.in_shard, self.found = self.pos + 1, 0, 0
-
-    def _exhausted(self) -> bool:
-        """At the end of an epoch: can this rank never get a sample of the stream? Sharing by
-        samples, every epoch holds the same number for each rank, so one epoch without is final.
-        Sharing by shards, the shards rotate over ranks by epoch, so only when every shard has been
-        found without the modality."""
-        if self.spec.by_samples:
-            return self.yielded == 0
-        return all(r.name in self.barren for r in self.spec.refs)
+            self.yielded += 1
+            return sample, self.epoch
 
     def _check_stray(self, ref: ShardRef, sample: Sample, actual: str) -> None:
-        """A sample the index put in this modality (by its token count) that is of another one, in a
-        shard no stream of its own modality reads: count it and say so once per shard."""
-        claimed_here = self.shape.modalities_of_count(len(sample.tokens))
-        if actual in self.spec.claimed[ref.name] or self.spec.modality not in claimed_here:
-            return
+        """A sample the index put in this modality (by its token count) that is of another one, at a
+        position no stream of its own modality reads: count it and say so once per shard."""
+        if sample.index_in_shard in self._mine.get(actual, {}).get(ref.name, frozenset()):
+            return  # its own stream reads it
         self.stray += 1
         if ref.name not in self._warned:
             self._warned.add(ref.name)
@@ -205,55 +238,118 @@ class ModalityStream:
 
     # ---- resume -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "in_shard": self.in_shard, "ordinal": self.ordinal,
-                "yielded": self.yielded, "draws": self.draws, "empty": self.empty, "stray": self.stray,
-                "found": self.found, "barren": sorted(self.barren),
-                "buffer": [_encode_sample(s, e) for s, e in self.buffer], "shards": [r.name for r in self.spec.refs]}
+        return {"epoch": self.epoch, "taken": self.taken, "yielded": self.yielded, "draws": self.draws,
+                "empty": self.empty, "stray": self.stray, "buffer_size": self.buffer_size, "world_size": self.world,
+                "pending": [list(p) for p in self.pending[self.pending_taken:]],
+                # the buffer by position (shard, index in it, epoch): re-read on load, so a state stays small
+                "buffer": [{"shard": smp.shard, "index": smp.index_in_shard, "epoch": e, "key": smp.key}
+                           for smp, e in self.buffer],
+                "shards": [r.name for r in self.spec.refs]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if list(state["shards"]) != [r.name for r in self.spec.refs]:
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
                              "resume with the same --data and --split")
-        for name in ("epoch", "pos", "in_shard", "ordinal", "yielded", "draws", "stray", "found"):
+        if int(state["buffer_size"]) != self.buffer_size:
+            raise TrainError(f"data state of stream {self.key} ({self.spec.out}) has a shuffle buffer of "
+                             f"{state['buffer_size']} samples, this run {self.buffer_size}: resume with the same "
+                             "--shuffle-buffer")
+        for name in ("epoch", "taken", "yielded", "draws", "stray"):
             setattr(self, name, int(state[name]))
         self.empty = bool(state["empty"])
-        self.barren = {str(n) for n in state["barren"]}
-        self.buffer = [_decode_sample(d) for d in state["buffer"]]
-        self._it = None
+        self.buffer = self._reread(state["buffer"])
+        self.pending, self.pending_taken = [(int(e), int(u)) for e, u in state["pending"]], 0
+        self._it, self._at = None, None
+
+    def _reread(self, entries: Sequence[Mapping[str, Any]]) -> list[tuple[Sample, int]]:
+        """The buffered samples of a state, read again from their shards (in shard order, seeking),
+        checked against the keys the state recorded."""
+        refs = {r.name: r for r in self.spec.refs}
+        got: dict[int, tuple[Sample, int]] = {}
+        self._it, self._at = None, None
+        for j in sorted(range(len(entries)), key=lambda j: (entries[j]["shard"], int(entries[j]["index"]))):
+            d = entries[j]
+            ref = refs.get(str(d["shard"]))
+            if ref is None:
+                raise TrainError(f"data state of stream {self.key} buffers a sample of shard {d['shard']!r}, which is "
+                                 f"not among its shards in {self.spec.out}; resume with the same --data and --split")
+            sample = self._fetch(ref, int(d["index"]))
+            if sample.key != d["key"]:
+                raise TrainError(f"{ref.tar_path}: sample {d['index']} is {sample.key}, the data state buffered "
+                                 f"{d['key']}: the shard was rewritten since the checkpoint; start a new --out")
+            got[j] = (sample, int(d["epoch"]))
+        return [got[j] for j in range(len(entries))]
+
+    # ---- elastic resume -------------------------------------------------------------------------------
+    def _unpadded(self, epoch: int) -> dict[tuple[str, int], int]:
+        """(shard, in-shard index) -> position in the epoch's unpadded list."""
+        refs, _ = self.order(epoch)
+        out: dict[tuple[str, int], int] = {}
+        for ref in refs:
+            for i in self.spec.positions[self.spec.modality][ref.name]:
+                out[(ref.name, i)] = len(out)
+        return out
+
+    def unread(self, states: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[int, int]], int]:
+        """What the old ranks (their stream states, in rank order, of one world size) left unread:
+        (epoch, unpadded position) in reading order, and the first epoch none of them started.
+        A position counts as read once any rank handed it out of its buffer (the padding's repeats
+        of a read sample are not read again); every earlier old pending position still unread stays."""
+        old_world = len(states)
+        n = self.spec.samples
+        share = rank_share(n, old_world)
+        first = min(int(st["epoch"]) for st in states)
+        frontier = max(int(st["epoch"]) for st in states) + 1
+        unread: list[tuple[int, int]] = []
+        for st in states:  # old pending, and buffered samples of epochs before `first`: all older epochs
+            unread += [(int(e), int(u)) for e, u in st["pending"]]
+            for d in st["buffer"]:
+                if int(d["epoch"]) < first:
+                    unread.append((int(d["epoch"]), self._unpadded(int(d["epoch"]))[(d["shard"], int(d["index"]))]))
+        for epoch in range(first, frontier):
+            index = self._unpadded(epoch)
+            read: set[int] = set()
+            buffered: set[int] = set()
+            for r, st in enumerate(states):
+                e, taken = int(st["epoch"]), int(st["taken"])
+                upto = share if epoch < e else taken if epoch == e else 0
+                read |= {(r * share + j) % n for j in range(upto)}
+                buffered |= {index[(d["shard"], int(d["index"]))] for d in st["buffer"] if int(d["epoch"]) == epoch}
+            unread += [(epoch, u) for u in range(n) if u not in read or u in buffered]
+        return unread, frontier
+
+    def load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Continue from the states of every rank of a run with another world size: the positions
+        they left unread (of every epoch any of them had begun) are split into near-equal contiguous
+        parts, one per new rank, read first; then this rank starts the next fresh epoch."""
+        for st in states:
+            if list(st["shards"]) != [r.name for r in self.spec.refs]:
+                raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
+                                 "resume with the same --data and --split")
+        unread, frontier = self.unread(states)
+        # Near-equal contiguous parts (sizes differ by at most one), nothing repeated: the stream is
+        # endless, so a rank with one sample fewer here never waits; fresh epochs are equal again.
+        lo, hi = (len(unread) * self.rank) // self.world, (len(unread) * (self.rank + 1)) // self.world
+        self.pending = unread[lo:hi]
+        self.pending_taken = 0
+        self.epoch, self.taken, self.yielded = frontier, 0, 0
+        self.draws = sum(int(st["draws"]) for st in states)  # only seeds the buffer's draws
+        self.stray = sum(int(st["stray"]) for r, st in enumerate(states) if r % self.world == self.rank)
+        self.empty = False
+        self.buffer = []
+        self._it, self._at = None, None
 
 
-def _encode_ids(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype="<u4").tobytes()).decode("ascii")
-
-
-def _decode_ids(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s.encode("ascii")), dtype="<u4").astype(np.uint32)
-
-
-def _encode_sample(sample: Sample, epoch: int) -> dict:
-    return {"key": sample.key, "tokens": _encode_ids(sample.tokens), "text": _encode_ids(sample.text),
-            "meta": sample.meta, "shard": sample.shard, "split": sample.split, "index": sample.index_in_shard,
-            "epoch": epoch}
-
-
-def _decode_sample(d: Mapping[str, Any]) -> tuple[Sample, int]:
-    sample = Sample(key=str(d["key"]), tokens=_decode_ids(d["tokens"]), text=_decode_ids(d["text"]),
-                    meta=dict(d["meta"]), shard=str(d["shard"]), split=str(d["split"]), index_in_shard=int(d["index"]))
-    return sample, int(d["epoch"])
-
-
-def stream_specs(census: InputCensus, *, input: int, token_space_id: str, rank: int,
-                 world_size: int) -> list[StreamSpec]:
-    """The streams this rank has for one input (a modality without data on this rank has none)."""
+def stream_specs(census: InputCensus, *, input: int, token_space_id: str) -> list[StreamSpec]:
+    """The streams of one input: one per modality it holds (every rank gets a share of each)."""
     specs = []
     for m in MODALITIES:
-        refs = tuple(census.candidates(m))
-        n = len(census.sizes[m])
-        by_samples = len(refs) < world_size
-        if not refs or (by_samples and n <= rank):
-            continue  # (with the by-shards share every rank gets at least one shard)
+        by_shard = census.positions.get(m, {})
+        refs = tuple(r for r in census.refs if by_shard.get(r.name))
+        if not refs:
+            continue
         specs.append(StreamSpec(input=input, out=census.out, token_space_id=token_space_id, modality=m, refs=refs,
-                                claimed=census.shard_modalities, samples=n, by_samples=by_samples))
+                                positions=census.positions, samples=sum(len(by_shard[r.name]) for r in refs)))
     return specs
 
 
@@ -282,6 +378,62 @@ class TaskScheduler:
         return available[i]
 
 
+# ---- the input mix (--data-weights) ---------------------------------------------------------------------
+class InputMixer:
+    """Which input a task's next sample comes from, by --data-weights: a seeded draw weighted by each
+    candidate input's deficit against its share (of samples, or of tokens with --mix-by tokens), so
+    the realised shares stay within about one sample of the weights while the order stays random.
+    Among the inputs that can serve a task, the weights are renormalised: a task only one input can
+    serve always reads that one (the task mix comes first)."""
+
+    def __init__(self, weights: Sequence[float], *, mix_by: str, seed: int, rank: int):
+        self.weights = [float(w) for w in weights]
+        self.mix_by = mix_by
+        self.seed, self.rank = int(seed), int(rank)
+        self.done = [0] * len(self.weights)  # samples or tokens read per input
+        self.samples = [0] * len(self.weights)  # samples read per input (also with --mix-by tokens)
+        self.draws = 0
+        self.turns: dict[str, int] = {}
+
+    def choose(self, candidates: Sequence[int]) -> int:
+        live = [k for k in candidates if self.weights[k] > 0] or list(candidates)
+        w = np.asarray([self.weights[k] for k in live], dtype=np.float64)
+        if w.sum() <= 0:
+            w = np.ones(len(live))
+        target = w / w.sum()
+        done = np.asarray([self.done[k] for k in live], dtype=np.float64)
+        n = float(sum(self.samples[k] for k in live))
+        unit = (done.sum() / n) if n else 1.0  # mean units (samples or tokens) per draw so far
+        deficit = np.maximum(0.0, target * (done.sum() + unit) - done)
+        p = deficit / deficit.sum() if deficit.sum() > 0 else target
+        i = int(_rng(self.seed, self.rank, 2_000_003, self.draws).choice(len(live), p=p))
+        self.draws += 1
+        return live[i]
+
+    def turn(self, task: str, k: int) -> int:
+        key = f"{task}:{k}"
+        t = self.turns.get(key, 0)
+        self.turns[key] = t + 1
+        return t
+
+    def count(self, k: int, sample: Sample) -> None:
+        self.samples[k] += 1
+        self.done[k] += 1 if self.mix_by == "samples" else len(sample.tokens) + len(sample.text)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights, "mix_by": self.mix_by, "done": list(self.done), "samples": list(self.samples),
+                "draws": self.draws, "turns": dict(self.turns)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if [float(w) for w in state["weights"]] != self.weights or state["mix_by"] != self.mix_by:
+            raise TrainError(f"data state was saved with --data-weights {state['weights']} --mix-by {state['mix_by']}; "
+                             "resume with the run's values")
+        self.done = [int(v) for v in state["done"]]
+        self.samples = [int(v) for v in state["samples"]]
+        self.draws = int(state["draws"])
+        self.turns = {str(k): int(v) for k, v in state["turns"].items()}
+
+
 # ---- the batch stream ---------------------------------------------------------------------------------
 class BatchStream:
     def __init__(
@@ -293,7 +445,7 @@ class BatchStream:
         vocab_size: int,
         rank: int,
         world_size: int,
-        shuffle_buffer: int = SHUFFLE_BUFFER,
+        shuffle_buffer: int | None = None,
     ):
         """inputs: [{"out": OUT, "token_space_id": ID, "split": SPLIT}] -- each input is read with its
         own token space ID (the driver already compared it with the run's, or recorded the
@@ -306,6 +458,7 @@ class BatchStream:
         self.names = [i["out"] for i in inputs]
         names = requested_splits(cfg.split, len(inputs))
         self.splits = [i.get("split") or resolve_split(i["out"], name) for i, name in zip(inputs, names)]
+        shuffle_buffer = cfg.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
         self.streams: dict[str, ModalityStream] = {}
         self.censuses: list[InputCensus] = []
         for k, (inp, split) in enumerate(zip(inputs, self.splits)):
@@ -313,18 +466,21 @@ class BatchStream:
             refs = ShardReader(inp["out"], expected_token_space=inp["token_space_id"], split=split).refs
             census = input_census(inp["out"], split, refs=refs)
             self.censuses.append(census)
-            for spec in stream_specs(census, input=k, token_space_id=inp["token_space_id"], rank=rank,
-                                     world_size=world_size):
+            for spec in stream_specs(census, input=k, token_space_id=inp["token_space_id"]):
                 self.streams[spec.key] = ModalityStream(spec, seed=cfg.seed, rank=rank, world_size=world_size,
                                                         buffer_size=shuffle_buffer, shape=census.shape)
         self.scheduler = TaskScheduler(cfg.mix, seed=cfg.seed, rank=rank)
         self.sources = self._sources()
         self.turn = {t: 0 for t in TASKS}
+        self.inputs = InputMixer(cfg.data_weights, mix_by=cfg.mix_by, seed=cfg.seed, rank=rank) \
+            if cfg.data_weights is not None else None
         self.failures = {t: 0 for t in TASKS}  # consecutive draws of the task that gave no doc
         self.dropped: dict[str, str] = {}  # task -> why this rank stopped training it (runtime)
         self.packer = Packer(seq_len=cfg.seq_len, pad_id=sp.pad)
         self.stats = SeqStats()
         self._said: set[str] = set()
+        # Called with (sample, epoch) for every sample handed to sequence building (tests, tools).
+        self.on_sample: Callable[[Sample, int], None] | None = None
         self._announce()
 
     # ---- which streams serve which task ------------------------------------------------------------
@@ -386,15 +542,17 @@ class BatchStream:
 
     def _docs_for(self, task: str) -> list[Doc]:
         """Docs of one draw of `task`, or [] (the draw failed; counted, the scheduler draws again)."""
-        keys = self.sources[task]
-        key = keys[self.turn[task] % len(keys)]
-        self.turn[task] += 1
+        key = self._pick_source(task)
         stream = self.streams[key]
         item = stream.next()
         if item is None:  # a whole epoch of this stream held none of its modality on this rank
             self._drop_source(key)
             return []
         sample, epoch = item
+        if self.on_sample is not None:
+            self.on_sample(sample, epoch)
+        if self.inputs is not None:
+            self.inputs.count(stream.spec.input, sample)
         docs = sample_to_docs(tokens=sample.tokens, text=sample.text, meta=sample.meta, sp=self.sp,
                               mix=self.cfg.mix, seq_len=self.cfg.seq_len, overlong=self.cfg.overlong,
                               seed=self.cfg.seed, epoch=epoch, stats=self.stats, task=task)
@@ -412,6 +570,23 @@ class BatchStream:
                                   f"than --seq-len {self.cfg.seq_len})")
             self._say(f"rank {self.rank}: task {task} is dropped: {self.dropped[task]}")
         return []
+
+    def _pick_source(self, task: str) -> str:
+        """The stream a draw of `task` reads: without --data-weights the task's streams take turns;
+        with them, the input furthest behind its weight (InputMixer), then that input's streams of
+        the task in turn."""
+        keys = self.sources[task]
+        if self.inputs is None:
+            key = keys[self.turn[task] % len(keys)]
+            self.turn[task] += 1
+            return key
+        by_input: dict[int, list[str]] = {}
+        for key in keys:
+            by_input.setdefault(self.streams[key].spec.input, []).append(key)
+        k = self.inputs.choose(sorted(by_input))
+        mine = by_input[k]
+        key = mine[self.inputs.turn(task, k) % len(mine)]
+        return key
 
     def _drop_source(self, key: str) -> None:
         for task, keys in self.sources.items():
@@ -447,6 +622,7 @@ class BatchStream:
                 "rank": self.rank, "world_size": self.world_size,
                 "streams": {k: s.state_dict() for k, s in self.streams.items()},
                 "scheduler_draws": self.scheduler.draws, "turn": dict(self.turn), "failures": dict(self.failures),
+                "inputs_mix": self.inputs.state_dict() if self.inputs is not None else None,
                 "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
                 "packer": self.packer.state_dict(), "stats": self.stats.to_dict()}
 
@@ -465,12 +641,71 @@ class BatchStream:
         for k, s in self.streams.items():
             s.load_state_dict(state["streams"][k])
         self.scheduler.draws = int(state["scheduler_draws"])
+        if (state.get("inputs_mix") is None) != (self.inputs is None):
+            raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
+                             + " --data-weights; resume with the run's --data-weights")
+        if self.inputs is not None:
+            self.inputs.load_state_dict(state["inputs_mix"])
         self.turn = {t: int(state["turn"].get(t, 0)) for t in TASKS}
         self.failures = {t: int(state["failures"].get(t, 0)) for t in TASKS}
         self.dropped = {str(t): str(r) for t, r in state["dropped"].items()}
         self.sources = {str(t): [str(k) for k in v] for t, v in state["sources"].items()}
         self.packer.load_state_dict(state["packer"])
         self.stats = SeqStats.from_dict(state["stats"])
+
+    def load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Continue from the data states of all ranks of a run with another --num-workers (elastic
+        resume): every stream deals out what the old ranks left unread of their epochs (their
+        shuffle buffers included) in equal shares, then continues with fresh epochs; the docs the
+        old packers held go round-robin to the new ranks. Nothing of an epoch is skipped or read
+        twice (beyond the padding rule). Batches differ from an uninterrupted run's (other ranks)."""
+        old_world = len(states)
+        for r, state in enumerate(states):
+            if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+                raise TrainError(f"data state of rank {r} is not a {STATE_FORMAT} v{STATE_VERSION} state; resume with "
+                                 "the uti version that wrote the checkpoint, or start a new --out")
+            if (int(state["rank"]), int(state["world_size"])) != (r, old_world):
+                raise TrainError(f"data states of ranks 0..{old_world - 1} are needed for an elastic resume; got rank "
+                                 f"{state['rank']} of {state['world_size']} in place {r}")
+            if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits:
+                raise TrainError(f"data state was saved for inputs {state['inputs']} (splits {state['splits']}); this "
+                                 f"run has {self.names} ({self.splits}): resume with the same --data and --split")
+        for key, stream in self.streams.items():
+            have = [st["streams"][key] for st in states if key in st["streams"]]
+            if len(have) == old_world:
+                stream.load_elastic(have)
+        mine = _merged(states, self.rank, self.world_size)
+        self.scheduler.draws = sum(int(st["scheduler_draws"]) for st in states)
+        self.turn = {t: sum(int(st["turn"].get(t, 0)) for st in mine) for t in TASKS}
+        if (states[0].get("inputs_mix") is None) != (self.inputs is None):
+            raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
+                             + " --data-weights; resume with the run's --data-weights")
+        if self.inputs is not None:
+            self.inputs.load_state_dict(states[0]["inputs_mix"])  # checks the weights
+            self.inputs.done = [sum(int(st["inputs_mix"]["done"][k]) for st in mine) for k in range(len(self.names))]
+            self.inputs.samples = [sum(int(st["inputs_mix"]["samples"][k]) for st in mine)
+                                   for k in range(len(self.names))]
+            self.inputs.draws = sum(int(st["inputs_mix"]["draws"]) for st in states)
+        total = SeqStats()
+        for st in mine:
+            part = SeqStats.from_dict(st["stats"])
+            for f in SeqStats.FIELDS:
+                setattr(total, f, getattr(total, f) + getattr(part, f))
+            total.tasks.update(part.tasks)
+        self.stats = total
+        docs = []
+        for st in states:
+            packer = Packer(seq_len=self.cfg.seq_len, pad_id=self.sp.pad)
+            packer.load_state_dict(st["packer"])
+            docs += packer.pending_docs()
+        for doc in docs[self.rank::self.world_size]:
+            self.packer.add(doc)
+
+
+def _merged(states: Sequence[Mapping[str, Any]], rank: int, world: int) -> list[Mapping[str, Any]]:
+    """The old ranks whose counters this new rank takes over (old rank r goes to r % world), so the
+    counters summed over ranks stay what they were."""
+    return [st for r, st in enumerate(states) if r % world == rank]
 
 
 def batch_checksum(batch: Mapping[str, np.ndarray]) -> int:

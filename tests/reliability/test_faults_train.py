@@ -103,7 +103,9 @@ def test_train_worker_killed_then_resume_continues(killed_and_resumed, record):
     # the loss continues from where it was, it does not restart from an untrained model
     first = rows[0]["loss"]
     assert rows[ckpt_step]["loss"] < first - 0.5, (first, rows[ckpt_step]["loss"])
-    assert sum(r["loss"] for r in rows[-4:]) / 4 < first / 2
+    # (batches mix every task since --mix became the realised ratio: the loss falls more slowly than it did
+    # on single-modality batches, but a restart from an untrained model would stay near `first`)
+    assert sum(r["loss"] for r in rows[-4:]) / 4 < first * 0.6
     assert [s for s, _ in list_checkpoints(k["run"])][-1] == STEPS
     record(f"Ray Train worker SIGKILLed after checkpoint {ckpt_step} (2 workers, {STEPS} steps)", group=REPORT_GROUP,
            runs=2, outcome=f"run failed in {k['failed_after']:.0f} s; --resume from step {ckpt_step}: "
