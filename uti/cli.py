@@ -147,6 +147,10 @@ def _run(argv: list[str] | None) -> int:
     except UTIError as exc:
         if args.debug:
             raise
+        signum = getattr(exc, "signum", None)  # a library's own "interrupted" error (e.g. training in uti demo)
+        if isinstance(signum, int):
+            print(f"uti {args.command}: {exc}", file=sys.stderr)
+            return 128 + signum
         print(f"uti {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated)
