@@ -224,6 +224,11 @@ def reindex(out: Path, split: str, shard: str, samples: list[RawSample] | None =
         index.update(num_samples=len(samples), keys=[s.key for s in samples], ids=[s.meta["id"] for s in samples],
                      token_counts=[int(s.tokens.size) for s in samples],
                      text_token_counts=[int(s.text.size) for s in samples])
+        if "offsets" in index:  # index version 2: where each sample's first member starts
+            with tarfile.open(tar) as tf:
+                starts = {m.name[: -len(".tokens.npy")]: m.offset for m in tf.getmembers()
+                          if m.name.endswith(".tokens.npy")}
+            index["offsets"] = [starts[s.key] for s in samples]
     index.update(override)
     idx_path.write_bytes(canonical_json(index))
     return index
