@@ -78,8 +78,8 @@ def uti_tokenize(manifest: Path, out: Path, *, num_actors: int, address: str | N
     total = time.perf_counter() - start
     t = job["throughput"]
     units = t["audio_seconds"] if t["audio_seconds"] else float(job["counts"]["samples"])
-    return {"units": units, "seconds": total, "rate": units / total, "steady_seconds": t["wall_seconds"],
-            "steady_rate": units / t["wall_seconds"], "busy_fraction": job["actors"]["busy_fraction"]}
+    return {"units": units, "seconds": total, "rate": units / total, "steady_seconds": t["processing_seconds"],
+            "steady_rate": units / t["processing_seconds"], "busy_fraction": job["actors"]["busy_fraction"]}
 
 
 def _hf_encode(batch: dict, *, sample_rate: int, channels: int) -> dict:
@@ -222,3 +222,66 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     if "b_two_node_2_actors" in r:
         out["scaling two nodes / 1 actor (steady)"] = r["b_two_node_2_actors"]["steady_rate"] / r["b_uti_1_actor"]["steady_rate"]
     return out
+
+
+def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
+    """Start-up of `uti tokenize` on an image manifest of `rows` rows (issue 12 item 3): seconds from the
+    command starting to its first shard going to a loaded codec actor, and the driver's peak RSS by then.
+
+    Every row names the same tiny PNG (ids differ), so the manifest is written in seconds; the run is
+    stopped (SIGINT, a clean stop) once the driver logs that line, as nothing after it is start-up.
+    """
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from sharding.manifest import ManifestRow
+    from uti.assets import synth_image
+
+    work.mkdir(parents=True, exist_ok=True)
+    image = work / "tiny.png"
+    Image.fromarray(synth_image(size=32, seed=0)).save(image)
+    manifest = work / f"images_{rows}.jsonl"
+    splits = ["train"] * 98 + ["val", "test"]
+    with open(manifest, "w", encoding="utf-8") as fh:  # ids zero-padded: already in canonical (sorted) order
+        for i in range(rows):
+            fh.write(ManifestRow(id=f"scale:{i:09d}", dataset="scale", modality="image", path=str(image),
+                                 captions=(f"a small picture, number {i}",), split=splits[i % 100]).to_json() + "\n")
+    out = work / f"out_{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "uti.cli", "-v", "tokenize", "--manifest", str(manifest), "--out", str(out),
+           "--no-progress"]
+    started = time.time()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    found = None
+    try:
+        for line in proc.stderr:
+            m = re.search(r"first shard sent to a codec actor ([\d.]+) s after the command started "
+                          r"\(driver peak RSS (\d+) MB\)", line)
+            if m:
+                found = {"startup_seconds": float(m.group(1)), "driver_peak_rss_mb": float(m.group(2)),
+                         "seen_after_seconds": time.time() - started}
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if found is None:
+        raise RuntimeError(f"`{' '.join(cmd)}` ended without its start-up line (exit {proc.returncode})")
+    return {"rows": rows, **found}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="uti tokenize start-up time and driver RSS at scale")
+    parser.add_argument("--startup-rows", type=int, nargs="+", default=[100_000, 600_000])
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="uti-startup-"))
+    print(json.dumps([startup_at_scale(n, base / f"s{n}") for n in args.startup_rows], indent=2))

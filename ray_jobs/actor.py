@@ -10,14 +10,19 @@ from typing import Any
 
 import numpy as np
 
+from uti.token_space import missing_modality_message
+
 log = logging.getLogger(__name__)
 
 
 class CodecWorker:
     """Plain class; ray_jobs.job wraps it with ray.remote(...) and the resources of this run."""
 
-    def __init__(self, *, config: dict, token_space_json: bytes, out: str, device: str, threads: int,
+    def __init__(self, *, config: dict, token_space_json: bytes | None, out: str, device: str, threads: int,
                  modalities: tuple[str, ...] = ("audio", "image")):
+        """With `token_space_json` None this is the job's first actor: it loads every configured codec and
+        its token space becomes the job's (the driver loads none). Every other actor loads only the
+        codecs of `modalities` and is checked against that space."""
         import torch
 
         from uti.config import UTIConfig
@@ -26,12 +31,15 @@ class CodecWorker:
         from uti.tokenizer import UnifiedTokenizer
 
         torch.set_num_threads(max(1, threads))
-        space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
-        # Loading against the job's token space: a worker whose codecs differ (other weights on this
-        # node, another library version) refuses to start instead of writing foreign tokens.
-        self.tok = UnifiedTokenizer(from_dict(UTIConfig, config), device=device, token_space=space,
-                                    modalities=("text", *modalities))
-        self.space = space
+        cfg = from_dict(UTIConfig, config)
+        if token_space_json is None:
+            self.tok = UnifiedTokenizer(cfg, device=device, modalities=("text", "image", "audio"))
+        else:
+            space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
+            # Loading against the job's token space: a worker whose codecs differ (other weights on this
+            # node, another library version) refuses to start instead of writing foreign tokens.
+            self.tok = UnifiedTokenizer(cfg, device=device, token_space=space, modalities=("text", *modalities))
+        self.space = self.tok.space
         self.out = out
         self.device = device
 
@@ -40,8 +48,22 @@ class CodecWorker:
 
         return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id()}
 
-    def tokenize_shard(self, *, split: str, shard: str, rows: list[dict], chunks: list, extra: dict) -> dict[str, Any]:
+    def codec_facts(self) -> dict[str, Any]:
+        """What the driver needs from the codecs: the token space and the read tasks' target formats."""
+        tok = self.tok
+        return {"token_space_json": self.space.canonical_json(),
+                "sample_rate": tok.audio.sample_rate if tok.audio else 0,
+                "channels": tok.audio.channels if tok.audio else 0,
+                "proc_size": tok.image.proc_size[0] if tok.image else 0}
+
+    def tokenize_shard(self, *, split: str, shard: str, rows: list[dict], chunks: list, extra: dict,
+                       token_space_id: str | None = None) -> dict[str, Any]:
         import ray
+
+        if token_space_id is not None and token_space_id != self.space.id:
+            # The first actor, restarted by Ray (maybe on another node), built its space anew: it must be the job's.
+            raise RuntimeError(f"this actor's codecs give token space {self.space.short_id}, not the job's "
+                               f"{token_space_id[:12]}: the codec weights or libraries differ between nodes")
 
         from sharding.manifest import ManifestRow
         from sharding.media import source_meta  # `source`/`source_ref`: what verify reads the row back from
@@ -106,10 +128,13 @@ class CodecWorker:
 
         ok = []
         for item in items:
-            if item["ok"]:
-                ok.append(item)
-            else:
+            if not item["ok"]:
                 fail(item["id"], item["stage"], item["reason"], item["detail"])
+            elif by_id[item["id"]].get("captions") and not self.space.has_modality("text"):
+                # Captions need the text range: without it the sample is an error, not a crashed shard.
+                fail(item["id"], "tokenize", "no_text_range", missing_modality_message(self.space, "text"))
+            else:
+                ok.append(item)
         for modality, encode in (("audio", self._encode_audio), ("image", self._encode_image)):
             group = [it for it in ok if by_id[it["id"]]["modality"] == modality]
             if not group:

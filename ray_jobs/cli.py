@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://)")
     p.add_argument("--config", default=None, help="codec config: preset name or uti.yaml (default: 'default')")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://...; default: a local instance")
-    p.add_argument("--num-actors", type=int, default=2, help="codec actors (one GPU each where the cluster has GPUs)")
+    p.add_argument("--num-actors", type=int, default=None,
+                   help="codec actors; default: one per GPU, or on CPU-only clusters as many as leave a CPU share "
+                        "for the read tasks (every core on one machine)")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (0.5 shares one); default: 1 if the cluster has GPUs")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPU threads per codec actor")
     size = p.add_mutually_exclusive_group()

@@ -13,7 +13,7 @@ class TokenizeConfig:
     out: str
     config: str | None = None  # codec config: preset name or uti.yaml path
     address: str | None = None  # None: a local Ray instance; "auto", "HOST:PORT" or "ray://..." joins a cluster
-    num_actors: int = 2
+    num_actors: int | None = None  # None: one per GPU, or on CPU as many as leave CPU for reads (ray_jobs.resources)
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU threads)
     cpus_per_actor: float = 1.0
     shard_samples: int | None = None
@@ -28,7 +28,7 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         if not self.manifests:
             raise ConfigError("tokenize: give at least one --manifest")
-        if self.num_actors < 1:
+        if self.num_actors is not None and self.num_actors < 1:
             raise ConfigError(f"--num-actors must be >= 1, got {self.num_actors}")
         if self.shard_samples is not None and self.shard_seconds is not None:
             raise ConfigError("give either --shard-samples or --shard-seconds, not both")
@@ -40,5 +40,7 @@ class TokenizeConfig:
             raise ConfigError(f"--batch-seconds must be > 0, got {self.batch_seconds}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
         if self.max_shard_failures < 1:
             raise ConfigError(f"--max-shard-failures must be >= 1, got {self.max_shard_failures}")

@@ -50,15 +50,17 @@ def write_bytes(out: str, name: str, data: bytes) -> None:
 
 def claim_out(out: str, space: TokenSpace, plan: Plan) -> None:
     """Write token space and plan, or check that an existing OUT was made with exactly these."""
+    claim_plan(out, plan)
+    claim_space(out, space)
+
+
+def claim_plan(out: str, plan: Plan) -> None:
+    """Write plan.json, or check that an existing OUT was planned the same way. Needs no codec, so a run
+    into the wrong folder fails before any actor starts (the token space is claimed once the first
+    actor has loaded the codecs)."""
     fs, root = url_to_fs(out)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"--out {out} is an existing file, not a folder; give a new or existing folder")
-    existing = read_bytes(out, JSON_NAME)
-    if existing is not None:
-        found = TokenSpace.from_json_bytes(existing, where=f"{out}/{JSON_NAME}")
-        require_same(space, found, what=f"output folder {out} (this run's vs the folder's)",
-                     fix=f"{out} holds shards of another token space and tokens must never be mixed: use a new "
-                         "--out, or rerun with the config and weights the folder was made with")
     existing_plan = read_bytes(out, PLAN_NAME)
     if existing_plan is not None and existing_plan != plan.to_bytes():
         old = plan_from_bytes(existing_plan, where=f"{out}/{PLAN_NAME}")
@@ -67,12 +69,22 @@ def claim_out(out: str, space: TokenSpace, plan: Plan) -> None:
                f"it was planned with shard target {old.target}, this run asks for {plan.target}")
         raise JobError(f"{out} was tokenized from another plan ({why}); rerun with the same manifests and "
                        "shard target to resume, or use a new --out")
-    if existing is None:
+    if existing_plan is None:
+        write_bytes(out, PLAN_NAME, plan.to_bytes())
+
+
+def claim_space(out: str, space: TokenSpace) -> None:
+    """Write the token space, or check that an existing OUT holds exactly this one."""
+    existing = read_bytes(out, JSON_NAME)
+    if existing is not None:
+        found = TokenSpace.from_json_bytes(existing, where=f"{out}/{JSON_NAME}")
+        require_same(space, found, what=f"output folder {out} (this run's vs the folder's)",
+                     fix=f"{out} holds shards of another token space and tokens must never be mixed: use a new "
+                         "--out, or rerun with the config and weights the folder was made with")
+    else:
         raw = space.canonical_json()
         write_bytes(out, JSON_NAME, raw)
         write_bytes(out, SHA_NAME, f"{sha256_hex(raw)}  {JSON_NAME}\n".encode())
-    if existing_plan is None:
-        write_bytes(out, PLAN_NAME, plan.to_bytes())
 
 
 def completed_shards(out: str, space: TokenSpace, plan: Plan) -> dict[tuple[str, str], ShardRef]:

@@ -14,12 +14,20 @@ from uti.config import LimitsConfig
 from uti.errors import MediaError
 
 
-def read_rows(rows: list[dict], *, sample_rate: int, channels: int, proc_size: int, limits: dict) -> list[dict[str, Any]]:
+def read_rows(rows: list[dict], *, sample_rate: int, channels: int, proc_size: int, limits: dict,
+              no_range: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """`no_range` maps each modality the token space has no range for to the reason (a per-sample
+    error: the config leaves that modality out, so its rows cannot be tokenized, but the rest can)."""
     lim = LimitsConfig(**limits)
     spec = AudioSpec(sample_rate=sample_rate, channels=channels)
+    no_range = no_range or {}
     out = []
     for data in rows:
         row = ManifestRow.from_dict(data)
+        if row.modality in no_range:
+            out.append({"id": row.id, "ok": False, "stage": "tokenize", "reason": f"no_{row.modality}_range",
+                        "detail": no_range[row.modality]})
+            continue
         try:
             # The same loader verify's retokenize check uses (files and Hugging Face rows alike).
             media = load_media(row, spec=spec, proc_size=proc_size, limits=lim)

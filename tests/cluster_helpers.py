@@ -118,10 +118,11 @@ class RayStartCluster:
         """`ray job ...` against this cluster's job server, as a user types it.
 
         The job server answers before the node's job agent has registered ("No available agent to submit
-        job, please try again later"); like a user, try again for a while.
+        job, please try again later"); like a user, try again for a while. On a loaded machine the agent
+        took more than 90 s to register, so wait up to 5 minutes.
         """
         env = self.env
-        deadline = time.time() + 90
+        deadline = time.time() + 300
         while True:
             done = subprocess.run(_ray_cli() + ["job", *args], env=env, capture_output=True, text=True,
                                   timeout=timeout)

@@ -97,8 +97,21 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
+_received: list[int] = []  # signals our handler turned into exceptions, latest last
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received.append(signum)
     raise Terminated()
+
+
+def as_received(exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """The interrupt as it was sent. Ray's blocking calls (ray.get, ray.wait) run signal handlers in C++
+    and turn whatever they raise into a plain KeyboardInterrupt, so SIGTERM during one of them would exit
+    130 as if it were Ctrl-C; callers re-raise what this returns."""
+    if not isinstance(exc, Terminated) and _received and _received[-1] == signal.SIGTERM:
+        return Terminated()
+    return exc
 
 
 def _in_main_thread() -> bool:

@@ -1,0 +1,100 @@
+"""`uti tokenize` fits the cluster it runs on (issue 12 item 2): default flags on a 2-CPU Ray finish, a request
+that can never be scheduled fails at once naming the numbers and the flag, and a row of a modality the token
+space has no range for is a per-sample error, not a crashed shard."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_jobs.config import TokenizeConfig
+from ray_jobs.job import run_tokenize
+from ray_jobs.outputs import JobError
+from ray_jobs.resources import Request, default_actors, waiting_reason
+from tokenize_helpers import make_manifests
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    """Like `ray start --head --num-cpus 2`: two 1-CPU actors would hold every CPU and starve the reads."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    return make_manifests(tmp_path_factory.mktemp("data"))
+
+
+def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, tmp_path):
+    out = tmp_path / "out"
+    started = time.time()
+    job = run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=3, progress=False))
+    # One 1-CPU actor leaves a CPU for the reads (the old default of two actors waited forever here).
+    assert job["actors"]["count"] == 1
+    assert job["counts"]["samples"] == 10 and job["counts"]["errors"] == 3
+    assert time.time() - started < 120
+    # Timings named for what they are: the whole command, its start-up, and the codec actors' processing.
+    t = job["throughput"]
+    assert 0 < t["startup_seconds"] < t["wall_seconds"] and 0 < t["processing_seconds"] < t["wall_seconds"]
+    assert job["driver_peak_rss_mb"] > 0
+
+
+def test_an_impossible_request_fails_at_once_with_the_numbers_and_the_flag(ray_two_cpus, manifests, tmp_path):
+    started = time.time()
+    with pytest.raises(JobError) as exc:
+        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(tmp_path / "out"), shard_samples=3,
+                                    num_actors=2, progress=False))
+    message = str(exc.value)
+    assert time.time() - started < 30
+    for want in ("2 codec actors x 1 CPU", "--num-actors", "0.5 CPU for a read task", "= 2.5 CPU",
+                 "has 2 CPU", "use --num-actors 1 or fewer"):
+        assert want in message, (want, message)
+
+
+def test_defaults_fit_gpus_and_leave_cpu_for_reads():
+    assert default_actors(2, 0, gpus_per_actor=0, cpus_per_actor=1, read_cpus=0.5) == 1
+    assert default_actors(3, 0, gpus_per_actor=0, cpus_per_actor=1, read_cpus=0.5) == 2
+    assert default_actors(64, 16, gpus_per_actor=1, cpus_per_actor=1, read_cpus=0.5) == 16
+    assert default_actors(8, 16, gpus_per_actor=1, cpus_per_actor=1, read_cpus=0.5) == 7  # CPUs bind first
+    assert default_actors(1, 0, gpus_per_actor=0, cpus_per_actor=1, read_cpus=0.5) == 1  # refused by check_fits
+
+
+def test_a_pending_read_task_says_what_it_waits_for():
+    request = Request(num_actors=2, cpus_per_actor=1.0, gpus_per_actor=0.0, read_cpus=0.5)
+    reason = waiting_reason(actors_pending=0, reads_pending=True, request=request,
+                            available={"CPU": 0.0}, total={"CPU": 2.0})
+    assert reason is not None and reason.startswith("waiting for 0.5 CPU for read tasks (the cluster has 0 of 2 CPU free")
+    gpu = Request(num_actors=1, cpus_per_actor=1.0, gpus_per_actor=1.0, read_cpus=0.5)
+    reason = waiting_reason(actors_pending=1, reads_pending=False, request=gpu,
+                            available={"CPU": 4.0, "GPU": 0.0}, total={"CPU": 4.0, "GPU": 1.0})
+    assert reason is not None and reason.startswith("waiting for 1 GPU for 1 codec actor(s)")
+    assert waiting_reason(actors_pending=0, reads_pending=True, request=request,
+                          available={"CPU": 1.0}, total={"CPU": 2.0}) is None
+
+
+def test_rows_of_a_modality_without_a_range_are_per_sample_errors(ray_two_cpus, manifests, tmp_path):
+    """Image-only codec config: the audio rows have no range, and captions (text) have none either."""
+    config = tmp_path / "image_only.yaml"
+    config.write_text("image:\n  kind: vqgan\n  weights: random:0\n  proc_size: 64\ndevice: cpu\n")
+    out = tmp_path / "out"
+    # Every row fails here, so the run ends with its error, after errors.jsonl is written; no shard crashed.
+    with pytest.raises(JobError, match="no sample was tokenized"):
+        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), config=str(config), shard_samples=3,
+                                    num_actors=1, progress=False))
+    errors = [json.loads(line) for line in (Path(out) / "errors.jsonl").read_text().splitlines()]
+    by_reason: dict[str, list[dict]] = {}
+    for e in errors:
+        by_reason.setdefault(e["reason"], []).append(e)
+    assert len(by_reason["no_audio_range"]) == 8  # every clotho row, the corrupt ones included: never read
+    assert "has no audio range" in by_reason["no_audio_range"][0]["detail"]
+    assert "has no text range" in by_reason["no_text_range"][0]["detail"]
+    assert len(by_reason["no_text_range"]) == 4  # the readable llava images all have captions
