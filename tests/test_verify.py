@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.run import verify_failure_message
 from uti.errors import ConfigError
 from verify import CHECKS, VerifyConfig, run_verify
 from verify_helpers import (  # noqa: F401 - ray_address is a fixture
@@ -56,6 +57,8 @@ def assert_only(result, failing: set[str], check: str, *, shard: str, key: str |
     on_disk = json.loads(result.json_path.read_text())
     assert result.exit_code == 1 and on_disk["ok"] is False
     assert set(on_disk["failed_hard"]) == failing, [c["first_failure"] for c in on_disk["checks"] if not c["ok"]]
+    message = verify_failure_message(result)  # what `uti demo` prints when its verify stage fails
+    assert all(name in message for name in failing) and str(result.json_path) in message, message
     first = next(c for c in on_disk["checks"] if c["name"] == check)["first_failure"]
     assert first["shard"] == shard, first
     if key is not None:
