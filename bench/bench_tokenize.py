@@ -5,7 +5,12 @@
 (b) `uti tokenize` end to end, files -> shards, one actor with one thread (and two actors for scaling).
 (c) a plain Hugging Face `datasets.map(num_proc=N)` pipeline: decode + resample + encode + save_to_disk.
 (d) a plain Ray Data pipeline: read -> `map_batches` on an actor pool -> `write_webdataset`.
-All four use the same codec adapter and weights, so the differences are the pipelines'.
+(e) `python -m bench.bench_tokenize` (issue 12): `uti tokenize` as a user runs it (default flags, its own
+    local Ray, wall clock from the command starting to its exit) against a bare loop over the same clips
+    on pre-loaded tensors with torch threads on every core: the ratio `end to end / bare codec, all cores`
+    at 600 s of audio (1 h with --hour, images with --images N), scaling --num-actors 1 -> 2, and start-up
+    time and driver RSS at 100k rows (600k with --with-600k). Merged into bench/results.json.
+All use the same codec adapter and weights, so the differences are the pipelines'.
 Throughput is audio-seconds per second. (b) is reported two ways: steady state (from the moment the
 actors are ready, as a long job sees it; used against the limit) and end to end including actor start
 and codec load (used against (c) and (d), which also pay their own model loads).
@@ -226,7 +231,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 
 def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
     """Start-up of `uti tokenize` on an image manifest of `rows` rows (issue 12 item 3): seconds from the
-    command starting to its first shard going to a loaded codec actor, and the driver's peak RSS by then.
+    command starting to its first chunk going to a loaded codec actor, and the driver's peak RSS by then.
 
     Every row names the same tiny PNG (ids differ), so the manifest is written in seconds; the run is
     stopped (SIGINT, a clean stop) once the driver logs that line, as nothing after it is start-up.
@@ -259,7 +264,7 @@ def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
     found = None
     try:
         for line in proc.stderr:
-            m = re.search(r"first shard sent to a codec actor ([\d.]+) s after the command started "
+            m = re.search(r"first (?:shard|chunk) sent to a codec actor ([\d.]+) s after the command started "
                           r"\(driver peak RSS (\d+) MB\)", line)
             if m:
                 found = {"startup_seconds": float(m.group(1)), "driver_peak_rss_mb": float(m.group(2)),
@@ -276,12 +281,166 @@ def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
     return {"rows": rows, **found}
 
 
+# ---- issue 12 item 7: end to end with default flags against a bare loop on all cores -------------------------
+ALL_CORES = "end to end / bare codec, all cores"
+CLIP_CYCLE = (1.0, 2.0, 3.0, 4.5, 6.5, 13.0, 30.0)  # clips of 1-30 s, cycled until the total is reached
+
+
+def make_clip_set(root: Path, *, total_seconds: float, rate: int = 44100) -> tuple[Path, float]:
+    """A Clotho-layout set (one split, so the default plan is few shards) of about `total_seconds` of
+    44.1 kHz audio in clips of 1-30 s; returns (manifest, seconds)."""
+    import csv
+
+    import soundfile as sf
+
+    from sharding.manifest import make_manifest
+    from uti.assets import AUDIO_KINDS, synth_audio
+
+    split = root / "clotho" / "development"
+    split.mkdir(parents=True, exist_ok=True)
+    rows, total, i = [], 0.0, 0
+    while total < total_seconds - 0.5:
+        seconds = max(1.0, min(CLIP_CYCLE[i % len(CLIP_CYCLE)], total_seconds - total))
+        name = f"clip_{i:04d}.wav"
+        sf.write(split / name, synth_audio(AUDIO_KINDS[i % 4], seconds=seconds, sample_rate=rate, seed=i), rate)
+        rows.append([name] + [f"clip {i} caption {j}" for j in range(5)])
+        total += seconds
+        i += 1
+    with open(root / "clotho" / "clotho_captions_development.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file_name"] + [f"caption_{j}" for j in range(1, 6)])
+        writer.writerows(rows)
+    manifest = root / "audio.jsonl"
+    make_manifest("clotho", root / "clotho", manifest)
+    return manifest, total
+
+
+def bare_loop_all_cores(manifest: Path, *, modality: str = "audio") -> dict[str, Any]:
+    """The codec alone: pre-loaded (and resampled/resized) inputs, batch 1, torch threads = every core."""
+    import torch
+
+    from sharding.media import AudioSpec, load_audio, load_image
+    from uti.config import LimitsConfig, load_config
+    from uti.tokenizer import UnifiedTokenizer
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    tok = UnifiedTokenizer(load_config("default"), modalities=(modality,), device="cpu")
+    rows = _rows(manifest)
+    if modality == "audio":
+        spec = AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels)
+        data = [load_audio(r, spec=spec, limits=LimitsConfig()).data for r in rows]
+        units = sum(d.shape[-1] for d in data) / tok.audio.sample_rate
+        encode = tok.encode_audios
+    else:
+        data = [load_image(r, proc_size=tok.image.proc_size[0], limits=LimitsConfig()).data for r in rows]
+        units = float(len(data))
+        encode = tok.encode_images
+    start = time.perf_counter()
+    for item in data:
+        encode([item])
+    elapsed = time.perf_counter() - start
+    return {"units": units, "seconds": elapsed, "rate": units / elapsed, "threads": threads, "batch_size": 1}
+
+
+def uti_tokenize_command(manifest: Path, out: Path, *flags: str) -> dict[str, Any]:
+    """`uti tokenize` as a user runs it (its own local Ray, default flags unless given): wall clock from
+    the command starting to its exit, start-up included."""
+    import subprocess
+    import sys
+
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "uti.cli", "tokenize", "--manifest", str(manifest), "--out", str(out),
+           "--no-progress", *flags]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    job = json.loads((out / "job.json").read_text())
+    t = job["throughput"]
+    units = t["audio_seconds"] if t["audio_seconds"] else float(t["images"])
+    return {"units": units, "seconds": wall, "rate": units / wall, "flags": list(flags),
+            "actors": job["actors"]["count"], "shards": job["counts"]["shards"]["total"],
+            "chunks": job["counts"].get("chunks_encoded"), "startup_seconds": t.get("startup_seconds"),
+            "processing_seconds": t["processing_seconds"], "busy_fraction": job["actors"]["busy_fraction"]}
+
+
+def all_cores(work: Path, *, seconds: float = 600.0, scaling: bool = True) -> dict[str, Any]:
+    """`uti tokenize` with default flags vs the bare loop on every core, on `seconds` of audio; with
+    `scaling`, also --num-actors 1 and 2 (end to end, same clips)."""
+    manifest, total = make_clip_set(work / f"clips_{int(seconds)}", total_seconds=seconds)
+    out: dict[str, Any] = {"audio_seconds": total, "bare": bare_loop_all_cores(manifest)}
+    out["uti_default"] = uti_tokenize_command(manifest, work / "default")
+    out["ratio"] = out["uti_default"]["rate"] / out["bare"]["rate"]
+    if scaling:
+        one = out["uti_1_actor"] = uti_tokenize_command(manifest, work / "one", "--num-actors", "1")
+        two = out["uti_2_actors"] = uti_tokenize_command(manifest, work / "two", "--num-actors", "2")
+        out["scaling_2_over_1"] = two["rate"] / one["rate"]
+        out["scaling_efficiency"] = out["scaling_2_over_1"] / 2
+    return out
+
+
+def images_all_cores(work: Path, *, count: int) -> dict[str, Any]:
+    """Images end to end (default flags) vs the bare image-codec loop on every core."""
+    from bench.data import make_image_set
+
+    manifest = make_image_set(work / f"images_{count}", count=count)
+    bare = bare_loop_all_cores(manifest, modality="image")
+    uti = uti_tokenize_command(manifest, work / "images_default")
+    return {"bare": bare, "uti_default": uti, "ratio": uti["rate"] / bare["rate"]}
+
+
+def all_cores_ratios(r: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, label in (("all_cores_600s", ""), ("all_cores_1h", ", 1 h")):
+        if key in r:
+            out[f"{ALL_CORES}{label}"] = r[key]["ratio"]
+            if "scaling_efficiency" in r[key]:
+                out[f"scaling efficiency 1 -> 2 actors, end to end{label}"] = r[key]["scaling_efficiency"]
+    if "images_all_cores" in r:
+        out["images end to end / bare image codec, all cores"] = r["images_all_cores"]["ratio"]
+    for s in r.get("startup", []):
+        out[f"start-up seconds at {s['rows'] // 1000}k rows"] = s["startup_seconds"]
+        out[f"driver peak RSS MB at {s['rows'] // 1000}k rows"] = s["driver_peak_rss_mb"]
+    return out
+
+
 if __name__ == "__main__":
     import argparse
+    import platform
 
-    parser = argparse.ArgumentParser(description="uti tokenize start-up time and driver RSS at scale")
-    parser.add_argument("--startup-rows", type=int, nargs="+", default=[100_000, 600_000])
+    parser = argparse.ArgumentParser(
+        description="uti tokenize end to end with default flags vs a bare codec loop on every core, scaling "
+                    "1 -> 2 actors, start-up time and driver RSS at scale (issue 12); merged into bench/results.json")
+    parser.add_argument("--seconds", type=float, default=600.0, help="seconds of audio of the main ratio (0: skip)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the --num-actors 1 and 2 runs")
+    parser.add_argument("--hour", action="store_true", help="also the ratio at about 1 h of audio (slow)")
+    parser.add_argument("--images", type=int, default=0, help="also images end to end vs bare, on N images")
+    parser.add_argument("--startup-rows", type=int, nargs="*", default=[100_000],
+                        help="manifest sizes for start-up time and driver RSS (600000 is the issue's target size)")
+    parser.add_argument("--with-600k", action="store_true", help="add 600000 to --startup-rows")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results.json",
+                        help="results file to merge into ('-': print only)")
     args = parser.parse_args()
-    base = args.workdir or Path(tempfile.mkdtemp(prefix="uti-startup-"))
-    print(json.dumps([startup_at_scale(n, base / f"s{n}") for n in args.startup_rows], indent=2))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="uti-bench-all-cores-"))
+    measured: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                            "load_average_at_start": list(os.getloadavg())}}
+    if args.seconds > 0:
+        measured["all_cores_600s"] = all_cores(base / "a600", seconds=args.seconds, scaling=not args.no_scaling)
+    if args.hour:
+        measured["all_cores_1h"] = all_cores(base / "a3600", seconds=3600.0, scaling=False)
+    if args.images:
+        measured["images_all_cores"] = images_all_cores(base / "img", count=args.images)
+    rows = sorted(set(args.startup_rows) | ({600_000} if args.with_600k else set()))
+    measured["startup"] = [startup_at_scale(n, base / f"s{n}") for n in rows]
+    measured["machine"]["load_average_at_end"] = list(os.getloadavg())
+    ratio_table = all_cores_ratios(measured)
+    print(json.dumps({"ratios": ratio_table, "results": measured}, indent=2))
+    if str(args.results) != "-":
+        merged = json.loads(args.results.read_text()) if args.results.exists() else {}
+        merged.setdefault("ratios", {}).update(ratio_table)
+        merged.setdefault("results", {})["tokenize_all_cores"] = measured
+        args.results.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,5 @@
-"""The codec actor: loads the codecs once (on its GPU when it has one) and turns a shard's prepared
-media into a written shard. A shard is the unit of work: written whole, atomically, or not at all."""
+"""The codec actor: loads the codecs once (on its GPU when it has one) and turns the prepared media of one
+chunk (a run of a shard's rows) into finished samples; the shard's writer task commits them (ray_jobs.chunks)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class CodecWorker:
     def info(self) -> dict[str, Any]:
         import ray
 
-        return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id()}
+        return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id(),
+                "token_space_id": self.space.id}
 
     def codec_facts(self) -> dict[str, Any]:
         """What the driver needs from the codecs: the token space and the read tasks' target formats."""
@@ -56,9 +57,13 @@ class CodecWorker:
                 "channels": tok.audio.channels if tok.audio else 0,
                 "proc_size": tok.image.proc_size[0] if tok.image else 0}
 
-    def tokenize_shard(self, *, split: str, shard: str, rows: list[dict], chunks: list, extra: dict,
-                       token_space_id: str | None = None) -> dict[str, Any]:
+    def encode_chunk(self, *, split: str, shard: str, index: int, rows: list[dict], media: list,
+                     token_space_id: str | None = None):
+        """One chunk of a shard -> (ChunkStats, EncodedChunk): call with num_returns=2, so the driver reads only
+        the small stats and the encoded samples go from the object store straight to the shard's writer."""
         import ray
+
+        from ray_jobs.chunks import ChunkStats, EncodedChunk
 
         if token_space_id is not None and token_space_id != self.space.id:
             # The first actor, restarted by Ray (maybe on another node), built its space anew: it must be the job's.
@@ -67,24 +72,17 @@ class CodecWorker:
 
         from sharding.manifest import ManifestRow
         from sharding.media import source_meta  # `source`/`source_ref`: what verify reads the row back from
-        from sharding.writer import write_shard
 
-        started = time.perf_counter()
-        started_at = time.time()  # wall clock: the driver spans a modality's shards across actors
-        busy = wait = 0.0
+        started_at = time.time()  # wall clock: the driver spans a modality's chunks across actors
+        t0 = time.perf_counter()
+        items = [item for ref in media for item in ray.get(ref)]
+        t1 = time.perf_counter()
         by_id = {r["id"]: r for r in rows}
         encoded: dict[str, tuple[np.ndarray, dict, str | None, dict]] = {}
         errors: dict[str, dict] = {}
-        for ref in chunks:
-            t0 = time.perf_counter()
-            items = ray.get(ref)
-            t1 = time.perf_counter()
-            wait += t1 - t0
-            self._encode(items, by_id, split, shard, encoded, errors)
-            busy += time.perf_counter() - t1
-
-        t2 = time.perf_counter()
-        samples, audio_seconds, images, media_tokens, text_tokens = [], 0.0, 0, 0, 0
+        self._encode(items, by_id, split, shard, encoded, errors)
+        samples = []
+        audio_seconds, images = 0.0, 0
         for row in rows:  # plan order: the shard's bytes never depend on scheduling
             if row["id"] in errors:
                 continue
@@ -99,26 +97,16 @@ class CodecWorker:
                 **codec_meta, **info,
             }
             samples.append({"id": row["id"], "tokens": tokens, "text": text, "meta": meta})
-            media_tokens += int(tokens.size)
-            text_tokens += int(text.size)
             if row["modality"] == "audio":
                 audio_seconds += codec_meta["n_samples"] / codec_meta["sample_rate"]
             elif row["modality"] == "image":
                 images += 1
-        written = {s["id"] for s in samples}
-        if written & set(errors) or written | set(errors) != set(by_id):
-            lost = sorted(set(by_id) - written - set(errors))
-            raise RuntimeError(f"{split}/{shard}: exactly-once violated before writing (lost {lost[:3]})")
-        index = write_shard(self.out, split=split, shard=shard, token_space=self.space, samples=samples,
-                            errors=sorted(errors.values(), key=lambda e: e["id"]), extra=extra)
-        busy += time.perf_counter() - t2
-        return {
-            "split": split, "shard": shard, "num_samples": index["num_samples"], "num_errors": len(errors),
-            "audio_seconds": audio_seconds, "images": images, "media_tokens": media_tokens, "text_tokens": text_tokens,
-            "busy": busy, "wait": wait, "wall": time.perf_counter() - started, "pid": os.getpid(),
-            "started_at": started_at, "finished_at": time.time(),
-            "modalities": _count_modalities(samples), "error_reasons": _count_reasons(errors.values()),
-        }
+        ids = [r["id"] for r in rows]
+        chunk = EncodedChunk(ids=ids, samples=samples, errors=[errors[x] for x in ids if x in errors])
+        stats = ChunkStats(split=split, shard=shard, index=index, num_samples=len(samples), num_errors=len(errors),
+                           audio_seconds=audio_seconds, images=images, busy=time.perf_counter() - t1, wait=t1 - t0,
+                           pid=os.getpid(), started_at=started_at, finished_at=time.time())
+        return stats, chunk
 
     def _encode(self, items: list[dict], by_id: dict, split: str, shard: str,
                 encoded: dict, errors: dict) -> None:
@@ -166,17 +154,3 @@ class CodecWorker:
 
     def _encode_image(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         return self.tok.encode_images(arrays)
-
-
-def _count_modalities(samples: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s["meta"]["modality"]] = counts.get(s["meta"]["modality"], 0) + 1
-    return counts
-
-
-def _count_reasons(errors) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in errors:
-        counts[e["reason"]] = counts.get(e["reason"], 0) + 1
-    return counts

@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--shard-samples", type=int, default=None, help="samples per shard (default 1000)")
     size.add_argument("--shard-seconds", type=float, default=None, help="seconds of audio per shard")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="seconds of audio read and encoded per batch")
-    p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one shard")
+    p.add_argument("--batch-seconds", type=float, default=60.0,
+                   help="seconds of audio per chunk (the unit of work: any actor encodes any chunk of any shard)")
+    p.add_argument("--max-images-per-batch", type=int, default=64, help="images per chunk")
+    p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # Ctrl-C and SIGTERM stop the same clean way (uti.cli.main): complete shards are kept.
@@ -42,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
         manifests=tuple(args.manifest), out=args.out, config=args.config, address=args.address,
         num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_samples=args.shard_samples, shard_seconds=args.shard_seconds, batch_seconds=args.batch_seconds,
+        max_images_per_batch=args.max_images_per_batch,
         max_shard_failures=args.max_shard_failures, dashboard=args.dashboard, progress=not args.no_progress,
     )
     job = run_tokenize(cfg)

@@ -18,9 +18,9 @@ class TokenizeConfig:
     cpus_per_actor: float = 1.0
     shard_samples: int | None = None
     shard_seconds: float | None = None
-    batch_seconds: float = 60.0  # audio seconds read and encoded per batch (bounds memory per actor)
-    max_images_per_batch: int = 64
-    max_shard_failures: int = 3  # a shard failing more often than this stops the job, naming the shard
+    batch_seconds: float = 60.0  # audio seconds per chunk, the unit of work (bounds memory per actor)
+    max_images_per_batch: int = 64  # images per chunk
+    max_shard_failures: int = 3  # a chunk (or shard writer) failing this often stops the job, naming the shard
     read_cpus: float = 0.5  # logical CPUs per read task: reading is light next to encoding
     dashboard: bool = False
     progress: bool = True
@@ -36,6 +36,8 @@ class TokenizeConfig:
             raise ConfigError(f"--shard-samples must be >= 1, got {self.shard_samples}")
         if self.shard_seconds is not None and self.shard_seconds <= 0:
             raise ConfigError(f"--shard-seconds must be > 0, got {self.shard_seconds}")
+        if self.max_images_per_batch < 1:
+            raise ConfigError(f"--max-images-per-batch must be >= 1, got {self.max_images_per_batch}")
         if self.batch_seconds <= 0:
             raise ConfigError(f"--batch-seconds must be > 0, got {self.batch_seconds}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:

@@ -58,8 +58,9 @@ def default_actors(cpus: float, gpus: float, *, gpus_per_actor: float, cpus_per_
     return by_cpu
 
 
-def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, shards: int) -> Request:
-    """The request of this run on a cluster with `cluster` resources (ray.cluster_resources()).
+def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, chunks: int) -> Request:
+    """The request of this run on a cluster with `cluster` resources (ray.cluster_resources()), never more
+    actors than the run has `chunks` (the unit of work: any actor encodes any chunk).
 
     Raises JobError naming the numbers and the flag to change when it can never be scheduled.
     """
@@ -73,7 +74,7 @@ def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, shards: int) -
                            read_cpus=cfg.read_cpus)
     else:
         n = cfg.num_actors
-    request = Request(num_actors=max(1, min(n, shards)), cpus_per_actor=cfg.cpus_per_actor,
+    request = Request(num_actors=max(1, min(n, chunks)), cpus_per_actor=cfg.cpus_per_actor,
                       gpus_per_actor=gpus_per_actor, read_cpus=cfg.read_cpus)
     check_fits(request, cpus=cpus, gpus=gpus)
     return request

@@ -1,0 +1,155 @@
+"""Chunks are the unit of work, shards the unit of storage and commit (issue 12).
+
+A chunk is a run of consecutive rows of one shard, in plan order: about `--batch-seconds` of audio or
+`--max-images-per-batch` images. Any codec actor encodes any chunk into an `EncodedChunk` (the finished
+samples of its rows, or their per-sample errors); once every chunk of a shard is encoded, `write_shard_task`
+(a light CPU task) puts them back in plan order and commits the shard through the shard writer: tar, then
+index last. The shard's bytes depend only on its rows, never on which actor encoded which chunk or when.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+
+@dataclass(kw_only=True, frozen=True)
+class ChunkRef:
+    """Where a chunk sits in the plan: rows [start, end) of shard `split/shard`, chunk `index` of `count`."""
+
+    split: str
+    shard: str
+    index: int
+    count: int
+    start: int
+    end: int
+
+    @property
+    def shard_key(self) -> str:
+        return f"{self.split}/{self.shard}"
+
+
+@dataclass(kw_only=True)
+class EncodedChunk:
+    """What an actor made of a chunk, kept in the object store until its shard is written: the samples
+    (dicts the shard writer takes: id, tokens, text, meta) and per-sample errors, each in plan order."""
+
+    ids: list[str]
+    samples: list[dict]
+    errors: list[dict]
+
+
+@dataclass(kw_only=True, frozen=True)
+class ChunkStats:
+    """The small part of an encoded chunk the driver reads: timings for the summary and the progress."""
+
+    split: str
+    shard: str
+    index: int
+    num_samples: int
+    num_errors: int
+    audio_seconds: float
+    images: int
+    busy: float  # seconds encoding
+    wait: float  # seconds waiting for the chunk's media to be read
+    pid: int
+    started_at: float
+    finished_at: float
+
+
+@dataclass(kw_only=True, frozen=True)
+class ShardResult:
+    """A committed shard, as the writer task reports it."""
+
+    split: str
+    shard: str
+    num_samples: int
+    num_errors: int
+    audio_seconds: float
+    images: int
+    media_tokens: int
+    text_tokens: int
+    modalities: dict[str, int] = field(default_factory=dict)
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    write_seconds: float = 0.0
+
+
+def chunk_bounds(durations: Sequence[float | None], modalities: Sequence[str], *, batch_seconds: float,
+                 max_images: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of consecutive rows holding about batch_seconds of audio or max_images images.
+
+    Depends only on the rows (not on the cluster), so a shard's chunks are the same on every run."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    seconds = 0.0
+    images = 0
+    for i, (duration, modality) in enumerate(zip(durations, modalities)):
+        cost = (duration or 0.0) if modality == "audio" else 0.0
+        if i > start and (seconds + cost > batch_seconds or images >= max_images):
+            bounds.append((start, i))
+            start, seconds, images = i, 0.0, 0
+        seconds += cost
+        images += modality == "image"
+    if start < len(durations):
+        bounds.append((start, len(durations)))
+    return bounds
+
+
+def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_seconds: float,
+                 max_images: int) -> list[ChunkRef]:
+    """The chunks of one planned shard (`shard.ids` in plan order; `row_of` maps an ID to its ManifestRow)."""
+    rows = [row_of(x) for x in shard.ids]
+    bounds = chunk_bounds([r.duration for r in rows], [r.modality for r in rows], batch_seconds=batch_seconds,
+                          max_images=max_images)
+    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b)
+            for i, (a, b) in enumerate(bounds)]
+
+
+def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) -> tuple[list[dict], list[dict]]:
+    """The shard's samples and errors in plan order from its chunks (given in chunk order); every row
+    exactly once, or an error naming the shard (never a shard with a row missing or written twice)."""
+    samples = [s for c in chunks for s in c.samples]
+    errors = [e for c in chunks for e in c.errors]
+    covered = [x for c in chunks for x in c.ids]
+    if covered != list(ids):
+        raise RuntimeError(f"{where}: the encoded chunks cover {len(covered)} rows, the plan has {len(ids)} "
+                           "(exactly-once violated before writing)")
+    written = [s["id"] for s in samples]
+    failed = {e["id"] for e in errors}
+    if len(set(written)) != len(written) or set(written) & failed or set(written) | failed != set(ids):
+        lost = sorted(set(ids) - set(written) - failed)
+        raise RuntimeError(f"{where}: exactly-once violated before writing (lost {lost[:3]})")
+    order = {x: i for i, x in enumerate(ids)}
+    samples.sort(key=lambda s: order[s["id"]])  # already in plan order; sorting makes that a guarantee
+    return samples, sorted(errors, key=lambda e: e["id"])
+
+
+def write_shard_task(out: str, split: str, shard: str, ids: list[str], token_space_json: bytes, extra: dict,
+                     *chunks: EncodedChunk) -> ShardResult:
+    """Commit one shard from its encoded chunks (a Ray task; the chunks arrive resolved, in chunk order)."""
+    from sharding.writer import write_shard
+    from uti.token_space import TokenSpace
+
+    started = time.perf_counter()
+    space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
+    samples, errors = assemble(ids, chunks, where=f"{split}/{shard}")
+    index = write_shard(out, split=split, shard=shard, token_space=space, samples=samples, errors=errors, extra=extra)
+    modalities: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    audio_seconds = 0.0
+    media_tokens = text_tokens = images = 0
+    for s in samples:
+        meta = s["meta"]
+        modalities[meta["modality"]] = modalities.get(meta["modality"], 0) + 1
+        media_tokens += int(s["tokens"].size)
+        text_tokens += int(s["text"].size)
+        if meta["modality"] == "audio":
+            audio_seconds += meta["n_samples"] / meta["sample_rate"]
+        elif meta["modality"] == "image":
+            images += 1
+    for e in errors:
+        reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    return ShardResult(split=split, shard=shard, num_samples=index["num_samples"], num_errors=len(errors),
+                       audio_seconds=audio_seconds, images=images, media_tokens=media_tokens, text_tokens=text_tokens,
+                       modalities=modalities, error_reasons=reasons, write_seconds=time.perf_counter() - started)

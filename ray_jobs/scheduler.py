@@ -1,0 +1,450 @@
+"""The tokenize scheduler: chunks to codec actors, whole shards to writer tasks (issue 12).
+
+The driver walks the plan's shards in order and cuts each into chunks (ray_jobs.chunks). A chunk's media
+is read by a CPU task and encoded by whichever codec actor has a free slot; each actor holds at most
+QUEUE_PER_ACTOR chunks (one encoding, one whose media is being read), which bounds the decoded media in
+the object store whatever the dataset's size (backpressure). When every chunk of a shard is encoded, a
+writer task commits the shard (tar, then index last). A failed chunk is redone alone (on any actor); a
+failed writer is rerun from the same encoded chunks, or the shard's chunks are redone if those were lost.
+Exactly-once and resume stay per shard: a shard exists once its index does.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from typing import Any, Iterator
+
+from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, shard_chunks, write_shard_task
+from ray_jobs.outputs import JobError
+from ray_jobs.resources import PENDING_GRACE_SECONDS, Request, waiting_reason
+
+log = logging.getLogger(__name__)
+QUEUE_PER_ACTOR = 2  # one chunk encoding, one whose media is being read ahead
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunResult:
+    """What a scheduler run did, for job.json and the progress summary."""
+
+    shards: list[ShardResult]
+    chunks: list[ChunkStats]
+    failures_by_shard: dict[str, int]
+    chunk_retries: int  # chunks sent again (actor killed or restarting, chunk error)
+    writer_retries: int  # writer tasks run again
+    actor_info: list[dict]
+    actors_started: int
+    processing_seconds: float  # first codec actor ready -> last shard committed
+    startup_seconds: float | None  # command start -> first chunk sent to a loaded codec actor
+
+
+@dataclasses.dataclass(kw_only=True)
+class _OpenShard:
+    """A shard some of whose chunks are encoded: their results stay in the object store until it is written."""
+
+    split: str
+    shard: Any  # sharding.plan shard: name, ids
+    chunks: list[ChunkRef]
+    encoded: dict[int, Any] = dataclasses.field(default_factory=dict)  # chunk index -> EncodedChunk ref
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.shard.name}"
+
+    @property
+    def complete(self) -> bool:
+        return len(self.encoded) == len(self.chunks)
+
+
+class ChunkScheduler:
+    """Runs the plan's unfinished shards on the given codec actors. `actors[0]` is loaded already (its
+    `first_info` known); the others join once their first ping answers."""
+
+    def __init__(self, *, cfg, plan, todo, row_of, space, read_args: dict, request: Request, actors: list,
+                 first_info: dict, command_started: float):
+        self.cfg = cfg
+        self.plan = plan
+        self.todo = todo
+        self.row_of = row_of
+        self.space = space
+        self.read_args = read_args
+        self.request = request
+        self.actors = actors
+        self.first_info = first_info
+        self.command_started = command_started
+        self.pending: collections.deque[ChunkRef] = collections.deque()
+        self.shard_iter: Iterator = iter(todo)
+        self.exhausted = not todo  # every shard of the plan cut into chunks
+        self.open: dict[str, _OpenShard] = {}
+        self.prefetched: dict[ChunkRef, list] = {}  # reads started before their chunk went to an actor
+        self.reading: dict[ChunkRef, list] = {}  # reads of the chunks sent to actors
+        self.to_write: collections.deque[str] = collections.deque()
+        self.writing: dict[Any, str] = {}  # writer task ref -> shard key
+        self.max_writers = max(2, len(actors))
+        self.failures: collections.Counter = collections.Counter()  # by shard, for job.json
+        self.unit_failures: collections.Counter = collections.Counter()  # by (shard, chunk or writer)
+        self.chunk_retries = 0
+        self.writer_retries = 0
+        self.shards: list[ShardResult] = []
+        self.chunk_stats: list[ChunkStats] = []
+        self.startup: float | None = None
+        import ray
+
+        from ray_jobs.read import read_rows
+
+        self.reader = ray.remote(read_rows)
+        self.writer = ray.remote(write_shard_task)
+        self.space_json = space.canonical_json()
+
+    # ---- the plan, cut into chunks lazily (the driver holds O(shards) state, never every chunk's rows) ----
+    def _refill(self) -> None:
+        window = len(self.actors) * QUEUE_PER_ACTOR
+        while len(self.pending) < window:
+            nxt = next(self.shard_iter, None)
+            if nxt is None:
+                self.exhausted = True
+                return
+            split, shard = nxt
+            chunks = shard_chunks(split, shard, self.row_of, batch_seconds=self.cfg.batch_seconds,
+                                  max_images=self.cfg.max_images_per_batch)
+            opened = _OpenShard(split=split, shard=shard, chunks=chunks)
+            self.open[opened.key] = opened
+            self.pending.extend(chunks)
+
+    def _rows(self, chunk: ChunkRef) -> list[dict]:
+        shard = self.open[chunk.shard_key].shard
+        return [self.row_of(x).to_dict() for x in shard.ids[chunk.start: chunk.end]]
+
+    def _read(self, rows: list[dict], node: str | None) -> list:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # Decoded audio is ~10x its file: read where the consuming actor runs (soft: any node will do).
+        opts: dict[str, Any] = {"num_cpus": self.cfg.read_cpus, "max_retries": 3}
+        if node is not None:
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+        return [self.reader.options(**opts).remote(rows, **self.read_args)]
+
+    # ---- the run --------------------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            self._cancel()
+
+    def _run(self) -> RunResult:
+        import ray
+
+        # The first chunks' reads start now, while the other actors are still loading their codecs.
+        self._refill()
+        for chunk in list(self.pending)[: len(self.actors) * QUEUE_PER_ACTOR]:
+            self.prefetched[chunk] = self._read(self._rows(chunk), None)
+        self.nodes: list[str | None] = [self.first_info["node"]] + [None] * (len(self.actors) - 1)
+        self.actor_info = [self.first_info]
+        processing_started = time.time()
+        self.pool = _ActorPool(self.actors, starting=range(1, len(self.actors)))
+        self.progress = _Progress(self.todo, enabled=self.cfg.progress)
+        self.waiting = Waiting(self.request)
+        try:
+            while not self.exhausted or self.pending or self.open or self.writing:
+                self._refill()
+                self._dispatch()
+                self.pool.ping_recovering()
+                refs = self.pool.refs() + list(self.writing)
+                if not refs:
+                    time.sleep(0.2)
+                    continue
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+                if ready:
+                    self.waiting.progressed()
+                else:
+                    reads_done, reads_left = _read_counts(self.reading)
+                    self.waiting.reads_finished(reads_done)
+                    self.waiting.check(actors_pending=len(self.pool.starting), reads_pending=reads_left > 0,
+                                       show=self.progress.note)
+                for ref in ready:
+                    if ref in self.writing:
+                        self._on_written(ref)
+                    else:
+                        self._on_actor_event(*self.pool.finish(ref))
+                if self.pool.all_dead():
+                    raise JobError("every codec actor died and could not be restarted; see the Ray logs "
+                                   "(`ray logs`) for the cause, then rerun the same command")
+        finally:
+            self.progress.close()
+        return RunResult(shards=self.shards, chunks=self.chunk_stats, failures_by_shard=dict(self.failures),
+                         chunk_retries=self.chunk_retries, writer_retries=self.writer_retries,
+                         actor_info=self.actor_info, actors_started=len(self.actors),
+                         processing_seconds=time.time() - processing_started, startup_seconds=self.startup)
+
+    def _dispatch(self) -> None:
+        for i in self.pool.free_slots(QUEUE_PER_ACTOR):
+            if not self.pending:
+                return
+            chunk = self.pending.popleft()
+            rows = self._rows(chunk)
+            # The chunk's read starts now (if not already), while actor i still encodes its previous chunk.
+            media = self.prefetched.pop(chunk, None) or self._read(rows, self.nodes[i])
+            self.reading[chunk] = media
+            stats_ref, encoded_ref = self.actors[i].encode_chunk.options(num_returns=2).remote(
+                split=chunk.split, shard=chunk.shard, index=chunk.index, rows=rows, media=media,
+                token_space_id=self.space.id)
+            if self.startup is None:
+                self.startup = time.time() - self.command_started
+                log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
+                         "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
+            self.pool.assign(stats_ref, i, (chunk, encoded_ref))
+        self._write_ready()
+
+    def _on_actor_event(self, kind: str, i: int, payload, outcome) -> None:
+        from ray.exceptions import ActorUnavailableError
+
+        if kind == "ping":
+            if isinstance(outcome, dict):
+                if outcome["token_space_id"] != self.space.id:
+                    raise JobError(f"codec actor {i} gives token space {outcome['token_space_id'][:12]}, not the "
+                                   f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
+                self.nodes[i] = outcome["node"]  # a restarted actor may live on another node now
+                if i in self.pool.starting:
+                    self.pool.starting.discard(i)
+                    self.actor_info.append(outcome)
+            elif i in self.pool.starting and not isinstance(outcome, ActorUnavailableError):
+                # e.g. its codecs differ from the first actor's: refused, not silently dropped.
+                raise JobError(f"codec actor {i} failed to start: {short_error(outcome)}")
+            return
+        chunk, encoded_ref = payload
+        self.reading.pop(chunk, None)
+        if not isinstance(outcome, Exception):
+            self.chunk_stats.append(outcome)
+            shard = self.open[chunk.shard_key]
+            shard.encoded[chunk.index] = encoded_ref
+            if shard.complete:
+                self.to_write.append(shard.key)
+                self._write_ready()
+            return
+        # Only this chunk is redone, first in line (its shard is the oldest open one), on any actor.
+        self.pending.appendleft(chunk)
+        self.chunk_retries += 1
+        if isinstance(outcome, ActorUnavailableError):
+            return  # never started: the actor was restarting, not this chunk's fault
+        self._failed(chunk.shard_key, f"chunk {chunk.index + 1}/{chunk.count}", outcome)
+
+    def _failed(self, key: str, what: str, outcome: BaseException) -> None:
+        # Counted per unit of work (a chunk, or the shard's writer): one actor killed with two chunks of a
+        # shard queued is one mishap for each, not two strikes against the shard.
+        self.failures[key] += 1
+        self.unit_failures[(key, what)] += 1
+        n = self.unit_failures[(key, what)]
+        log.warning("shard %s (%s) failed (%d/%d): %s", key, what, n, self.cfg.max_shard_failures, short_error(outcome))
+        if n >= self.cfg.max_shard_failures:
+            raise JobError(
+                f"shard {key} failed {n} times ({what}); last error: {short_error(outcome)}. "
+                f"Its rows are listed in {self.cfg.out}/plan.json; fix the cause and rerun the same "
+                "command: completed shards are kept")
+
+    # ---- writers ----------------------------------------------------------------------------------------------
+    def _write_ready(self) -> None:
+        while self.to_write and len(self.writing) < self.max_writers:
+            shard = self.open[self.to_write.popleft()]
+            # A light task: no CPU reserved, so it never waits behind the reads or the actors' CPUs.
+            ref = self.writer.options(num_cpus=0, max_retries=3).remote(
+                self.cfg.out, shard.split, shard.shard.name, list(shard.shard.ids), self.space_json,
+                {"plan_sha256": self.plan.sha256}, *[shard.encoded[k] for k in range(len(shard.chunks))])
+            self.writing[ref] = shard.key
+
+    def _on_written(self, ref) -> None:
+        import ray
+        from ray.exceptions import ObjectLostError, RayError
+
+        key = self.writing.pop(ref)
+        try:
+            result = ray.get(ref)
+        except RayError as exc:
+            shard = self.open[key]
+            self.writer_retries += 1
+            self._failed(key, "writing", exc)
+            if isinstance(exc, ObjectLostError):  # an encoded chunk is gone (its node died): encode them again
+                shard.encoded.clear()
+                self.pending.extendleft(reversed(shard.chunks))
+            else:
+                self.to_write.appendleft(key)
+            self._write_ready()
+            return
+        del self.open[key]  # its encoded chunks are released from the object store with their refs
+        self.shards.append(result)
+        self.progress.update(result)
+        self._write_ready()
+
+    def _cancel(self) -> None:
+        """Stopped early (Ctrl-C, SIGTERM, a failed shard): nothing keeps reading or writing on a cluster. A
+        writer cut short leaves only temp files, which the next run removes."""
+        import ray
+
+        reads = [r for media in [*self.prefetched.values(), *self.reading.values()] for r in media]
+        # Reads are cancelled with force (their worker process is killed): a KeyboardInterrupt landing in a
+        # read task's first `import torch` left that pooled worker with half of torch imported, and every
+        # later read it ran (the rerun, in the same Ray session) failed. A writer is interrupted gently so it
+        # removes its temp files.
+        for ref, force in [(r, True) for r in reads] + [(r, False) for r in self.writing]:
+            try:
+                ray.cancel(ref, force=force)
+            except Exception:  # noqa: BLE001 - finished or already gone is fine
+                pass
+
+
+def _read_counts(reading: dict) -> tuple[int, int]:
+    """(finished, unfinished) read tasks of the chunks sent to actors."""
+    import ray
+
+    refs = [ref for media in reading.values() for ref in media]
+    if not refs:
+        return 0, 0
+    ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=0)
+    return len(ready), len(not_ready)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    cause = [line for line in text if "Error" in line or "error" in line]
+    return (cause[-1] if cause else (text[-1] if text else type(exc).__name__))[:300]
+
+
+class Waiting:
+    """Shows why nothing has progressed (no chunk encoded, no read task finished, an actor still not up) for
+    PENDING_GRACE_SECONDS: on the progress line and once in the log (progress bars are off in CI logs).
+    Resources are read only once the grace period is over."""
+
+    def __init__(self, request: Request, *, grace: float = PENDING_GRACE_SECONDS):
+        self.request = request
+        self.grace = grace
+        self.since = time.time()
+        self.last_reason: str | None = None
+        self._reads_seen = 0
+
+    def progressed(self) -> None:
+        self.since = time.time()
+
+    def reads_finished(self, count: int) -> None:
+        """A read task finishing is progress too."""
+        if count != self._reads_seen:
+            self._reads_seen = count
+            self.progressed()
+
+    def check(self, *, actors_pending: int, reads_pending: bool, show) -> None:
+        import ray
+
+        if time.time() - self.since < self.grace or not (actors_pending or reads_pending):
+            return
+        reason = waiting_reason(actors_pending=actors_pending, reads_pending=reads_pending, request=self.request,
+                                available=ray.available_resources(), total=ray.cluster_resources())
+        if reason and reason != self.last_reason:
+            log.warning("%s", reason)
+        self.last_reason = reason
+        if show is not None:
+            show(reason or "")
+
+
+class _ActorPool:
+    """Tracks which actor runs what. An actor whose call failed is 'recovering' (Ray restarts it) and
+    gets no new work until a ping succeeds; pings back off so a restarting actor is not hammered."""
+
+    def __init__(self, actors: list, *, starting=()):
+        self.actors = actors
+        self.inflight: dict[Any, tuple[str, int, Any]] = {}
+        self.load = [0] * len(actors)
+        # Actors still loading their codecs are pinged like recovering ones: the answer comes once loaded.
+        self.starting: set[int] = set(starting)
+        self.recovering: dict[int, float] = {i: 0.0 for i in self.starting}  # actor -> time of the next ping
+        self.pinging: set[int] = set()
+        self.dead: set[int] = set()
+
+    def free_slots(self, per_actor: int) -> list[int]:
+        ready = [i for i in range(len(self.actors)) if i not in self.recovering and i not in self.dead]
+        slots = []
+        for i in sorted(ready, key=lambda k: self.load[k]):
+            slots += [i] * max(0, per_actor - self.load[i])
+        return slots
+
+    def assign(self, ref, i: int, payload) -> None:
+        self.inflight[ref] = ("chunk", i, payload)
+        self.load[i] += 1
+
+    def ping_recovering(self) -> None:
+        now = time.time()
+        for i, when in list(self.recovering.items()):
+            if i not in self.pinging and now >= when:
+                self.inflight[self.actors[i].info.remote()] = ("ping", i, None)
+                self.pinging.add(i)
+
+    def all_dead(self) -> bool:
+        return len(self.dead) == len(self.actors)
+
+    def refs(self) -> list:
+        return list(self.inflight)
+
+    def finish(self, ref) -> tuple[str, int, Any, Any]:
+        """The event of a ready ref: (kind, actor, payload, result or exception)."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
+
+        kind, i, payload = self.inflight.pop(ref)
+        try:
+            outcome = ray.get(ref)
+        except RayError as exc:
+            outcome = exc
+        if kind == "chunk":
+            self.load[i] -= 1
+        else:
+            self.pinging.discard(i)
+        if isinstance(outcome, (ActorUnavailableError, ActorDiedError)):
+            if isinstance(outcome, ActorDiedError) and "restart" not in str(outcome).lower() and kind == "ping":
+                self.dead.add(i)
+                self.recovering.pop(i, None)
+            else:
+                backoff = 0.5 if i not in self.recovering else 1.0
+                self.recovering[i] = time.time() + backoff
+        elif kind == "ping":
+            self.recovering.pop(i, None)
+        return kind, i, payload, outcome
+
+
+class _Progress:
+    def __init__(self, todo, *, enabled: bool):
+        from tqdm import tqdm
+
+        total = sum(shard.num_samples for _, shard in todo)
+        self.shards_total = len(todo)
+        self.shards = 0
+        self.audio = 0.0
+        self.images = 0
+        self.tokens = 0
+        self.t0 = time.time()
+        self.postfix = ""
+        # disable=None: a bar on a terminal, nothing in CI logs.
+        self.bar = tqdm(total=total, unit="sample", desc="tokenize", disable=None if enabled else True,
+                        dynamic_ncols=True)
+
+    def update(self, r: ShardResult) -> None:
+        self.shards += 1
+        self.audio += r.audio_seconds
+        self.images += r.images
+        self.tokens += r.media_tokens + r.text_tokens
+        rate = self.tokens / max(time.time() - self.t0, 1e-9)
+        self.postfix = (f"shards {self.shards}/{self.shards_total} audio {self.audio / 3600:.2f} h "
+                        f"images {self.images} {rate:,.0f} tok/s")
+        self.bar.set_postfix_str(self.postfix, refresh=False)
+        self.bar.update(r.num_samples + r.num_errors)
+
+    def note(self, text: str) -> None:
+        """A reason for waiting on the progress line (empty: clear it)."""
+        self.bar.set_postfix_str(text or self.postfix, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()

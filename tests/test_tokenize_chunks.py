@@ -1,0 +1,151 @@
+"""Chunks are the unit of work, shards the unit of commit (issue 12 item 1), on local Ray (CPU).
+
+One shard of audio and images is cut into chunks that any codec actor encodes; a writer task commits the
+shard. Its bytes are the same with one actor and one chunk, two actors, or tiny chunks; an actor killed
+mid-run costs only its chunks, and the shard is still byte-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from ray_jobs.config import TokenizeConfig
+from ray_jobs.job import actor_name, run_tokenize
+from tokenize_helpers import shard_bytes
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    # address="local": a new instance even when another `ray start` cluster runs on this machine.
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """One split, so the default plan is ONE shard: 10 clips (~14 s of audio), 4 images, a corrupt file."""
+    from sharding.manifest import ManifestRow, write_manifest
+    from verify_helpers import _write_png, _write_wav
+
+    src = tmp_path_factory.mktemp("chunks-src")
+    rows = []
+    for i in range(10):
+        seconds = 1.0 + 0.2 * i
+        path = src / f"clip{i:02d}.wav"
+        _write_wav(path, seconds=seconds, rate=(16000, 22050, 44100)[i % 3], channels=1 + i % 2,
+                   freq=150.0 * (i + 1), seed=i)
+        rows.append(ManifestRow(id=f"ck:a{i:02d}", dataset="ck", modality="audio", path=str(path),
+                                captions=(f"tone {i}",), split="train", duration=seconds))
+    for i in range(4):
+        path = src / f"img{i}.png"
+        _write_png(path, size=(40 + 8 * i, 56), seed=i)
+        rows.append(ManifestRow(id=f"ck:i{i}", dataset="ck", modality="image", path=str(path),
+                                captions=(f"picture {i}",), split="train"))
+    (src / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    rows.append(ManifestRow(id="ck:bad", dataset="ck", modality="audio", path=str(src / "bad.wav"),
+                            captions=("broken",), split="train", duration=1.0))
+    path = src / "m.jsonl"
+    write_manifest(path, rows)
+    return str(path)
+
+
+def _cfg(manifest, out, **kw) -> TokenizeConfig:
+    return TokenizeConfig(manifests=(manifest,), out=str(out), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def one_actor(ray_local, manifest, tmp_path_factory):
+    """The reference: one actor, chunks so large the shard is one chunk."""
+    out = tmp_path_factory.mktemp("one") / "out"
+    job = run_tokenize(_cfg(manifest, out, num_actors=1, batch_seconds=1000.0, max_images_per_batch=1000))
+    assert job["counts"]["shards"]["total"] == 1 and job["counts"]["samples"] == 14
+    return out, job
+
+
+TWO = {"num_actors": 2, "batch_seconds": 3.0, "max_images_per_batch": 2}
+
+
+@pytest.fixture(scope="module")
+def two_actors(ray_local, manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "out"
+    return out, run_tokenize(_cfg(manifest, out, **TWO))
+
+
+def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, two_actors, manifest, tmp_path):
+    ref, _ = one_actor
+    out, two = two_actors
+    # Before issue 12 a shard went to one actor: a one-shard plan kept the second one idle (or never started it).
+    assert two["actors"]["count"] == 2 and two["counts"]["chunks_encoded"] >= 6, two["counts"]
+    assert len(two["actors"]["busy_seconds_by_pid"]) == 2, two["actors"]
+    assert shard_bytes(out) == shard_bytes(ref)
+    tiny = run_tokenize(_cfg(manifest, tmp_path / "tiny", num_actors=2, batch_seconds=0.5, max_images_per_batch=1))
+    assert tiny["counts"]["chunks_encoded"] == 15  # every row alone: the chunk size changes no byte
+    assert shard_bytes(tmp_path / "tiny") == shard_bytes(ref)
+
+
+def test_actor_killed_mid_run_redoes_only_its_chunks(one_actor, two_actors, manifest, tmp_path, ray_local):
+    ray = ray_local
+    ref, _ = one_actor
+    out = tmp_path / "killed"
+    result: dict = {}
+    sent = _FirstChunkSent()
+
+    def target():
+        try:
+            result["job"] = run_tokenize(_cfg(manifest, out, **TWO))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    with sent:
+        thread.start()
+        # Actor 0 is loaded and holds its first chunks (one encoding, one being read) when the log says so.
+        assert sent.event.wait(timeout=240) or not thread.is_alive()
+        shard = out / "shards" / "train" / "shard-000000.json"
+        assert thread.is_alive() and not shard.exists(), "the job finished before the kill"
+        ray.kill(_actor(ray, actor_name(str(out), 0)), no_restart=False)
+        thread.join(timeout=300)
+    assert "job" in result, f"the job did not finish after an actor was killed: {result.get('error')!r}"
+    job = result["job"]
+    assert job["retries_by_kind"]["chunks"] >= 1, job["retries_by_kind"]
+    # Only the killed actor's chunks were encoded again: as many encoded chunks as an undisturbed run.
+    assert job["counts"]["chunks_encoded"] == two_actors[1]["counts"]["chunks_encoded"]
+    assert shard_bytes(out) == shard_bytes(ref)
+
+
+class _FirstChunkSent(logging.Handler):
+    """Set when the scheduler logs that the first chunk went to a codec actor (the job runs in this process)."""
+
+    def __init__(self):
+        super().__init__(level=logging.INFO)
+        self.event = threading.Event()
+        self.logger = logging.getLogger("ray_jobs.scheduler")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "first chunk sent" in record.getMessage():
+            self.event.set()
+
+    def __enter__(self):
+        self.old_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.old_level)
+
+
+def _actor(ray, name: str):
+    try:
+        return ray.get_actor(name)
+    except ValueError:
+        return None
