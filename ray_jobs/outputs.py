@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from sharding.format import ShardRef, find_orphans, list_shards, url_to_fs, is_local
 from sharding.plan import Plan, plan_from_bytes
+from sharding.storage import storage_errors
 from uti.atomic import atomic_write
 from uti.errors import UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
@@ -35,8 +36,9 @@ def _join(out: str, name: str) -> tuple[Any, str]:
 
 
 def read_bytes(out: str, name: str) -> bytes | None:
-    fs, path = _join(out, name)
-    return fs.cat_file(path) if fs.exists(path) else None
+    with storage_errors(out, "--out"):
+        fs, path = _join(out, name)
+        return fs.cat_file(path) if fs.exists(path) else None
 
 
 def write_bytes(out: str, name: str, data: bytes) -> None:
@@ -57,7 +59,13 @@ def claim_out(out: str, space: TokenSpace, plan: Plan) -> None:
 def claim_plan(out: str, plan: Plan) -> None:
     """Write plan.json, or check that an existing OUT was planned the same way. Needs no codec, so a run
     into the wrong folder fails before any actor starts (the token space is claimed once the first
-    actor has loaded the codecs)."""
+    actor has loaded the codecs). The first touch of OUT: an object store that cannot be reached (no
+    credentials, wrong endpoint) is one line here, before any Ray process starts."""
+    with storage_errors(out, "--out"):
+        _claim_plan(out, plan)
+
+
+def _claim_plan(out: str, plan: Plan) -> None:
     fs, root = url_to_fs(out)
     if fs.exists(root) and not fs.isdir(root):
         raise JobError(f"--out {out} is an existing file, not a folder; give a new or existing folder")

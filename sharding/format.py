@@ -62,6 +62,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from sharding.errors import ShardError
+from sharding.storage import filesystem
 from uti.atomic import TEMP_MARKER  # one temp-name rule for every writer: find_orphans relies on it
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def read_index(path: str | os.PathLike) -> dict:
 
 # ---- filesystem helpers (local paths and fsspec URLs alike) ---------------------------------------
 def url_to_fs(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(os.fspath(url))
+    """(filesystem, path); a missing s3fs/gcsfs is a StorageError naming the extra (sharding.storage)."""
+    return filesystem(url)
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -20,6 +20,7 @@ from uti.strict import from_dict, to_dict
 from uti.token_space import canonical_json
 
 from sharding.paths import PathEscapeError, atomic_write_bytes
+from sharding.storage import is_url
 
 MODALITIES = ("audio", "image", "text")
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.98, "val": 0.01, "test": 0.01}
@@ -380,9 +381,14 @@ def build_manifest(
 
     adapter = get_dataset(dataset)
     adapter.check_options(options)
-    root_path = Path(root)
-    if not root_path.exists():
-        raise ManifestError(f"dataset root {root} does not exist; pass the dataset's folder with --root")
+    if is_url(root):  # before Path(): "s3://b/x" would become the local folder "s3:/b/x"
+        root_path: Any = _object_root(dataset, adapter, os.fspath(root))
+        root_text = root_path.url
+    else:
+        root_path = Path(root)
+        if not root_path.exists():
+            raise ManifestError(f"dataset root {root} does not exist; pass the dataset's folder with --root")
+        root_text = os.path.realpath(root_path)
     splits = tuple(dict.fromkeys(splits)) if splits else None
     rows: dict[str, ManifestRow] = {}
     missing: list[Rejected] = []
@@ -400,7 +406,7 @@ def build_manifest(
             rows[item.id] = item
     return ManifestBuild(
         dataset=dataset,
-        root=os.path.realpath(root_path),
+        root=root_text,
         rows=sorted(rows.values(), key=lambda r: r.id),
         missing=missing,
         rejected=rejected,
@@ -408,6 +414,20 @@ def build_manifest(
         options=dict(options),
         follow_symlinks=follow_symlinks,
     )
+
+
+def _object_root(dataset: str, adapter: Any, url: str) -> Any:
+    """The listed object-store root for adapters that read their layout through Path-like calls only."""
+    from sharding.object_root import ObjectRoot
+
+    if not getattr(adapter, "object_store", False):
+        raise ManifestError(
+            f"--root {url}: not supported yet for dataset {dataset!r}: media in an object store work for "
+            "clotho and llava; copy or mount this dataset on a filesystem every node sees and pass that folder")
+    root = ObjectRoot.open(url)
+    if not root.is_dir():
+        raise ManifestError(f"dataset root {url} holds no objects; pass the prefix holding the dataset with --root")
+    return root
 
 
 def summary_path(manifest_path: str | os.PathLike) -> Path:

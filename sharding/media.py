@@ -23,6 +23,7 @@ from uti.config import LimitsConfig
 from uti.errors import MediaError
 from sharding.manifest import ManifestRow
 from sharding.paths import PathEscapeError, resolve_inside
+from sharding.storage import StorageError, filesystem, is_url, storage_errors
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,6 +119,8 @@ def read_source_bytes(row: ManifestRow, *, max_bytes: int | None = None) -> byte
     if not row.path:
         raise _fail(row, "read", "no_path", "the row has no media path")
     try:
+        if is_url(row.path):  # an object (s3://, gs://): streamed from the store, never staged on disk
+            return _object_bytes(row, max_bytes)
         size = os.path.getsize(row.path)
         if max_bytes is not None and size > max_bytes:
             raise _fail(row, "read", "too_large", f"{size} bytes exceeds the limit of {max_bytes}")
@@ -127,8 +130,30 @@ def read_source_bytes(row: ManifestRow, *, max_bytes: int | None = None) -> byte
         raise _fail(row, "read", "missing_file", "file not found") from None
     except IsADirectoryError:
         raise _fail(row, "read", "unreadable", "is a directory") from None
+    except StorageError:  # the store, not this sample (credentials, endpoint): not a per-sample error
+        raise
     except OSError as exc:
         raise _fail(row, "read", "unreadable", f"cannot read: {exc.strerror or exc}") from None
+
+
+def _object_bytes(row: ManifestRow, max_bytes: int | None) -> bytes:
+    fs, key = filesystem(row.path)
+    with storage_errors(row.path, "media"):
+        size = fs.size(key)
+        if max_bytes is not None and size is not None and size > max_bytes:
+            raise _fail(row, "read", "too_large", f"{size} bytes exceeds the limit of {max_bytes}")
+        return fs.cat_file(key)
+
+
+def _audio_info(path: str):
+    """soundfile.info of a file or an object; for an object only the header's byte ranges are fetched."""
+    import soundfile as sf
+
+    if not is_url(path):
+        return sf.info(path)
+    fs, key = filesystem(path)
+    with storage_errors(path, "media"), fs.open(key, "rb", block_size=64 * 1024) as fh:
+        return sf.info(fh)
 
 
 @functools.lru_cache(maxsize=8)
@@ -195,9 +220,11 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
     # Header first: a 3-hour file is refused before its samples are read.
     if row.path and hf_ref(row) is None:
         try:
-            info = sf.info(row.path)
+            info = _audio_info(row.path)
         except FileNotFoundError:
             raise _fail(row, "read", "missing_file", "file not found") from None
+        except StorageError:  # the store, not this sample: the job stops with the one-line reason
+            raise
         except Exception as exc:  # noqa: BLE001 - libsndfile errors are RuntimeError/LibsndfileError
             raise _fail(row, "read", "unreadable", f"not a readable audio file: {exc}") from None
         _check_header(row, info.samplerate, info.channels, info.frames, limits)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sharding.format import url_to_fs
+from sharding.storage import storage_errors
 from train.audio_scale import write_scale
 from train.census import check_training_input, resolve_splits
 from train.checkpoint import checkpoint_space, latest_checkpoint, list_checkpoints, read_trainer_state
@@ -72,8 +73,10 @@ def _read(out: str, name: str) -> bytes | None:
 
 
 def load_input_space(out: str) -> TokenSpace:
-    """OUT/token_space.json, checked against OUT/token_space.sha256 (local path or fsspec URL)."""
-    raw, sha = _read(out, JSON_NAME), _read(out, SHA_NAME)
+    """OUT/token_space.json, checked against OUT/token_space.sha256 (local path or fsspec URL). The first
+    read of an input: a store that cannot be reached (credentials, endpoint) is one StorageError line."""
+    with storage_errors(out, "--data"):
+        raw, sha = _read(out, JSON_NAME), _read(out, SHA_NAME)
     if raw is None or sha is None:
         raise TrainError(f"--data {out}: no {JSON_NAME} + {SHA_NAME}; is it the OUT folder of `uti tokenize`?")
     try:

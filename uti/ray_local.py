@@ -143,11 +143,53 @@ def sigterm_handler_kept() -> Iterator[None]:
                 signal.signal(signal.SIGTERM, handler)
 
 
+# Object-store settings and credentials of the standard chains (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE,
+# GOOGLE_APPLICATION_CREDENTIALS, fsspec's FSSPEC_<PROTOCOL>_<OPTION>): the driver's values go to every actor,
+# task and Ray Train worker through the job's runtime environment, because on a cluster those processes are
+# started by raylets that never saw the driver's environment. Only names are listed here; values are never
+# logged or written by uti (Ray keeps the job's runtime environment in its own job table).
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
+STORAGE_ENV_NAMES = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
+
+
+def storage_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The object-store variables set in `environ` (default: this process's environment)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(env.items()) if k.startswith(STORAGE_ENV_PREFIXES) or k in STORAGE_ENV_NAMES}
+
+
+def _submitted_job_env_names() -> set[str]:
+    """Variables the runtime env of a `ray job submit` job already sets. Ray refuses to merge a driver's
+    runtime env naming the same variable ("Failed to merge the Job's runtime env"), and the entrypoint sees
+    them in its own environment, so forwarding them again would stop the job."""
+    import json
+
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by Ray's job manager for a submitted entrypoint
+    try:
+        env_vars = ((json.loads(raw) or {}).get("runtime_env") or {}).get("env_vars") or {} if raw else {}
+    except (ValueError, AttributeError):
+        return set()
+    return set(env_vars) if isinstance(env_vars, dict) else set()
+
+
+def with_storage_env(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`runtime_env` plus the driver's object-store variables (the caller's own env_vars win; those a
+    submitted job's runtime env sets already reach its workers and are left out)."""
+    taken = _submitted_job_env_names()
+    forwarded = {k: v for k, v in storage_env_vars().items() if k not in taken}
+    if not forwarded:
+        return runtime_env
+    merged = dict(runtime_env or {})
+    merged["env_vars"] = {**forwarded, **dict(merged.get("env_vars") or {})}
+    return merged
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool = False,
             runtime_env: dict[str, Any] | None = None) -> bool:
     """Make sure Ray is initialised; returns True when this call started it (the caller shuts it down).
 
-    An already initialised Ray (a test fixture, a notebook, the driver of a RayJob) is reused as is.
+    An already initialised Ray (a test fixture, a notebook, the driver of a RayJob) is reused as is (its
+    runtime environment is its owner's: give it the AWS_* variables there, see `with_storage_env`).
     `address` None starts a private local instance: address="local" never follows a stray RAY_ADDRESS
     to somebody's cluster.
     """
@@ -160,6 +202,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
                               "job_config": driver_paths_kept_off_workers()}
+    runtime_env = with_storage_env(runtime_env)
     if runtime_env:
         common["runtime_env"] = runtime_env
     try:

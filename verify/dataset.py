@@ -16,6 +16,7 @@ from typing import Any
 from sharding.errors import ShardError
 from sharding.format import INDEX_SUFFIX, TAR_SUFFIX, Orphan, find_orphans, list_shards, read_index, url_to_fs
 from sharding.plan import PLAN_NAME, Plan, PlanError, plan_from_bytes
+from sharding.storage import storage_errors
 from uti.errors import TokenSpaceError, UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, sha256_hex
 
@@ -91,7 +92,14 @@ def load_space_from(out: str) -> TokenSpace:
 
 
 def load_dataset(out: str | os.PathLike, *, token_space: str | None = None) -> DatasetFiles:
+    """The dataset-level files and shard list of OUT; a store that cannot be reached (credentials,
+    endpoint) is one StorageError line."""
     out = os.fspath(out)
+    with storage_errors(out, "OUT"):
+        return _load_dataset(out, token_space=token_space)
+
+
+def _load_dataset(out: str, *, token_space: str | None) -> DatasetFiles:
     fs, root = url_to_fs(out)
     if not fs.isdir(root):
         raise UTIError(f"{out}: no such dataset folder; pass the OUT folder of `uti tokenize`")

@@ -15,6 +15,7 @@ from sharding.manifest import (
     Rejected,
     check_split_fractions,
 )
+from sharding.object_root import ObjectPath, ObjectRoot
 from sharding.paths import PathEscapeError, find_file
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ def size_hints(path: Path, modality: str) -> tuple[float | None, int | None]:
 
     Unreadable audio is not an error here: tokenization reports it per sample with the real reason.
     """
+    if isinstance(path, ObjectPath):  # an object store: the size is in the listing, and no media is read
+        return None, path.size()
     try:
         nbytes: int | None = os.stat(path).st_size
     except OSError:
@@ -128,7 +131,10 @@ def locate(
     """
     candidates = list(candidates)
     try:
-        path = find_file(root, candidates, follow_symlinks=follow_symlinks)
+        if isinstance(root, ObjectRoot):  # keys under the root prefix; object stores have no symlinks
+            path = root.find(candidates)
+        else:
+            path = find_file(root, candidates, follow_symlinks=follow_symlinks)
     except PathEscapeError as exc:
         return None, Rejected(item=item, reason=str(exc), path=candidates[0] if candidates else None)
     if path is None:

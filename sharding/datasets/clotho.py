@@ -72,6 +72,7 @@ def read_csv_dicts(path: Path, required: Sequence[str]) -> Iterator[tuple[int, d
 class Clotho(DatasetAdapter):
     name = "clotho"
     official_splits = ("development", "validation", "evaluation")
+    object_store = True  # reads its layout through root / name, .is_file(), .open() only (object_root)
 
     def rows(
         self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any

@@ -28,6 +28,7 @@ DEFAULT_FILE = "blip_laion_cc_sbu_558k.json"
 @register_dataset
 class LLaVAPretrain(DatasetAdapter):
     name = "llava"
+    object_store = True  # reads its layout through root / name, .is_file(), .open() only (object_root)
     options = ("file", "split_fractions")
 
     def rows(
