@@ -78,7 +78,12 @@ class RayStartCluster:
         self._spawn("head", ["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port",
-                             str(free_port()), "--num-cpus", str(num_cpus), "--temp-dir", str(self.temp_dir)])
+                             str(free_port()), "--num-cpus", str(num_cpus), "--temp-dir", str(self.temp_dir),
+                             # The job agent's HTTP port defaults to 52365 on every node: any other Ray on
+                             # this machine (the suite's local instance, a user's) holding it leaves the job
+                             # server with "No available agent to submit job" forever.
+                             "--dashboard-agent-listen-port", str(free_port()),
+                             "--dashboard-agent-grpc-port", str(free_port())])
         self._wait(lambda: self.alive_cpus() >= num_cpus, what=f"the head node ({num_cpus} CPUs) and its job server")
 
     def add_worker(self, *, num_cpus: int) -> None:

@@ -9,8 +9,8 @@ sample streams from `input_census`), so both sides reach the same conclusions fr
 Modality from the index. The index records each sample's media token count (`token_counts`) and
 caption token count (`text_token_counts`), not its modality; the token space fixes the rest:
 0 media tokens is a text-only sample, exactly the image grid's count (`grid` h*w) is an image, any
-other count is audio. One count is ambiguous: an audio clip whose n_frames * n_q equals the grid
-(e.g. 32 frames at n_q 8 = 16x16). Such a clip is still read whenever its shard holds other audio;
+other count is audio. One count is ambiguous: an audio clip whose n_frames * tokens per frame (the
+token space's audio layout: n_q when frame-major) equals the grid (e.g. 32 frames at n_q 8 = 16x16). Such a clip is still read whenever its shard holds other audio;
 only in a shard whose every media sample has the grid's count is it missed by the audio stream,
 and then it is counted (`stray`) and named in a warning, never dropped silently. (`positions` lists
 what each modality's stream reads: the audio stream also reads a shard's image-sized samples when
@@ -133,17 +133,22 @@ class MediaShape:
     image_tokens: int | None  # tokens of one image (grid h*w); None: no image codec or no fixed grid
     has_image: bool
     has_audio: bool
-    n_q: int | None  # audio tokens per frame
+    n_q: int | None  # audio tokens per frame in the token space's layout (n_q when frame-major; SNAC 24 kHz: 7)
 
     @classmethod
     def of(cls, space: TokenSpace) -> "MediaShape":
-        image = space.codecs.get("image")
-        audio = space.codecs.get("audio")
-        grid = image.params.get("grid") if image is not None else None
-        tokens = int(grid[0]) * int(grid[1]) if isinstance(grid, (list, tuple)) and len(grid) == 2 else None
-        n_q = audio.params.get("n_q") if audio is not None else None
-        return cls(image_tokens=tokens, has_image=image is not None, has_audio=audio is not None,
-                   n_q=int(n_q) if isinstance(n_q, int) else None)
+        """Counts from the token space's layouts (TokenSpace.layout), never from an assumed frame-major
+        audio or a one-code-per-cell image."""
+        has_image, has_audio = space.has_modality("image"), space.has_modality("audio")
+        tokens = None
+        if has_image:
+            image = space.layout("image")
+            try:  # a grid's cells, or a causal1d codec's n_tokens (SEED: 32)
+                tokens = image.expected_len(image.shape_meta())
+            except TokenSpaceError:
+                tokens = None  # no fixed shape recorded: both streams read such counts
+        per = space.layout("audio").tokens_per_frame if has_audio else None
+        return cls(image_tokens=tokens, has_image=has_image, has_audio=has_audio, n_q=per)
 
     def modalities_of_count(self, count: int) -> tuple[str, ...]:
         """The modalities a sample with `count` media tokens can have (see the module doc)."""

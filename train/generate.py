@@ -3,12 +3,14 @@
 Prompts (the first tokens of the training layouts, see train.sequences):
 
     audio  <bos> <t2a> <bot> PROMPT <eot> <boa>     then audio tokens until <eoa> (at a frame boundary)
-    image  <bos> <t2i> <bot> PROMPT <eot> <boi>     then exactly grid_h * grid_w image tokens
+    image  <bos> <t2i> <bot> PROMPT <eot> <boi>     then exactly one image's tokens (grid_h * grid_w, or n_tokens)
     text   <bos> <txt> <bot> PROMPT                 then text tokens until <eot>
 
 Every sampled token is drawn from a logits mask (train.generate.Constraint): only the target
-modality's range -- for audio the range of level i % n_q at media position i (frame-major), with
-<eoa> allowed only between whole frames -- and never a padded row (>= vocab_size). So the output
+modality's range -- at media position i the range the token space's layout gives it
+(`TokenSpace.layout(...).range_of_position(i)`: level i % n_q frame-major, SNAC's 1+2+4 codes per
+frame, one FSQ level, the image grid), with <eoa> allowed only between whole, decodable frames --
+and never a padded row (>= vocab_size). So the output
 always has a decodable shape: whole frames for audio, a full grid for images. The codecs are
 rebuilt from RUN/codec_config.json (the tokenize job's config) and must match the checkpoint's
 token space exactly.
@@ -39,7 +41,7 @@ from train.audio_scale import read_scale
 from train.checkpoint import COMPLETE, checkpoint_space, latest_checkpoint, load_tensors, read_trainer_state
 from train.model import model_from_checkpoint, padded_vocab
 from train.runner import CODEC_CONFIG
-from uti.errors import UTIError
+from uti.errors import TokenSpaceError, UTIError
 from uti.token_space import TokenSpace, require_same
 
 MODES = ("audio", "image", "text")
@@ -91,7 +93,9 @@ class GenerationResult:
 
 
 class Constraint:
-    """Which IDs may be sampled at each generated position (a bool mask over the padded vocab)."""
+    """Which IDs may be sampled at each generated position (a bool mask over the padded vocab): the
+    range the token space's layout gives the position (`MediaLayout.range_of_position`), so the
+    output has the codec's layout whatever it is (frame-major, FSQ, SNAC's multirate frames, grids)."""
 
     def __init__(self, mode: str, space: TokenSpace, *, max_tokens: int, padded: int,
                  frames_ok: Callable[[int], bool] | None = None):
@@ -101,31 +105,36 @@ class Constraint:
         self.padded = padded
         sp = space.special
         self.stop: int | None = None
+        if mode in ("audio", "image"):
+            self.layout = space.layout(mode)
+            self.tokens_per_frame = self.layout.tokens_per_frame
+            self.level_masks = [self._mask([(r.start, r.end)]) for r in self.layout.level_ranges]
         if mode == "audio":
-            levels = space.audio_levels
-            self.n_q = len(levels)
+            per = self.tokens_per_frame
             self.frames_ok = frames_ok or (lambda n: True)
-            self.max_frames = max_tokens // self.n_q
+            self.max_frames = max_tokens // per
             while self.max_frames >= 1 and not self.frames_ok(self.max_frames):
                 self.max_frames -= 1
             if self.max_frames < 1:
-                raise GenerateError(f"--max-tokens {max_tokens} is less than one audio frame ({self.n_q} tokens)")
+                raise GenerateError(f"--max-tokens {max_tokens} is less than one decodable audio frame ({per} tokens "
+                                    f"in the {self.layout.kind} layout)")
             self.stop = sp("<eoa>")
-            self.level_masks = [self._mask([(r.start, r.end)]) for r in levels]
-            self.length = self.max_frames * self.n_q
+            self.length = self.max_frames * per
         elif mode == "image":
-            r = space.range("image")
-            grid = space.codecs["image"].params["grid"]
-            self.length = int(grid[0]) * int(grid[1])
+            self.length = image_length(space)
             if max_tokens < self.length:
-                raise GenerateError(f"--max-tokens {max_tokens}: an image is exactly {grid[0]}x{grid[1]} = "
-                                    f"{self.length} tokens; drop --max-tokens or raise it")
-            self.image_mask = self._mask([(r.start, r.end)])
+                raise GenerateError(f"--max-tokens {max_tokens}: an image is exactly {self.length} tokens "
+                                    f"({self.layout.kind} {self.layout.shape_meta()}); drop --max-tokens or raise it")
         else:
             r = space.range("text")
             self.stop = sp("<eot>")
             self.length = max_tokens
             self.text_mask = self._mask([(r.start, r.end)], extra=[self.stop])
+
+    @property
+    def n_q(self) -> int:
+        """Tokens per audio frame (kept for callers of the frame-major era; see tokens_per_frame)."""
+        return self.tokens_per_frame
 
     def _mask(self, spans: list[tuple[int, int]], extra: list[int] = ()) -> torch.Tensor:
         m = torch.zeros(self.padded, dtype=torch.bool)
@@ -137,20 +146,30 @@ class Constraint:
 
     def mask(self, i: int) -> torch.Tensor:
         """Allowed IDs for the i-th generated token (i counts media/text tokens, 0-based)."""
-        if self.mode == "audio":
-            if i % self.n_q:
-                return self.level_masks[i % self.n_q]
-            m = self.level_masks[0].clone() if i < self.length else torch.zeros(self.padded, dtype=torch.bool)
-            if i > 0 and self.frames_ok(i // self.n_q):  # <eoa> only after whole, decodable frames
-                m[self.stop] = True
-            return m
-        if self.mode == "image":
-            return self.image_mask
-        return self.text_mask
+        if self.mode == "text":
+            return self.text_mask
+        if i >= self.length:
+            m = torch.zeros(self.padded, dtype=torch.bool)
+        else:
+            m = self.level_masks[self.layout.level_of_position(i)]
+        if self.mode == "audio" and i > 0 and self.layout.is_frame_start(i) and self.frames_ok(i // self.tokens_per_frame):
+            m = m.clone()
+            m[self.stop] = True  # <eoa> only after whole, decodable frames
+        return m
 
     def finished(self, i: int) -> bool:
         """True when i tokens have been generated and no more may follow."""
         return i >= self.length
+
+
+def image_length(space: TokenSpace) -> int:
+    """Tokens of one image in the token space's layout: grid cells, or a causal1d codec's n_tokens."""
+    layout = space.layout("image")
+    try:
+        return layout.expected_len(layout.shape_meta())
+    except TokenSpaceError as exc:
+        raise GenerateError(f"token space {space.short_id}: {exc}; generation needs the image codec's fixed "
+                            "shape to know when an image is complete") from None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -258,8 +277,7 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
         raise GenerateError(f"{ckpt}: the model has {padded} output rows for vocab {space.vocab_size}")
     max_tokens = cfg.max_tokens or DEFAULT_MAX_TOKENS.get(cfg.mode, 0)
     if cfg.mode == "image" and cfg.max_tokens is None:
-        grid = space.codecs["image"].params["grid"]
-        max_tokens = int(grid[0]) * int(grid[1])
+        max_tokens = image_length(space)
     frames_ok = (lambda n: decodable_frames(tok.audio, n)) if cfg.mode == "audio" else None
     constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded, frames_ok=frames_ok)
     caption = tok.encode_text(cfg.prompt) if cfg.prompt else np.zeros(0, np.uint32)
@@ -270,7 +288,7 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "audio":
         scale = (cfg.audio_scale, "--audio-scale") if cfg.audio_scale is not None else read_scale(_run_folder(ckpt))
-        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.n_q, scale=scale[0])
+        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.tokens_per_frame, scale=scale[0])
         if "scales" in meta:
             meta["scale_from"] = scale[1]
         wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
@@ -278,7 +296,7 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
 
         sf.write(str(out), np.clip(wav.T, -1.0, 1.0), meta["sample_rate"], format="WAV")
     elif cfg.mode == "image":
-        meta = {"modality": "image", "proc_size": list(tok.image.proc_size), "grid": list(tok.image.grid),
+        meta = {"modality": "image", "proc_size": list(tok.image.proc_size), **space.layout("image").shape_meta(),
                 "token_space_id": space.id}
         from PIL import Image
 
@@ -290,6 +308,9 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     sidecar = {"mode": cfg.mode, "prompt": cfg.prompt, "checkpoint": str(ckpt), "step": step, "seed": cfg.seed,
                "temperature": cfg.temperature, "top_k": cfg.top_k, "token_space_id": space.id, "meta": meta,
                "tokens": ids.tolist()}
+    decode_info = getattr(tok.image, "decode_info", None) if cfg.mode == "image" else None
+    if decode_info is not None:  # a diffusion decoder (SEED): its pipeline, steps, guidance and seed made the PNG
+        sidecar["decoder"] = decode_info()
     Path(str(out) + ".json").write_text(json.dumps(sidecar, sort_keys=True) + "\n")
     return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step)
 
@@ -320,10 +341,16 @@ def segment_frames(codec: Any, n_samples: int) -> list[int] | None:
 
 
 def decodable_frames(codec: Any, n_frames: int) -> bool:
-    """Whether n_frames generated frames decode. EnCodec's overlap-add sizes its output by the last
-    segment, so every earlier segment's decoded samples must end within it: a last segment of one
-    frame after a full one (n_frames = 151, 301, ...) does not fit, and generation never stops there."""
-    layout = segment_frames(codec, samples_for_frames(codec, n_frames))
+    """Whether n_frames generated frames decode: some clip length must encode to exactly that many (a
+    codec that pads clips to a unit of several frames skips the counts in between), and EnCodec's
+    overlap-add sizes its output by the last segment, so every earlier segment's decoded samples
+    must end within it: a last segment of one frame after a full one (n_frames = 151, 301, ...) does
+    not fit. Generation never stops at such a count."""
+    try:
+        n_samples = samples_for_frames(codec, n_frames)
+    except GenerateError:  # e.g. SNAC 32/44 kHz pads clips to 4 frames: 5 frames is no clip's encoding
+        return False
+    layout = segment_frames(codec, n_samples)
     if layout is None:
         return True
     hop, stride = codec.hop_length, codec.segment_stride

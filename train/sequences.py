@@ -1,7 +1,7 @@
 """Task sequences, loss masks and packing: pure functions over token IDs (no torch, no Ray).
 
 Sequence format (every ID from the run's token space; C = one caption's text IDs, A = audio IDs
-frame-major, I = image IDs row-major; `^` marks the tokens that carry loss):
+in the token space's audio layout, I = image IDs row-major; `^` marks the tokens that carry loss):
 
     a2t   <bos> <a2t> <boa> A <eoa> <bot> C <eot> <eos>        loss on  <bot> C <eot> <eos>
     t2a   <bos> <t2a> <bot> C <eot> <boa> A <eoa> <eos>        loss on  <boa> A <eoa> <eos>
@@ -21,7 +21,8 @@ other (see train.model.PackedLM).
 Overlong docs (longer than `seq_len`) are never cut silently. They are counted, and then
   * `drop`: dropped;
   * `split`: audio tasks (a2t, t2a) are cut into several docs at frame boundaries (multiples of
-    n_q tokens), each with the whole caption; images are dropped (a partial grid cannot be decoded
+    the token space's tokens per audio frame: n_q frame-major, 7 for SNAC 24 kHz, 1 for FSQ), each
+    with the whole caption; images are dropped (a partial grid cannot be decoded
     or meaningfully predicted), and so is text (an overlong caption also would not fit any task).
 """
 
@@ -65,13 +66,17 @@ class Specials:
     boa: int
     eoa: int
     tags: Mapping[str, int]
+    # Tokens of one audio frame in the token space's layout (TokenSpace.layout): audio is checked and
+    # cut in these units. None (no audio codec, or built by hand): the sample's meta n_q, frame-major.
+    audio_frame: int | None = None
 
     @classmethod
     def from_space(cls, space: TokenSpace) -> "Specials":
         s = space.special
+        frame = space.layout("audio").tokens_per_frame if space.has_modality("audio") else None
         return cls(pad=s("<pad>"), bos=s("<bos>"), eos=s("<eos>"), bot=s("<bot>"), eot=s("<eot>"),
                    boi=s("<boi>"), eoi=s("<eoi>"), boa=s("<boa>"), eoa=s("<eoa>"),
-                   tags={t: s(tag) for t, tag in TASK_TAGS.items()})
+                   tags={t: s(tag) for t, tag in TASK_TAGS.items()}, audio_frame=frame)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,13 +164,22 @@ def split_captions(text: np.ndarray, lengths: Sequence[int], *, what: str) -> li
     return [np.asarray(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def check_media(modality: str, tokens: np.ndarray, meta: Mapping, *, what: str) -> None:
-    """Token count must match the meta exactly; a mismatch is a broken shard, never coerced."""
+def check_media(modality: str, tokens: np.ndarray, meta: Mapping, *, what: str,
+                tokens_per_frame: int | None = None) -> None:
+    """Token count must match the meta exactly; a mismatch is a broken shard, never coerced.
+    Audio: n_frames * tokens_per_frame (the token space's layout; None: meta n_q, frame-major)."""
     if modality == "audio":
         n_q, n_frames = meta.get("n_q"), meta.get("n_frames")
-        if not isinstance(n_q, int) or not isinstance(n_frames, int) or n_q < 1 or len(tokens) != n_frames * n_q:
-            raise SequenceError(f"{what}: {len(tokens)} audio tokens but meta n_frames={n_frames!r} n_q={n_q!r}")
+        per = tokens_per_frame if tokens_per_frame is not None else n_q
+        if not isinstance(n_q, int) or not isinstance(n_frames, int) or n_q < 1 or len(tokens) != n_frames * per:
+            detail = "" if per == n_q else f" ({per} tokens per frame in the token space's layout)"
+            raise SequenceError(f"{what}: {len(tokens)} audio tokens but meta n_frames={n_frames!r} n_q={n_q!r}{detail}")
     elif modality == "image":
+        if "n_tokens" in meta:  # a causal1d image codec (SEED): a fixed count, no grid
+            n = meta.get("n_tokens")
+            if isinstance(n, bool) or not isinstance(n, int) or len(tokens) != n:
+                raise SequenceError(f"{what}: {len(tokens)} image tokens but meta n_tokens={n!r}")
+            return
         grid = meta.get("grid")
         if not isinstance(grid, (list, tuple)) or len(grid) != 2 or len(tokens) != int(grid[0]) * int(grid[1]):
             raise SequenceError(f"{what}: {len(tokens)} image tokens but meta grid={grid!r}")
@@ -212,7 +226,7 @@ def sample_to_docs(
     mix); None chooses one here among the tasks the sample's modality allows, by the mix ratios."""
     what = f"sample {meta.get('id')!r}"
     modality = meta.get("modality")
-    check_media(str(modality), tokens, meta, what=what)
+    check_media(str(modality), tokens, meta, what=what, tokens_per_frame=sp.audio_frame)
     if task is not None and task not in VALID_TASKS.get(str(modality), ()):
         raise SequenceError(f"{what}: a {modality} sample cannot serve task {task!r} (it serves "
                             f"{', '.join(VALID_TASKS.get(str(modality), ())) or 'no task'})")
@@ -235,7 +249,7 @@ def sample_to_docs(
     else:
         stats.overlong += 1
         docs = split_overlong(doc, task=task, media=media, caption=caption, sp=sp, seq_len=seq_len,
-                              n_q=meta.get("n_q"), policy=overlong)
+                              n_q=sp.audio_frame or meta.get("n_q"), policy=overlong)
         if docs:
             stats.overlong_split += 1
             stats.split_pieces += len(docs)
@@ -252,8 +266,9 @@ def split_overlong(doc: Doc, *, task: str, media: np.ndarray | None, caption: np
                    seq_len: int, n_q: int | None, policy: str) -> list[Doc]:
     """Pieces of an overlong doc that each fit `seq_len`, or [] when it must be dropped.
 
-    Only audio is split, and only at frame boundaries: every piece holds whole frames (a multiple
-    of n_q tokens, frame-major), so level k is still at position k mod n_q inside `<boa>...<eoa>`.
+    Only audio is split, and only at frame boundaries: every piece holds whole frames (`n_q`: the
+    tokens of one frame in the token space's layout, n_q levels when frame-major), so every position
+    inside `<boa>...<eoa>` still holds the level the layout gives it.
     """
     if policy != "split" or MEDIA_OF[task] != "audio" or media is None or not isinstance(n_q, int) or n_q < 1:
         return []

@@ -112,8 +112,8 @@ def run_audit(*, out: Path, config: str | None = None, assets: Path | None = Non
         raise ConfigError(f"--decode-mode {decode_mode!r}: choose deterministic or diffusion")
     if decode_mode == "diffusion":
         raise ConfigError(
-            "--decode-mode diffusion: the configured codecs have no diffusion decoder (EnCodec and the VQGAN "
-            "decode deterministically); run with --decode-mode deterministic"
+            "--decode-mode diffusion: the configured codecs have no diffusion decoder (every codec uti ships "
+            "decodes deterministically); run with --decode-mode deterministic"
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,11 +165,12 @@ def run_audit(*, out: Path, config: str | None = None, assets: Path | None = Non
             np.array_equal(a, b) for (a, _), (b, _) in zip(batch, twin.encode_audios(clips))), f"{len(clips)} clips, two loads"))
         _guard(checks, "batch_equals_single.audio", lambda: (all(
             np.array_equal(ids, tok.encode_audio(c)[0]) for c, (ids, _) in zip(clips, batch)), "each clip alone == in the batch"))
+        audio_layout = space.layout("audio")
         _guard(checks, "ranges.audio", lambda: (all(tok.check_audio_tokens(i, m) is not None for i, m in batch),
-                                                "every ID on its own level, frame-major"))
+                                                f"every ID on its own level, {audio_layout.kind} layout"))
         _guard(checks, "shape.audio", lambda: (all(
-            i.size == m["n_frames"] * m["n_q"] and m["n_frames"] == tok.audio.expected_frames(m["n_samples"])
-            for i, m in batch), "len == n_frames * n_q"))
+            i.size == audio_layout.expected_len(m) and m["n_frames"] == tok.audio.expected_frames(m["n_samples"])
+            for i, m in batch), f"len == n_frames * {audio_layout.tokens_per_frame} tokens per frame"))
         snrs, maes, mels, rt_snr, rt_mae, idem = [], [], [], [], [], []
         decoded = []
         for clip, (ids, meta) in zip(clips, batch):
@@ -212,7 +213,8 @@ def run_audit(*, out: Path, config: str | None = None, assets: Path | None = Non
         _guard(checks, "batch_equals_single.image", lambda: (all(
             np.array_equal(ids, tok.encode_image(a)[0]) for a, (ids, _) in zip(arrays, batch)), "each image alone == in the batch"))
         _guard(checks, "ranges.image", lambda: (all(tok.check_image_tokens(i, m) is not None for i, m in batch), "IDs in the image range"))
-        _guard(checks, "shape.image", lambda: (all(i.size == m["grid"][0] * m["grid"][1] for i, m in batch), "len == grid_h * grid_w"))
+        _guard(checks, "shape.image", lambda: (all(i.size == tok.space.layout("image").expected_len(m) for i, m in batch),
+                                               "len == the layout's count (grid_h * grid_w, or n_tokens)"))
         ps, ss, idem = [], [], []
         recons = []
         for arr, (ids, meta) in zip(arrays, batch):
@@ -266,12 +268,11 @@ def _json_number(value: Any) -> Any:
 
 
 def _config_sizes_match(cfg, tok: UnifiedTokenizer) -> tuple[bool, str]:
-    problems = []
-    if tok.image and list(tok.image.proc_size) != [cfg.image.proc_size] * 2:
-        problems.append(f"image.proc_size config {cfg.image.proc_size} vs model {tok.image.proc_size}")
-    if tok.audio and tok.audio.runtime_sizes()["bandwidth"] != cfg.audio.bandwidth:
-        problems.append(f"audio.bandwidth config {cfg.audio.bandwidth} vs model {tok.audio.runtime_sizes()['bandwidth']}")
-    return not problems, "; ".join(problems) or "config and loaded models agree"
+    from uti.tokenizer import config_size_mismatches
+
+    problems = config_size_mismatches(cfg, tok)
+    promised = {m: getattr(cfg, m).promised_sizes() for m in ("image", "audio") if getattr(cfg, m) is not None}
+    return not problems, "; ".join(problems) or f"config and loaded models agree on {json.dumps(promised, sort_keys=True)}"
 
 
 def _gate_on_baseline(path: Path, metrics: dict[str, float], checks: list[Check]) -> dict:

@@ -29,6 +29,10 @@ def register_tokenspace(sub: argparse._SubParsersAction) -> None:
     d.add_argument("a", type=Path)
     d.add_argument("b", type=Path)
     d.set_defaults(tokenspace_func=_diff)
+    c = ts.add_parser("codecs", help="list the installed codec kinds (built in and from `uti.codecs` plugins) "
+                                     "with the sizes of their models")
+    c.add_argument("--json", action="store_true", help="print the list as JSON")
+    c.set_defaults(tokenspace_func=_codecs)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -66,8 +70,19 @@ def format_space(space) -> str:
         label = f"{codec.kind} {codec.name} ({codec.weights}, {codec.fingerprint[:10]})" if codec else \
             f"{len(space.specials)} specials"
         lines.append(f"{r.name:<12} {r.start:>8} {r.end - 1:>8} {r.size:>7}  {label}")
+    lines.append("")
+    for modality in ("image", "audio"):
+        if space.has_modality(modality):
+            layout = space.layout(modality)
+            if modality == "image":
+                where = (f"{layout.n_tokens} tokens in causal order" if layout.kind == "causal1d" else
+                         f"{layout.grid[0]}x{layout.grid[1]} grid, row by row" if layout.grid else "row by row")
+            else:
+                where = (f"{layout.tokens_per_frame} tokens per frame: "
+                         + " ".join(layout.level_ranges[k].name.split(".")[-1] for k in layout.pattern))
+            lines.append(f"layout {modality}: {layout.kind}, {where}")
     named = [n for n in space.specials if not n.startswith("<reserved_")]
-    lines += ["", "specials: " + " ".join(f"{n}={space.specials[n]}" for n in named)]
+    lines += ["specials: " + " ".join(f"{n}={space.specials[n]}" for n in named)]
     return "\n".join(lines)
 
 
@@ -83,6 +98,63 @@ def _diff(args: argparse.Namespace) -> int:
     for c in changes:
         print(f"  {c}")
     return 1
+
+
+def _codecs(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from uti.codecs.registry import installed_codecs
+
+    codecs = installed_codecs()
+    if args.json:
+        print(json.dumps([asdict(c) for c in codecs], indent=2, sort_keys=True, default=str))
+    else:
+        print(format_codecs(codecs))
+    return 1 if any(c.error for c in codecs) else 0
+
+
+def format_codecs(codecs) -> str:
+    """One row per model of each installed kind: what a token space built with it will hold."""
+    header = ("kind", "modality", "model", "input", "levels x codebook", "frame rate", "layout", "from")
+    rows, notes = [], []
+    for c in codecs:
+        if c.error:
+            notes.append(f"{c.kind}: cannot be loaded ({c.target}, from {c.source}): {c.error}")
+            continue
+        for v in c.variants or [None]:
+            sizes = v.sizes if v else {}
+            rows.append((c.kind, c.modality, v.model if v else "-", _input_label(sizes), _levels_label(sizes),
+                         f"{round(sizes['frame_rate'], 2):g} Hz" if "frame_rate" in sizes else "-",
+                         str(sizes.get("layout", "-")), c.source))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines += ["", "select one in uti.yaml with kind: (audio: {kind: mimi, n_q: 8}); weights: random:SEED "
+                  "[+ arch: small] or a local model folder"]
+    return "\n".join(lines + notes)
+
+
+def _input_label(sizes: dict) -> str:
+    if "sample_rate" in sizes:
+        return f"{sizes['sample_rate']} Hz, {sizes.get('channels', 1)} ch"
+    if "proc_size" in sizes:
+        p, g = sizes["proc_size"], sizes.get("grid", ["?", "?"])
+        if "n_tokens" in sizes:
+            return f"{p[0]}x{p[1]} px -> {sizes['n_tokens']} tokens"
+        return f"{p[0]}x{p[1]} px -> {g[0]}x{g[1]}"
+    return "-"
+
+
+def _levels_label(sizes: dict) -> str:
+    book = sizes.get("codebook_size", "?")
+    n_q = sizes.get("n_q")
+    if isinstance(n_q, dict):  # by a setting, e.g. EnCodec's bandwidth
+        return f"{min(n_q.values())}-{max(n_q.values())} x {book}"
+    if "codes_per_frame" in sizes:
+        return f"{n_q} ({'+'.join(map(str, sizes['codes_per_frame']))} per frame) x {book}"
+    if "max_n_q" in sizes and sizes["max_n_q"] != n_q:
+        return f"{n_q} of {sizes['max_n_q']} x {book}"
+    return f"{n_q or 1} x {book}"
 
 
 def register_audit(sub: argparse._SubParsersAction) -> None:

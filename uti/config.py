@@ -13,11 +13,34 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, Mapping
 
 import yaml
 
 from uti.errors import ConfigError
 from uti.strict import from_dict, to_dict
+
+
+@dataclass(kw_only=True, frozen=True)
+class CodecSettings:
+    """A media section of uti.yaml: `kind` picks the codec adapter (see `uti tokenspace codecs`), the other
+    keys are that adapter's settings. Each adapter names its own subclass (`AudioCodec.settings`)."""
+
+    kind: str
+
+    def promised_sizes(self) -> dict[str, Any]:
+        """Sizes this config fixes (e.g. n_q, proc_size), compared with what the loaded model reports."""
+        return {}
+
+
+@dataclass(kw_only=True, frozen=True)
+class AudioSettings(CodecSettings):
+    """Base of every audio codec's settings."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ImageSettings(CodecSettings):
+    """Base of every image codec's settings."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -45,7 +68,9 @@ class ImageArch:
 
 
 @dataclass(kw_only=True, frozen=True)
-class ImageConfig:
+class ImageConfig(ImageSettings):
+    """`image: {kind: vqgan}`: the VQGAN-family tokenizer on diffusers.VQModel."""
+
     kind: str = "vqgan"
     weights: str = "random:0"  # "random:SEED" or a local diffusers VQModel directory
     proc_size: int = 64  # images are resized (short side) and center-cropped to proc_size x proc_size
@@ -53,13 +78,18 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         if self.kind != "vqgan":
-            raise ConfigError(f"image.kind: {self.kind!r} is not one of 'vqgan' (or 'none': no image codec)")
+            raise ConfigError(f"image.kind: ImageConfig holds the settings of kind 'vqgan', not {self.kind!r}")
         if self.proc_size <= 0:
             raise ConfigError(f"image.proc_size: must be positive, got {self.proc_size}")
 
+    def promised_sizes(self) -> dict[str, Any]:
+        return {"proc_size": [self.proc_size, self.proc_size]}
+
 
 @dataclass(kw_only=True, frozen=True)
-class AudioConfig:
+class AudioConfig(AudioSettings):
+    """`audio: {kind: encodec}`: EnCodec (the `encodec` package)."""
+
     kind: str = "encodec"
     model: str = "encodec_24khz"  # or "encodec_48khz"
     bandwidth: float = 6.0  # kbps; n_q is read from the model for this bandwidth
@@ -67,9 +97,12 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         if self.kind != "encodec":
-            raise ConfigError(f"audio.kind: {self.kind!r} is not one of 'encodec' (or 'none': no audio codec)")
+            raise ConfigError(f"audio.kind: AudioConfig holds the settings of kind 'encodec', not {self.kind!r}")
         if self.model not in ("encodec_24khz", "encodec_48khz"):
             raise ConfigError(f"audio.model: {self.model!r} is not one of 'encodec_24khz', 'encodec_48khz'")
+
+    def promised_sizes(self) -> dict[str, Any]:
+        return {"bandwidth": self.bandwidth}
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -98,19 +131,45 @@ class LimitsConfig:
 
 MODALITIES = ("text", "image", "audio")
 NO_CODEC = "none"  # `kind: none` says explicitly that a modality has no codec (and no range)
+DEFAULT_KINDS = {"image": "vqgan", "audio": "encodec"}  # the kind of a section that names none
+BUILTIN_SETTINGS: dict[tuple[str, str], type[CodecSettings]] = {("image", "vqgan"): ImageConfig,
+                                                                 ("audio", "encodec"): AudioConfig}
+
+
+def media_settings(modality: str, section: Mapping[str, Any], *, where: str) -> CodecSettings:
+    """A media section of uti.yaml -> the typed settings of its `kind` (default: DEFAULT_KINDS). Kinds
+    other than the built-in defaults are looked up in the codec registry (the `uti.codecs` entry points)."""
+    kind = section.get("kind", DEFAULT_KINDS[modality])
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}.kind: expected a string, got {kind!r}")
+    cls = BUILTIN_SETTINGS.get((modality, kind))
+    if cls is None:
+        from uti.codecs.registry import settings_class
+
+        cls = settings_class(modality, kind, where=f"{where}.kind")
+    return from_dict(cls, {**section, "kind": kind}, where=where)
 
 
 @dataclass(kw_only=True, frozen=True)
 class UTIConfig:
-    # None: no codec for the modality, so the token space has no range for it (see config_from_dict)
+    # None: no codec for the modality, so the token space has no range for it (see config_from_dict).
+    # A media section given as a plain mapping (YAML, job.json) becomes the settings of its `kind`.
     text: TextConfig | None = None
-    image: ImageConfig | None = None
-    audio: AudioConfig | None = None
+    image: dict[str, Any] | ImageSettings | None = None
+    audio: dict[str, Any] | AudioSettings | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     num_reserved_specials: int = 50  # spare special slots so new task tags never shift other ranges
     device: str = "cpu"  # "cpu", "cuda", or "auto" (cuda when available)
 
     def __post_init__(self) -> None:
+        for modality, base in (("image", ImageSettings), ("audio", AudioSettings)):
+            section = getattr(self, modality)
+            if isinstance(section, Mapping):
+                if section.get("kind") == NO_CODEC:
+                    raise ConfigError(f"config.{modality}: kind 'none' means no section at all; use None")
+                object.__setattr__(self, modality, media_settings(modality, section, where=f"config.{modality}"))
+            elif section is not None and not isinstance(section, base):
+                raise ConfigError(f"config.{modality}: expected {base.__name__} settings, got {type(section).__name__}")
         if not self.modalities:
             raise ConfigError("the codec config names no codec: give at least one of text:, image:, audio: "
                               "(e.g. text: {kind: byte}), or use the preset 'default'")
@@ -168,4 +227,6 @@ def config_from_dict(data: object, *, where: str = "config") -> UTIConfig:
                 raise ConfigError(f"{where}: {modality}.kind is 'none' (no {modality} codec) but it also sets "
                                   f"{', '.join(extra)}; remove them or choose a codec kind")
             data[modality] = None
+        elif modality in DEFAULT_KINDS and isinstance(section, dict):
+            data[modality] = media_settings(modality, section, where=f"{where}.{modality}")
     return from_dict(UTIConfig, data, where=where)

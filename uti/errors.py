@@ -37,6 +37,11 @@ class DecodeRefused(UTIError, ValueError):
     """Tokens or meta given to a decoder break a rule (count, range, level, boundary). Never coerced."""
 
 
+class DecodeUnavailable(UTIError):
+    """The codec has no decoder configured (e.g. SEED without its unCLIP pipeline): decoding is not
+    possible here, which is not a fault of the tokens. Checks report it as skipped with this reason."""
+
+
 class MediaError(UTIError):
     """A media file cannot be read or is unusable (corrupt, empty, NaN, wrong channels, too long)."""
 

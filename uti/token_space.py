@@ -7,13 +7,16 @@ is refused with both IDs and a diff of what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from uti.atomic import atomic_write
 from uti.errors import RuntimeSizeMismatch, TokenSpaceError, TokenSpaceMismatch
@@ -21,15 +24,20 @@ from uti.errors import RuntimeSizeMismatch, TokenSpaceError, TokenSpaceMismatch
 log = logging.getLogger(__name__)
 
 FORMAT = "uti.token_space"
-# Version 2 (this one) records everything that changes a codec's output: a Hugging Face tokenizer's whole
-# definition (not its folder name) and an image model's architecture config. Version 1 files are still
-# read, and codecs are compared with them by the version-1 recipe (see CodecDescriptor and
-# UnifiedTokenizer); a version-1 and a version-2 space never have the same ID.
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2 records everything that changes a codec's output: a Hugging Face tokenizer's whole
+# definition (not its folder name) and an image model's architecture config. Version 3 (this one) also
+# records each media codec's token layout (`codecs.<modality>.layout`: which range every position of a
+# media sequence belongs to), because codecs whose levels run at different rates (SNAC) cannot be read
+# as frame-major; the one global `level_order` of versions 1 and 2 is gone. Versions 1 and 2 are still
+# read (their layout is frame-major audio and a row-major image grid), and codecs are compared with
+# them by their own version's recipe (see CodecDescriptor and UnifiedTokenizer). Spaces of different
+# versions never have the same ID.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 JSON_NAME = "token_space.json"
 SHA_NAME = "token_space.sha256"
-LEVEL_ORDER = "frame_major"  # frame 0 levels 0..n_q-1, then frame 1, ...
+LEVEL_ORDER = "frame_major"  # versions 1 and 2: frame 0 levels 0..n_q-1, then frame 1, ...
+LAYOUT_VERSION = 3  # the first version that records layouts
 
 # Order is part of the ABI: IDs are assigned in this order. New tags go into reserved slots.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -81,18 +89,251 @@ class CodecDescriptor:
     # every size decode needs, and every setting that changes the codec's output (version 2: an image
     # model's architecture config; a HF tokenizer's class, options and per-component hashes)
     params: Mapping[str, Any] = field(default_factory=dict)
+    # version 3, media codecs: how the codes are laid out in a sequence (None: text, or versions 1-2)
+    layout: "LayoutSpec | None" = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "modality": self.modality, "kind": self.kind, "name": self.name,
             "weights": self.weights, "fingerprint": self.fingerprint, "params": dict(self.params),
         }
+        if self.layout is not None:
+            out["layout"] = self.layout.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CodecDescriptor":
         _require_keys(data, ("modality", "kind", "name", "weights", "fingerprint", "params"), "codec descriptor")
+        layout = LayoutSpec.from_dict(data["layout"], where=f"codecs.{data['modality']}.layout") \
+            if "layout" in data else None
         return cls(**{k: data[k] for k in ("modality", "kind", "name", "weights", "fingerprint")},
-                   params=dict(data["params"]))
+                   params=dict(data["params"]), layout=layout)
+
+
+# ---- token layouts ----------------------------------------------------------------------------------
+# What each layout kind means; the `pattern` of a LayoutSpec says, for each position inside one frame,
+# the index of the level (range) its token belongs to. A media sequence is n_frames such frames.
+LAYOUT_KINDS: Mapping[str, tuple[str, str]] = {
+    # kind: (modality, meaning)
+    "frame_major": ("audio", "per frame one code of each level 0..n_q-1, in level order (EnCodec, Mimi, DAC)"),
+    "fsq": ("audio", "per frame one finite-scalar-quantized code: a single level (X-codec2)"),
+    "multirate": ("audio", "levels at different time rates, grouped per frame of the coarsest level: its one "
+                           "code, then level 1's codes of that span, then level 2's ... (SNAC)"),
+    "grid2d": ("image", "one code per grid cell, row-major; a 'frame' is one cell (VQGAN, Emu3, Janus)"),
+    "causal1d": ("image", "a fixed number of codes (`n_tokens`) in the causal order the tokenizer made them, "
+                          "not a grid; a 'frame' is one code (SEED)"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayoutSpec:
+    """How a media codec's codes are laid out in a sequence, as recorded in the token space."""
+
+    kind: str
+    pattern: tuple[int, ...]  # level index of each position inside one frame
+
+    @classmethod
+    def frame_major(cls, n_q: int) -> "LayoutSpec":
+        return cls(kind="frame_major", pattern=tuple(range(int(n_q))))
+
+    @classmethod
+    def fsq(cls) -> "LayoutSpec":
+        return cls(kind="fsq", pattern=(0,))
+
+    @classmethod
+    def multirate(cls, codes_per_frame: Sequence[int]) -> "LayoutSpec":
+        """`codes_per_frame[k]`: how many codes level k has per frame of the coarsest level (1, 2, 4, ...)."""
+        return cls(kind="multirate", pattern=tuple(k for k, n in enumerate(codes_per_frame) for _ in range(int(n))))
+
+    @classmethod
+    def grid2d(cls) -> "LayoutSpec":
+        return cls(kind="grid2d", pattern=(0,))
+
+    @classmethod
+    def causal1d(cls) -> "LayoutSpec":
+        return cls(kind="causal1d", pattern=(0,))
+
+    @property
+    def levels(self) -> int:
+        return max(self.pattern) + 1 if self.pattern else 0
+
+    @property
+    def codes_per_frame(self) -> tuple[int, ...]:
+        return tuple(self.pattern.count(k) for k in range(self.levels))
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "pattern": list(self.pattern)}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "layout") -> "LayoutSpec":
+        _require_keys(data, ("kind", "pattern"), where)
+        extra = sorted(set(data) - {"kind", "pattern"})
+        if extra:
+            raise TokenSpaceError(f"{where}: unknown key(s) {extra}")
+        if not isinstance(data["pattern"], list):
+            raise TokenSpaceError(f"{where}: pattern must be a list of level indices")
+        return cls(kind=str(data["kind"]), pattern=tuple(_int(v, where) for v in data["pattern"]))
+
+    def validate(self, *, modality: str, n_levels: int, where: str) -> None:
+        """The pattern fits its kind and uses every level of the modality, each in one contiguous run."""
+        if self.kind not in LAYOUT_KINDS:
+            raise TokenSpaceError(f"{where}: layout kind {self.kind!r} is not one of {sorted(LAYOUT_KINDS)}; "
+                                  "upgrade uti to read it")
+        if LAYOUT_KINDS[self.kind][0] != modality:
+            raise TokenSpaceError(f"{where}: layout {self.kind!r} is for {LAYOUT_KINDS[self.kind][0]}, not {modality}")
+        p = self.pattern
+        if not p or any(v < 0 for v in p) or list(p) != sorted(p) or set(p) != set(range(n_levels)):
+            raise TokenSpaceError(f"{where}: pattern {list(p)} must list the level indices 0..{n_levels - 1}, "
+                                  "each at least once, in non-decreasing order")
+        expected = {"frame_major": tuple(range(n_levels)), "fsq": (0,), "grid2d": (0,), "causal1d": (0,)}.get(self.kind)
+        if expected is not None and p != expected:
+            raise TokenSpaceError(f"{where}: a {self.kind} layout over {n_levels} level(s) has pattern "
+                                  f"{list(expected)}, got {list(p)}")
+        if self.kind == "multirate":
+            counts = self.codes_per_frame
+            if counts[0] != 1 or any(b % a for a, b in zip(counts, counts[1:])):
+                raise TokenSpaceError(f"{where}: a multirate layout has one code of level 0 per frame and each "
+                                      f"level a multiple of the previous one's codes; got {list(counts)}")
+
+
+def expected_audio_frames(params: Mapping[str, Any], n_samples: int) -> int:
+    """Frames an audio codec gives a clip of n_samples, from what its token-space descriptor records, so
+    a reader needs no codec to check meta: `framing` {"pad_to": P, "extra": E} (the clip plus E samples
+    is padded to a multiple of P samples, P / hop_length frames each: Mimi and DAC P = hop_length,
+    X-codec2 E = 1, SNAC P = hop_length * the coarsest stride's padding unit), else EnCodec's segments
+    (`segment_length`/`segment_stride`), else ceil(n_samples / hop_length)."""
+    n, hop = int(n_samples), int(params["hop_length"])
+    framing = params.get("framing")
+    if framing:
+        unit, extra = int(framing["pad_to"]), int(framing.get("extra", 0))
+        return -(-(n + extra) // unit) * (unit // hop)
+    seg, stride = params.get("segment_length"), params.get("segment_stride")
+    if seg:
+        return sum(-(-min(int(seg), n - off) // hop) for off in range(0, n, int(stride)))
+    return -(-n // hop)
+
+
+def default_layout(modality: str, params: Mapping[str, Any]) -> LayoutSpec:
+    """The layout versions 1 and 2 implied: frame-major audio over n_q levels, a row-major image grid."""
+    return LayoutSpec.frame_major(int(params.get("n_q", 0))) if modality == "audio" else LayoutSpec.grid2d()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaLayout:
+    """A layout bound to the token space's ranges: for any position of a media sequence (boundary
+    tokens excluded) the range its ID must lie in. Decode, verify, training's sequence builder and
+    constrained generation all read it; see `TokenSpace.layout`.
+
+    A media sequence is `n_frames` frames of `tokens_per_frame` positions: audio frames (for a
+    multirate codec, frames of its coarsest level), or image grid cells (`n_frames = grid_h * grid_w`)."""
+
+    modality: str
+    kind: str
+    pattern: tuple[int, ...]
+    level_ranges: tuple[Range, ...]  # indexed by level
+    grid: tuple[int, int] | None = None  # image codecs: (grid_h, grid_w)
+    n_tokens: int | None = None  # causal1d image codecs: codes per image
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return len(self.pattern)
+
+    @property
+    def codes_per_frame(self) -> tuple[int, ...]:
+        """How many positions of a frame each level has (frame-major: all 1; SNAC 24 kHz: 1, 2, 4)."""
+        return tuple(self.pattern.count(k) for k in range(len(self.level_ranges)))
+
+    def level_of_position(self, i: int) -> int:
+        if i < 0:
+            raise IndexError(f"{self.modality} position {i} is negative")
+        return self.pattern[i % len(self.pattern)]
+
+    def range_of_position(self, i: int, n_frames: int | None = None) -> Range:
+        """The range position i's ID must lie in; with n_frames, positions past the end are an error."""
+        if n_frames is not None and i >= n_frames * self.tokens_per_frame:
+            raise IndexError(f"{self.modality} position {i} is past the end of {n_frames} frames "
+                             f"({n_frames * self.tokens_per_frame} tokens)")
+        return self.level_ranges[self.level_of_position(i)]
+
+    def is_frame_start(self, i: int) -> bool:
+        """Whether position i begins a frame: a media sequence may only end (or be cut) before such a position."""
+        return i % self.tokens_per_frame == 0
+
+    def n_frames(self, meta: Mapping[str, Any]) -> int:
+        """Frames promised by a sample's meta: audio `n_frames`, image `grid` cells, causal1d `n_tokens`."""
+        if self.kind == "causal1d":
+            n = meta.get("n_tokens", self.n_tokens)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise TokenSpaceError(f"image meta n_tokens={meta.get('n_tokens')!r} is not a positive integer")
+            return n
+        if self.modality == "image":
+            grid = list(meta.get("grid") or self.grid or ())
+            if len(grid) != 2 or not all(isinstance(v, int) and v > 0 for v in grid):
+                raise TokenSpaceError(f"image meta grid {meta.get('grid')!r} is not two positive integers")
+            return grid[0] * grid[1]
+        n = meta.get("n_frames")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise TokenSpaceError(f"audio meta n_frames={n!r} is not a positive integer")
+        return n
+
+    def expected_len(self, meta: Mapping[str, Any]) -> int:
+        """How many media tokens a sample with this meta has."""
+        return self.n_frames(meta) * self.tokens_per_frame
+
+    def shape_meta(self) -> dict[str, Any]:
+        """The shape fields an image sample's meta carries for this layout: `grid` [h, w] for a grid,
+        `n_tokens` for a causal1d codec (SEED: 32), whose codes have no 2D arrangement."""
+        if self.modality != "image":
+            raise TokenSpaceError(f"shape_meta is for image layouts, not {self.modality}")
+        if self.kind == "causal1d":
+            return {"n_tokens": self.n_tokens}
+        return {"grid": list(self.grid) if self.grid else None}
+
+    def frames_in(self, n_tokens: int) -> int | None:
+        """Whole frames in n_tokens tokens, or None when n_tokens is not a whole number of frames."""
+        return n_tokens // self.tokens_per_frame if n_tokens % self.tokens_per_frame == 0 else None
+
+    def bounds(self, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per position of an n_frames sequence: the first ID and one past the last ID it may hold."""
+        starts = np.array([self.level_ranges[k].start for k in self.pattern], dtype=np.int64)
+        ends = np.array([self.level_ranges[k].end for k in self.pattern], dtype=np.int64)
+        return np.tile(starts, n_frames), np.tile(ends, n_frames)
+
+    def first_violation(self, ids: np.ndarray) -> int | None:
+        """The first position whose ID is outside its range (None: all fine). len(ids) must be whole frames."""
+        n_frames = self.frames_in(len(ids))
+        if n_frames is None:
+            raise TokenSpaceError(f"{len(ids)} {self.modality} tokens are not whole frames of {self.tokens_per_frame}")
+        lo, hi = self.bounds(n_frames)
+        ids = np.asarray(ids, dtype=np.int64)
+        bad = (ids < lo) | (ids >= hi)
+        return int(np.argmax(bad)) if bad.any() else None
+
+    def to_ids(self, codes: np.ndarray) -> np.ndarray:
+        """Local codes (n_frames, tokens_per_frame), column j of level pattern[j] -> global IDs (uint32)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim != 2 or codes.shape[1] != self.tokens_per_frame:
+            raise ValueError(f"{self.modality} codes must be (n_frames, {self.tokens_per_frame}), got {codes.shape}")
+        starts = np.array([self.level_ranges[k].start for k in self.pattern], dtype=np.int64)
+        sizes = np.array([self.level_ranges[k].size for k in self.pattern], dtype=np.int64)
+        if ((codes < 0) | (codes >= sizes[None, :])).any():
+            raise ValueError(f"{self.modality} codes outside their levels' codebooks {sorted(set(sizes.tolist()))}")
+        return (codes + starts[None, :]).reshape(-1).astype(np.uint32)
+
+    def level_codes(self, ids: np.ndarray) -> list[np.ndarray]:
+        """Global IDs (checked, whole frames) -> each level's local codes in time order (level k of a
+        multirate layout has codes_per_frame[k] codes per frame): for per-level codebook statistics."""
+        codes = self.to_codes(ids)
+        return [codes[:, [j for j, k in enumerate(self.pattern) if k == level]].reshape(-1)
+                for level in range(len(self.level_ranges))]
+
+    def to_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Global IDs (already checked, whole frames) -> local codes (n_frames, tokens_per_frame)."""
+        n_frames = self.frames_in(len(ids))
+        if n_frames is None:
+            raise TokenSpaceError(f"{len(ids)} {self.modality} tokens are not whole frames of {self.tokens_per_frame}")
+        starts = np.array([self.level_ranges[k].start for k in self.pattern], dtype=np.int64)
+        return np.asarray(ids, dtype=np.int64).reshape(n_frames, self.tokens_per_frame) - starts[None, :]
 
 
 def _require_keys(data: Mapping[str, Any], keys: Iterable[str], what: str) -> None:
@@ -121,7 +362,10 @@ class TokenSpace:
         num_reserved: int = 50,
         version: int = VERSION,
     ) -> "TokenSpace":
-        """Lay out ranges in the fixed order special, text, image, audio.l0..l{n_q-1}."""
+        """Lay out ranges in the fixed order special, text, image, audio.l0..l{n_q-1}. From version 3 a
+        media codec's descriptor carries its layout (frame-major audio / a row-major grid when it names
+        none); before, only those two layouts exist and none is recorded."""
+        image, audio = (recorded_descriptor(d, version) for d in (image, audio))
         names = list(SPECIAL_TOKENS) + [f"<reserved_{i}>" for i in range(num_reserved)]
         specials = {name: i for i, name in enumerate(names)}
         ranges = [Range(name="special", start=0, size=len(names))]
@@ -172,6 +416,20 @@ class TokenSpace:
     def audio_levels(self) -> list[Range]:
         return [r for r in self.ranges if r.name.startswith("audio.l")]
 
+    def layout(self, modality: str) -> MediaLayout:
+        """Which range each position of a `modality` ("audio" or "image") media sequence belongs to."""
+        if modality not in ("audio", "image"):
+            raise TokenSpaceError(f"{modality!r} has no media layout (only audio and image do)")
+        if modality not in self.codecs:
+            raise TokenSpaceError(missing_modality_message(self, modality))
+        codec = self.codecs[modality]
+        spec = codec.layout or default_layout(modality, codec.params)
+        levels = tuple(self.audio_levels) if modality == "audio" else (self.range("image"),)
+        grid = tuple(int(v) for v in codec.params["grid"]) if modality == "image" and codec.params.get("grid") else None
+        n_tokens = int(codec.params["n_tokens"]) if modality == "image" and codec.params.get("n_tokens") else None
+        return MediaLayout(modality=modality, kind=spec.kind, pattern=spec.pattern, level_ranges=levels, grid=grid,
+                           n_tokens=n_tokens)
+
     def special(self, name: str) -> int:
         try:
             return self.specials[name]
@@ -186,15 +444,17 @@ class TokenSpace:
 
     # ---- serialization --------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        out = {
             "format": FORMAT,
             "version": self.version,
             "vocab_size": self.vocab_size,
-            "level_order": LEVEL_ORDER,
             "ranges": [r.to_dict() for r in self.ranges],
             "specials": dict(self.specials),
             "codecs": {m: c.to_dict() for m, c in self.codecs.items()},
         }
+        if self.version < LAYOUT_VERSION:
+            out["level_order"] = LEVEL_ORDER
+        return out
 
     def canonical_json(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -209,7 +469,7 @@ class TokenSpace:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "token space") -> "TokenSpace":
-        _require_keys(data, ("format", "version", "vocab_size", "level_order", "ranges", "specials", "codecs"), where)
+        _require_keys(data, ("format", "version", "vocab_size", "ranges", "specials", "codecs"), where)
         if data["format"] != FORMAT:
             raise TokenSpaceError(f"{where}: format is {data['format']!r}, expected {FORMAT!r}")
         if type(data["version"]) is not int or data["version"] not in READABLE_VERSIONS:
@@ -217,8 +477,13 @@ class TokenSpace:
                 f"{where}: version {data['version']!r} is not supported by this reader (reads "
                 f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade uti to read it"
             )
-        if data["level_order"] != LEVEL_ORDER:
-            raise TokenSpaceError(f"{where}: level_order {data['level_order']!r}, expected {LEVEL_ORDER!r}")
+        if data["version"] < LAYOUT_VERSION:
+            _require_keys(data, ("level_order",), where)
+            if data["level_order"] != LEVEL_ORDER:
+                raise TokenSpaceError(f"{where}: level_order {data['level_order']!r}, expected {LEVEL_ORDER!r}")
+        elif "level_order" in data:
+            raise TokenSpaceError(f"{where}: version {data['version']} records a layout per codec, not a global "
+                                  "level_order; rebuild it with `uti tokenspace build`")
         try:
             ranges = []
             for r in data["ranges"]:
@@ -345,6 +610,28 @@ class TokenSpace:
         for name, size in expected.items():
             if self.range(name).size != size:
                 raise TokenSpaceError(f"{where}: range {name!r} has size {self.range(name).size}, its codec says {size}")
+        for modality, codec in self.codecs.items():
+            self._validate_layout(modality, codec, where)
+
+    def _validate_layout(self, modality: str, codec: CodecDescriptor, where: str) -> None:
+        """Version 3: every media codec records a layout that fits its levels; before: none is recorded."""
+        at = f"{where}: codecs.{modality}.layout"
+        if modality == "text" or self.version < LAYOUT_VERSION:
+            if codec.layout is not None:
+                raise TokenSpaceError(f"{at}: not recorded for {'text' if modality == 'text' else f'version {self.version}'}")
+            return
+        if codec.layout is None:
+            raise TokenSpaceError(f"{at}: missing; version {self.version} records every media codec's layout")
+        n_levels = int(codec.params.get("n_q", -1)) if modality == "audio" else 1
+        codec.layout.validate(modality=modality, n_levels=n_levels, where=at)
+        recorded = codec.params.get("codes_per_frame")
+        if recorded is not None and list(codec.layout.codes_per_frame) != list(recorded):
+            raise TokenSpaceError(f"{at}: a {codec.layout.kind} layout with {list(codec.layout.codes_per_frame)} codes "
+                                  f"per level and frame, but the codec records codes_per_frame {list(recorded)}")
+        n_tokens = codec.params.get("n_tokens")
+        if codec.layout.kind == "causal1d" and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1):
+            raise TokenSpaceError(f"{at}: a causal1d layout needs the codec to record n_tokens (codes per image), "
+                                  f"got {n_tokens!r}")
 
     def check_runtime(self, reported: Mapping[str, Mapping[str, Any]]) -> None:
         """Compare the recorded codec params with what the loaded models report. Any difference raises."""
@@ -364,6 +651,20 @@ class TokenSpace:
                 f"token space {self.short_id} does not match the loaded codecs: " + "; ".join(problems)
                 + ". Rebuild the token space from this config (`uti tokenspace build`) or load the matching weights"
             )
+
+
+def recorded_descriptor(desc: CodecDescriptor | None, version: int) -> CodecDescriptor | None:
+    """`desc` as a token space of `version` records it: from version 3 with its layout (the implied
+    one when it names none), before without (and refused when its layout is not the implied one)."""
+    if desc is None:
+        return None
+    default = default_layout(desc.modality, desc.params)
+    if version >= LAYOUT_VERSION:
+        return desc if desc.layout is not None else dataclasses.replace(desc, layout=default)
+    if desc.layout is not None and desc.layout != default:
+        raise TokenSpaceError(f"{desc.modality} codec {desc.kind!r} lays out its codes as {desc.layout.kind!r}, which "
+                              f"token-space version {version} cannot record (version {LAYOUT_VERSION} and later can)")
+    return dataclasses.replace(desc, layout=None) if desc.layout is not None else desc
 
 
 def missing_modality_message(space: TokenSpace, modality: str) -> str:

@@ -1,8 +1,11 @@
 """The unified tokenizer: codecs + token space -> global uint32 IDs with JSON meta, and strict decode.
 
-Decode never guesses: token counts must match meta (`n_frames * n_q` audio, `grid_h * grid_w` image),
-every ID must sit in its modality's range (and audio IDs on their own level, frame-major), and
-boundary tokens, when present, must be balanced. Anything else is refused, naming the sample and rule.
+Where each code goes is the token space's layout of the modality (`TokenSpace.layout`): frame-major
+audio (frame 0 levels 0..n_q-1, then frame 1 ...), one FSQ level, SNAC's levels grouped per frame of
+the coarsest one, or an image grid row by row. Decode never guesses: token counts must match meta
+(`n_frames * tokens_per_frame` audio -- `n_frames * n_q` when frame-major --, `grid_h * grid_w`
+image), every ID must sit in the range its position's level has, and boundary tokens, when present,
+must be balanced. Anything else is refused, naming the sample and rule.
 """
 
 from __future__ import annotations
@@ -15,13 +18,37 @@ import torch
 
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, TextCodec
 from uti.config import UTIConfig, load_config
-from uti.errors import ConfigError, DecodeRefused
+from uti.errors import ConfigError, DecodeRefused, RuntimeSizeMismatch
 from uti.token_space import BOUNDARY_PAIRS, VERSION, TokenSpace, missing_modality_message, require_same
 
 log = logging.getLogger(__name__)
 
 ID_DTYPE = np.uint32
 MODALITIES = ("text", "image", "audio")
+
+
+def config_size_mismatches(config: UTIConfig, tok: "UnifiedTokenizer") -> list[str]:
+    """Sizes the config fixes (`promised_sizes`: e.g. audio n_q, image proc_size) that the loaded model
+    does not have, one line each."""
+    problems = []
+    for modality in ("image", "audio"):
+        settings, codec = getattr(config, modality), getattr(tok, modality)
+        if settings is None or codec is None:
+            continue
+        loaded = codec.runtime_sizes()
+        for key, want in settings.promised_sizes().items():
+            if key not in loaded:
+                problems.append(f"{modality}.{key}: the config sets it but the {settings.kind} codec does not report it")
+            elif _plain_number(loaded[key]) != _plain_number(want):
+                problems.append(f"{modality}.{key}: config {want!r}, loaded model {loaded[key]!r}")
+    return problems
+
+
+def _plain_number(value: Any) -> Any:
+    """Tuples as lists and whole floats as ints, so 6 == 6.0 and (64, 64) == [64, 64]."""
+    if isinstance(value, (list, tuple)):
+        return [_plain_number(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def as_ids(values: Any, *, what: str) -> np.ndarray:
@@ -70,6 +97,10 @@ class UnifiedTokenizer:
                             token_space.short_id, version)
         self.space = token_space
         self.space.check_runtime(self.runtime_sizes())
+        problems = config_size_mismatches(cfg, self)
+        if problems:
+            raise RuntimeSizeMismatch("the loaded codecs do not have the sizes the codec config asks for: "
+                                      + "; ".join(problems) + ". Fix the config or load the weights it describes")
 
     def _codecs(self, *, all_: bool = False) -> dict[str, Any]:
         """The loaded codecs by modality (with all_: every modality, None where not loaded)."""
@@ -108,12 +139,12 @@ class UnifiedTokenizer:
 
     def encode_images(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         codec: ImageCodec = self._need("image")
-        start = self.space.range("image").start
+        layout = self.space.layout("image")
         out = []
         for codes in codec.encode(images):
-            ids = (codes.reshape(-1) + start).astype(ID_DTYPE)
+            ids = layout.to_ids(np.asarray(codes).reshape(-1, layout.tokens_per_frame))  # row-major grid / causal order
             out.append((ids, {
-                "modality": "image", "proc_size": list(codec.proc_size), "grid": list(codec.grid),
+                "modality": "image", "proc_size": list(codec.proc_size), **layout.shape_meta(),  # grid or n_tokens
                 "token_space_id": self.space.id,
             }))
         return out
@@ -122,22 +153,27 @@ class UnifiedTokenizer:
         return self.encode_images([image])[0]
 
     def check_image_tokens(self, ids: Any, meta: Mapping[str, Any], *, what: str = "image") -> np.ndarray:
-        """Validate and return the local (grid_h, grid_w) codes; raise DecodeRefused naming the rule."""
+        """Validate and return the local codes, (grid_h, grid_w) for a grid layout or (n_tokens,) for a causal1d
+        one (SEED); raise DecodeRefused naming the rule."""
         codec: ImageCodec = self._need("image")
         ids = self._strip_boundaries(as_ids(ids, what=what), "image", what)
         self._check_meta_space(meta, what)
-        grid = tuple(meta.get("grid") or ())
-        if grid != tuple(codec.grid) or list(meta.get("proc_size") or ()) != list(codec.proc_size):
-            raise DecodeRefused(f"{what}: meta grid {grid} / proc_size {meta.get('proc_size')} differ from the "
-                                f"codec's {codec.grid} / {list(codec.proc_size)}")
-        if ids.size != grid[0] * grid[1]:
-            raise DecodeRefused(f"{what}: {ids.size} tokens, but grid {grid[0]}x{grid[1]} needs {grid[0] * grid[1]}")
-        r = self.space.range("image")
-        bad = (ids < r.start) | (ids >= r.end)
-        if bad.any():
-            i = int(np.argmax(bad))
+        layout = self.space.layout("image")
+        shape = layout.shape_meta()  # {"grid": [h, w]} or {"n_tokens": n}: what the meta must say
+        got = {k: list(meta[k]) if isinstance(meta.get(k), (list, tuple)) else meta.get(k) for k in shape}
+        if got != shape or list(meta.get("proc_size") or ()) != list(codec.proc_size):
+            raise DecodeRefused(f"{what}: meta {got} / proc_size {meta.get('proc_size')} differ from the token space's "
+                                f"image codec {shape} / {list(codec.proc_size)}")
+        n = layout.expected_len(shape)
+        if ids.size != n:
+            need = f"grid {shape['grid'][0]}x{shape['grid'][1]}" if "grid" in shape else f"n_tokens {n} ({layout.kind})"
+            raise DecodeRefused(f"{what}: {ids.size} tokens, but {need} needs {n}")
+        i = layout.first_violation(ids)
+        if i is not None:
+            r = layout.range_of_position(i)
             raise DecodeRefused(f"{what}: ID {int(ids[i])} at position {i} is outside the image range [{r.start}, {r.end})")
-        return (ids.astype(np.int64) - r.start).reshape(grid)
+        codes = layout.to_codes(ids)
+        return codes.reshape(shape["grid"]) if "grid" in shape else codes.reshape(-1)
 
     def decode_image(self, ids: Any, meta: Mapping[str, Any], *, what: str = "image") -> np.ndarray:
         codes = self.check_image_tokens(ids, meta, what=what)
@@ -157,10 +193,10 @@ class UnifiedTokenizer:
     def encode_audios(self, clips: Sequence[torch.Tensor]) -> list[tuple[np.ndarray, dict]]:
         """Clips already at the codec's rate and channels (see prepare_audio)."""
         codec: AudioCodec = self._need("audio")
-        starts = np.array([lvl.start for lvl in self.space.audio_levels], dtype=np.int64)
+        layout = self.space.layout("audio")
         out = []
         for enc in codec.encode(clips):
-            ids = (enc.codes + starts[None, :]).reshape(-1).astype(ID_DTYPE)  # frame-major
+            ids = layout.to_ids(enc.codes)  # (n_frames, tokens_per_frame) in layout order
             meta = {
                 "modality": "audio", "sample_rate": codec.sample_rate, "channels": codec.channels,
                 "n_samples": enc.n_samples, "n_frames": int(enc.codes.shape[0]), "n_q": codec.n_q,
@@ -180,28 +216,27 @@ class UnifiedTokenizer:
         for key, want in (("sample_rate", codec.sample_rate), ("n_q", codec.n_q), ("channels", codec.channels)):
             if meta.get(key) != want:
                 raise DecodeRefused(f"{what}: meta {key}={meta.get(key)!r}, the codec has {want}")
-        n_frames, n_q, n_samples = meta.get("n_frames"), codec.n_q, meta.get("n_samples")
+        layout = self.space.layout("audio")
+        n_frames, n_samples = meta.get("n_frames"), meta.get("n_samples")
         if not isinstance(n_frames, int) or not isinstance(n_samples, int) or n_frames < 1 or n_samples < 1:
             raise DecodeRefused(f"{what}: meta needs positive integers n_frames and n_samples")
-        if ids.size != n_frames * n_q:
-            raise DecodeRefused(f"{what}: {ids.size} tokens, but n_frames*n_q = {n_frames}*{n_q} = {n_frames * n_q}")
+        per = layout.tokens_per_frame
+        if ids.size != n_frames * per:
+            label = "n_q" if per == codec.n_q else "tokens_per_frame"
+            raise DecodeRefused(f"{what}: {ids.size} tokens, but n_frames*{label} = {n_frames}*{per} = {n_frames * per}")
         expected = codec.expected_frames(n_samples, dict(meta))
         if n_frames != expected:
             raise DecodeRefused(f"{what}: meta n_frames={n_frames} but {n_samples} samples give {expected} frames")
-        grid = ids.astype(np.int64).reshape(n_frames, n_q)
-        for k, lvl in enumerate(self.space.audio_levels):
-            col = grid[:, k]
-            bad = (col < lvl.start) | (col >= lvl.end)
-            if bad.any():
-                f = int(np.argmax(bad))
-                tid = int(col[f])
-                where = self.space.modality_of(tid) if 0 <= tid < self.space.vocab_size else "outside the vocab"
-                level = next((r.name for r in self.space.audio_levels if tid in r), where)
-                raise DecodeRefused(f"{what}: frame {f} level {k}: ID {tid} is not in {lvl.name} "
-                                    f"[{lvl.start}, {lvl.end}) (it is in {level})")
-            grid[:, k] = col - lvl.start
+        i = layout.first_violation(ids)
+        if i is not None:
+            tid, lvl, k = int(ids[i]), layout.range_of_position(i), layout.level_of_position(i)
+            where = self.space.modality_of(tid) if 0 <= tid < self.space.vocab_size else "outside the vocab"
+            level = next((r.name for r in self.space.audio_levels if tid in r), where)
+            slot = "" if per == codec.n_q else f" (position {i % per} of {per})"
+            raise DecodeRefused(f"{what}: frame {i // per} level {k}{slot}: ID {tid} is not in {lvl.name} "
+                                f"[{lvl.start}, {lvl.end}) (it is in {level})")
         extra = {k: meta[k] for k in ("segment_frames", "scales") if k in meta}
-        return EncodedAudio(codes=grid, n_samples=n_samples, extra=extra)
+        return EncodedAudio(codes=layout.to_codes(ids), n_samples=n_samples, extra=extra)
 
     def decode_audio(self, ids: Any, meta: Mapping[str, Any], *, what: str = "audio") -> torch.Tensor:
         enc = self.check_audio_tokens(ids, meta, what=what)

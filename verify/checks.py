@@ -23,7 +23,8 @@ from sharding.tario import BLOCK as _BLOCK, TrackingReader
 from sharding.format import (
     HEADER_MEMBER, SAMPLE_EXTENSIONS, TOKEN_DTYPE, is_hex64, is_safe_name, sample_key, url_to_fs, validate_header,
 )
-from uti.token_space import TokenSpace, canonical_json, sha256_hex
+from uti.errors import TokenSpaceError
+from uti.token_space import TokenSpace, canonical_json, expected_audio_frames, sha256_hex
 from verify.dataset import ShardTask
 from verify.findings import FindingLog
 from verify.stats import LengthStats
@@ -74,11 +75,16 @@ class _Expect:
         self.text = space.range("text") if space.has_range("text") else None
         self.image = space.range("image") if space.has_range("image") else None
         self.levels = space.audio_levels
-        self.level_starts_u32 = np.array([r.start for r in self.levels], dtype=np.uint32)
-        self.level_sizes_u32 = np.array([r.size for r in self.levels], dtype=np.uint32)
         if any(a.end != b.start for a, b in zip(self.levels, self.levels[1:])):
             raise ValueError("audio level ranges must be consecutive (TokenSpace.validate guarantees it)")
         self.n_q = len(self.levels)
+        # Which level each position of an audio frame holds (frame-major: 0..n_q-1; SNAC: 0,1,1,2,2,2,2):
+        # the token space's layout, so verify never assumes one code per level per frame.
+        self.audio_layout = space.layout("audio") if "audio" in space.codecs else None
+        pattern = list(self.audio_layout.pattern) if self.audio_layout is not None else []
+        self.per_frame = len(pattern)
+        self.slot_starts_u32 = np.array([self.levels[k].start for k in pattern], dtype=np.uint32)
+        self.slot_sizes_u32 = np.array([self.levels[k].size for k in pattern], dtype=np.uint32)
         a = space.codecs["audio"].params if "audio" in space.codecs else {}
         self.audio = dict(a)
         self.hop = int(a["hop_length"]) if a.get("hop_length") else (
@@ -86,6 +92,16 @@ class _Expect:
         i = space.codecs["image"].params if "image" in space.codecs else {}
         self.grid = list(i.get("grid") or [])
         self.proc_size = list(i.get("proc_size") or [])
+        # The shape fields an image's meta carries for the token space's image layout: {"grid": [h, w]}
+        # for a grid (VQGAN, Emu3, Janus), {"n_tokens": n} for a causal1d codec (SEED).
+        self.image_layout = space.layout("image") if "image" in space.codecs else None
+        self.image_shape = self.image_layout.shape_meta() if self.image_layout is not None else {"grid": self.grid}
+
+    def media_meta(self, modality: str) -> tuple[str, ...]:
+        """The meta keys a sample of `modality` must have."""
+        if modality == "image":
+            return ("proc_size", *self.image_shape)
+        return MEDIA_META[modality]
 
     def segments(self, n_samples: int) -> list[int]:
         seg, stride = self.audio.get("segment_length"), self.audio.get("segment_stride")
@@ -94,7 +110,16 @@ class _Expect:
         return [min(int(seg), n_samples - off) for off in range(0, n_samples, int(stride))]
 
     def expected_frames(self, n_samples: int) -> int:
-        return sum(-(-length // self.hop) for length in self.segments(n_samples))
+        """The codec's frame rule as its descriptor records it (padding units, EnCodec's segments...)."""
+        return expected_audio_frames({**self.audio, "hop_length": self.hop}, n_samples)
+
+    def slot(self, p: int) -> str:
+        """Where audio position p sits: frame and level, plus the position inside the frame when a
+        frame holds more than one code per level."""
+        f, j = divmod(p, self.per_frame)
+        k = self.audio_layout.pattern[j]
+        inside = "" if self.audio_layout.kind == "frame_major" else f", position {j} of {self.per_frame}"
+        return f"frame {f}, level {k}{inside}"
 
     def range_name(self, token_id: int) -> str:
         for r in self.space.ranges:
@@ -281,7 +306,7 @@ class _Scan:
             self.fail("shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}", key, sid)
             modality = None
         else:
-            missing += [k for k in MEDIA_META[modality] if k not in meta]
+            missing += [k for k in self.x.media_meta(modality) if k not in meta]
         if missing:
             self.fail("shapes", f"meta lacks {', '.join(missing)}", key, sid)
         if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
@@ -340,23 +365,24 @@ class _Scan:
                                           f"{self.x.range_name(int(tokens[p]))})", key, sid)
                 return False
             return True
-        n_q = self.x.n_q
-        if not n_q:
+        per = self.x.per_frame
+        if not self.x.n_q or not per:
             self.fail("token_ranges", "audio sample, but the token space has no audio levels", key, sid)
             return False
-        # Frame-major: position p holds level p % n_q; checked even when the length is off (check 3's job).
-        if tokens.size % n_q == 0:
-            bad = ((tokens.reshape(-1, n_q) - self.x.level_starts_u32) >= self.x.level_sizes_u32).reshape(-1)
+        # Position p holds the level the layout gives p % per (frame-major: p % n_q); checked even when
+        # the length is not whole frames (check 3's job).
+        if tokens.size % per == 0:
+            bad = ((tokens.reshape(-1, per) - self.x.slot_starts_u32) >= self.x.slot_sizes_u32).reshape(-1)
         else:
-            level = np.arange(tokens.size) % n_q
-            bad = (tokens - self.x.level_starts_u32[level]) >= self.x.level_sizes_u32[level]
+            slot = np.arange(tokens.size) % per
+            bad = (tokens - self.x.slot_starts_u32[slot]) >= self.x.slot_sizes_u32[slot]
         if bad.any():
             p = int(np.argmax(bad))
-            k = p % n_q
-            r = self.x.levels[k]
-            self.fail("token_ranges", f"tokens position {p} (frame {p // n_q}, level {k}): ID {int(tokens[p])} is "
+            r = self.x.levels[self.x.audio_layout.pattern[p % per]]
+            self.fail("token_ranges", f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
                                       f"not in {r.name} [{r.start}, {r.end}) (it is in "
-                                      f"{self.x.range_name(int(tokens[p]))})", key, sid)
+                                      f"{self.x.range_name(int(tokens[p]))}; the token space's audio layout is "
+                                      f"{self.x.audio_layout.kind} {list(self.x.audio_layout.pattern)})", key, sid)
             return False
         return True
 
@@ -387,8 +413,10 @@ class _Scan:
             elif "n_samples" in meta and not (_is_count(n_samples) and n_samples >= 1):
                 problems.append(f"meta n_samples={n_samples!r} must be a positive integer")
             elif "n_frames" in meta and "n_samples" in meta:
-                if n is not None and n != n_frames * self.x.n_q:
-                    problems.append(f"{n} tokens, but n_frames*n_q = {n_frames}*{self.x.n_q} = {n_frames * self.x.n_q}")
+                per = self.x.per_frame
+                if n is not None and per and n != n_frames * per:
+                    label = "n_q" if self.x.audio_layout.kind == "frame_major" else f"tokens_per_frame ({self.x.audio_layout.kind})"
+                    problems.append(f"{n} tokens, but n_frames*{label} = {n_frames}*{per} = {n_frames * per}")
                 if self.x.hop:
                     want = self.x.expected_frames(n_samples)
                     if n_frames != want:
@@ -408,12 +436,20 @@ class _Scan:
                     if not isinstance(sc, list) or len(sc) != len(segs):
                         problems.append(f"meta scales must list {len(segs)} per-segment scales")
         elif modality == "image":
-            grid, proc = meta.get("grid"), meta.get("proc_size")
-            if "grid" in meta and list(grid or []) != self.x.grid:
-                problems.append(f"meta grid {grid!r}, the token space's image codec has {self.x.grid}")
-            elif "grid" in meta and n is not None and n != self.x.grid[0] * self.x.grid[1]:
-                problems.append(f"{n} tokens, but grid {self.x.grid[0]}x{self.x.grid[1]} needs "
-                                f"{self.x.grid[0] * self.x.grid[1]}")
+            proc, shape = meta.get("proc_size"), self.x.image_shape
+            wrong = [f"meta {k} {meta[k]!r}, the token space's image codec has {want!r}"
+                     for k, want in shape.items() if k in meta and not _same_shape(meta[k], want)]
+            problems += wrong
+            if not wrong and all(k in meta for k in shape) and n is not None and self.x.image_layout is not None:
+                try:
+                    need = self.x.image_layout.expected_len(shape)
+                except TokenSpaceError as exc:  # a token space whose image codec records no fixed shape
+                    problems.append(str(exc))
+                else:
+                    if n != need:
+                        what = (f"grid {shape['grid'][0]}x{shape['grid'][1]}" if "grid" in shape
+                                else f"{self.x.image_layout.kind} n_tokens {shape.get('n_tokens')}")
+                        problems.append(f"{n} tokens, but {what} needs {need}")
             if "proc_size" in meta and list(proc or []) != self.x.proc_size:
                 problems.append(f"meta proc_size {proc!r}, the token space's image codec has {self.x.proc_size}")
         if problems:
@@ -478,6 +514,15 @@ class _Scan:
 
 def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Meta shape fields as JSON holds them: lists (grid) or integers (n_tokens), never bools."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if isinstance(b, (list, tuple)):
+        return isinstance(a, list) and list(a) == list(b)
+    return a == b
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -115,7 +115,7 @@ def run_codec_checks(
 
 
 def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> None:
-    from uti.errors import UTIError
+    from uti.errors import DecodeUnavailable, UTIError
 
     def fail(check: str, detail: str) -> None:
         log.add(check, detail, shard=p.label, key=p.key, id=p.id)
@@ -126,6 +126,10 @@ def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> No
         try:
             _decode(tok, s, what)
             _bump(counts, f"decode.{p.modality}.ok")
+        except DecodeUnavailable:
+            # No decoder configured (SEED without its unCLIP pipeline): nothing is wrong with the tokens;
+            # the check reports these items as not decoded (skipped when none could be), never as failures.
+            _bump(counts, f"decode.{p.modality}.unavailable")
         except UTIError as exc:
             fail("decode", str(exc))
         except Exception as exc:  # noqa: BLE001 - a codec crash on stored tokens is exactly what we look for
@@ -234,6 +238,7 @@ def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
     _bump(counts, "retokenize.differs")
     first = int(np.argmax(ids[:m] != s.tokens[:m])) if agree < m else m
     detail = (f"re-encoded tokens differ from the stored ones: {n - agree} of {n} differ, first at position {first}"
-              + (f" (level {first % tok.audio.n_q})" if meta["modality"] == "audio" and tok.audio else ""))
+              + (f" (level {tok.space.layout('audio').level_of_position(first)})"
+                 if meta["modality"] == "audio" and tok.audio else ""))
     if exact:
         fail("retokenize", detail)

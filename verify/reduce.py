@@ -316,6 +316,8 @@ class Reducer:
             result.skipped, result.note = True, f"--{name}-fraction 0"
         elif not picked:
             result.skipped, result.note = True, "no clean sample to pick from"
+        elif name == "decode":
+            _note_unavailable_decoders(result, mine)
         if name == "retokenize":
             compared = counts.get("retokenize.tokens_compared", 0)
             if compared:
@@ -367,3 +369,18 @@ class Reducer:
             result.examples = [Finding("loader", failure.get("shard"), failure.get("key"), failure.get("id"),
                                        failure["detail"])]
         return result
+
+
+def _note_unavailable_decoders(result: CheckResult, counts: dict) -> None:
+    """Items whose codec has no decoder configured were not decoded: the check is skipped when that is
+    every picked item, else it passes on the rest with a warning naming how many were left out."""
+    missing = {k.split(".")[1]: v for k, v in counts.items() if k.endswith(".unavailable") and v}
+    if not missing:
+        return
+    what = ", ".join(f"{n} {modality}" for modality, n in sorted(missing.items()))
+    reason = (f"no decoder configured for {what} item(s) (e.g. SEED's `decoder:` unCLIP pipeline in the "
+              "codec config): not decoded")
+    if sum(missing.values()) >= counts.get("decode.items", 0) and result.failures == 0:
+        result.skipped, result.note = True, reason
+    else:
+        result.warnings.append(reason)

@@ -1,28 +1,84 @@
 """The codec contract: encode(batch) -> codes (+ meta), decode(codes, meta) -> signal, and every size
-the token space records exposed as properties read from the loaded model (runtime introspection)."""
+the token space records exposed as properties read from the loaded model (runtime introspection).
+
+One abstract base per modality. An adapter subclasses it and names, as class attributes, its `kind`
+(the `kind:` of its uti.yaml section) and its `settings` class (the typed section), and builds itself
+with `from_settings`. Adapters are found through the `uti.codecs` entry-point group (see
+uti/codecs/registry.py), so a package outside this repository can add one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from uti.token_space import VERSION, CodecDescriptor
+from uti.errors import DecodeRefused
+from uti.token_space import VERSION, CodecDescriptor, LayoutSpec, recorded_descriptor
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodecVariant:
+    """One named model of a codec kind and the sizes of its real architecture, for `uti tokenspace
+    codecs`. Listing never loads weights; what a run uses is always read from the loaded model."""
+
+    model: str  # the value of the `model:` setting that selects it ("-" when the kind has one model)
+    sizes: dict[str, Any]  # e.g. sample_rate, n_q, max_n_q, codebook_size, frame_rate, proc_size, grid, layout
+    note: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class EncodedAudio:
-    """Codes of one clip: (n_frames, n_q) local code indices, plus what decode needs beyond sizes."""
+    """Codes of one clip in layout order: (n_frames, tokens_per_frame) local code indices, column j
+    belonging to level `layout_spec().pattern[j]` (frame-major codecs: (n_frames, n_q)), plus what
+    decode needs beyond sizes."""
 
     codes: np.ndarray
     n_samples: int  # at the codec's sample rate
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. per-segment scales of normalized models
 
 
-class AudioCodec(ABC):
+class _Codec(ABC):
+    """What every modality's base shares: registration attributes and the token-space descriptor."""
+
+    modality: ClassVar[str]
+    kind: ClassVar[str]  # the `kind:` that selects this adapter in uti.yaml
+    settings: ClassVar[type]  # its uti.yaml section: a frozen kw-only dataclass (uti.config.*Settings)
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Any, *, device: str = "cpu") -> "_Codec":
+        """Build the adapter from its typed uti.yaml section."""
+
+    @classmethod
+    def variants(cls) -> list[CodecVariant]:
+        """The named models this kind offers, with their sizes (cheap: no weights are loaded)."""
+        return []
+
+    @abstractmethod
+    def describe(self, version: int = VERSION) -> CodecDescriptor:
+        """What a token space of `version` records about this codec: identity, weights fingerprint and
+        every size and setting that changes its output (older versions: for comparing a loaded codec
+        with data made by an older uti). The layout is added by `descriptor`."""
+
+    def layout_spec(self) -> LayoutSpec | None:
+        """How the codes are laid out in a sequence (None: not a media codec)."""
+        return None
+
+    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+        """`describe` plus the layout, as a token space of `version` records them."""
+        desc = self.describe(version)
+        layout = self.layout_spec()
+        if layout is None:
+            return desc
+        return recorded_descriptor(dataclasses.replace(desc, layout=layout), version)
+
+
+class AudioCodec(_Codec):
     modality = "audio"
 
     @property
@@ -35,7 +91,8 @@ class AudioCodec(ABC):
 
     @property
     @abstractmethod
-    def n_q(self) -> int: ...
+    def n_q(self) -> int:
+        """Number of quantizer levels, each its own range of the token space."""
 
     @property
     @abstractmethod
@@ -43,11 +100,13 @@ class AudioCodec(ABC):
 
     @property
     @abstractmethod
-    def frame_rate(self) -> float: ...
+    def frame_rate(self) -> float:
+        """Frames per second; a multirate codec's frames are those of its coarsest level."""
 
     @property
     @abstractmethod
-    def hop_length(self) -> int: ...
+    def hop_length(self) -> int:
+        """Samples per frame."""
 
     @abstractmethod
     def encode(self, clips: Sequence[torch.Tensor]) -> list[EncodedAudio]:
@@ -57,10 +116,8 @@ class AudioCodec(ABC):
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
         """(channels, n_samples) waveform at `sample_rate`."""
 
-    @abstractmethod
-    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
-        """What a token space of `version` records about this codec (older versions: for comparing a
-        loaded codec with data made by an older uti)."""
+    def layout_spec(self) -> LayoutSpec:
+        return LayoutSpec.frame_major(self.n_q)
 
     def expected_frames(self, n_samples: int, extra: dict[str, Any] | None = None) -> int:
         """How many frames a clip of `n_samples` must have; shape checks use it."""
@@ -73,7 +130,7 @@ class AudioCodec(ABC):
         }
 
 
-class ImageCodec(ABC):
+class ImageCodec(_Codec):
     modality = "image"
 
     @property
@@ -96,16 +153,14 @@ class ImageCodec(ABC):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """(grid_h, grid_w) codes -> uint8 (H, W, 3) image at `proc_size`."""
 
-    @abstractmethod
-    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
-        """What a token space of `version` records about this codec (older versions: for comparing a
-        loaded codec with data made by an older uti)."""
+    def layout_spec(self) -> LayoutSpec:
+        return LayoutSpec.grid2d()
 
     def runtime_sizes(self) -> dict[str, Any]:
         return {"proc_size": list(self.proc_size), "grid": list(self.grid), "codebook_size": self.codebook_size}
 
 
-class TextCodec(ABC):
+class TextCodec(_Codec):
     modality = "text"
 
     @property
@@ -118,10 +173,33 @@ class TextCodec(ABC):
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    @abstractmethod
-    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
-        """What a token space of `version` records about this codec (older versions: for comparing a
-        loaded codec with data made by an older uti)."""
-
     def runtime_sizes(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size}
+
+
+# ---- helpers adapters share ----------------------------------------------------------------------------
+def check_clip(clip: Any, index: int, *, channels: int, name: str, device: torch.device) -> torch.Tensor:
+    """A (channels, samples) float tensor with at least one sample, on `device` as float32."""
+    if not isinstance(clip, torch.Tensor) or clip.dim() != 2:
+        raise ValueError(f"clip {index}: expected a (channels, samples) tensor")
+    if clip.shape[0] != channels:
+        raise ValueError(f"clip {index}: {clip.shape[0]} channels, {name} takes {channels}")
+    if clip.shape[1] < 1:
+        raise ValueError(f"clip {index}: no samples")
+    return clip.to(device, torch.float32)
+
+
+def check_codes(codes: Any, *, tokens_per_frame: int, codebook_size: int, name: str) -> np.ndarray:
+    """Local codes (n_frames, tokens_per_frame) inside [0, codebook_size), or DecodeRefused."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != tokens_per_frame or codes.shape[0] < 1:
+        raise DecodeRefused(f"{name}: codes must be (n_frames >= 1, {tokens_per_frame}), got {codes.shape}")
+    if codes.min(initial=0) < 0 or codes.max(initial=0) >= codebook_size:
+        raise DecodeRefused(f"{name}: codes outside [0, {codebook_size})")
+    return codes.astype(np.int64)
+
+
+def check_image(image: Any, index: int, *, size: int) -> None:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (size, size, 3):
+        raise ValueError(f"image {index}: expected uint8 ({size}, {size}, 3), got "
+                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from uti.codecs.base import AudioCodec, EncodedAudio
-from uti.codecs.weights import (WeightsSpec, cached_random_state, fingerprint_state_dict, parse_weights,
-                                resolve_device)
+from uti.codecs.base import AudioCodec, CodecVariant, EncodedAudio, check_clip
+from uti.codecs.weights import (WeightsSpec, cached_random_state, calibration_signal, fingerprint_state_dict,
+                                parse_weights, resolve_device, round_to_half)
+from uti.config import AudioConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
 from uti.token_space import VERSION, CodecDescriptor
 
@@ -62,6 +62,25 @@ def _random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
 
 
 class EncodecAudioCodec(AudioCodec):
+    kind = "encodec"
+    settings = AudioConfig
+
+    @classmethod
+    def from_settings(cls, settings: AudioConfig, *, device: str = "cpu") -> "EncodecAudioCodec":
+        return cls(model=settings.model, bandwidth=settings.bandwidth, weights=settings.weights, device=device)
+
+    @classmethod
+    def variants(cls) -> list[CodecVariant]:
+        # The encodec package's published architectures (a model's own sizes are read when it is loaded).
+        return [
+            CodecVariant(model="encodec_24khz", sizes={"sample_rate": 24000, "channels": 1, "codebook_size": 1024,
+                                                       "frame_rate": 75.0, "n_q": {"1.5": 2, "3": 4, "6": 8, "12": 16, "24": 32},
+                                                       "layout": "frame_major"}, note="n_q by bandwidth (kbps)"),
+            CodecVariant(model="encodec_48khz", sizes={"sample_rate": 48000, "channels": 2, "codebook_size": 1024,
+                                                       "frame_rate": 150.0, "n_q": {"3": 2, "6": 4, "12": 8, "24": 16},
+                                                       "layout": "frame_major"}, note="n_q by bandwidth (kbps)"),
+        ]
+
     def __init__(self, *, model: str = "encodec_24khz", bandwidth: float = 6.0, weights: str = "random:0",
                  device: str = "cpu"):
         if model not in _CHECKPOINTS:
@@ -123,8 +142,8 @@ class EncodecAudioCodec(AudioCodec):
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
-        # The same in versions 1 and 2: the model name fixes the architecture, the fingerprint the weights,
+    def describe(self, version: int = VERSION) -> CodecDescriptor:
+        # The same in versions 1 to 3 (3 adds the layout, see AudioCodec.descriptor): the model name fixes the architecture, the fingerprint the weights,
         # and bandwidth (-> n_q), segmenting and normalization are all recorded.
         return CodecDescriptor(
             modality="audio", kind="encodec", name=self.name, weights=self._weights.label,
@@ -149,13 +168,7 @@ class EncodecAudioCodec(AudioCodec):
 
     # ---- encode ---------------------------------------------------------------------------------
     def _check_clip(self, clip: torch.Tensor, index: int) -> torch.Tensor:
-        if not isinstance(clip, torch.Tensor) or clip.dim() != 2:
-            raise ValueError(f"clip {index}: expected a (channels, samples) tensor")
-        if clip.shape[0] != self.channels:
-            raise ValueError(f"clip {index}: {clip.shape[0]} channels, {self.name} takes {self.channels}")
-        if clip.shape[1] < 1:
-            raise ValueError(f"clip {index}: no samples")
-        return clip.to(self.device, torch.float32)
+        return check_clip(clip, index, channels=self.channels, name=self.name, device=self.device)
 
     @torch.inference_mode()
     def encode(self, clips: Sequence[torch.Tensor]) -> list[EncodedAudio]:
@@ -306,27 +319,7 @@ def _load_checked(path: Path, official_name: str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: cannot load as a weights-only state dict: {exc}") from None
 
 
-def calibration_signal(sample_rate: int, channels: int, seconds: float, seed: int) -> torch.Tensor:
-    """Deterministic mixture of tones, chirps and noise bursts used to seed random codebooks."""
-    g = torch.Generator().manual_seed(seed)
-    n = int(seconds * sample_rate)
-    t = torch.arange(n, dtype=torch.float64) / sample_rate
-    sig = torch.zeros(n, dtype=torch.float64)
-    for _ in range(8):
-        f0 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
-        f1 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
-        phase = 2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
-        sig += 0.1 * torch.sin(phase)
-    envelope = (torch.sin(2 * math.pi * 0.7 * t) > 0).double()
-    sig += 0.2 * envelope * torch.randn(n, generator=g, dtype=torch.float64)
-    sig = sig / sig.abs().max() * 0.8
-    return sig.float().repeat(channels, 1)[None]  # (1, channels, n)
-
-
-def _round_to_half(t: torch.Tensor) -> torch.Tensor:
-    """Snap to float16's grid: float64 noise from thread count or BLAS (~1e-16) can then never change a
-    stored weight, so `random:SEED` weights are bit-identical on every machine."""
-    return t.to(torch.float16).to(torch.float32)
+_round_to_half = round_to_half  # the name this module used before it moved to uti.codecs.weights
 
 
 @torch.inference_mode()

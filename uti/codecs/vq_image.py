@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uti.codecs.base import ImageCodec
+from uti.codecs.base import CodecVariant, ImageCodec, check_image
 from uti.codecs.weights import cached_random_state, fingerprint_state_dict, parse_weights, resolve_device
-from uti.config import ImageConfig
+from uti.config import ImageArch, ImageConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
 from uti.strict import to_dict as strict_to_dict
 from uti.token_space import VERSION, CodecDescriptor
@@ -67,6 +67,21 @@ def calibration_images(size: int, count: int, seed: int) -> np.ndarray:
 
 
 class VQImageCodec(ImageCodec):
+    kind = "vqgan"
+    settings = ImageConfig
+
+    @classmethod
+    def from_settings(cls, settings: ImageConfig, *, device: str = "cpu") -> "VQImageCodec":
+        return cls(settings, device=device)
+
+    @classmethod
+    def variants(cls) -> list[CodecVariant]:
+        a, proc = ImageArch(), ImageConfig().proc_size
+        down = 2 ** (len(a.block_out_channels) - 1)
+        return [CodecVariant(model="-", sizes={"proc_size": [proc, proc], "grid": [proc // down, proc // down],
+                                               "codebook_size": a.num_vq_embeddings, "layout": "grid2d"},
+                             note="random:SEED with image.arch, or a local diffusers VQModel folder (its own sizes)")]
+
     def __init__(self, cfg: ImageConfig, *, device: str = "cpu"):
         from diffusers import VQModel
 
@@ -160,7 +175,7 @@ class VQImageCodec(ImageCodec):
         output without changing any weight tensor (act_fn, norm_num_groups, norm_type, ...)."""
         return {k: strict_to_dict(v) for k, v in sorted(dict(self._net.config).items()) if not k.startswith("_")}
 
-    def descriptor(self, version: int = VERSION) -> CodecDescriptor:
+    def describe(self, version: int = VERSION) -> CodecDescriptor:
         params = {**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop"}
         if version == 1:  # before version 2: no architecture config, the folder name in `name`
             return CodecDescriptor(modality="image", kind="vqgan", name=self._v1_name, weights=self._weights.label,
@@ -177,9 +192,7 @@ class VQImageCodec(ImageCodec):
         if not len(images):
             return []
         for i, im in enumerate(images):
-            if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.shape != (self._proc, self._proc, 3):
-                raise ValueError(f"image {i}: expected uint8 ({self._proc}, {self._proc}, 3), got "
-                                 f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
+            check_image(im, i, size=self._proc)
         latents = self._latents(np.stack(images))
         book = self._net.quantize.embedding.weight.double()
         book_sq = book.pow(2).sum(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -44,7 +45,7 @@ def fingerprint_state_dict(state: Mapping[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(tensor.dtype).encode())
         h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 
@@ -90,3 +91,26 @@ def cached_random_state(key: str, build) -> dict[str, torch.Tensor]:
     except OSError:
         pass
     return state
+
+
+def calibration_signal(sample_rate: int, channels: int, seconds: float, seed: int) -> torch.Tensor:
+    """Deterministic mixture of tones, chirps and noise bursts used to seed random codebooks."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(seconds * sample_rate)
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    sig = torch.zeros(n, dtype=torch.float64)
+    for _ in range(8):
+        f0 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
+        f1 = 80 + 4000 * torch.rand(1, generator=g, dtype=torch.float64).item()
+        phase = 2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * seconds))
+        sig += 0.1 * torch.sin(phase)
+    envelope = (torch.sin(2 * math.pi * 0.7 * t) > 0).double()
+    sig += 0.2 * envelope * torch.randn(n, generator=g, dtype=torch.float64)
+    sig = sig / sig.abs().max() * 0.8
+    return sig.float().repeat(channels, 1)[None]  # (1, channels, n)
+
+
+def round_to_half(t: torch.Tensor) -> torch.Tensor:
+    """Snap to float16's grid: float64 noise from thread count or BLAS (~1e-16) can then never change a
+    stored weight, so `random:SEED` weights are bit-identical on every machine."""
+    return t.to(torch.float16).to(torch.float32)
