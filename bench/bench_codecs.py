@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import shutil
@@ -236,11 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     results = run(quick=args.quick, only=only, workdir=args.workdir)
     print()
     print(table(results))
-    payload = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    payload["codecs"] = {"quick": args.quick, "seconds": time.time() - started, "results": results,
-                         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                     "processor": platform.processor() or platform.machine()}}
-    args.out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    from bench.results import merge
+
+    merge(args.out, sections={}, top={"codecs": {
+        "quick": args.quick, "seconds": time.time() - started, "results": results,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine()}}})
     print(f"\nwrote {args.out}")
     return 0
 

@@ -440,7 +440,6 @@ if __name__ == "__main__":
     ratio_table = all_cores_ratios(measured)
     print(json.dumps({"ratios": ratio_table, "results": measured}, indent=2))
     if str(args.results) != "-":
-        merged = json.loads(args.results.read_text()) if args.results.exists() else {}
-        merged.setdefault("ratios", {}).update(ratio_table)
-        merged.setdefault("results", {})["tokenize_all_cores"] = measured
-        args.results.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        from bench.results import merge
+
+        merge(args.results, sections={"tokenize_all_cores": measured}, ratios=ratio_table)

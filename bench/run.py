@@ -7,25 +7,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
-TARGETS = {
-    "b/a (steady state vs codec limit)": 0.85,
-    "b/c (end to end vs HF datasets.map)": 1.5,
-    "b/d (end to end vs Ray Data, 1 actor each)": 1.0,
-    "verify MB/s per core (structural checks)": 200.0,
-    "train input tokens/s / model tokens/s": 10.0,
-}
-
+from bench.results import DEFAULT_PATH, merge, verdict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the scripts run, not speed")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_PATH,
+                        help="results file; this run's sections replace their old values, other sections are kept")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--audio-scale", type=float, default=1.0,
                         help="multiply every clip's length (1.0: about 60 s of audio, as the targets specify)")
@@ -57,13 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'ratio':<48} {'value':>12}  target")
     for name, value in ratio_table.items():
-        target = TARGETS.get(name)
-        verdict = "" if target is None else (f">= {target}  {'met' if value >= target else 'MISSED'}")
-        print(f"{name:<48} {value:>12.2f}  {verdict}")
-    payload = {"quick": args.quick, "audio_scale": args.audio_scale, "seconds": time.time() - started, "machine": {
-        "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-        "results": results, "ratios": ratio_table, "targets": TARGETS}
-    args.out.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        print(f"{name:<48} {value:>12.2f}  {verdict(name, value)}")
+    merge(args.out, sections=results, ratios=ratio_table, top={
+        "quick": args.quick, "audio_scale": args.audio_scale, "seconds": time.time() - started,
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}})
     print(f"\nwrote {args.out}")
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import sys
 import time
 from typing import Any, Iterator
 
@@ -305,9 +306,22 @@ def _read_counts(reading: dict) -> tuple[int, int]:
 
 
 def peak_rss_mb() -> float:
-    import resource
+    """This process's peak resident set, in MB.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    VmHWM, not `getrusage().ru_maxrss`: Linux keeps ru_maxrss across execve, so a driver started by a
+    large parent (a benchmark that had torch loaded, a notebook) reported the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource  # not Linux: no /proc; ru_maxrss is the best there is (bytes on macOS, KiB elsewhere)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def short_error(exc: BaseException) -> str:

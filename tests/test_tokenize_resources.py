@@ -24,14 +24,33 @@ def ray_two_cpus():
     """Like `ray start --head --num-cpus 2`: two 1-CPU actors would hold every CPU and starve the reads."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from uti.ray_local import connect
+
+    owned = connect(None, num_cpus=2)  # address="local": never another run's cluster on this machine
     yield ray
-    ray.shutdown()
+    if owned:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
 def manifests(tmp_path_factory):
     return make_manifests(tmp_path_factory.mktemp("data"))
+
+
+def test_a_bad_manifest_found_while_ray_starts_stops_that_ray(tmp_path):
+    """The manifest is parsed while Ray starts (start-up at 600k rows); a manifest error still comes out as
+    the job's error, and the Ray started for it is shut down again."""
+    import ray
+
+    from sharding.manifest import ManifestError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a:1", "dataset": "a", "modality": "audio"}\n')  # no path, no split
+    before = ray.is_initialized()  # first in this file, so normally False: no module fixture has started Ray yet
+    with pytest.raises((JobError, ManifestError)) as exc:
+        run_tokenize(TokenizeConfig(manifests=(str(bad),), out=str(tmp_path / "out"), progress=False))
+    assert "bad.jsonl" in str(exc.value) and "line 1" in str(exc.value), str(exc.value)
+    assert ray.is_initialized() == before
 
 
 def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, tmp_path):
@@ -98,3 +117,19 @@ def test_rows_of_a_modality_without_a_range_are_per_sample_errors(ray_two_cpus, 
     assert "has no audio range" in by_reason["no_audio_range"][0]["detail"]
     assert "has no text range" in by_reason["no_text_range"][0]["detail"]
     assert len(by_reason["no_text_range"]) == 4  # the readable llava images all have captions
+
+
+def test_driver_peak_rss_is_its_own_not_its_parents(tmp_path):
+    """Linux keeps getrusage's ru_maxrss across execve, so a driver started by a big process (the benchmark
+    had torch loaded: 1.7 GB) reported its parent's peak as its own; the job's figure must be the driver's."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(700 * 1024 * 1024)  # make this process's peak certainly above 700 MB
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    out = subprocess.run([sys.executable, "-c", "from ray_jobs.scheduler import peak_rss_mb; print(peak_rss_mb())"],
+                         capture_output=True, text=True, check=True)
+    del ballast
+    assert 1 < float(out.stdout) < 300, out.stdout  # a bare python with numpy: tens of MB
+
