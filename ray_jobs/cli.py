@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_options_flag(p)
     # Ctrl-C and SIGTERM stop the same clean way (uti.cli.main): complete shards are kept.
     p.set_defaults(on_interrupt="rerun the same command to resume")
 
@@ -40,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from ray_jobs.config import TokenizeConfig
     from ray_jobs.job import run_tokenize
 
+    configure_storage_options(args.storage_options)  # environment only: never part of the config or job.json
     cfg = TokenizeConfig(
         manifests=tuple(args.manifest), out=args.out, config=args.config, address=args.address,
         num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,

@@ -8,6 +8,7 @@ from typing import Any
 from uti.cli import add_command
 
 from sharding.manifest import make_manifest, parse_split_fractions, summary_path
+from sharding.storage import add_storage_options_flag, configure_storage_options
 
 # flag dest -> adapter option; only flags the user actually gave are passed on, so an option that
 # does not apply to the chosen dataset is refused instead of ignored.
@@ -57,9 +58,11 @@ def register_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--follow-symlinks", action="store_true",
                    help="follow symlinks inside --root even when they lead out of it (default: such rows are "
                    "rejected); '..' and absolute paths outside the root stay refused; recorded in the summary")
+    add_storage_options_flag(p)
 
 
 def run_manifest(args: argparse.Namespace) -> int:
+    configure_storage_options(args.storage_options)  # environment only: never in the manifest or its summary
     options: dict[str, Any] = {
         opt: getattr(args, dest) for dest, opt in _OPTION_FLAGS.items() if getattr(args, dest) is not None
     }

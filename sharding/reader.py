@@ -222,6 +222,7 @@ def read_shard(
     index: Mapping[str, Any] | None = None,
     start: int = 0,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    source: Any = None,
 ) -> Iterator[Sample]:
     """Stream the samples of one shard, validating everything on the way.
 
@@ -235,17 +236,22 @@ def read_shard(
         size/SHA-256 check is left out (it needs every byte); the samples read are still checked
         member by member and against their index entries. Otherwise (version 1 index, no index,
         or a stream that cannot seek) the leading samples are read and validated but not yielded.
+    source: an open binary file of this tar to read instead of opening tar_path (training's read-ahead,
+        sharding.prefetch.PrefetchedFile); it is closed here. The bytes and checks are the same.
     """
     path = os.fspath(tar_path)
     if isinstance(expected_token_space, str) and not is_hex64(expected_token_space):
         raise ShardError(f"{path}: expected_token_space must be a TokenSpace or its full 64-hex ID, got {expected_token_space!r}")
     base = posixpath.basename(path.rstrip("/"))
     stem = base[: -len(TAR_SUFFIX)] if base.endswith(TAR_SUFFIX) else None
-    fs, fpath = url_to_fs(path)
-    try:
-        raw = fs.open(fpath, "rb")
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"{path}: cannot open shard ({exc})") from exc
+    if source is not None:
+        raw = source
+    else:
+        fs, fpath = url_to_fs(path)
+        try:
+            raw = fs.open(fpath, "rb")
+        except (OSError, ValueError) as exc:
+            raise ShardError(f"{path}: cannot open shard ({exc})") from exc
     with raw:
         offsets = sample_offsets(index) if index is not None and start > 0 else None
         seek_to = offsets[start] if offsets and start < len(offsets) and _seekable(raw) else None

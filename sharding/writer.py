@@ -27,6 +27,7 @@ import numpy as np
 import uti
 from uti.atomic import atomic_write, create_temp
 from sharding.errors import ShardError, ShardWriteError
+from sharding.storage import upload_file
 from sharding.format import (
     HEADER_MEMBER, INDEX_SUFFIX, MAX_KEY_LENGTH, META_REQUIRED, NPY_VERSION, TAR_SUFFIX, TEMP_MARKER, TOKEN_DTYPE,
     build_header, build_index, check_name, is_local, is_safe_name, sample_key, split_dir,
@@ -287,7 +288,7 @@ class ShardWriter:
             fs.makedirs(self._dir, exist_ok=True)
             if fs.exists(self.index_path):
                 fs.rm(self.index_path)
-            fs.put_file(self._tmp, self.tar_path)
+            upload_file(fs, self._tmp, self.tar_path)  # multipart with bounded parts in flight (sharding.storage)
             os.unlink(self._tmp)
             # Object stores have no rename; a whole-object PUT is atomic, and the index goes last.
             fs.pipe_file(self.index_path, index_bytes)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
 
 
@@ -67,12 +68,14 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shuffle-buffer", type=int, default=None, metavar="N",
                    help="samples per input and modality that each worker shuffles among, on top of the seeded "
                         "shard order per epoch (default 128; 1 = shard order only). Kept in checkpoints")
+    add_storage_options_flag(p)
 
 
 def _train(args: argparse.Namespace) -> int:
     from train.config import FLAG_FIELDS, TrainConfig, TrainError, TrainInterrupted, parse_mix, parse_weights
     from train.runner import resume_config, train
 
+    configure_storage_options(args.storage_options)  # environment only: never in run_config.json (not a flag field)
     given = {f: getattr(args, f) for f in FLAG_FIELDS if f not in ("mix", "data", "data_weights")
              and getattr(args, f) is not None}
     if args.data_weights is not None:

@@ -46,7 +46,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from sharding.format import ShardRef
+from sharding.prefetch import DEFAULT_LIMITS, PrefetchLimits, ShardPrefetcher, shard_range
 from sharding.reader import Sample, ShardReader, read_shard
+from sharding.storage import is_url
 from train.census import (
     MODALITIES, InputCensus, MediaShape, fit_mask, heldout_split, input_census, requested_splits, resolve_split,
 )
@@ -105,7 +107,7 @@ class ModalityStream:
     sharding.reader.read_shard) and stops after the last."""
 
     def __init__(self, spec: StreamSpec, *, seed: int, rank: int, world_size: int, buffer_size: int,
-                 shape: MediaShape):
+                 shape: MediaShape, prefetcher: ShardPrefetcher | None = None):
         self.spec = spec
         self.seed, self.rank, self.world = int(seed), int(rank), int(world_size)
         self.share = rank_share(spec.samples, self.world)
@@ -129,6 +131,9 @@ class ModalityStream:
         # unread of their epochs, as (epoch, position in the epoch's unpadded list); read first.
         self.pending: list[tuple[int, int]] = []
         self.pending_taken = 0
+        # Read-ahead of the next shards' byte ranges on object stores (sharding.prefetch, shared by the rank's
+        # streams): the same bytes in the same order, so which samples are read cannot change.
+        self.prefetcher = prefetcher if spec.refs and is_url(spec.refs[0].tar_path) else None
 
     @property
     def key(self) -> str:
@@ -165,7 +170,8 @@ class ModalityStream:
         """Sample i of a shard: from the open reader when it is at or before i in that shard (streaming
         on), else from a new reader that seeks to it."""
         if self._it is None or self._at is None or self._at[0] != ref.name or self._at[1] > i:
-            self._it = read_shard(ref.tar_path, expected_token_space=self.spec.token_space_id, index=ref.index, start=i)
+            self._it = read_shard(ref.tar_path, expected_token_space=self.spec.token_space_id, index=ref.index, start=i,
+                                  source=self._prefetched(ref, i))
         for sample in self._it:
             if sample.index_in_shard == i:
                 self._at = (ref.name, i + 1)
@@ -177,6 +183,38 @@ class ModalityStream:
                     self._it, self._at = None, None
                 return sample
         raise TrainError(f"{ref.tar_path}: ended before sample {i} its index lists; re-run `uti tokenize` for it")
+
+    def _prefetched(self, ref: ShardRef, i: int) -> Any:
+        """The fetched bytes of the shard being opened (None: read directly), after asking for the next ones."""
+        if self.prefetcher is None:
+            return None
+        wanted = [r for r in (shard_range(s_ref, first, last, drains=drains)
+                              for s_ref, first, last, drains in self._segments_ahead(self.prefetcher.limits.shards)) if r]
+        self.prefetcher.retain({r.key for r in wanted}, owner=self)
+        for r in wanted:
+            self.prefetcher.request(r, owner=self)
+        now = shard_range(ref, i, i, drains=False)
+        return self.prefetcher.take(ref.tar_path, now.start) if now else None
+
+    def _segments_ahead(self, limit: int) -> list[tuple[ShardRef, int, int, bool]]:
+        """(shard, first, last in-shard index, reads to the tar's end) of the next `limit` shards of this
+        rank's share in the current epoch, from the position being read now (the next epoch: not ahead)."""
+        if self.pending_taken < len(self.pending):
+            return []
+        refs, cum = self.order(self.epoch)
+        total = int(cum[-1]) if len(cum) else 0
+        positions = self.spec.positions[self.spec.modality]
+        g, end, out = self.rank * self.share + self.taken, (self.rank + 1) * self.share, []
+        while total and g < end and len(out) < limit:
+            gg = g % total
+            s = int(np.searchsorted(cum, gg, side="right"))
+            before = int(cum[s - 1]) if s else 0
+            n = min(end - g, int(cum[s]) - gg)
+            mine = positions[refs[s].name]
+            last = mine[gg - before + n - 1]
+            out.append((refs[s], mine[gg - before], last, last == mine[-1]))
+            g += n
+        return out
 
     def _read_one(self) -> tuple[Sample, int] | None:
         """The next sample of this rank's share, crossing into the next epoch; None when a whole
@@ -446,6 +484,7 @@ class BatchStream:
         rank: int,
         world_size: int,
         shuffle_buffer: int | None = None,
+        prefetch: PrefetchLimits | None = None,
     ):
         """inputs: [{"out": OUT, "token_space_id": ID, "split": SPLIT}] -- each input is read with its
         own token space ID (the driver already compared it with the run's, or recorded the
@@ -461,6 +500,9 @@ class BatchStream:
         shuffle_buffer = cfg.shuffle_buffer if shuffle_buffer is None else shuffle_buffer
         self.streams: dict[str, ModalityStream] = {}
         self.censuses: list[InputCensus] = []
+        # One read-ahead per rank, shared by its streams: at most `limits.shards` ranges / `limits.bytes` held.
+        limits = DEFAULT_LIMITS if prefetch is None else prefetch
+        self.prefetcher = ShardPrefetcher(limits) if limits.shards > 0 and any(is_url(i["out"]) for i in inputs) else None
         for k, (inp, split) in enumerate(zip(inputs, self.splits)):
             # Fail fast (token space of every shard, from the indexes) exactly as a ShardReader does.
             refs = ShardReader(inp["out"], expected_token_space=inp["token_space_id"], split=split).refs
@@ -468,12 +510,17 @@ class BatchStream:
             self.censuses.append(census)
             for spec in stream_specs(census, input=k, token_space_id=inp["token_space_id"]):
                 self.streams[spec.key] = ModalityStream(spec, seed=cfg.seed, rank=rank, world_size=world_size,
-                                                        buffer_size=shuffle_buffer, shape=census.shape)
+                                                        buffer_size=shuffle_buffer, shape=census.shape,
+                                                        prefetcher=self.prefetcher)
         self.scheduler = TaskScheduler(cfg.mix, seed=cfg.seed, rank=rank)
         self.sources = self._sources()
         self.turn = {t: 0 for t in TASKS}
         self.inputs = InputMixer(cfg.data_weights, mix_by=cfg.mix_by, seed=cfg.seed, rank=rank) \
             if cfg.data_weights is not None else None
+        # Samples and tokens (media + captions) read per input by this object: the trainer logs their growth per
+        # step (metrics.jsonl "inputs"). Counters for the log only, not resume state.
+        self.samples_read = [0] * len(inputs)
+        self.tokens_read = [0] * len(inputs)
         self.failures = {t: 0 for t in TASKS}  # consecutive draws of the task that gave no doc
         self.dropped: dict[str, str] = {}  # task -> why this rank stopped training it (runtime)
         self.packer = Packer(seq_len=cfg.seq_len, pad_id=sp.pad)
@@ -549,6 +596,8 @@ class BatchStream:
             self._drop_source(key)
             return []
         sample, epoch = item
+        self.samples_read[stream.spec.input] += 1
+        self.tokens_read[stream.spec.input] += len(sample.tokens) + len(sample.text)
         if self.on_sample is not None:
             self.on_sample(sample, epoch)
         if self.inputs is not None:

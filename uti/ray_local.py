@@ -148,8 +148,9 @@ def sigterm_handler_kept() -> Iterator[None]:
 # task and Ray Train worker through the job's runtime environment, because on a cluster those processes are
 # started by raylets that never saw the driver's environment. Only names are listed here; values are never
 # logged or written by uti (Ray keeps the job's runtime environment in its own job table).
+# UTI_STORAGE_OPTIONS carries `--storage-options` (sharding.storage.configure_storage_options) the same way.
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
-STORAGE_ENV_NAMES = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT")
+STORAGE_ENV_NAMES = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT", "UTI_STORAGE_OPTIONS")
 
 
 def storage_env_vars(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
 
 # flag attribute -> VerifyConfig field, for the flags that map one to one
@@ -46,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-examples", type=int, default=None, metavar="N", help="failure examples kept per check")
     p.add_argument("--device", default=None, help="device of the decode/retokenize tasks (default cpu)")
     p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
+    p.add_argument("--clean-orphans", action="store_true",
+                   help="first delete what interrupted writers left under OUT/shards (tars without index, temp "
+                        "files, incomplete S3 multipart uploads; nothing else), then verify. Only while no "
+                        "`uti tokenize` is writing to OUT: its unfinished shards look the same")
+    add_storage_options_flag(p)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -54,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     from verify.report import format_summary
     from verify.run import run_verify
 
+    configure_storage_options(args.storage_options)  # environment only: never part of the config or report
     data = {"out": args.out, **{f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}}
     if args.fail_on_truncation:
         data["fail_on_truncation"] = True
@@ -65,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
 
             raise ConfigError("--baseline-tolerance applies to a --baseline gate; give --baseline FILE too")
         data["baseline_limits"] = {"sample_count_rel_drop": args.baseline_tolerance}
-    result = run_verify(from_flags(VerifyConfig, data, flags=_FLAGS, where="uti verify"))
+    cfg = from_flags(VerifyConfig, data, flags=_FLAGS, where="uti verify")
+    _orphans(args.out, clean=args.clean_orphans)
+    result = run_verify(cfg)
     print(format_summary(result.report))
     # Warnings that change how to read the result (a baseline from another token space) go to the
     # console in full, not only into the report.
@@ -75,3 +84,20 @@ def _run(args: argparse.Namespace) -> int:
     if result.baseline_path:
         print(f"baseline written: {result.baseline_path}")
     return result.exit_code
+
+
+def _orphans(out: str, *, clean: bool) -> None:
+    """--clean-orphans: delete and list them. Without it, name the orphans the report cannot show (incomplete
+    multipart uploads are in no listing); tars without index fail shard_integrity in the report."""
+    from verify.dataset import clean_orphans, incomplete_uploads
+
+    if clean:
+        removed = clean_orphans(out)
+        for o in removed:
+            print(f"removed orphan {o.url} ({o.kind})")
+        print(f"--clean-orphans: removed {len(removed)} orphan(s) under {out}")
+        return
+    pending = incomplete_uploads(out)
+    if pending:
+        print(f"uti verify: warning: {len(pending)} incomplete multipart upload(s) of shard tars under {out} "
+              f"(orphans of interrupted writers, e.g. {pending[0].url}); --clean-orphans aborts them", file=sys.stderr)

@@ -195,6 +195,26 @@ def discover_shards(out: str) -> tuple[list[ShardTask], list[Orphan]]:
     return tasks, temps
 
 
+def clean_orphans(out: str | os.PathLike) -> list:
+    """`uti verify --clean-orphans`: delete the leftovers the shard commit protocol defines as orphans (a tar
+    without index, a writer's temp file, an incomplete S3 multipart upload; sharding.orphans) and nothing else.
+    Returns what was removed."""
+    from sharding.orphans import find_orphan_objects, remove_orphan_objects
+
+    out = os.fspath(out)
+    with storage_errors(out, "OUT"):
+        return remove_orphan_objects(out, find_orphan_objects(out))
+
+
+def incomplete_uploads(out: str | os.PathLike) -> list:
+    """Orphans that no shard listing shows (incomplete S3 multipart uploads), for the summary."""
+    from sharding.orphans import find_orphan_objects
+
+    out = os.fspath(out)
+    with storage_errors(out, "OUT"):
+        return [o for o in find_orphan_objects(out) if o.kind == "incomplete_upload"]
+
+
 def job_config_dict(job: dict | None) -> dict | None:
     config = (job or {}).get("config")
     return config if isinstance(config, dict) else None
