@@ -70,8 +70,8 @@ class CodecWorker:
             raise RuntimeError(f"this actor's codecs give token space {self.space.short_id}, not the job's "
                                f"{token_space_id[:12]}: the codec weights or libraries differ between nodes")
 
+        from sharding.format import build_sample
         from sharding.manifest import ManifestRow
-        from sharding.media import source_meta  # `source`/`source_ref`: what verify reads the row back from
 
         started_at = time.time()  # wall clock: the driver spans a modality's chunks across actors
         t0 = time.perf_counter()
@@ -87,16 +87,11 @@ class CodecWorker:
             if row["id"] in errors:
                 continue
             tokens, codec_meta, sha, info = encoded[row["id"]]
-            captions = list(row.get("captions") or [])
-            caption_ids = [self.tok.encode_text(c) for c in captions]
-            text = np.concatenate(caption_ids).astype(np.uint32) if caption_ids else np.zeros(0, np.uint32)
-            meta = {
-                "id": row["id"], "split": split, "modality": row["modality"], "token_space_id": self.space.id,
-                "dataset": row.get("dataset"), **source_meta(ManifestRow.from_dict(row)), "source_sha256": sha,
-                "captions": captions, "caption_token_lengths": [int(c.size) for c in caption_ids],
-                **codec_meta, **info,
-            }
-            samples.append({"id": row["id"], "tokens": tokens, "text": text, "meta": meta})
+            manifest_row = ManifestRow.from_dict(row)
+            text, lengths = self.tok.encode_captions(manifest_row.captions)
+            sample = build_sample(manifest_row, split=split, token_space_id=self.space.id, tokens=tokens, text=text,
+                                  caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=sha, info=info)
+            samples.append(sample.to_dict())
             if row["modality"] == "audio":
                 audio_seconds += codec_meta["n_samples"] / codec_meta["sample_rate"]
             elif row["modality"] == "image":
@@ -141,8 +136,7 @@ class CodecWorker:
                     fail(it["id"], "encode", "codec_error", f"{type(res).__name__}: {res}")
                 else:
                     ids, meta = res
-                    encoded[it["id"]] = (ids, {k: v for k, v in meta.items() if k not in ("modality", "token_space_id")},
-                                         it["sha"], it["info"])
+                    encoded[it["id"]] = (ids, meta, it["sha"], it["info"])
         for it in ok:
             if by_id[it["id"]]["modality"] == "text":
                 encoded[it["id"]] = (np.zeros(0, np.uint32), {}, None, {})

@@ -54,8 +54,8 @@ import logging
 import os
 import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import fsspec
 import numpy as np
@@ -64,6 +64,9 @@ from fsspec.implementations.local import LocalFileSystem
 from sharding.errors import ShardError
 from sharding.storage import filesystem
 from uti.atomic import TEMP_MARKER  # one temp-name rule for every writer: find_orphans relies on it
+
+if TYPE_CHECKING:
+    from sharding.manifest import ManifestRow
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,94 @@ INDEX_KEYS = (
     "format", "version", "shard", "split", "token_space_id", "num_samples", "keys", "ids",
     "token_counts", "text_token_counts", "tar_bytes", "tar_sha256", "errors", "extra",
 )
-META_REQUIRED = ("id", "split", "modality", "token_space_id")
 
 REGENERATE = "delete the shard's .tar and .json and re-run `uti tokenize` (it rewrites every shard without a valid index)"
+
+
+# ---- the sample ---------------------------------------------------------------------------------
+# "schema" marks what every stored sample must carry: "required" (the writer and the reader refuse a
+# sample without it) and "common" (verify's shapes check asks for it too). META_REQUIRED and
+# META_COMMON below are read off these marks, so the schema has this one definition.
+_REQUIRED = {"schema": "required"}
+_COMMON = {"schema": "common"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleMeta:
+    """A sample's ``{key}.json``, as the tokenize job writes it (`to_dict` is the stored form)."""
+
+    id: str = field(metadata=_REQUIRED)  # canonical sample ID
+    split: str = field(metadata=_REQUIRED)
+    modality: str = field(metadata=_REQUIRED)
+    token_space_id: str = field(metadata=_REQUIRED)
+    captions: tuple[str, ...] = field(metadata=_COMMON)
+    caption_token_lengths: tuple[int, ...] = field(metadata=_COMMON)  # cuts text.npy back into captions
+    dataset: str | None
+    source: Mapping[str, Any]  # sharding.media.source_meta: "source" (and "source_ref"); source_row reads it back
+    source_sha256: str | None  # of the media file's bytes; None for text rows
+    codec: Mapping[str, Any]  # what decode needs, from the codec (sample_rate, n_frames, grid, ...): MEDIA_META
+    info: Mapping[str, Any]  # what the read saw of the source (source_sample_rate, duration, ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON object stored in the tar (canonical JSON sorts its keys)."""
+        return {
+            "id": self.id, "split": self.split, "modality": self.modality, "token_space_id": self.token_space_id,
+            "dataset": self.dataset, **self.source, "source_sha256": self.source_sha256,
+            "captions": list(self.captions), "caption_token_lengths": list(self.caption_token_lengths),
+            **self.codec, **self.info,
+        }
+
+
+META_REQUIRED: tuple[str, ...] = tuple(f.name for f in fields(SampleMeta) if f.metadata.get("schema") == "required")
+META_COMMON: tuple[str, ...] = tuple(f.name for f in fields(SampleMeta) if f.metadata.get("schema"))
+# The codec fields a media sample's meta carries for decode (an image's shape fields follow the token
+# space's image layout: "grid" for a grid codec, "n_tokens" for a causal1d one; see TokenSpace.layout).
+MEDIA_META: dict[str, tuple[str, ...]] = {
+    "audio": ("sample_rate", "channels", "n_samples", "n_frames", "n_q", "frame_rate"),
+    "image": ("proc_size", "grid"),
+    "text": (),
+}
+_META_FIELDS = frozenset(f.name for f in fields(SampleMeta)) | {"source_ref"}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to a single bool
+class Sample:
+    """One sample as it is written (sharding.reader.Sample is one as it is read back, with its key)."""
+
+    id: str
+    tokens: np.ndarray  # uint32 global IDs of the media (empty for text rows)
+    text: np.ndarray  # uint32 global IDs of all captions concatenated
+    meta: SampleMeta
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form `sharding.writer.write_shard` takes."""
+        return {"id": self.id, "tokens": self.tokens, "text": self.text, "meta": self.meta.to_dict()}
+
+
+def build_sample(row: "ManifestRow", *, split: str, token_space_id: str, tokens: np.ndarray, text: np.ndarray,
+                 caption_token_lengths: Sequence[int], codec_meta: Mapping[str, Any] | None = None,
+                 source_sha256: str | None = None, info: Mapping[str, Any] | None = None) -> Sample:
+    """The one way a manifest row and its encoding become a stored sample: the tokenize job, verify's
+    retokenize and the test fixtures all call this. `text`/`caption_token_lengths` are
+    `UnifiedTokenizer.encode_captions(row.captions)`; `codec_meta` is the meta `encode_audios`/`encode_images`
+    return (its modality and token_space_id are the sample's own fields, set here)."""
+    from sharding.media import source_meta  # sharding.media sits above this module
+
+    codec_meta = {k: v for k, v in (codec_meta or {}).items() if k not in ("modality", "token_space_id")}
+    info = dict(info or {})
+    # A codec or read field named like a sample field would silently replace it in the stored JSON.
+    clash = sorted((set(codec_meta) | set(info)) & _META_FIELDS)
+    if clash:
+        raise ShardError(f"sample {row.id!r}: codec/read meta field(s) {', '.join(clash)} collide with the sample's "
+                         "own fields; rename them in the codec adapter")
+    lengths = tuple(int(n) for n in caption_token_lengths)
+    if len(lengths) != len(row.captions) or sum(lengths) != int(text.size):
+        raise ShardError(f"sample {row.id!r}: {len(row.captions)} captions, caption_token_lengths {list(lengths)} "
+                         f"and {int(text.size)} text IDs do not agree; encode them with encode_captions")
+    meta = SampleMeta(id=row.id, split=split, modality=row.modality, token_space_id=token_space_id,
+                      captions=tuple(row.captions), caption_token_lengths=lengths, dataset=row.dataset,
+                      source=source_meta(row), source_sha256=source_sha256, codec=codec_meta, info=info)
+    return Sample(id=row.id, tokens=tokens, text=text, meta=meta)
 
 
 def sample_key(canonical_id: str) -> str:

@@ -92,3 +92,23 @@ def test_tokenspace_build_show_diff(tmp_path, bundle):
     assert uti("tokenspace", "build", "--out", str(tmp_path / "b"), "--config", str(cfg)).returncode == 0
     d = uti("tokenspace", "diff", str(tmp_path / "a"), str(tmp_path / "b"))
     assert d.returncode == 1 and "codecs.audio.fingerprint" in d.stdout and "codecs.audio.weights" in d.stdout
+
+
+def test_each_modality_audits_alone_to_the_bundle_figures(bundle, default_tokenizer):
+    """run_audit is a sequence of per-modality audits: audio and image each give, on their own, the
+    checks and metrics (same values) that the CLI's bundle reports for that modality."""
+    from uti.audit import MediaAudit, audit_audio, audit_image, load_assets
+
+    out, _ = bundle
+    report = json.loads((out / "report.json").read_text())
+    tok = default_tokenizer
+    audio_assets, image_assets = load_assets(None, image_size=tok.image.proc_size[0])
+    for modality, result in (("audio", audit_audio(tok, tok, audio_assets)), ("image", audit_image(tok, tok, image_assets))):
+        assert isinstance(result, MediaAudit) and result.modality == modality
+        names = [c.name for c in result.checks]
+        assert names == [f"{c}.{modality}" for c in ("determinism", "batch_equals_single", "ranges", "shape", "decode",
+                                                     "idempotence")]
+        assert {c.name: c.to_dict() for c in result.checks} == {n: report["checks"][n] for n in names}
+        assert result.metrics == pytest.approx({k: v for k, v in report["metrics"].items() if k.startswith(f"{modality}.")},
+                                               rel=1e-6)
+        assert sorted(result.ids) == report["assets"][modality] and len(result.previews) == len(result.ids)

@@ -1,7 +1,8 @@
 """Helpers of tests/test_verify.py: a small tokenized dataset, and tools to damage copies of it.
 
 `build_dataset` writes OUT exactly as `uti tokenize` does (plan.json, token space, shards written by
-sharding.writer with the job's sample meta, errors.jsonl rebuilt from the shard indexes, job.json),
+sharding.writer with samples made by the job's own `sharding.format.build_sample`, errors.jsonl
+rebuilt from the shard indexes, job.json),
 but in-process and without Ray, so it costs one codec load. It can be swapped for the real job.
 
 `rewrite_shard` edits samples inside a tar with a writer that does NOT validate (the real writer
@@ -22,9 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from sharding.format import HEADER_MEMBER
+from sharding.format import HEADER_MEMBER, Sample, build_sample
 from sharding.manifest import ManifestRow, manifest_sha256, write_manifest
-from sharding.media import AudioSpec, load_media, source_meta
+from sharding.media import AudioSpec, load_media
 from sharding.plan import make_plan, write_plan
 from sharding.writer import write_shard
 from uti.errors import MediaError
@@ -127,18 +128,10 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
         for id_ in sh.ids:
             row = by_id[id_]
             try:
-                tokens, codec_meta, sha, info = _encode(tokenizer, row, cfg)
+                samples.append(make_sample(tokenizer, row, split=split).to_dict())
             except MediaError as exc:
                 errors.append({"id": id_, "path": row.path, "split": split, "shard": sh.name,
                                "stage": exc.stage, "reason": exc.reason, "detail": str(exc)})
-                continue
-            caption_ids = [tokenizer.encode_text(c) for c in row.captions]
-            text = np.concatenate(caption_ids).astype(np.uint32) if caption_ids else np.zeros(0, np.uint32)
-            meta = {"id": id_, "split": split, "modality": row.modality, "token_space_id": space.id,
-                    "dataset": row.dataset, **source_meta(row), "source_sha256": sha,
-                    "captions": list(row.captions), "caption_token_lengths": [int(c.size) for c in caption_ids],
-                    **codec_meta, **info}
-            samples.append({"id": id_, "tokens": tokens, "text": text, "meta": meta})
         write_shard(out, split=split, shard=sh.name, token_space=space, samples=samples, errors=errors)
         all_errors.extend(errors)
     all_errors.sort(key=lambda e: e["id"])
@@ -154,17 +147,20 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
     return BuiltDataset(out=out, manifest=manifest, rows=rows, space=space, errors=all_errors)
 
 
-def _encode(tok, row: ManifestRow, cfg) -> tuple[np.ndarray, dict, str | None, dict]:
+def make_sample(tok, row: ManifestRow, *, split: str) -> Sample:
+    """One row as the tokenize job makes it (its read tasks' `load_media`, the codec, `build_sample`),
+    one at a time; a row whose media does not load raises its MediaError."""
+    text, lengths = tok.encode_captions(row.captions)
     if row.modality == "text":
-        return np.zeros(0, np.uint32), {}, None, {}
+        return build_sample(row, split=split, token_space_id=tok.space.id, tokens=np.zeros(0, np.uint32), text=text,
+                            caption_token_lengths=lengths)
     media = load_media(row, spec=AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels),
-                       proc_size=tok.image.proc_size[0], limits=cfg.limits)
-    if row.modality == "audio":
-        ids, meta = tok.encode_audios([media.data])[0]
-    else:
-        ids, meta = tok.encode_images([media.data])[0]
-    meta = {k: v for k, v in meta.items() if k not in ("modality", "token_space_id")}
-    return ids, meta, media.source_sha256, dict(media.info)
+                       proc_size=tok.image.proc_size[0], limits=tok.config.limits)
+    encode = tok.encode_audios if row.modality == "audio" else tok.encode_images
+    ids, codec_meta = encode([media.data])[0]
+    return build_sample(row, split=split, token_space_id=tok.space.id, tokens=ids, text=text,
+                        caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=media.source_sha256,
+                        info=media.info)
 
 
 # ---- damaging copies ------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from train.config import TASKS
+from uti.captions import split_captions as _split_captions
 from uti.errors import UTIError
 from uti.token_space import TokenSpace
 
@@ -155,13 +156,9 @@ def build_doc(task: str, *, media: np.ndarray | None, caption: np.ndarray, sp: S
 
 
 def split_captions(text: np.ndarray, lengths: Sequence[int], *, what: str) -> list[np.ndarray]:
-    """The concatenated caption IDs of a sample, cut back into its captions."""
-    lengths = [int(n) for n in lengths]
-    if any(n < 0 for n in lengths) or sum(lengths) != len(text):
-        raise SequenceError(f"{what}: caption_token_lengths {lengths} sum to {sum(lengths)}, but the sample has "
-                            f"{len(text)} text tokens; the shard is inconsistent, re-tokenize it")
-    bounds = np.cumsum([0, *lengths])
-    return [np.asarray(text[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    """The concatenated caption IDs of a sample, cut back into its captions (the tokenizer's inverse of
+    encode_captions; a mismatch is a SequenceError here)."""
+    return _split_captions(text, lengths, what=what, error=SequenceError)
 
 
 def check_media(modality: str, tokens: np.ndarray, meta: Mapping, *, what: str,

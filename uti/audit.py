@@ -106,8 +106,58 @@ def _ids_sha(named_ids: dict[str, np.ndarray]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(kw_only=True)
+class MediaAudit:
+    """What auditing one media modality gives: its checks (in report order), its metrics, the token IDs
+    of each asset (for the `{modality}_tokens.sha256` file) and the preview pieces (recon.wav / recon.png)."""
+
+    modality: str
+    checks: list[Check] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
+    previews: list[np.ndarray] = field(default_factory=list)
+
+
 def run_audit(*, out: Path, config: str | None = None, assets: Path | None = None,
               decode_mode: str = "deterministic", baseline: Path | None = None) -> AuditResult:
+    _check_decode_mode(decode_mode)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(config)
+    tok = UnifiedTokenizer(cfg)
+    checks = audit_token_space(tok, cfg, out)
+    twin = UnifiedTokenizer(cfg)  # a second load: determinism must hold across instances, not only calls
+    _guard(checks, "determinism.weights", lambda: (twin.space.id == tok.space.id,
+                                                   "a fresh load gives the same token-space ID"))
+    audio_assets, image_assets = load_assets(assets, image_size=tok.image.proc_size[0] if tok.image else 64)
+    if tok.text:  # a config without text: has no text range to check
+        checks += audit_text(tok, twin, exact=cfg.text.kind == "byte")
+    audio = audit_audio(tok, twin, audio_assets) if tok.audio and audio_assets else MediaAudit(modality="audio")
+    image = audit_image(tok, twin, image_assets) if tok.image and image_assets else MediaAudit(modality="image")
+    metrics: dict[str, float] = {}
+    for media in (audio, image):
+        checks += media.checks
+        metrics.update(media.metrics)
+    baseline_info = _gate_on_baseline(Path(baseline), metrics, checks) if baseline is not None else None
+    _write_bundle(out, tok, audio, image)
+    report = {
+        "format": "uti.audit", "version": FORMAT_VERSION, "producer": f"uti {__version__}",
+        "token_space_id": tok.space.id, "decode_mode": decode_mode, "config": cfg.to_dict(),
+        "codecs": {m: {"name": c.name, "weights": c.weights, "fingerprint": c.fingerprint}
+                   for m, c in tok.space.codecs.items()},
+        "assets": {"audio": sorted(audio.ids), "image": sorted(image.ids),
+                   "source": str(assets) if assets else "built-in"},
+        "checks": {c.name: c.to_dict() for c in checks},
+        "metrics": metrics,
+        "baseline": baseline_info,
+        "passed": all(c.ok for c in checks if c.hard),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "uti": __version__},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_number) + "\n")
+    return AuditResult(report=report, checks=checks)
+
+
+def _check_decode_mode(decode_mode: str) -> None:
     if decode_mode not in ("deterministic", "diffusion"):
         raise ConfigError(f"--decode-mode {decode_mode!r}: choose deterministic or diffusion")
     if decode_mode == "diffusion":
@@ -115,15 +165,13 @@ def run_audit(*, out: Path, config: str | None = None, assets: Path | None = Non
             "--decode-mode diffusion: the configured codecs have no diffusion decoder (every codec uti ships "
             "decodes deterministically); run with --decode-mode deterministic"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(config)
-    checks: list[Check] = []
-    tok = UnifiedTokenizer(cfg)
-    space = tok.space
-    metrics: dict[str, float] = {}
 
-    # ---- token space ------------------------------------------------------------------------------
+
+def audit_token_space(tok: UnifiedTokenizer, cfg, out: Path) -> list[Check]:
+    """Write the token space to `out` and check it reloads byte for byte, is valid, and records the sizes
+    the loaded models (and the config) have."""
+    checks: list[Check] = []
+    space = tok.space
     space.write(out)
 
     def roundtrip() -> tuple[bool, str]:
@@ -136,131 +184,133 @@ def run_audit(*, out: Path, config: str | None = None, assets: Path | None = Non
     _guard(checks, "runtime_size_match", lambda: (space.check_runtime(tok.runtime_sizes()) is None,
                                                  json.dumps(tok.runtime_sizes(), sort_keys=True)))
     _guard(checks, "config_size_match", lambda: _config_sizes_match(cfg, tok))
+    return checks
 
-    twin = UnifiedTokenizer(cfg)  # a second load: determinism must hold across instances, not only calls
-    _guard(checks, "determinism.weights", lambda: (twin.space.id == space.id, "a fresh load gives the same token-space ID"))
 
-    audio_assets, image_assets = load_assets(assets, image_size=tok.image.proc_size[0] if tok.image else 64)
+def audit_text(tok: UnifiedTokenizer, twin: UnifiedTokenizer, *, exact: bool) -> list[Check]:
+    """Text encodes the same on two loads; decode(encode(s)) == s is a hard check only when `exact`
+    (the byte codec promises identity; subword tokenizers may normalize)."""
+    checks: list[Check] = []
+    _guard(checks, "determinism.text", lambda: (
+        not [s for s in TEXT_SAMPLES if not np.array_equal(tok.encode_text(s), twin.encode_text(s))],
+        f"{len(TEXT_SAMPLES)} strings"))
+    _guard(checks, "decode.text_roundtrip", lambda: (all(tok.decode_text(tok.encode_text(s)) == s for s in TEXT_SAMPLES),
+                                                     "decode(encode(s)) == s"), hard=exact)
+    return checks
 
-    # ---- text -----------------------------------------------------------------------------------
-    def text_checks() -> tuple[bool, str]:
-        bad = [s for s in TEXT_SAMPLES if not np.array_equal(tok.encode_text(s), twin.encode_text(s))]
-        return not bad, f"{len(TEXT_SAMPLES)} strings"
 
-    if tok.text:  # a config without text: has no text range to check
-        _guard(checks, "determinism.text", text_checks)
-        exact = cfg.text.kind == "byte"  # subword tokenizers may normalize; only the byte codec promises identity
-        _guard(checks, "decode.text_roundtrip", lambda: (all(tok.decode_text(tok.encode_text(s)) == s
-                                                             for s in TEXT_SAMPLES), "decode(encode(s)) == s"), hard=exact)
+def _encode_checks(checks: list[Check], modality: str, noun: str, items: list, batch: list,
+                   twin_batch: Callable[[list], list], single: Callable[[Any], tuple]) -> None:
+    """The two encode checks every media modality gets: equal tokens from a second load, and each item
+    alone equal to it in the batch."""
+    _guard(checks, f"determinism.{modality}", lambda: (all(
+        np.array_equal(a, b) for (a, _), (b, _) in zip(batch, twin_batch(items))), f"{len(items)} {noun}s, two loads"))
+    _guard(checks, f"batch_equals_single.{modality}", lambda: (all(
+        np.array_equal(ids, single(x)[0]) for x, (ids, _) in zip(items, batch)), f"each {noun} alone == in the batch"))
 
-    # ---- audio ----------------------------------------------------------------------------------
-    audio_ids: dict[str, np.ndarray] = {}
-    recon_wavs: list[np.ndarray] = []
-    if tok.audio and audio_assets:
-        names = list(audio_assets)
-        clips = [tok.prepare_audio(a, sr) for a, sr in audio_assets.values()]
-        batch = tok.encode_audios(clips)
-        audio_ids = {n: ids for n, (ids, _) in zip(names, batch)}
-        _guard(checks, "determinism.audio", lambda: (all(
-            np.array_equal(a, b) for (a, _), (b, _) in zip(batch, twin.encode_audios(clips))), f"{len(clips)} clips, two loads"))
-        _guard(checks, "batch_equals_single.audio", lambda: (all(
-            np.array_equal(ids, tok.encode_audio(c)[0]) for c, (ids, _) in zip(clips, batch)), "each clip alone == in the batch"))
-        audio_layout = space.layout("audio")
-        _guard(checks, "ranges.audio", lambda: (all(tok.check_audio_tokens(i, m) is not None for i, m in batch),
-                                                f"every ID on its own level, {audio_layout.kind} layout"))
-        _guard(checks, "shape.audio", lambda: (all(
-            i.size == audio_layout.expected_len(m) and m["n_frames"] == tok.audio.expected_frames(m["n_samples"])
-            for i, m in batch), f"len == n_frames * {audio_layout.tokens_per_frame} tokens per frame"))
-        snrs, maes, mels, rt_snr, rt_mae, idem = [], [], [], [], [], []
-        decoded = []
-        for clip, (ids, meta) in zip(clips, batch):
-            wav = tok.decode_audio(ids, meta)
-            decoded.append(wav)
-            snrs.append(snr_db(clip, wav))
-            maes.append(mae(clip, wav))
-            mels.append(log_mel_l1(clip, wav, tok.audio.sample_rate))
-            ids2, meta2 = tok.encode_audio(wav)
-            wav2 = tok.decode_audio(ids2, meta2)
-            rt_snr.append(snr_db(wav, wav2))
-            rt_mae.append(mae(wav, wav2))
-            idem.append(float(np.mean(ids2 == ids)) if ids2.size == ids.size else 0.0)
-            recon_wavs.append(np.concatenate([clip.numpy(), np.zeros((clip.shape[0], tok.audio.sample_rate // 4), np.float32),
-                                              wav.numpy(), np.zeros((clip.shape[0], tok.audio.sample_rate // 2), np.float32)], axis=1))
-        _guard(checks, "decode.audio", lambda: (all(
-            abs(w.shape[-1] - m["n_samples"]) <= tok.audio.hop_length and w.shape[0] == m["channels"]
-            for w, (_, m) in zip(decoded, batch)), f"sample rate {tok.audio.sample_rate}, length within one frame"))
-        metrics.update({"audio.snr_db": float(np.mean(snrs)), "audio.mae": float(np.mean(maes)),
-                        "audio.log_mel_l1": float(np.mean(mels)), "audio.roundtrip_snr_db": float(np.mean(rt_snr)),
-                        "audio.roundtrip_mae": float(np.mean(rt_mae)), "audio.token_idempotence": float(np.mean(idem))})
-        checks.append(Check(name="idempotence.audio", ok=all(v == 1.0 for v in idem), hard=False,
-                            detail=f"encode(decode(tokens)) agreement {np.mean(idem):.3f}"))
 
-    # ---- image ----------------------------------------------------------------------------------
-    image_ids: dict[str, np.ndarray] = {}
-    panels: list[np.ndarray] = []
-    if tok.image and image_assets:
-        from PIL import Image
+def _idempotence(modality: str, agreement: list[float]) -> Check:
+    """encode(decode(tokens)) == tokens: reported, never gating (a lossy codec need not be idempotent)."""
+    return Check(name=f"idempotence.{modality}", ok=all(v == 1.0 for v in agreement), hard=False,
+                 detail=f"encode(decode(tokens)) agreement {np.mean(agreement):.3f}")
 
-        from uti.codecs.vq_image import to_rgb_array
 
-        size = tok.image.proc_size[0]
-        names = list(image_assets)
-        arrays = [to_rgb_array(im if isinstance(im, Image.Image) else Image.fromarray(im), size) for im in image_assets.values()]
-        batch = tok.encode_images(arrays)
-        image_ids = {n: ids for n, (ids, _) in zip(names, batch)}
-        _guard(checks, "determinism.image", lambda: (all(
-            np.array_equal(a, b) for (a, _), (b, _) in zip(batch, twin.encode_images(arrays))), f"{len(arrays)} images, two loads"))
-        _guard(checks, "batch_equals_single.image", lambda: (all(
-            np.array_equal(ids, tok.encode_image(a)[0]) for a, (ids, _) in zip(arrays, batch)), "each image alone == in the batch"))
-        _guard(checks, "ranges.image", lambda: (all(tok.check_image_tokens(i, m) is not None for i, m in batch), "IDs in the image range"))
-        _guard(checks, "shape.image", lambda: (all(i.size == tok.space.layout("image").expected_len(m) for i, m in batch),
-                                               "len == the layout's count (grid_h * grid_w, or n_tokens)"))
-        ps, ss, idem = [], [], []
-        recons = []
-        for arr, (ids, meta) in zip(arrays, batch):
-            rec = tok.decode_image(ids, meta)
-            recons.append(rec)
-            ps.append(psnr(arr, rec))
-            ss.append(ssim(arr, rec))
-            ids2, _ = tok.encode_image(rec)
-            idem.append(float(np.mean(ids2 == ids)))
-            panels.append(np.concatenate([arr, rec], axis=1))
-        _guard(checks, "decode.image", lambda: (all(list(r.shape[:2]) == m["proc_size"] for r, (_, m) in zip(recons, batch)),
-                                                f"size {size}x{size}"))
-        metrics.update({"image.psnr": float(np.mean(ps)), "image.ssim": float(np.mean(ss)),
-                        "image.token_idempotence": float(np.mean(idem))})
-        checks.append(Check(name="idempotence.image", ok=all(v == 1.0 for v in idem), hard=False,
-                            detail=f"encode(decode(tokens)) agreement {np.mean(idem):.3f}"))
+def audit_audio(tok: UnifiedTokenizer, twin: UnifiedTokenizer, assets: dict[str, tuple[np.ndarray, int]]) -> MediaAudit:
+    """Encode checks, ranges and shapes by the token space's audio layout, strict decode, and the
+    reconstruction metrics (SNR, MAE, log-mel L1, a re-encode round trip)."""
+    result = MediaAudit(modality="audio")
+    checks, codec = result.checks, tok.audio
+    clips = [tok.prepare_audio(a, sr) for a, sr in assets.values()]
+    batch = tok.encode_audios(clips)
+    result.ids = {n: ids for n, (ids, _) in zip(assets, batch)}
+    _encode_checks(checks, "audio", "clip", clips, batch, twin.encode_audios, tok.encode_audio)
+    layout = tok.space.layout("audio")
+    _guard(checks, "ranges.audio", lambda: (all(tok.check_audio_tokens(i, m) is not None for i, m in batch),
+                                            f"every ID on its own level, {layout.kind} layout"))
+    _guard(checks, "shape.audio", lambda: (all(
+        i.size == layout.expected_len(m) and m["n_frames"] == codec.expected_frames(m["n_samples"])
+        for i, m in batch), f"len == n_frames * {layout.tokens_per_frame} tokens per frame"))
+    measured = [_measure_audio(tok, clip, ids, meta) for clip, (ids, meta) in zip(clips, batch)]
+    decoded = [wav for wav, _ in measured]
+    # recon.wav: each source clip, a short gap, its reconstruction, a longer gap.
+    result.previews = [np.concatenate([clip.numpy(), _silence(clip, codec.sample_rate // 4), wav.numpy(),
+                                       _silence(clip, codec.sample_rate // 2)], axis=1) for clip, wav in zip(clips, decoded)]
+    _guard(checks, "decode.audio", lambda: (all(
+        abs(w.shape[-1] - m["n_samples"]) <= codec.hop_length and w.shape[0] == m["channels"]
+        for w, (_, m) in zip(decoded, batch)), f"sample rate {codec.sample_rate}, length within one frame"))
+    result.metrics = _means("audio", [m for _, m in measured])
+    checks.append(_idempotence("audio", [m["token_idempotence"] for _, m in measured]))
+    return result
 
-    # ---- baseline -------------------------------------------------------------------------------
-    baseline_info = None
-    if baseline is not None:
-        baseline_info = _gate_on_baseline(Path(baseline), metrics, checks)
 
-    # ---- bundle ---------------------------------------------------------------------------------
-    (out / "audio_tokens.sha256").write_text(_ids_sha(audio_ids))
-    (out / "image_tokens.sha256").write_text(_ids_sha(image_ids))
-    if recon_wavs:
+def _measure_audio(tok: UnifiedTokenizer, clip: torch.Tensor, ids: np.ndarray, meta: dict) -> tuple[torch.Tensor, dict]:
+    """Decode one clip from its tokens: the waveform, its reconstruction metrics, and how a re-encode of
+    the decoding agrees with the decoding and with the tokens."""
+    wav = tok.decode_audio(ids, meta)
+    ids2, meta2 = tok.encode_audio(wav)
+    wav2 = tok.decode_audio(ids2, meta2)
+    return wav, {"snr_db": snr_db(clip, wav), "mae": mae(clip, wav), "log_mel_l1": log_mel_l1(clip, wav, tok.audio.sample_rate),
+                 "roundtrip_snr_db": snr_db(wav, wav2), "roundtrip_mae": mae(wav, wav2),
+                 "token_idempotence": float(np.mean(ids2 == ids)) if ids2.size == ids.size else 0.0}
+
+
+def _measure_image(tok: UnifiedTokenizer, arr: np.ndarray, ids: np.ndarray, meta: dict) -> tuple[np.ndarray, dict]:
+    """Decode one image from its tokens: the reconstruction, its metrics, and re-encode agreement."""
+    rec = tok.decode_image(ids, meta)
+    ids2, _ = tok.encode_image(rec)
+    return rec, {"psnr": psnr(arr, rec), "ssim": ssim(arr, rec), "token_idempotence": float(np.mean(ids2 == ids))}
+
+
+def _means(modality: str, measured: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the assets, named `{modality}.{metric}` as the report and baselines name them."""
+    return {f"{modality}.{k}": float(np.mean([m[k] for m in measured])) for k in measured[0]}
+
+
+def _silence(clip: torch.Tensor, samples: int) -> np.ndarray:
+    return np.zeros((clip.shape[0], samples), np.float32)
+
+
+def audit_image(tok: UnifiedTokenizer, twin: UnifiedTokenizer, assets: dict[str, Any]) -> MediaAudit:
+    """Encode checks, ranges and shapes by the token space's image layout, strict decode at proc_size,
+    and the reconstruction metrics (PSNR, SSIM, re-encode agreement)."""
+    from PIL import Image
+
+    from uti.codecs.vq_image import to_rgb_array
+
+    result = MediaAudit(modality="image")
+    checks = result.checks
+    size = tok.image.proc_size[0]
+    arrays = [to_rgb_array(im if isinstance(im, Image.Image) else Image.fromarray(im), size) for im in assets.values()]
+    batch = tok.encode_images(arrays)
+    result.ids = {n: ids for n, (ids, _) in zip(assets, batch)}
+    _encode_checks(checks, "image", "image", arrays, batch, twin.encode_images, tok.encode_image)
+    _guard(checks, "ranges.image", lambda: (all(tok.check_image_tokens(i, m) is not None for i, m in batch),
+                                            "IDs in the image range"))
+    _guard(checks, "shape.image", lambda: (all(i.size == tok.space.layout("image").expected_len(m) for i, m in batch),
+                                           "len == the layout's count (grid_h * grid_w, or n_tokens)"))
+    measured = [_measure_image(tok, arr, ids, meta) for arr, (ids, meta) in zip(arrays, batch)]
+    recons = [rec for rec, _ in measured]
+    result.previews = [np.concatenate([arr, rec], axis=1) for arr, rec in zip(arrays, recons)]  # source | recon
+    _guard(checks, "decode.image", lambda: (all(list(r.shape[:2]) == m["proc_size"] for r, (_, m) in zip(recons, batch)),
+                                            f"size {size}x{size}"))
+    result.metrics = _means("image", [m for _, m in measured])
+    checks.append(_idempotence("image", [m["token_idempotence"] for _, m in measured]))
+    return result
+
+
+def _write_bundle(out: Path, tok: UnifiedTokenizer, audio: MediaAudit, image: MediaAudit) -> None:
+    """The token hashes of every asset and the previews (recon.wav, recon.png) next to report.json."""
+    (out / "audio_tokens.sha256").write_text(_ids_sha(audio.ids))
+    (out / "image_tokens.sha256").write_text(_ids_sha(image.ids))
+    if audio.previews:
         import soundfile as sf
 
-        sf.write(str(out / "recon.wav"), np.concatenate(recon_wavs, axis=1).T, tok.audio.sample_rate, subtype="PCM_16")
-    if panels:
+        sf.write(str(out / "recon.wav"), np.concatenate(audio.previews, axis=1).T, tok.audio.sample_rate,
+                 subtype="PCM_16")
+    if image.previews:
         from PIL import Image
 
-        Image.fromarray(np.concatenate(panels, axis=0)).save(out / "recon.png")
-    report = {
-        "format": "uti.audit", "version": FORMAT_VERSION, "producer": f"uti {__version__}",
-        "token_space_id": space.id, "decode_mode": decode_mode, "config": cfg.to_dict(),
-        "codecs": {m: {"name": c.name, "weights": c.weights, "fingerprint": c.fingerprint} for m, c in space.codecs.items()},
-        "assets": {"audio": sorted(audio_ids), "image": sorted(image_ids), "source": str(assets) if assets else "built-in"},
-        "checks": {c.name: c.to_dict() for c in checks},
-        "metrics": metrics,
-        "baseline": baseline_info,
-        "passed": all(c.ok for c in checks if c.hard),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "uti": __version__},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_number) + "\n")
-    return AuditResult(report=report, checks=checks)
+        Image.fromarray(np.concatenate(image.previews, axis=0)).save(out / "recon.png")
 
 
 def _json_number(value: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from uti.captions import split_captions
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, TextCodec
 from uti.config import UTIConfig, load_config
 from uti.errors import ConfigError, DecodeRefused, RuntimeSizeMismatch
@@ -114,6 +115,16 @@ class UnifiedTokenizer:
     def encode_text(self, text: str) -> np.ndarray:
         local = np.asarray(self._need("text").encode(text), dtype=np.int64)
         return (local + self.space.range("text").start).astype(ID_DTYPE)
+
+    def encode_captions(self, captions: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """All captions of a sample as one uint32 ID array (text.npy) and each caption's length
+        (meta caption_token_lengths); `split_captions` is the inverse."""
+        ids = [self.encode_text(c) for c in captions]
+        text = np.concatenate(ids).astype(ID_DTYPE) if ids else np.zeros(0, ID_DTYPE)
+        return text, [int(c.size) for c in ids]
+
+    # The inverse of encode_captions; it lives in uti.captions (numpy only) for readers that load no codec.
+    split_captions = staticmethod(split_captions)
 
     def decode_text(self, ids: Any, *, what: str = "text") -> str:
         ids = as_ids(ids, what=what)

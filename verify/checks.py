@@ -33,12 +33,9 @@ MODALITIES = ("audio", "image", "text")
 # A training sequence adds a task tag / <bos>, two boundary pairs and <eos> around media + one caption;
 # the length check estimates sequences as media + longest caption + this many specials.
 SEQUENCE_OVERHEAD = 6
-COMMON_META = ("id", "split", "modality", "token_space_id", "captions", "caption_token_lengths")
-MEDIA_META = {
-    "audio": ("sample_rate", "channels", "n_samples", "n_frames", "n_q", "frame_rate"),
-    "image": ("proc_size", "grid"),
-    "text": (),
-}
+# The sample schema has one definition, sharding.format.SampleMeta: what every sample's meta must carry,
+# and the codec fields a media sample's meta carries for decode.
+from sharding.format import MEDIA_META, META_COMMON as COMMON_META  # noqa: E402
 # The checks whose failure makes a sample (or shard) unfit for decode spot checks and the loader test:
 # those would only fail again for the same root cause.
 STRUCTURAL = ("token_space", "token_ranges", "shapes", "shard_integrity", "split_integrity")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from uti.captions import split_captions
 from verify.findings import FindingLog
 
 
@@ -30,6 +31,23 @@ class Pick:
     @property
     def label(self) -> str:
         return f"{self.split}/{self.shard}"
+
+    @property
+    def checks(self) -> tuple[str, ...]:
+        """The checks asked of this item, in report order."""
+        return tuple(c for c, on in (("decode", self.decode), ("retokenize", self.retokenize)) if on)
+
+    def fail(self, log: FindingLog, check: str, detail: str) -> None:
+        log.add(check, detail, shard=self.label, key=self.key, id=self.id)
+
+
+def unverifiable(picks: Iterable[Pick], detail: str, log: FindingLog) -> FindingLog:
+    """Record every check asked of `picks` as failed for one reason they share (no tokenizer, an
+    unreadable shard, a crashed task): each item is reported, none silently dropped."""
+    for p in picks:
+        for check in p.checks:
+            p.fail(log, check, detail)
+    return log
 
 
 @dataclass
@@ -80,11 +98,7 @@ def run_codec_checks(
             raise UTIError(f"the given tokenizer has token space {tok.space.short_id}, the dataset {space.short_id}")
     except (UTIError, ValueError, OSError, RuntimeError) as exc:
         # Every sampled item is unverifiable for the same reason: report it on each check once per item.
-        for p in picks:
-            for check, wanted in (("decode", p.decode), ("retokenize", p.retokenize)):
-                if wanted:
-                    log.add(check, f"cannot rebuild the tokenizer from job.json's config: {exc}",
-                            shard=p.label, key=p.key, id=p.id)
+        unverifiable(picks, f"cannot rebuild the tokenizer from job.json's config: {exc}", log)
         return CodecSummary(findings=log, counts={"tokenizer_error": 1}, seconds=time.perf_counter() - t0)
     load = time.perf_counter() - t0
 
@@ -101,48 +115,48 @@ def run_codec_checks(
                 if not wanted:
                     break  # the rest of the shard was scanned already; no need to read it again
         except UTIError as exc:
-            for p in wanted.values():
-                for check, on in (("decode", p.decode), ("retokenize", p.retokenize)):
-                    if on:
-                        log.add(check, f"cannot read the sample: {exc}", shard=label, key=p.key, id=p.id)
+            unverifiable(wanted.values(), f"cannot read the sample: {exc}", log)
             continue
-        for p in wanted.values():
-            for check, on in (("decode", p.decode), ("retokenize", p.retokenize)):
-                if on:
-                    log.add(check, "sample not found in its shard on the second read (shard changed during verify?)",
-                            shard=label, key=p.key, id=p.id)
+        unverifiable(wanted.values(), "sample not found in its shard on the second read (shard changed during verify?)",
+                     log)
     return CodecSummary(findings=log, counts=counts, load_seconds=load, seconds=time.perf_counter() - t0)
 
 
 def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> None:
-    from uti.errors import DecodeUnavailable, UTIError
-
-    def fail(check: str, detail: str) -> None:
-        log.add(check, detail, shard=p.label, key=p.key, id=p.id)
-
     what = f"{p.label} {p.key} ({p.id})"
     if p.decode:
         _bump(counts, "decode.items")
-        try:
-            _decode(tok, s, what)
-            _bump(counts, f"decode.{p.modality}.ok")
-        except DecodeUnavailable:
-            # No decoder configured (SEED without its unCLIP pipeline): nothing is wrong with the tokens;
-            # the check reports these items as not decoded (skipped when none could be), never as failures.
-            _bump(counts, f"decode.{p.modality}.unavailable")
-        except UTIError as exc:
-            fail("decode", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a codec crash on stored tokens is exactly what we look for
-            fail("decode", f"decode crashed: {type(exc).__name__}: {exc}")
+        _guarded(p, log, "decode", "decode", lambda: _decode_counted(tok, s, what, p.modality, counts))
         _text_roundtrip(tok, s, counts)
     if p.retokenize:
         _bump(counts, "retokenize.items")
-        try:
-            _retokenize(tok, cfg, p, s, counts, fail, exact)
-        except UTIError as exc:
-            fail("retokenize", str(exc))
-        except Exception as exc:  # noqa: BLE001
-            fail("retokenize", f"re-encode crashed: {type(exc).__name__}: {exc}")
+        _guarded(p, log, "retokenize", "re-encode",
+                 lambda: _retokenize(tok, cfg, p, s, counts, lambda check, detail: p.fail(log, check, detail), exact))
+
+
+def _guarded(p: Pick, log: FindingLog, check: str, action: str, run: Callable[[], None]) -> None:
+    """Run one check on one item: a refusal is a finding with its message, a crash one that names it."""
+    from uti.errors import UTIError
+
+    try:
+        run()
+    except UTIError as exc:
+        p.fail(log, check, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a codec crash on stored tokens is exactly what we look for
+        p.fail(log, check, f"{action} crashed: {type(exc).__name__}: {exc}")
+
+
+def _decode_counted(tok, s, what: str, modality: str, counts: dict) -> None:
+    from uti.errors import DecodeUnavailable
+
+    try:
+        _decode(tok, s, what)
+    except DecodeUnavailable:
+        # No decoder configured (SEED without its unCLIP pipeline): nothing is wrong with the tokens;
+        # the check reports these items as not decoded (skipped when none could be), never as failures.
+        _bump(counts, f"decode.{modality}.unavailable")
+        return
+    _bump(counts, f"decode.{modality}.ok")
 
 
 def _decode(tok, s, what: str) -> None:
@@ -161,15 +175,19 @@ def _decode(tok, s, what: str) -> None:
         img = tok.decode_image(s.tokens, meta, what=what)
         if img.dtype != np.uint8 or img.ndim != 3 or list(img.shape[:2]) != list(meta["proc_size"]) or img.shape[2] != 3:
             raise DecodeRefused(f"{what}: decoded image {img.dtype} {img.shape}, meta proc_size {meta['proc_size']}")
-    for i, (start, n) in enumerate(_caption_slices(meta)):
-        tok.decode_text(s.text[start: start + n], what=f"{what} caption {i}")
+    for i, ids in enumerate(split_captions(s.text, meta.get("caption_token_lengths") or [], what=what)):
+        tok.decode_text(ids, what=f"{what} caption {i}")
 
 
 def _text_roundtrip(tok, s, counts: dict) -> None:
     # Informational: a Hugging Face tokenizer may normalize text, so decode(encode(c)) != c is not an error.
-    for (start, n), caption in zip(_caption_slices(s.meta), s.meta.get("captions") or []):
+    try:
+        captions = split_captions(s.text, s.meta.get("caption_token_lengths") or [], what="")
+    except Exception:  # noqa: BLE001 - already reported by _decode
+        return
+    for ids, caption in zip(captions, s.meta.get("captions") or []):
         try:
-            same = tok.decode_text(s.text[start: start + n]) == caption
+            same = tok.decode_text(ids) == caption
         except Exception:  # noqa: BLE001 - already reported by _decode
             continue
         _bump(counts, "decode.captions")
@@ -177,58 +195,67 @@ def _text_roundtrip(tok, s, counts: dict) -> None:
             _bump(counts, "decode.caption_roundtrip_differs")
 
 
-def _caption_slices(meta: dict) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for n in meta.get("caption_token_lengths") or []:
-        out.append((start, int(n)))
-        start += int(n)
-    return out
-
-
 def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
-    from sharding.media import AudioSpec, load_media, source_label, source_row
-    from uti.errors import MediaError
+    """Make the sample again from its source, as the tokenize job does (`build_sample`), and compare."""
+    from sharding.format import build_sample
+    from sharding.media import source_label, source_row
 
     meta = s.meta
     # Text first: the text tokenizer is deterministic on every device, so this is always exact.
-    want = [tok.encode_text(c) for c in meta.get("captions") or []]
-    text = np.concatenate(want).astype(np.uint32) if want else np.zeros(0, np.uint32)
+    text, lengths = tok.encode_captions(meta.get("captions") or [])
     if not np.array_equal(text, s.text):
         fail("retokenize", f"captions re-encode to {text.size} IDs that differ from text.npy ({s.text.size} IDs)")
         return
     if meta["modality"] == "text":
         _bump(counts, "retokenize.text.exact")
         return
-    try:
-        # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset), loaded by
-        # the same function its read tasks use, with the sizes this sample was encoded at.
-        row = source_row(meta)
-        audio = meta["modality"] == "audio"
-        media = load_media(row, limits=cfg.limits,
-                           spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]) if audio else None,
-                           proc_size=None if audio else int(meta["proc_size"][0]))
-    except MediaError as exc:
-        if exc.reason == "missing_file":
-            # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.
-            _bump(counts, "retokenize.source_missing")
-            return
-        fail("retokenize", f"source no longer loads: {exc}")
+    # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset).
+    row = source_row(meta)
+    media = _load_source(row, meta, cfg, counts, fail)
+    if media is None:
         return
     if media.source_sha256 != meta.get("source_sha256"):
         fail("retokenize", f"source {source_label(row)} now hashes to {media.source_sha256[:16]}, the sample was made from "
                            f"{str(meta.get('source_sha256'))[:16]} (the source changed after tokenizing)")
         return
+    encode = tok.encode_audios if meta["modality"] == "audio" else tok.encode_images
+    ids, codec_meta = encode([media.data])[0]
+    again = build_sample(row, split=meta["split"], token_space_id=tok.space.id, tokens=ids, text=text,
+                         caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=media.source_sha256,
+                         info=media.info)
     if meta["modality"] == "audio":
-        ids, new_meta = tok.encode_audios([media.data])[0]
         for k in ("n_frames", "n_samples"):
-            if new_meta[k] != meta.get(k):
-                fail("retokenize", f"re-encoding gives {k}={new_meta[k]}, the sample says {meta.get(k)}")
+            if again.meta.codec[k] != meta.get(k):
+                fail("retokenize", f"re-encoding gives {k}={again.meta.codec[k]}, the sample says {meta.get(k)}")
                 return
-    else:
-        ids, _ = tok.encode_images([media.data])[0]
-    n = max(ids.size, s.tokens.size)
-    m = min(ids.size, s.tokens.size)
-    agree = int((ids[:m] == s.tokens[:m]).sum())
+    _compare_tokens(tok, p, again.tokens, s.tokens, counts, fail, exact)
+
+
+def _load_source(row, meta: dict, cfg, counts: dict, fail):
+    """The source media, loaded by the function the job's read tasks use, at the sizes this sample was
+    encoded at; None when it cannot be (a missing file is counted, not failed)."""
+    from sharding.media import AudioSpec, load_media
+    from uti.errors import MediaError
+
+    try:
+        audio = meta["modality"] == "audio"
+        return load_media(row, limits=cfg.limits,
+                          spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]) if audio else None,
+                          proc_size=None if audio else int(meta["proc_size"][0]))
+    except MediaError as exc:
+        if exc.reason == "missing_file":
+            # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.
+            _bump(counts, "retokenize.source_missing")
+            return None
+        fail("retokenize", f"source no longer loads: {exc}")
+        return None
+
+
+def _compare_tokens(tok, p: Pick, ids: np.ndarray, stored: np.ndarray, counts: dict, fail, exact: bool) -> None:
+    """Token agreement of a re-encoding with the stored tokens; a difference fails only when exact."""
+    n = max(ids.size, stored.size)
+    m = min(ids.size, stored.size)
+    agree = int((ids[:m] == stored[:m]).sum())
     _bump(counts, "retokenize.tokens_compared", n)
     _bump(counts, "retokenize.tokens_agree", agree)
     _bump(counts, f"retokenize.{p.modality}.compared")
@@ -236,9 +263,9 @@ def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
         _bump(counts, f"retokenize.{p.modality}.exact")
         return
     _bump(counts, "retokenize.differs")
-    first = int(np.argmax(ids[:m] != s.tokens[:m])) if agree < m else m
+    first = int(np.argmax(ids[:m] != stored[:m])) if agree < m else m
     detail = (f"re-encoded tokens differ from the stored ones: {n - agree} of {n} differ, first at position {first}"
               + (f" (level {tok.space.layout('audio').level_of_position(first)})"
-                 if meta["modality"] == "audio" and tok.audio else ""))
+                 if p.modality == "audio" and tok.audio else ""))
     if exact:
         fail("retokenize", detail)

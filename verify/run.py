@@ -22,7 +22,7 @@ from uti.errors import UTIError
 from verify.baseline import compare, load_baseline, metrics_from, write_baseline
 from verify.checks import scan_shard
 from uti.ray_local import connect
-from verify.codec_checks import CodecSummary, Pick, run_codec_checks
+from verify.codec_checks import CodecSummary, Pick, run_codec_checks, unverifiable
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, job_config_dict, load_dataset
 from verify.findings import CheckResult, FindingLog
@@ -202,12 +202,8 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer):
         try:
             codec.append(ray.get(ref))
         except ray.exceptions.RayError as exc:
-            log = FindingLog(cfg.max_examples)
-            for p in chunk:
-                for check, on in (("decode", p.decode), ("retokenize", p.retokenize)):
-                    if on:
-                        log.add(check, f"codec task failed after retries: {type(exc).__name__}: {exc}",
-                                shard=p.label, key=p.key, id=p.id)
+            log = unverifiable(chunk, f"codec task failed after retries: {type(exc).__name__}: {exc}",
+                               FindingLog(cfg.max_examples))
             codec.append(CodecSummary(findings=log))
     loader = None
     if loader_ref is not None:
