@@ -217,6 +217,30 @@ def is_hex64(value: Any) -> bool:
     return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
+def require_keys(obj: Any, keys: Sequence[str], *, what: str, where: str, fix: str = REGENERATE,
+                 kind: type = dict, error: type[ShardError] = ShardError) -> None:
+    """`obj` is a `kind` (a parsed JSON object; the writer takes any Mapping) holding every one of `keys`;
+    otherwise `error` naming where, what and the fix. The header, the index and the writer's meta use it."""
+    suffix = f"; {fix}" if fix else ""
+    if not isinstance(obj, kind):
+        noun = "a JSON object" if kind is dict else "a mapping"
+        raise error(f"{where}: {what} must be {noun}, got {type(obj).__name__}{suffix}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise error(f"{where}: {what} lacks {', '.join(missing)}{suffix}")
+
+
+def _check_format(obj: dict, fmt: str, versions: Sequence[int], *, what: str, where: str) -> None:
+    """The format tag and a version this reader supports (bool is not a version, though True == 1)."""
+    if obj["format"] != fmt:
+        raise ShardError(f"{where}: {what} format is {obj['format']!r}, expected {fmt!r}; not written by uti")
+    if obj["version"] not in versions or isinstance(obj["version"], bool):
+        raise ShardError(
+            f"{where}: {what} format version {obj['version']!r} is not supported by this reader "
+            f"(supports {', '.join(map(str, versions))}); upgrade uti to read it"
+        )
+
+
 # ---- header -------------------------------------------------------------------------------------
 def build_header(*, token_space: Any, shard: str, split: str, producer: str) -> dict:
     """The `__header__.json` payload for a shard (token_space: a uti.token_space.TokenSpace)."""
@@ -234,18 +258,8 @@ def build_header(*, token_space: Any, shard: str, split: str, producer: str) -> 
 
 def validate_header(header: Any, where: str) -> dict:
     """Structural checks of a parsed header (the token-space checks are the reader's)."""
-    if not isinstance(header, dict):
-        raise ShardError(f"{where}: {HEADER_MEMBER} is not a JSON object; {REGENERATE}")
-    missing = [k for k in HEADER_KEYS if k not in header]
-    if missing:
-        raise ShardError(f"{where}: {HEADER_MEMBER} lacks {', '.join(missing)}; {REGENERATE}")
-    if header["format"] != FORMAT:
-        raise ShardError(f"{where}: header format is {header['format']!r}, expected {FORMAT!r}; not a uti shard")
-    if header["version"] != VERSION:
-        raise ShardError(
-            f"{where}: shard format version {header['version']!r} is not supported by this reader "
-            f"(supports {VERSION}); upgrade uti to read it"
-        )
+    require_keys(header, HEADER_KEYS, what=HEADER_MEMBER, where=where)
+    _check_format(header, FORMAT, (VERSION,), what="shard", where=where)
     if not is_hex64(header["token_space_id"]):
         raise ShardError(f"{where}: header token_space_id {header['token_space_id']!r} is not a SHA-256 hex digest")
     if not isinstance(header["token_space"], dict) or not isinstance(header["codec_fingerprints"], dict):
@@ -281,18 +295,8 @@ def sample_offsets(index: Mapping[str, Any]) -> list[int] | None:
 
 def validate_index(index: Any, where: str) -> dict:
     """Check an index's schema and internal consistency; return it. Raises ShardError naming `where`."""
-    if not isinstance(index, dict):
-        raise ShardError(f"{where}: a shard index must be a JSON object; {REGENERATE}")
-    missing = [k for k in INDEX_KEYS if k not in index]
-    if missing:
-        raise ShardError(f"{where}: shard index lacks {', '.join(missing)}; {REGENERATE}")
-    if index["format"] != INDEX_FORMAT:
-        raise ShardError(f"{where}: index format is {index['format']!r}, expected {INDEX_FORMAT!r}")
-    if index["version"] not in INDEX_VERSIONS or isinstance(index["version"], bool):
-        raise ShardError(
-            f"{where}: shard index version {index['version']!r} is not supported by this reader "
-            f"(supports {', '.join(map(str, INDEX_VERSIONS))}); upgrade uti to read it"
-        )
+    require_keys(index, INDEX_KEYS, what="shard index", where=where)
+    _check_format(index, INDEX_FORMAT, INDEX_VERSIONS, what="shard index", where=where)
     check_name(index["shard"], "shard name", where)
     check_name(index["split"], "split", where)
     if not is_hex64(index["token_space_id"]) or not is_hex64(index["tar_sha256"]):

@@ -4,18 +4,17 @@ rank- and worker-aware iterable over many shards.
 Trust model: a shard is untrusted input. The reader streams the tar (never extracts to disk),
 refuses any member that is not exactly what our writer produces -- before reading its payload --
 never unpickles anything, checks the header against the expected token space, and raises
-ShardError rather than skipping anything it does not like.
+ShardError rather than skipping anything it does not like. The parsing itself is sharding.parser,
+shared with `uti verify`; the reader's error policy is `raise_problem`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
 import posixpath
-import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -24,10 +23,10 @@ import numpy as np
 from sharding.errors import ShardError, ShardTokenSpaceMismatch
 from sharding.tario import TrackingReader
 from sharding.format import (
-    DEFAULT_MAX_MEMBER_BYTES, HEADER_MEMBER, META_REQUIRED, NPY_VERSION, REGENERATE, SAMPLE_EXTENSIONS,
-    TAR_SUFFIX, TOKEN_DTYPE, ShardRef, is_hex64, is_safe_name, list_shards, sample_offsets, url_to_fs,
-    validate_header,
+    DEFAULT_MAX_MEMBER_BYTES, META_REQUIRED, REGENERATE, TAR_SUFFIX, ShardRef, is_hex64, list_shards,
+    sample_offsets, url_to_fs,
 )
+from sharding.parser import TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids, raise_problem
 from uti.errors import TokenSpaceError, TokenSpaceMismatch
 from uti.token_space import TokenSpace, canonical_json, require_same, sha256_hex
 
@@ -43,11 +42,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "uti.reader_state"
 STATE_VERSION = 1
-_NON_REGULAR = {
-    tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory",
-    tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "FIFO",
-    tarfile.CONTTYPE: "contiguous file", tarfile.GNUTYPE_SPARSE: "sparse file",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,86 +63,19 @@ class Sample:
     shard_pos: int = -1
 
 
-# ---- low-level stream plumbing ----------------------------------------------------------------------
-class _StrictTarInfo(tarfile.TarInfo):
-    """Refuses GNU long-name, sparse and pax extension headers before tarfile reads their payload.
-
-    Our writer emits plain USTAR only; an extension header could smuggle an arbitrary name, size or
-    an unbounded payload past the per-member checks. (_proc_member is tarfile's dispatch point.)
-    """
-
-    def _proc_member(self, tarfile_obj):  # noqa: D401 - override of a private hook
-        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE,
-                         tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
-            raise _ExtensionHeader(self.type)
-        return super()._proc_member(tarfile_obj)
-
-
-class _ExtensionHeader(Exception):
-    def __init__(self, type_flag: bytes):
-        super().__init__(type_flag)
-        self.type_flag = type_flag
-
-
-_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
-
-
 # ---- checks ------------------------------------------------------------------------------------------
 def _fail(where: str, problem: str, fix: str = REGENERATE) -> ShardError:
     return ShardError(f"{where}: {problem}; {fix}")
 
 
-def _check_member(info: tarfile.TarInfo, where: str, max_bytes: int) -> None:
-    """Everything that can be refused from the header block alone, i.e. before reading the payload."""
-    name = info.name
-    if (not name or name.startswith("/") or "/" in name or "\\" in name or "\x00" in name
-            or ".." in name or ":" in name):
-        raise _fail(where, f"member {name!r} has an unsafe name (path separators, '..' or absolute); refused", "this tar was not written by uti; do not use it")
-    if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-        kind = _NON_REGULAR.get(info.type, f"type {info.type!r}")
-        raise _fail(where, f"member {name!r} is a {kind}, not a regular file; refused", "this tar was not written by uti; do not use it")
-    if info.size > max_bytes:
-        raise _fail(
-            where, f"member {name!r} is {info.size} bytes, above the {max_bytes}-byte limit; refused unread",
-            "raise max_member_bytes if this shard is legitimate, otherwise regenerate it",
-        )
-
-
-def _split_name(name: str, where: str) -> tuple[str, str]:
-    key, _, ext = name.partition(".")
-    if ext not in SAMPLE_EXTENSIONS or not is_safe_name(key):
-        raise _fail(
-            where, f"unexpected member {name!r}; only {{key}}.{{{','.join(SAMPLE_EXTENSIONS)}}} are allowed, "
-            "anything else (.pickle, .pth, .pyd, ...) is refused unread", "this tar was not written by uti; do not use it",
-        )
-    return key, ext
-
-
 def _load_ids(data: bytes, vocab_size: int, where: str) -> np.ndarray:
-    """Parse a uint32 1-D .npy; the header is checked before numpy touches the data."""
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        if version != NPY_VERSION:
-            raise ValueError(f".npy format version {version}, expected {NPY_VERSION}")
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(buf)
-    # numpy parses the header dict of untrusted bytes with ast/tokenize: besides ValueError it can raise
-    # SyntaxError, tokenize.TokenError, RecursionError... any failure means the payload is not ours.
-    except Exception as exc:  # noqa: BLE001
-        raise _fail(where, f"not a valid .npy payload ({exc})") from None
-    if dtype.hasobject:
-        raise _fail(where, "object-dtype .npy (loading it would unpickle); refused", "this tar was not written by uti; do not use it")
-    if dtype != TOKEN_DTYPE or len(shape) != 1:
-        raise _fail(where, f".npy has dtype {dtype} and shape {shape}; token IDs must be 1-D little-endian uint32")
-    if len(data) != buf.tell() + shape[0] * TOKEN_DTYPE.itemsize:
-        raise _fail(where, f".npy is {len(data)} bytes, its header implies {buf.tell() + shape[0] * 4}")
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise _fail(where, f"cannot load .npy ({exc})") from None
+    """A uint32 1-D .npy (sharding.parser.parse_ids: the header is checked before numpy touches the data)."""
+    array, why = parse_ids(data)
+    if array is None:
+        raise _fail(where, why)
     if array.size and int(array.max()) >= vocab_size:
         raise _fail(where, f"token ID {int(array.max())} >= vocab size {vocab_size} of the shard's token space")
-    return array
+    return array.copy()  # a writable array of its own, as np.load gave: consumers may write to it
 
 
 def _parse_json(data: bytes, where: str) -> Any:
@@ -162,13 +89,8 @@ def _parse_json(data: bytes, where: str) -> Any:
 def _check_header(
     data: bytes, where: str, stem: str | None, expected: TokenSpace | str | None,
 ) -> tuple[dict, TokenSpace]:
-    header = validate_header(_parse_json(data, f"{where}: {HEADER_MEMBER}"), where)
-    if canonical_json(header) != data:
-        raise _fail(where, f"{HEADER_MEMBER} is not canonical JSON (edited after writing?)")
+    header = parse_header(data, where, raise_problem)  # structure, canonical form, token-space hash
     claimed = header["token_space_id"]
-    actual = sha256_hex(canonical_json(header["token_space"]))
-    if actual != claimed:
-        raise _fail(where, f"header claims token space {claimed[:16]} but its token_space hashes to {actual[:16]} (tampered or corrupt)")
     try:
         found = TokenSpace.from_dict(header["token_space"], where=f"{where}: header token_space")
     except (TokenSpaceError, TypeError, ValueError) as exc:  # a crafted header can hold any JSON types
@@ -270,92 +192,29 @@ def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | 
                  seek_to: int | None = None) -> Iterator[Sample]:
     src = TrackingReader(raw, hash_bytes=index is not None and seek_to is None)
     try:
-        tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
-    except _TAR_ERRORS as exc:
-        raise _fail(where, f"not a readable tar ({exc})") from None
-
-    def next_member() -> tarfile.TarInfo | None:
-        try:
-            info = tf.next()
-        except _ExtensionHeader as exc:
-            raise _fail(where, f"tar extension header (type {exc.type_flag!r}) refused; uti shards are plain USTAR",
-                        "this tar was not written by uti; do not use it") from None
-        except _TAR_ERRORS as exc:
-            raise _fail(where, f"truncated or corrupt tar ({exc})") from None
-        tf.members = []  # stream mode would otherwise keep every TarInfo for the whole shard
-        return info
-
-    def payload(info: tarfile.TarInfo) -> bytes:
-        try:
-            data = tf.extractfile(info).read()
-        except _TAR_ERRORS as exc:
-            raise _fail(where, f"truncated or corrupt tar while reading {info.name!r} ({exc})") from None
-        if len(data) != info.size:
-            raise _fail(where, f"truncated tar: member {info.name!r} has {len(data)} of {info.size} bytes")
-        return data
-
-    first = next_member()
-    if first is None:
-        raise _fail(where, "empty tar")
-    _check_member(first, where, max_bytes)
-    if first.name != HEADER_MEMBER:
-        raise _fail(where, f"first member is {first.name!r}, expected {HEADER_MEMBER}")
-    header, space = _check_header(payload(first), where, stem, expected)
-    if index is not None:
-        for field in ("token_space_id", "shard", "split"):
-            if index[field] != header[field]:
-                raise _fail(where, f"index {field} {index[field]!r} differs from the header's {header[field]!r}")
-    vocab = space.vocab_size
-
-    i = 0
-    if seek_to is not None:
-        # The header is checked; now jump to sample `start` and parse the tar from its member header on.
-        try:
-            raw.seek(seek_to)
-            src = TrackingReader(raw, hash_bytes=False)
-            tf = tarfile.open(fileobj=src, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
-        except _TAR_ERRORS as exc:
-            raise _fail(where, f"cannot seek to sample {start} at byte {seek_to} given by the index ({exc})") from None
-        i = start
-    seen_keys: set[str] = set()
-    seen_ids: set[str] = set()
-    parts: dict[str, Any] = {}
-    key = ""
-    while (info := next_member()) is not None:
-        _check_member(info, where, max_bytes)
-        if info.name == HEADER_MEMBER:
-            raise _fail(where, f"second {HEADER_MEMBER} member")
-        mkey, ext = _split_name(info.name, where)
-        want = SAMPLE_EXTENSIONS[len(parts)]
-        if not parts:
-            if ext != want:
-                raise _fail(where, f"member {info.name!r} out of order: a sample starts with {mkey}.{want}")
-            if mkey in seen_keys:
-                raise _fail(where, f"duplicate sample key {mkey!r}")
-            key = mkey
-        elif mkey != key or ext != want:
-            raise _fail(where, f"sample {key} is incomplete or out of order: expected {key}.{want}, found {info.name!r}")
-        member_where = f"{where}: {info.name}"
-        data = payload(info)
-        parts[ext] = _parse_json(data, member_where) if ext == "json" else _load_ids(data, vocab, member_where)
-        if ext != SAMPLE_EXTENSIONS[-1]:
-            continue
-        meta = _check_meta(parts["json"], key, header, f"{where}: sample {key}")
-        if meta["id"] in seen_ids:
-            raise _fail(where, f"sample id {meta['id']!r} appears twice")
+        header, space = _check_header(header_member(iter_members(src, max_bytes)), where, stem, expected)
         if index is not None:
-            _check_against_index(index, i, key, meta, parts["tokens.npy"], parts["text.npy"], where)
-        seen_keys.add(key)
-        seen_ids.add(meta["id"])
-        sample = Sample(key=key, tokens=parts["tokens.npy"], text=parts["text.npy"], meta=meta,
-                        shard=header["shard"], split=header["split"], index_in_shard=i)
-        parts = {}
-        i += 1
-        if i > start:
-            yield sample
-    if parts:
-        raise _fail(where, f"truncated tar: sample {key} ends after {'/'.join(parts)}")
-    _check_end(src, tf.offset, where)
+            for field in ("token_space_id", "shard", "split"):
+                if index[field] != header[field]:
+                    raise _fail(where, f"index {field} {index[field]!r} differs from the header's {header[field]!r}")
+        i = 0
+        if seek_to is not None:
+            # The header is checked; now jump to sample `start` and parse the tar from its member header on.
+            try:
+                raw.seek(seek_to)
+            except (OSError, ValueError) as exc:
+                raise _fail(where, f"cannot seek to sample {start} at byte {seek_to} given by the index ({exc})") from None
+            src = TrackingReader(raw, hash_bytes=False)
+            i = start
+        for sample in _samples(iter_samples(iter_members(src, max_bytes)), where, header, space.vocab_size, index, i):
+            i = sample.index_in_shard + 1
+            if i > start:
+                yield sample
+    except TarBroken as exc:
+        raise _fail(where, str(exc), exc.fix) from None
+    except OSError as exc:  # a read error of the underlying file
+        raise _fail(where, f"read error ({exc})") from None
+    _check_end(src, where)
     if index is not None:
         if i != index["num_samples"]:
             raise _fail(where, f"the tar holds {i} samples, its index says {index['num_samples']}")
@@ -368,10 +227,32 @@ def _read_stream(raw: Any, where: str, stem: str | None, expected: TokenSpace | 
                                f"records {index['tar_bytes']} bytes and {index['tar_sha256'][:16]} (modified after writing)")
 
 
-def _check_end(src: TrackingReader, end_offset: int, where: str) -> None:
-    """tarfile stops quietly at EOF or garbage; we insist on the zero blocks our writer emits."""
+def _samples(samples: Iterator[tuple[str, bytes, bytes, bytes]], where: str, header: dict, vocab: int,
+             index: Mapping[str, Any] | None, i: int) -> Iterator[Sample]:
+    """Each sample's payloads parsed and checked (meta, uniqueness, index entry), numbered from i."""
+    seen_keys: set[str] = set()
+    seen_ids: set[str] = set()
+    for key, tokens_b, text_b, meta_b in samples:
+        if key in seen_keys:
+            raise _fail(where, f"duplicate sample key {key!r}")
+        tokens = _load_ids(tokens_b, vocab, f"{where}: {key}.tokens.npy")
+        text = _load_ids(text_b, vocab, f"{where}: {key}.text.npy")
+        meta = _check_meta(_parse_json(meta_b, f"{where}: {key}.json"), key, header, f"{where}: sample {key}")
+        if meta["id"] in seen_ids:
+            raise _fail(where, f"sample id {meta['id']!r} appears twice")
+        if index is not None:
+            _check_against_index(index, i, key, meta, tokens, text, where)
+        seen_keys.add(key)
+        seen_ids.add(meta["id"])
+        yield Sample(key=key, tokens=tokens, text=text, meta=meta, shard=header["shard"], split=header["split"],
+                     index_in_shard=i)
+        i += 1
+
+
+def _check_end(src: TrackingReader, where: str) -> None:
+    """A tar parser stops quietly at EOF or garbage; we insist on the zero blocks our writer emits."""
     try:
-        problem = src.end_problem(end_offset)
+        problem = src.end_problem()
     except OSError as exc:
         raise _fail(where, f"read error at the end of the tar ({exc})") from None
     if problem:

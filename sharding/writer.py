@@ -30,7 +30,7 @@ from sharding.errors import ShardError, ShardWriteError
 from sharding.storage import upload_file
 from sharding.format import (
     HEADER_MEMBER, INDEX_SUFFIX, MAX_KEY_LENGTH, META_REQUIRED, NPY_VERSION, TAR_SUFFIX, TEMP_MARKER, TOKEN_DTYPE,
-    build_header, build_index, check_name, is_local, is_safe_name, sample_key, split_dir,
+    build_header, build_index, check_name, is_local, is_safe_name, require_keys, sample_key, split_dir,
 )
 from uti.token_space import TokenSpace, canonical_json
 
@@ -223,11 +223,8 @@ class ShardWriter:
         return _npy_bytes(array)
 
     def _meta_json(self, meta: Any, id: str, where: str) -> bytes:
-        if not isinstance(meta, Mapping):
-            raise ShardWriteError(f"{where}: meta must be a mapping, got {type(meta).__name__}")
-        missing = [k for k in META_REQUIRED if k not in meta]
-        if missing:
-            raise ShardWriteError(f"{where}: meta lacks required field(s) {', '.join(missing)}")
+        require_keys(meta, META_REQUIRED, what="meta", where=where, fix="build it with sharding.format.build_sample",
+                     kind=Mapping, error=ShardWriteError)
         if meta["id"] != id:
             raise ShardWriteError(f"{where}: meta id {meta['id']!r} differs from the sample id")
         if meta["split"] != self.split:

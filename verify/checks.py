@@ -1,30 +1,27 @@
 """The per-shard scan: checks 1-4 and 6 on one shard, plus the statistics of checks 9-10.
 
-Unlike `sharding.reader.read_shard`, which raises at the first problem (right for training), the
-scan keeps going after a bad sample so that one run reports every damaged sample with its check,
-and it returns a small summary (counts, fixed-size histograms, the sample IDs) instead of tokens.
-It stops only when the tar itself can no longer be parsed.
+The tar is parsed by sharding.parser, the parser of `sharding.reader.read_shard` too. The reader
+raises at the first problem (right for training); the scan passes a handler that records a finding,
+and keeps going after a bad sample so that one run reports every damaged sample with its check. It
+returns a small summary (counts, fixed-size histograms, a SampleVerdict per sample) instead of tokens,
+and stops only when the tar itself can no longer be parsed.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from sharding.errors import ShardError
-from sharding.tario import BLOCK as _BLOCK, TrackingReader
-from sharding.format import (
-    HEADER_MEMBER, SAMPLE_EXTENSIONS, TOKEN_DTYPE, is_hex64, is_safe_name, sample_key, url_to_fs, validate_header,
-)
+from sharding.format import is_hex64, sample_key, url_to_fs
+from sharding.parser import ShardProblem, TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids
+from sharding.tario import TrackingReader
 from uti.errors import TokenSpaceError
-from uti.token_space import TokenSpace, canonical_json, expected_audio_frames, sha256_hex
+from uti.token_space import TokenSpace, expected_audio_frames
 from verify.dataset import ShardTask
 from verify.findings import FindingLog
 from verify.stats import LengthStats
@@ -41,6 +38,36 @@ from sharding.format import MEDIA_META, META_COMMON as COMMON_META  # noqa: E402
 STRUCTURAL = ("token_space", "token_ranges", "shapes", "shard_integrity", "split_integrity")
 
 
+@dataclass(frozen=True)
+class SampleVerdict:
+    """What the scan concluded about one sample: small strings for reconciliation and leakage, and whether it
+    is clean (no structural finding), i.e. fit for the decode and retokenize spot checks."""
+
+    id: str
+    key: str
+    modality: str  # "" when the meta's modality is unusable
+    source_sha256: str | None  # None for text rows and when the meta's is not a SHA-256
+    clean: bool
+
+
+_SAME = object()  # flag(): "the sample's own canonical ID"
+
+
+@dataclass(eq=False)
+class _SampleScan:
+    """One sample while its checks run: what was parsed of it, and whether a structural check failed."""
+
+    key: str
+    position: int  # in the tar
+    meta: dict = field(default_factory=dict)
+    sid: str | None = None  # the canonical ID, when the meta has a usable one
+    tokens: np.ndarray | None = None
+    text: np.ndarray | None = None
+    modality: str | None = None  # None when not one of MODALITIES
+    source_sha256: str | None = None
+    clean: bool = True
+
+
 @dataclass
 class ShardSummary:
     """What a scan task returns: O(samples) small strings, never token arrays."""
@@ -49,7 +76,7 @@ class ShardSummary:
     name: str
     index_ids: list[str]  # the canonical IDs the shard's index claims
     index_error_ids: list[str]
-    samples: list[tuple[str, str, str, str | None, bool]]  # (id, key, modality, source_sha256, clean)
+    samples: list["SampleVerdict"]  # every sample with a canonical ID, in tar order
     findings: FindingLog
     clean: bool  # no structural failure anywhere in the shard
     tar_bytes: int = 0
@@ -125,82 +152,6 @@ class _Expect:
         return f"outside the vocab (size {self.space.vocab_size})"
 
 
-# ---- streaming the tar ----------------------------------------------------------------------------
-class _TarBroken(Exception):
-    """The tar cannot be parsed any further; the message says why."""
-
-
-def _members(src: TrackingReader, max_bytes: int) -> Iterator[tuple[str, bytes]]:
-    """(name, payload) of each member, parsed straight from the 512-byte USTAR headers.
-
-    Our shards are plain USTAR regular files only (see sharding.format), so a 30-line parser does it,
-    about twice as fast as `tarfile` in stream mode; anything else (pax/GNU extension headers, links,
-    bad checksums) is refused before its payload is read.
-    """
-    while True:
-        offset = src.pos
-        header = src.read(_BLOCK)
-        if len(header) < _BLOCK:
-            raise _TarBroken("truncated tar: it ends inside a member header" if header else
-                             "truncated tar: the end-of-archive marker is missing")
-        if header.count(0) == _BLOCK:
-            src.end_offset = offset
-            return
-        stored = header[148:156].split(b"\0", 1)[0].strip()
-        actual = sum(header[:148]) + 8 * 32 + sum(header[156:])
-        try:
-            if int(stored or b"-1", 8) != actual:
-                raise ValueError
-            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        except ValueError:
-            raise _TarBroken(f"corrupt member header at byte {offset} (checksum or size field)") from None
-        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-        kind = header[156:157]
-        if kind not in (b"0", b"\0"):
-            raise _TarBroken(f"member {name!r} has type {kind!r} (an extension header, link or directory); "
-                             "uti shards hold plain regular files only")
-        if header[345:500].strip(b"\0") or not name or "/" in name or "\\" in name or ".." in name:
-            raise _TarBroken(f"member {name!r} has an unsafe or prefixed name; not written by uti")
-        if size > max_bytes:
-            raise _TarBroken(f"member {name!r} is {size} bytes, above the {max_bytes}-byte limit; refused unread")
-        padded = -(-size // _BLOCK) * _BLOCK
-        data = src.read(padded)
-        if len(data) < padded:
-            raise _TarBroken(f"truncated tar: member {name!r} has {min(len(data), size)} of {size} bytes")
-        yield name, data[:size] if padded != size else data
-
-
-_NPY_U4 = re.compile(rb"\{'descr': '<u4', 'fortran_order': False, 'shape': \((\d+),\), \} *\n")
-
-
-def parse_ids(data: bytes) -> tuple[np.ndarray | None, str | None]:
-    """A 1-D little-endian uint32 .npy (never unpickled), or None and why not."""
-    # Fast path: the exact header numpy writes for our arrays; anything else takes the careful path.
-    if data[:8] == b"\x93NUMPY\x01\x00":
-        end = 10 + int.from_bytes(data[8:10], "little")
-        m = _NPY_U4.fullmatch(data, 10, end)
-        if m is not None and len(data) == end + 4 * int(m.group(1)):
-            return np.frombuffer(data, dtype=TOKEN_DTYPE, offset=end), None
-    buf = io.BytesIO(data)
-    try:
-        version = np.lib.format.read_magic(buf)
-        if version != (1, 0):
-            return None, f".npy format version {version}, expected (1, 0)"
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-    # numpy parses the header dict of untrusted bytes with ast/tokenize: besides ValueError it can raise
-    # SyntaxError, tokenize.TokenError, RecursionError... any failure means the payload is not ours.
-    except Exception as exc:  # noqa: BLE001
-        return None, f"not a valid .npy payload ({exc})"
-    if dtype.hasobject:
-        return None, "object-dtype .npy refused (loading it would unpickle)"
-    if dtype != TOKEN_DTYPE or len(shape) != 1:
-        return None, f"dtype {dtype} shape {shape}; token IDs must be 1-D little-endian uint32"
-    offset = buf.tell()
-    if len(data) != offset + shape[0] * 4:
-        return None, f".npy is {len(data)} bytes, its header implies {offset + shape[0] * 4}"
-    return np.frombuffer(data, dtype=TOKEN_DTYPE, offset=offset), None
-
-
 # ---- one shard -------------------------------------------------------------------------------------
 class _Scan:
     def __init__(self, task: ShardTask, expect: _Expect, *, max_seq_len: int | None, max_examples: int):
@@ -210,7 +161,7 @@ class _Scan:
         self.index = task.index or {}
         self.log = FindingLog(max_examples)
         self.max_seq_len = max_seq_len
-        self.samples: list[tuple[str, str, str, str | None, bool]] = []
+        self.samples: list[SampleVerdict] = []
         self.seen_keys: set[str] = set()
         self.seen_ids: set[str] = set()
         self.read: list[tuple[str, str | None, int, int]] = []  # (key, id, tokens, text) in tar order
@@ -229,21 +180,12 @@ class _Scan:
 
     # -- header and index
     def header(self, data: bytes) -> bool:
-        try:
-            header = validate_header(json.loads(data.decode("utf-8")), self.label)
-        except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
-            self.fail("shard_integrity", f"{HEADER_MEMBER} is not valid JSON ({exc})")
+        """The shared header parse (sharding.parser), recording its problems; then what only verify
+        knows: the expected token space and where the shard sits. False when the header is unusable."""
+        header = parse_header(data, self.label, self._record)
+        if header is None:
             return False
-        except ShardError as exc:
-            self.fail("shard_integrity", str(exc))
-            return False
-        if canonical_json(header) != data:
-            self.fail("shard_integrity", f"{HEADER_MEMBER} is not canonical JSON (edited after writing?)")
         claimed = header["token_space_id"]
-        actual = sha256_hex(canonical_json(header["token_space"]))
-        if actual != claimed:
-            self.fail("token_space", f"header claims token space {claimed[:16]} but its embedded token space "
-                                     f"hashes to {actual[:16]} (tampered or corrupt header)")
         if claimed != self.x.id:
             self.fail("token_space", f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
                                      "tokens of another codec/weights must never be mixed in")
@@ -251,6 +193,10 @@ class _Scan:
         if header["shard"] != self.task.name or header["split"] != self.task.split:
             self.fail("shard_integrity", f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
         return True
+
+    def _record(self, problem: ShardProblem) -> None:
+        """verify's error policy for the shared parser: a finding, then carry on."""
+        self.fail("token_space" if problem.kind == "token_space" else "shard_integrity", problem.problem)
 
     def index_checks(self) -> None:
         # A tar whose size differs from its index needs no finding of its own: the scan names the
@@ -261,110 +207,153 @@ class _Scan:
             self.fail("token_space", f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
                                      f"expected {self.x.id[:16]}")
 
-    # -- one sample
+    # -- one sample: parse, then each check one function; a structural finding marks the sample unclean
+    def flag(self, v: "_SampleScan", check: str, detail: str, id: Any = _SAME) -> None:
+        """A finding about sample `v`; a structural one makes it unfit for decode, retokenize and the loader."""
+        self.fail(check, detail, v.key, v.sid if id is _SAME else id)
+        if check in STRUCTURAL:
+            v.clean = False
+
     def sample(self, key: str, tokens_b: bytes, text_b: bytes, meta_b: bytes) -> None:
-        i = len(self.read)
-        before = sum(self.log.counts.get(c, 0) for c in STRUCTURAL)
+        v = _SampleScan(key=key, position=len(self.read))
+        self.parse_meta(v, meta_b)
+        self.parse_arrays(v, tokens_b, text_b)
+        self.check_identity(v)
+        self.check_schema(v)
+        self.check_token_space(v)
+        self.check_split(v)
+        ranges_ok = self.check_ranges(v)
+        if v.modality is not None:
+            self.shapes(v)
+        if v.tokens is not None and ranges_ok and v.modality in ("audio", "image"):
+            self.histograms(v.tokens, v.modality)
+        if v.modality is not None and v.tokens is not None and v.text is not None:
+            self.lengths_of(v)
+            self.count(v)
+        if v.sid is not None:
+            self.samples.append(SampleVerdict(id=v.sid, key=key, modality=v.modality or "",
+                                              source_sha256=v.source_sha256, clean=v.clean))
+
+    def parse_meta(self, v: "_SampleScan", meta_b: bytes) -> None:
+        indexed_id = self._indexed(v.position)[1]  # the meta's own ID is unknown: name the one the index lists
         try:
             meta = json.loads(meta_b.decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
             meta = None
-            self.fail("shard_integrity", f"{key}.json is not valid JSON ({exc})", key, self._indexed(i)[1])
+            self.flag(v, "shard_integrity", f"{v.key}.json is not valid JSON ({exc})", id=indexed_id)
         if not isinstance(meta, dict):
             if meta is not None:
-                self.fail("shard_integrity", f"{key}.json is not a JSON object", key, self._indexed(i)[1])
+                self.flag(v, "shard_integrity", f"{v.key}.json is not a JSON object", id=indexed_id)
             meta = {}
-        sid = meta.get("id") if isinstance(meta.get("id"), str) and meta.get("id") else None
-        tokens, why_t = parse_ids(tokens_b)
-        text, why_x = parse_ids(text_b)
-        self.read.append((key, sid, -1 if tokens is None else int(tokens.size), -1 if text is None else int(text.size)))
+        v.meta = meta
+        v.sid = meta.get("id") if isinstance(meta.get("id"), str) and meta.get("id") else None
+
+    def parse_arrays(self, v: "_SampleScan", tokens_b: bytes, text_b: bytes) -> None:
+        v.tokens, why_t = parse_ids(tokens_b)
+        v.text, why_x = parse_ids(text_b)
+        self.read.append((v.key, v.sid, -1 if v.tokens is None else int(v.tokens.size),
+                          -1 if v.text is None else int(v.text.size)))
         self.counts["samples"] += 1
         if why_t:
-            self.fail("token_ranges", f"{key}.tokens.npy: {why_t}", key, sid)
+            self.flag(v, "token_ranges", f"{v.key}.tokens.npy: {why_t}")
         if why_x:
-            self.fail("token_ranges", f"{key}.text.npy: {why_x}", key, sid)
+            self.flag(v, "token_ranges", f"{v.key}.text.npy: {why_x}")
 
+    def check_identity(self, v: "_SampleScan") -> None:
+        """The key is sample_key(id), and neither appears twice in the shard."""
+        key, sid = v.key, v.sid
         if sid is None:
-            self.fail("shapes", f"{key}.json has no canonical 'id'", key, self._indexed(i)[1])
+            self.flag(v, "shapes", f"{key}.json has no canonical 'id'", id=self._indexed(v.position)[1])
         else:
             if sample_key(sid) != key:
-                self.fail("shard_integrity", f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}", key, sid)
+                self.flag(v, "shard_integrity", f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}")
             if sid in self.seen_ids:
-                self.fail("shard_integrity", f"sample id {sid!r} appears twice in the shard", key, sid)
+                self.flag(v, "shard_integrity", f"sample id {sid!r} appears twice in the shard")
         if key in self.seen_keys:
-            self.fail("shard_integrity", f"duplicate sample key {key}", key, sid)
+            self.flag(v, "shard_integrity", f"duplicate sample key {key}")
         self.seen_keys.add(key)
         if sid is not None:
             self.seen_ids.add(sid)
 
+    def check_schema(self, v: "_SampleScan") -> None:
+        """The meta fields every sample carries (sharding.format.SampleMeta) and its modality's codec fields."""
+        meta = v.meta
         missing = [k for k in COMMON_META if k not in meta]
         modality = meta.get("modality")
         if modality not in MODALITIES:
-            self.fail("shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}", key, sid)
+            self.flag(v, "shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}")
             modality = None
         else:
             missing += [k for k in self.x.media_meta(modality) if k not in meta]
         if missing:
-            self.fail("shapes", f"meta lacks {', '.join(missing)}", key, sid)
-        if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
-            self.fail("token_space", f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
-                                     f"expected {self.x.id[:16]}", key, sid)
-        elif "token_space_id" in meta and self.header_id not in (None, self.x.id):
-            self.fail("token_space", f"sample meta carries token space {self.x.id[:16]} but its shard header "
-                                     f"{self.header_id[:16]}: which codec made these tokens is unknown", key, sid)
-        if "split" in meta and meta["split"] != self.task.split:
-            self.fail("split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
-                                         f"{self.task.split!r}", key, sid)
-        source_sha = meta.get("source_sha256")
-        if modality in ("audio", "image") and not is_hex64(source_sha):
-            self.fail("split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
-                                         "cannot be checked", key, sid)
-            source_sha = None
+            self.flag(v, "shapes", f"meta lacks {', '.join(missing)}")
+        v.modality = modality
 
-        ranges_ok = True
-        if tokens is not None and modality is not None:
-            ranges_ok = self.ranges(tokens, modality, key, sid)
+    def check_token_space(self, v: "_SampleScan") -> None:
+        meta = v.meta
+        if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
+            self.flag(v, "token_space", f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
+                                        f"expected {self.x.id[:16]}")
+        elif "token_space_id" in meta and self.header_id not in (None, self.x.id):
+            self.flag(v, "token_space", f"sample meta carries token space {self.x.id[:16]} but its shard header "
+                                        f"{self.header_id[:16]}: which codec made these tokens is unknown")
+
+    def check_split(self, v: "_SampleScan") -> None:
+        """The meta's split is its shard's, and a media sample names its source's SHA-256 (for leakage)."""
+        meta = v.meta
+        if "split" in meta and meta["split"] != self.task.split:
+            self.flag(v, "split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
+                                            f"{self.task.split!r}")
+        source_sha = meta.get("source_sha256")
+        if v.modality in ("audio", "image") and not is_hex64(source_sha):
+            self.flag(v, "split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
+                                            "cannot be checked")
+            source_sha = None
+        v.source_sha256 = source_sha
+
+    def check_ranges(self, v: "_SampleScan") -> bool:
+        """Media IDs in their modality's range (audio: on their level), text IDs in the text range."""
+        ok = True
+        if v.tokens is not None and v.modality is not None:
+            ok = self.ranges(v)
+        text = v.text
         if text is not None and self.x.text is not None and text.size:
             bad = (text < self.x.text.start) | (text >= self.x.text.end)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.fail("token_ranges", f"text.npy position {p}: ID {int(text[p])} is not in text "
-                          f"[{self.x.text.start}, {self.x.text.end}) (it is in {self.x.range_name(int(text[p]))})", key, sid)
-                ranges_ok = False
-        if modality is not None:
-            self.shapes(meta, modality, tokens, text, key, sid)
-        if tokens is not None and ranges_ok and modality in ("audio", "image"):
-            self.histograms(tokens, modality)
-        if modality is not None and tokens is not None and text is not None:
-            self.lengths_of(meta, modality, tokens, text, key)
-            self.counts[f"{modality}.samples"] = self.counts.get(f"{modality}.samples", 0) + 1
-            self.counts[f"{modality}.tokens"] = self.counts.get(f"{modality}.tokens", 0) + int(tokens.size)
-            self.counts["text.tokens"] = self.counts.get("text.tokens", 0) + int(text.size)
-        clean = sum(self.log.counts.get(c, 0) for c in STRUCTURAL) == before
-        if sid is not None:
-            self.samples.append((sid, key, modality or "", source_sha, clean))
+                self.flag(v, "token_ranges", f"text.npy position {p}: ID {int(text[p])} is not in text "
+                          f"[{self.x.text.start}, {self.x.text.end}) (it is in {self.x.range_name(int(text[p]))})")
+                ok = False
+        return ok
 
-    def ranges(self, tokens: np.ndarray, modality: str, key: str, sid: str | None) -> bool:
+    def count(self, v: "_SampleScan") -> None:
+        modality = v.modality
+        self.counts[f"{modality}.samples"] = self.counts.get(f"{modality}.samples", 0) + 1
+        self.counts[f"{modality}.tokens"] = self.counts.get(f"{modality}.tokens", 0) + int(v.tokens.size)
+        self.counts["text.tokens"] = self.counts.get("text.tokens", 0) + int(v.text.size)
+
+    def ranges(self, v: "_SampleScan") -> bool:
+        tokens, modality = v.tokens, v.modality
         # uint32 arithmetic on purpose: (t - start) wraps below start, so one `>= size` tests both ends.
         if modality == "text":
             if tokens.size:
-                self.fail("shapes", f"text-only sample has {tokens.size} media tokens", key, sid)
+                self.flag(v, "shapes", f"text-only sample has {tokens.size} media tokens")
             return True
         if modality == "image":
             if self.x.image is None:
-                self.fail("token_ranges", "image sample, but the token space has no image range", key, sid)
+                self.flag(v, "token_ranges", "image sample, but the token space has no image range")
                 return False
             bad = (tokens - np.uint32(self.x.image.start)) >= np.uint32(self.x.image.size)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.fail("token_ranges", f"tokens position {p}: ID {int(tokens[p])} is not in image "
+                self.flag(v, "token_ranges", f"tokens position {p}: ID {int(tokens[p])} is not in image "
                                           f"[{self.x.image.start}, {self.x.image.end}) (it is in "
-                                          f"{self.x.range_name(int(tokens[p]))})", key, sid)
+                                          f"{self.x.range_name(int(tokens[p]))})")
                 return False
             return True
         per = self.x.per_frame
         if not self.x.n_q or not per:
-            self.fail("token_ranges", "audio sample, but the token space has no audio levels", key, sid)
+            self.flag(v, "token_ranges", "audio sample, but the token space has no audio levels")
             return False
         # Position p holds the level the layout gives p % per (frame-major: p % n_q); checked even when
         # the length is not whole frames (check 3's job).
@@ -376,15 +365,15 @@ class _Scan:
         if bad.any():
             p = int(np.argmax(bad))
             r = self.x.levels[self.x.audio_layout.pattern[p % per]]
-            self.fail("token_ranges", f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
+            self.flag(v, "token_ranges", f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
                                       f"not in {r.name} [{r.start}, {r.end}) (it is in "
                                       f"{self.x.range_name(int(tokens[p]))}; the token space's audio layout is "
-                                      f"{self.x.audio_layout.kind} {list(self.x.audio_layout.pattern)})", key, sid)
+                                      f"{self.x.audio_layout.kind} {list(self.x.audio_layout.pattern)})")
             return False
         return True
 
-    def shapes(self, meta: dict, modality: str, tokens: np.ndarray | None, text: np.ndarray | None,
-               key: str, sid: str | None) -> None:
+    def shapes(self, v: "_SampleScan") -> None:
+        meta, modality, tokens, text = v.meta, v.modality, v.tokens, v.text
         problems: list[str] = []
         captions, lens = meta.get("captions"), meta.get("caption_token_lengths")
         if "captions" in meta and (not isinstance(captions, list) or not all(isinstance(c, str) for c in captions)):
@@ -450,7 +439,7 @@ class _Scan:
             if "proc_size" in meta and list(proc or []) != self.x.proc_size:
                 problems.append(f"meta proc_size {proc!r}, the token space's image codec has {self.x.proc_size}")
         if problems:
-            self.fail("shapes", "; ".join(problems), key, sid)
+            self.flag(v, "shapes", "; ".join(problems))
 
     def histograms(self, tokens: np.ndarray, modality: str) -> None:
         """Called for in-range tokens only. The audio levels are consecutive ranges, so one bincount
@@ -466,7 +455,8 @@ class _Scan:
             out[r.name] = self.audio_book[r.start - self.x.levels[0].start: r.end - self.x.levels[0].start].copy()
         return out
 
-    def lengths_of(self, meta: dict, modality: str, tokens: np.ndarray, text: np.ndarray, key: str) -> None:
+    def lengths_of(self, v: "_SampleScan") -> None:
+        meta, modality, tokens, text = v.meta, v.modality, v.tokens, v.text
         lens = meta.get("caption_token_lengths")
         longest = max(lens) if isinstance(lens, list) and lens and all(_is_count(n) for n in lens) else int(text.size)
         series = {f"{modality}.text": int(text.size), f"{modality}.sequence": int(tokens.size) + longest + SEQUENCE_OVERHEAD}
@@ -479,7 +469,7 @@ class _Scan:
         if self.max_seq_len is not None and seq > self.max_seq_len:
             self.fail("lengths", f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
                                  f"{longest} + {SEQUENCE_OVERHEAD} specials) exceeds --max-seq-len {self.max_seq_len}",
-                      key, meta.get("id"))
+                      v.key, meta.get("id"))
 
     # -- after the last member
     def against_index(self, src: TrackingReader, broken: str | None) -> None:
@@ -566,31 +556,12 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
 
 def _scan_members(scan: _Scan, src: TrackingReader, max_member_bytes: int) -> str | None:
     """Feed the members to the scan; returns why parsing stopped early, or None."""
-    members = _members(src, max_member_bytes)
+    members = iter_members(src, max_member_bytes)
     try:
-        first = next(members, None)
-        if first is None:
-            return "empty tar"
-        if first[0] != HEADER_MEMBER:
-            return f"first member is {first[0]!r}, expected {HEADER_MEMBER}"
-        if not scan.header(first[1]):
+        if not scan.header(header_member(members)):
             return "unusable header"
-        parts: list[bytes] = []
-        key = ""
-        for name, data in members:
-            mkey, _, ext = name.partition(".")
-            want = SAMPLE_EXTENSIONS[len(parts)]
-            if name == HEADER_MEMBER or ext not in SAMPLE_EXTENSIONS or not is_safe_name(mkey):
-                return f"unexpected member {name!r}"
-            if (parts and mkey != key) or ext != want:
-                return f"member {name!r} out of order (expected {(key if parts else mkey)}.{want})"
-            key = mkey
-            parts.append(data)
-            if len(parts) == len(SAMPLE_EXTENSIONS):
-                scan.sample(key, *parts)
-                parts = []
-        if parts:
-            return f"truncated tar: sample {key} ends after {len(parts)} of {len(SAMPLE_EXTENSIONS)} members"
+        for key, tokens_b, text_b, meta_b in iter_samples(members):
+            scan.sample(key, tokens_b, text_b, meta_b)
         return None
-    except _TarBroken as exc:
+    except TarBroken as exc:
         return str(exc)

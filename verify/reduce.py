@@ -68,15 +68,15 @@ class Reducer:
         for id_ in s.index_ids:
             self.claims.setdefault(id_, []).append((s.split, s.name))
         self.index_errors.extend((task.label, e) for e in s.index_error_ids)
-        for id_, key, modality, sha, clean in s.samples:
-            here = (task.label, key)
-            splits = self.id_splits.setdefault(id_, {})
+        for v in s.samples:
+            here = (task.label, v.key)
+            splits = self.id_splits.setdefault(v.id, {})
             splits[s.split] = min(splits.get(s.split, here), here)
-            if sha:
-                first = self.sources.setdefault(sha, {})
-                first[s.split] = min(first.get(s.split, (task.label, key, id_)), (task.label, key, id_))
-            if clean and s.clean:
-                self.clean_samples.append(CleanSample(s.split, s.name, key, id_, modality))
+            if v.source_sha256:
+                first = self.sources.setdefault(v.source_sha256, {})
+                first[s.split] = min(first.get(s.split, (task.label, v.key, v.id)), (task.label, v.key, v.id))
+            if v.clean and s.clean:
+                self.clean_samples.append(CleanSample(s.split, s.name, v.key, v.id, v.modality))
         if s.clean:
             self.clean_shards.append(task)
         for level, counts in s.codebooks.items():
