@@ -6,11 +6,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from uti.token_space import missing_modality_message
+
+if TYPE_CHECKING:  # types only: the driver imports this module without the media stack
+    from ray_jobs.read import ReadResult
+    from sharding.manifest import ManifestRow
+    from uti.config import UTIConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,20 +23,18 @@ log = logging.getLogger(__name__)
 class CodecWorker:
     """Plain class; ray_jobs.job wraps it with ray.remote(...) and the resources of this run."""
 
-    def __init__(self, *, config: dict, token_space_json: bytes | None, out: str, device: str, threads: int,
+    def __init__(self, *, config: UTIConfig, token_space_json: bytes | None, out: str, device: str, threads: int,
                  modalities: tuple[str, ...] = ("audio", "image")):
         """With `token_space_json` None this is the job's first actor: it loads every configured codec and
         its token space becomes the job's (the driver loads none). Every other actor loads only the
         codecs of `modalities` and is checked against that space."""
         import torch
 
-        from uti.config import UTIConfig
-        from uti.strict import from_dict
         from uti.token_space import TokenSpace
         from uti.tokenizer import UnifiedTokenizer
 
         torch.set_num_threads(max(1, threads))
-        cfg = from_dict(UTIConfig, config)
+        cfg = config  # the driver's UTIConfig itself (a frozen dataclass: it pickles as it is)
         if token_space_json is None:
             self.tok = UnifiedTokenizer(cfg, device=device, modalities=("text", "image", "audio"))
         else:
@@ -57,7 +60,7 @@ class CodecWorker:
                 "channels": tok.audio.channels if tok.audio else 0,
                 "proc_size": tok.image.proc_size[0] if tok.image else 0}
 
-    def encode_chunk(self, *, split: str, shard: str, index: int, rows: list[dict], media: list,
+    def encode_chunk(self, *, split: str, shard: str, index: int, rows: list[ManifestRow], media: list,
                      token_space_id: str | None = None):
         """One chunk of a shard -> (ChunkStats, EncodedChunk): call with num_returns=2, so the driver reads only
         the small stats and the encoded samples go from the object store straight to the shard's writer."""
@@ -71,75 +74,73 @@ class CodecWorker:
                                f"{token_space_id[:12]}: the codec weights or libraries differ between nodes")
 
         from sharding.format import build_sample
-        from sharding.manifest import ManifestRow
 
         started_at = time.time()  # wall clock: the driver spans a modality's chunks across actors
         t0 = time.perf_counter()
-        items = [item for ref in media for item in ray.get(ref)]
+        items: list[ReadResult] = [item for ref in media for item in ray.get(ref)]
         t1 = time.perf_counter()
-        by_id = {r["id"]: r for r in rows}
+        by_id = {r.id: r for r in rows}
         encoded: dict[str, tuple[np.ndarray, dict, str | None, dict]] = {}
         errors: dict[str, dict] = {}
         self._encode(items, by_id, split, shard, encoded, errors)
         samples = []
         audio_seconds, images = 0.0, 0
         for row in rows:  # plan order: the shard's bytes never depend on scheduling
-            if row["id"] in errors:
+            if row.id in errors:
                 continue
-            tokens, codec_meta, sha, info = encoded[row["id"]]
-            manifest_row = ManifestRow.from_dict(row)
-            text, lengths = self.tok.encode_captions(manifest_row.captions)
-            sample = build_sample(manifest_row, split=split, token_space_id=self.space.id, tokens=tokens, text=text,
+            tokens, codec_meta, sha, info = encoded[row.id]
+            text, lengths = self.tok.encode_captions(row.captions)
+            sample = build_sample(row, split=split, token_space_id=self.space.id, tokens=tokens, text=text,
                                   caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=sha, info=info)
-            samples.append(sample.to_dict())
-            if row["modality"] == "audio":
+            samples.append(sample)
+            if row.modality == "audio":
                 audio_seconds += codec_meta["n_samples"] / codec_meta["sample_rate"]
-            elif row["modality"] == "image":
+            elif row.modality == "image":
                 images += 1
-        ids = [r["id"] for r in rows]
+        ids = [r.id for r in rows]
         chunk = EncodedChunk(ids=ids, samples=samples, errors=[errors[x] for x in ids if x in errors])
         stats = ChunkStats(split=split, shard=shard, index=index, num_samples=len(samples), num_errors=len(errors),
                            audio_seconds=audio_seconds, images=images, busy=time.perf_counter() - t1, wait=t1 - t0,
                            pid=os.getpid(), started_at=started_at, finished_at=time.time())
         return stats, chunk
 
-    def _encode(self, items: list[dict], by_id: dict, split: str, shard: str,
+    def _encode(self, items: list[ReadResult], by_id: dict[str, ManifestRow], split: str, shard: str,
                 encoded: dict, errors: dict) -> None:
         def fail(item_id: str, stage: str, reason: str, detail: str) -> None:
-            errors[item_id] = {"id": item_id, "path": by_id[item_id].get("path"), "split": split, "shard": shard,
+            errors[item_id] = {"id": item_id, "path": by_id[item_id].path, "split": split, "shard": shard,
                                "stage": stage, "reason": reason, "detail": detail}
 
-        ok = []
+        ok: list[ReadResult] = []
         for item in items:
-            if not item["ok"]:
-                fail(item["id"], item["stage"], item["reason"], item["detail"])
-            elif by_id[item["id"]].get("captions") and not self.space.has_modality("text"):
+            if item.failure is not None:
+                fail(item.id, item.failure.stage, item.failure.reason, item.failure.detail)
+            elif by_id[item.id].captions and not self.space.has_modality("text"):
                 # Captions need the text range: without it the sample is an error, not a crashed shard.
-                fail(item["id"], "tokenize", "no_text_range", missing_modality_message(self.space, "text"))
+                fail(item.id, "tokenize", "no_text_range", missing_modality_message(self.space, "text"))
             else:
                 ok.append(item)
         for modality, encode in (("audio", self._encode_audio), ("image", self._encode_image)):
-            group = [it for it in ok if by_id[it["id"]]["modality"] == modality]
+            group = [it for it in ok if by_id[it.id].modality == modality]
             if not group:
                 continue
             try:
-                results = encode([it["data"] for it in group])
+                results = encode([it.data for it in group])
             except Exception:  # noqa: BLE001 - isolate the sample that breaks the codec, keep the rest
                 results = []
                 for it in group:
                     try:
-                        results.append(encode([it["data"]])[0])
+                        results.append(encode([it.data])[0])
                     except Exception as exc:  # noqa: BLE001
                         results.append(exc)
             for it, res in zip(group, results):
                 if isinstance(res, Exception):
-                    fail(it["id"], "encode", "codec_error", f"{type(res).__name__}: {res}")
+                    fail(it.id, "encode", "codec_error", f"{type(res).__name__}: {res}")
                 else:
                     ids, meta = res
-                    encoded[it["id"]] = (ids, meta, it["sha"], it["info"])
+                    encoded[it.id] = (ids, meta, it.source_sha256, it.info)
         for it in ok:
-            if by_id[it["id"]]["modality"] == "text":
-                encoded[it["id"]] = (np.zeros(0, np.uint32), {}, None, {})
+            if by_id[it.id].modality == "text":
+                encoded[it.id] = (np.zeros(0, np.uint32), {}, None, {})
 
     def _encode_audio(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         import torch

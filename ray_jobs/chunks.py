@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from sharding.format import Sample
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -33,10 +36,11 @@ class ChunkRef:
 @dataclass(kw_only=True)
 class EncodedChunk:
     """What an actor made of a chunk, kept in the object store until its shard is written: the samples
-    (dicts the shard writer takes: id, tokens, text, meta) and per-sample errors, each in plan order."""
+    (sharding.format.Sample, as build_sample made them) and per-sample errors (their errors.jsonl rows),
+    each in plan order."""
 
     ids: list[str]
-    samples: list[dict]
+    samples: list[Sample]
     errors: list[dict]
 
 
@@ -106,7 +110,7 @@ def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_
             for i, (a, b) in enumerate(bounds)]
 
 
-def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) -> tuple[list[dict], list[dict]]:
+def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) -> tuple[list[Sample], list[dict]]:
     """The shard's samples and errors in plan order from its chunks (given in chunk order); every row
     exactly once, or an error naming the shard (never a shard with a row missing or written twice)."""
     samples = [s for c in chunks for s in c.samples]
@@ -115,13 +119,13 @@ def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) 
     if covered != list(ids):
         raise RuntimeError(f"{where}: the encoded chunks cover {len(covered)} rows, the plan has {len(ids)} "
                            "(exactly-once violated before writing)")
-    written = [s["id"] for s in samples]
+    written = [s.id for s in samples]
     failed = {e["id"] for e in errors}
     if len(set(written)) != len(written) or set(written) & failed or set(written) | failed != set(ids):
         lost = sorted(set(ids) - set(written) - failed)
         raise RuntimeError(f"{where}: exactly-once violated before writing (lost {lost[:3]})")
     order = {x: i for i, x in enumerate(ids)}
-    samples.sort(key=lambda s: order[s["id"]])  # already in plan order; sorting makes that a guarantee
+    samples.sort(key=lambda s: order[s.id])  # already in plan order; sorting makes that a guarantee
     return samples, sorted(errors, key=lambda e: e["id"])
 
 
@@ -134,19 +138,20 @@ def write_shard_task(out: str, split: str, shard: str, ids: list[str], token_spa
     started = time.perf_counter()
     space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
     samples, errors = assemble(ids, chunks, where=f"{split}/{shard}")
-    index = write_shard(out, split=split, shard=shard, token_space=space, samples=samples, errors=errors, extra=extra)
+    index = write_shard(out, split=split, shard=shard, token_space=space, samples=[s.to_dict() for s in samples],
+                        errors=errors, extra=extra)
     modalities: dict[str, int] = {}
     reasons: dict[str, int] = {}
     audio_seconds = 0.0
     media_tokens = text_tokens = images = 0
     for s in samples:
-        meta = s["meta"]
-        modalities[meta["modality"]] = modalities.get(meta["modality"], 0) + 1
-        media_tokens += int(s["tokens"].size)
-        text_tokens += int(s["text"].size)
-        if meta["modality"] == "audio":
-            audio_seconds += meta["n_samples"] / meta["sample_rate"]
-        elif meta["modality"] == "image":
+        modality = s.meta.modality
+        modalities[modality] = modalities.get(modality, 0) + 1
+        media_tokens += int(s.tokens.size)
+        text_tokens += int(s.text.size)
+        if modality == "audio":
+            audio_seconds += s.meta.codec["n_samples"] / s.meta.codec["sample_rate"]
+        elif modality == "image":
             images += 1
     for e in errors:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from sharding.outdir import ERRORS_NAME, path_of
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
 
@@ -52,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     job = run_tokenize(cfg)
     c, t = job["counts"], job["throughput"]
-    errors = f"  per-sample errors: {args.out}/errors.jsonl" if c["errors"] else None
+    errors = f"  per-sample errors: {path_of(args.out, ERRORS_NAME)}" if c["errors"] else None
     if c["shards"]["written"] == 0:
         print(f"nothing to do: all {c['shards']['total']} shards complete at {args.out} "
               f"({c['samples']} samples, {c['errors']} errors)")

@@ -27,10 +27,11 @@ from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
 from ray_jobs.resources import Request, local_num_cpus, resolve
 from ray_jobs.scheduler import ChunkScheduler, RunResult, Waiting, peak_rss_mb, short_error
-from ray_jobs.outputs import (ERRORS_NAME, JOB_NAME, PLAN_NAME, JobError, claim_plan, claim_space, completed_shards, merge_errors,
-                              read_bytes, remove_stale_temp_files, write_job)
+from ray_jobs.outputs import JobError, remove_stale_temp_files
 
 from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
+from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_shards, has_job, merge_errors, plan_matches,
+                             write_job)
 from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
@@ -59,7 +60,7 @@ def _plan_while_ray_starts(cfg: TokenizeConfig, ray_state: "_RayState") -> tuple
     600k rows). Without a job.json in OUT there is no finished run to find, so Ray will be needed; with one,
     a rerun may have nothing to do, and it is checked without starting Ray at all.
     """
-    if read_bytes(cfg.out, JOB_NAME) is not None:
+    if has_job(cfg.out, flag="--out"):
         return plan_job(cfg)
     import concurrent.futures
 
@@ -80,15 +81,6 @@ def _plan_while_ray_starts(cfg: TokenizeConfig, ray_state: "_RayState") -> tuple
         raise
     finally:
         pool.shutdown(wait=False)
-
-
-def chunk_rows(rows: list[dict], *, batch_seconds: float, max_images: int) -> list[list[dict]]:
-    """Consecutive rows grouped so a chunk holds about batch_seconds of audio or max_images images."""
-    from ray_jobs.chunks import chunk_bounds
-
-    bounds = chunk_bounds([r.get("duration") for r in rows], [r["modality"] for r in rows],
-                          batch_seconds=batch_seconds, max_images=max_images)
-    return [rows[a:b] for a, b in bounds]
 
 
 def absolute_paths(cfg: TokenizeConfig, ucfg: UTIConfig) -> tuple[TokenizeConfig, UTIConfig]:
@@ -203,14 +195,14 @@ def _new_actor(cfg: TokenizeConfig, ucfg: UTIConfig, request: Request, index: in
         name=actor_name(cfg.out, index), num_cpus=request.cpus_per_actor, num_gpus=request.gpus_per_actor,
         max_restarts=max_restarts, max_task_retries=0,
         scheduling_strategy="SPREAD",  # one node going away takes as few actors with it as possible
-    ).remote(config=to_dict(ucfg), token_space_json=space_json, out=cfg.out, device=request.device,
+    ).remote(config=ucfg, token_space_json=space_json, out=cfg.out, device=request.device,
              threads=max(1, int(request.cpus_per_actor)), modalities=modalities)
 
 
 def _looks_complete(out: str, plan: Plan) -> bool:
     """A finished run of this plan is there (its job.json written last): likely nothing to do, so Ray is
     not started ahead of the check. A wrong guess costs only the overlap of Ray's start with codec loading."""
-    return read_bytes(out, JOB_NAME) is not None and read_bytes(out, PLAN_NAME) == plan.to_bytes()
+    return has_job(out, flag="--out") and plan_matches(out, plan)
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
@@ -230,8 +222,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
     ray_state = _RayState(cfg)
     rows, plan = _plan_while_ray_starts(cfg, ray_state)
-    # The driver keeps each row once (no dict copies of every row); a shard's rows become plain dicts only
-    # when the shard is sent out (issue 12: ~2 GB and 9 s more at 600k rows).
+    # The driver keeps each row once (no dict copies of every row, issue 12: ~2 GB and 9 s more at 600k
+    # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
     started = time.time()
@@ -256,7 +248,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
         orphans = _remove_orphans_of(cfg.out, todo)
         read_args = {"sample_rate": facts.sample_rate, "channels": facts.channels, "proc_size": facts.proc_size,
-                     "limits": to_dict(ucfg.limits),
+                     "limits": ucfg.limits,
                      "no_range": {m: missing_modality_message(space, m) for m in ("audio", "image", "text")
                                   if not space.has_modality(m)}}
 
@@ -293,7 +285,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     })
     job["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
     job["orphans_removed"] = [{"url": o.url, "kind": o.kind} for o in orphans]  # leftovers of an interrupted run
-    if todo or read_bytes(cfg.out, JOB_NAME) is None:
+    if todo or not has_job(cfg.out, flag="--out"):
         write_job(cfg.out, job)  # a rerun with nothing to do keeps the summary of the run that did the work
     if job["counts"]["samples"] == 0:
         raise JobError(_nothing_tokenized(cfg.out, errors))

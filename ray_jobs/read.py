@@ -1,12 +1,16 @@
 """CPU read tasks: decode, check and resample/resize one chunk of a shard's rows.
 
-They run as separate Ray tasks, ahead of the codec actors, so an actor never waits on I/O; they
-return plain numpy arrays (zero-copy through the object store) or per-row errors.
+They run as separate Ray tasks, ahead of the codec actors, so an actor never waits on I/O. Rows arrive as
+the driver's `ManifestRow`s (pickled as they are: no dict round trip, no re-validation) and each comes back
+as a `ReadResult`: its media as a plain numpy array (zero-copy through the object store), or why it failed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from sharding.manifest import ManifestRow
 from sharding.media import AudioSpec, load_media
@@ -14,28 +18,50 @@ from uti.config import LimitsConfig
 from uti.errors import MediaError
 
 
-def read_rows(rows: list[dict], *, sample_rate: int, channels: int, proc_size: int, limits: dict,
-              no_range: dict[str, str] | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class ReadFailure:
+    """Why a row cannot be tokenized: its errors.jsonl row once the actor adds the path, split and shard."""
+
+    stage: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """One row after its read task: `data` is the decoded media (audio [channels, samples] float32, or the
+    resized image), None for a text row or a failed one; `failure` says why a row cannot be tokenized."""
+
+    id: str
+    data: np.ndarray | None = None
+    source_sha256: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    failure: ReadFailure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def read_rows(rows: list[ManifestRow], *, sample_rate: int, channels: int, proc_size: int, limits: LimitsConfig,
+              no_range: dict[str, str] | None = None) -> list[ReadResult]:
     """`no_range` maps each modality the token space has no range for to the reason (a per-sample
     error: the config leaves that modality out, so its rows cannot be tokenized, but the rest can)."""
-    lim = LimitsConfig(**limits)
     spec = AudioSpec(sample_rate=sample_rate, channels=channels)
     no_range = no_range or {}
-    out = []
-    for data in rows:
-        row = ManifestRow.from_dict(data)
-        if row.modality in no_range:
-            out.append({"id": row.id, "ok": False, "stage": "tokenize", "reason": f"no_{row.modality}_range",
-                        "detail": no_range[row.modality]})
-            continue
-        try:
-            # The same loader verify's retokenize check uses (files and Hugging Face rows alike).
-            media = load_media(row, spec=spec, proc_size=proc_size, limits=lim)
-            if media is None:  # text
-                out.append({"id": row.id, "ok": True, "data": None, "sha": None, "info": {}})
-            else:
-                data = media.data.numpy() if row.modality == "audio" else media.data
-                out.append({"id": row.id, "ok": True, "data": data, "sha": media.source_sha256, "info": media.info})
-        except MediaError as exc:
-            out.append({"id": row.id, "ok": False, "stage": exc.stage, "reason": exc.reason, "detail": str(exc)})
-    return out
+    return [_read_row(row, spec=spec, proc_size=proc_size, limits=limits, no_range=no_range) for row in rows]
+
+
+def _read_row(row: ManifestRow, *, spec: AudioSpec, proc_size: int, limits: LimitsConfig,
+              no_range: dict[str, str]) -> ReadResult:
+    if row.modality in no_range:
+        return ReadResult(row.id, failure=ReadFailure("tokenize", f"no_{row.modality}_range", no_range[row.modality]))
+    try:
+        # The same loader verify's retokenize check uses (files and Hugging Face rows alike).
+        media = load_media(row, spec=spec, proc_size=proc_size, limits=limits)
+    except MediaError as exc:
+        return ReadResult(row.id, failure=ReadFailure(exc.stage, exc.reason, str(exc)))
+    if media is None:  # text
+        return ReadResult(row.id)
+    data = media.data.numpy() if row.modality == "audio" else media.data
+    return ReadResult(row.id, data=data, source_sha256=media.source_sha256, info=media.info)

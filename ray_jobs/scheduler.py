@@ -21,6 +21,8 @@ from typing import Any, Iterator
 from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, shard_chunks, write_shard_task
 from ray_jobs.outputs import JobError
 from ray_jobs.resources import PENDING_GRACE_SECONDS, Request, waiting_reason
+from sharding.manifest import ManifestRow
+from sharding.outdir import PLAN_NAME, path_of
 
 log = logging.getLogger(__name__)
 QUEUE_PER_ACTOR = 2  # one chunk encoding, one whose media is being read ahead
@@ -114,11 +116,12 @@ class ChunkScheduler:
             self.open[opened.key] = opened
             self.pending.extend(chunks)
 
-    def _rows(self, chunk: ChunkRef) -> list[dict]:
+    def _rows(self, chunk: ChunkRef) -> list[ManifestRow]:
+        """The chunk's rows as the driver holds them: ManifestRows pickle as they are (no dict copy each way)."""
         shard = self.open[chunk.shard_key].shard
-        return [self.row_of(x).to_dict() for x in shard.ids[chunk.start: chunk.end]]
+        return [self.row_of(x) for x in shard.ids[chunk.start: chunk.end]]
 
-    def _read(self, rows: list[dict], node: str | None) -> list:
+    def _read(self, rows: list[ManifestRow], node: str | None) -> list:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         # Decoded audio is ~10x its file: read where the consuming actor runs (soft: any node will do).
@@ -241,7 +244,7 @@ class ChunkScheduler:
         if n >= self.cfg.max_shard_failures:
             raise JobError(
                 f"shard {key} failed {n} times ({what}); last error: {short_error(outcome)}. "
-                f"Its rows are listed in {self.cfg.out}/plan.json; fix the cause and rerun the same "
+                f"Its rows are listed in {path_of(self.cfg.out, PLAN_NAME)}; fix the cause and rerun the same "
                 "command: completed shards are kept")
 
     # ---- writers ----------------------------------------------------------------------------------------------

@@ -10,20 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 from uti.errors import UTIError
 from uti.token_space import canonical_json
 
-from sharding.paths import atomic_write_bytes
-
 FORMAT = "uti.plan"
 VERSION = 1
-PLAN_NAME = "plan.json"
 DEFAULT_TARGET_SAMPLES = 1000
 _SHARD_NAME = re.compile(r"^shard-\d{6,}$")
 
@@ -175,14 +170,6 @@ def _group(items: list[tuple[str, float]], target: Mapping[str, Any]) -> list[Pl
     return shards
 
 
-def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write plan.json atomically; `path` is the file, or a directory to hold `plan.json`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PLAN_NAME
-    return atomic_write_bytes(path, plan.to_bytes())
-
-
 def plan_from_dict(data: Any, *, where: str = "plan") -> Plan:
     """Validate and build a Plan from parsed JSON; errors name what is wrong and where."""
     if not isinstance(data, dict):
@@ -240,18 +227,7 @@ def plan_from_bytes(data: bytes, *, where: str = "plan") -> Plan:
     return plan_from_dict(parsed, where=where)
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """Read plan.json (a file, or a directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PLAN_NAME
-    if not path.is_file():
-        raise PlanError(f"plan {path} does not exist")
-    return plan_from_bytes(path.read_bytes(), where=str(path))
-
-
-def plan_sha256(plan_or_path: Plan | str | os.PathLike) -> str:
-    """SHA-256 of a plan's canonical bytes (equal to the SHA-256 of its plan.json file)."""
-    if isinstance(plan_or_path, Plan):
-        return plan_or_path.sha256
-    return load_plan(plan_or_path).sha256
+def plan_sha256(plan: Plan) -> str:
+    """SHA-256 of a plan's canonical bytes (equal to the SHA-256 of its plan.json file; read and written
+    only by sharding.outdir, the owner of the OUT folder)."""
+    return plan.sha256

@@ -1,4 +1,5 @@
-"""Shared fixtures. Loading codecs costs seconds, so the default tokenizer is built once per session."""
+"""Shared fixtures. Loading codecs costs seconds, so the default tokenizer is built once per session; starting
+Ray costs seconds too, so every module that needs a local Ray shares one instance (`ray_session`)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,94 @@ def default_tokenizer():
 @pytest.fixture(scope="session")
 def default_space(default_tokenizer):
     return default_tokenizer.space
+
+
+# ---- one local Ray for the session ----------------------------------------------------------------------
+# Logical CPUs of the shared instance: Ray's num_cpus is a count, not the machine's cores. 3 fits every user:
+# two 1-CPU codec actors plus a read task (tokenize), two Ray Train workers (train), verify's tasks.
+SHARED_RAY_CPUS = 3
+
+
+class SharedRay:
+    """The session's local Ray, started through uti.ray_local.connect (loopback only, no dashboard: the
+    security test shows a bare ray.init listening on every interface) and restarted after a module that
+    needed a Ray of its own (`private_ray`) stopped it."""
+
+    def __init__(self) -> None:
+        self.owned = False
+
+    def ensure(self):
+        import ray
+
+        from train.ray_hooks import RUNTIME_ENV  # the hook `uti train` gives the instances it starts
+        from uti.ray_local import connect
+
+        if not ray.is_initialized():
+            self.owned = connect(None, num_cpus=SHARED_RAY_CPUS, runtime_env=RUNTIME_ENV)
+        return ray
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        self.owned = False
+
+
+@pytest.fixture(scope="session")
+def _shared_ray():
+    shared = SharedRay()
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_session(_shared_ray):
+    """The `ray` module, initialised: one local instance (SHARED_RAY_CPUS logical CPUs) for every module of
+    the session. Tests may kill actors on it but never shut it down."""
+    return _shared_ray.ensure()
+
+
+@pytest.fixture(scope="module")
+def private_ray(_shared_ray):
+    """For a module that needs a Ray of its own (another CPU count, a multi-node cluster, a subprocess
+    cluster): the shared instance is stopped first (the next module that asks for it gets a new one), and
+    the module starts and stops its own."""
+    _shared_ray.stop()
+    yield
+    import ray
+
+    if ray.is_initialized():  # the module's own instance, if it left it running
+        ray.shutdown()
+
+
+# ---- one tokenize input set and its clean runs ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tokenize_manifests(tmp_path_factory) -> list[str]:
+    """tokenize_helpers.make_manifests (Clotho + LLaVA layouts, 10 good files and 3 broken ones), written
+    once: samples record their absolute source path, so runs compared byte for byte share these inputs."""
+    from tokenize_helpers import make_manifests
+
+    return make_manifests(tmp_path_factory.mktemp("tokenize-data"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(_shared_ray, tokenize_manifests, tmp_path_factory):
+    """reference_run(shard_samples) -> (OUT, job dict): the clean run of `tokenize_manifests` with two
+    actors on the shared Ray, done once per session and shard size (several modules compare against the
+    same run). Read it or copy it; never write into it."""
+    from ray_jobs.config import TokenizeConfig
+    from ray_jobs.job import run_tokenize
+
+    runs: dict[int, tuple] = {}
+
+    def get(shard_samples: int):
+        if shard_samples not in runs:
+            _shared_ray.ensure()
+            out = tmp_path_factory.mktemp(f"reference-{shard_samples}") / "out"
+            job = run_tokenize(TokenizeConfig(manifests=tuple(tokenize_manifests), out=str(out),
+                                              shard_samples=shard_samples, num_actors=2, progress=False))
+            runs[shard_samples] = (out, job)
+        return runs[shard_samples]
+
+    return get

@@ -19,7 +19,8 @@ import pytest
 from cluster_helpers import RayStartCluster, free_port
 from tokenize_helpers import make_manifests
 
-pytestmark = pytest.mark.ray
+# Its own Ray: a `ray start` cluster in other processes, reached from outside with `ray job submit`.
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
 
 
 @pytest.fixture(scope="module")

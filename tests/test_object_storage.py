@@ -20,23 +20,20 @@ import soundfile as sf
 from s3_helpers import FAKE_SECRET, start_s3_server, stop_s3_server
 from uti.assets import synth_audio
 
-pytestmark = pytest.mark.ray
+# Its own Ray: a cluster whose processes never saw the AWS_* variables (the shared instance might have).
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
 
 SPLIT = "development"
 
 
 def _make_clotho(root: Path) -> None:
     """Three short clips in the Clotho layout (tiny: the point is the storage, not the codec)."""
-    (root / SPLIT).mkdir(parents=True)
-    rows = []
-    for i, (kind, seconds) in enumerate([("tone", 0.3), ("chirp", 0.4), ("noise", 0.3)]):
-        name = f"clip {i}.wav"
-        sf.write(root / SPLIT / name, synth_audio(kind, seconds=seconds, sample_rate=16000, seed=i), 16000)
-        rows.append([name] + [f"a {kind} sound {i}.{j}" for j in range(5)])
-    with open(root / f"clotho_captions_{SPLIT}.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file_name"] + [f"caption_{j}" for j in range(1, 6)])
-        writer.writerows(rows)
+    from demo.data import ClothoClip, write_clotho_split
+
+    write_clotho_split(root, SPLIT, [
+        ClothoClip(name=f"clip {i}.wav", captions=tuple(f"a {kind} sound {i}.{j}" for j in range(5)),
+                   audio=synth_audio(kind, seconds=seconds, sample_rate=16000, seed=i), rate=16000)
+        for i, (kind, seconds) in enumerate([("tone", 0.3), ("chirp", 0.4), ("noise", 0.3)])])
 
 
 @pytest.fixture(scope="module")
@@ -454,6 +451,8 @@ def test_driver_sigkill_on_a_bucket_then_rerun_is_byte_identical(six_by_options,
     import signal
     import time
 
+    from tokenize_helpers import wait_for
+
     options = _storage_options_file(s3, tmp_path / "opts.json")
     args = _six_args(manifest_six, s3.url("kill"), cluster.address, codec_config, options)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -462,12 +461,12 @@ def test_driver_sigkill_on_a_bucket_then_rerun_is_byte_identical(six_by_options,
     proc = subprocess.Popen([sys.executable, "-m", "uti.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
+        def committed_one() -> bool:
             fs.invalidate_cache()
-            if fs.exists(f"{s3.bucket}/kill/plan.json") and fs.glob(f"{shards}/*.json"):
-                break
-            time.sleep(0.02)
+            return bool(fs.exists(f"{s3.bucket}/kill/plan.json") and fs.glob(f"{shards}/*.json"))
+
+        wait_for(lambda: proc.poll() is not None or committed_one(), timeout=180, step=0.02,
+                 what="plan.json and a first committed shard index in the bucket")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

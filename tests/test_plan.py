@@ -9,7 +9,8 @@ import random
 import pytest
 
 from sharding.manifest import ManifestRow, manifests_sha256, read_manifests, write_manifest
-from sharding.plan import PlanError, load_plan, make_plan, plan_from_bytes, plan_sha256, write_plan
+from sharding.outdir import load_plan, write_plan
+from sharding.plan import PlanError, make_plan, plan_from_bytes, plan_sha256
 
 SHA = "ab" * 32
 
@@ -29,12 +30,11 @@ def test_plan_is_byte_identical_and_order_independent(tmp_path):
     rows = rows_mixed()
     shuffled = rows[:]
     random.Random(1).shuffle(shuffled)
-    p1 = write_plan(make_plan(rows, manifest_sha256=SHA, target_samples=4), tmp_path / "a" / "plan.json")
-    (tmp_path / "b").mkdir()
-    p2 = write_plan(make_plan(shuffled, manifest_sha256=SHA, target_samples=4), tmp_path / "b")
-    assert p2.name == "plan.json"
+    write_plan(tmp_path / "a", make_plan(rows, manifest_sha256=SHA, target_samples=4))
+    write_plan(tmp_path / "b", make_plan(shuffled, manifest_sha256=SHA, target_samples=4))
+    p1, p2 = tmp_path / "a" / "plan.json", tmp_path / "b" / "plan.json"
     assert p1.read_bytes() == p2.read_bytes()
-    assert plan_sha256(p1) == hashlib.sha256(p1.read_bytes()).hexdigest()
+    assert plan_sha256(load_plan(tmp_path / "a")[0]) == hashlib.sha256(p1.read_bytes()).hexdigest()
     # Canonical: compact, sorted keys.
     text = p1.read_text()
     assert text.startswith('{"format":"uti.plan","manifest_sha256":"' + SHA + '","splits":{"test":[{"ids":["d:002"')
@@ -88,8 +88,9 @@ def test_plan_input_errors():
 
 def test_load_plan_roundtrip_and_validation(tmp_path):
     plan = make_plan(rows_mixed(), manifest_sha256=SHA, target_seconds=2.0)
-    path = write_plan(plan, tmp_path / "plan.json")
-    loaded = load_plan(tmp_path)
+    write_plan(tmp_path, plan)
+    path = tmp_path / "plan.json"
+    loaded, _ = load_plan(tmp_path)
     assert loaded == plan and loaded.to_bytes() == path.read_bytes()
     assert loaded.shard("val", "shard-000000").ids == plan.splits["val"][0].ids
 
@@ -108,8 +109,8 @@ def test_load_plan_roundtrip_and_validation(tmp_path):
         mutate(bad)
         with pytest.raises(PlanError, match=match):
             plan_from_bytes(json.dumps(bad).encode())
-    with pytest.raises(PlanError, match="does not exist"):
-        load_plan(tmp_path / "nope.json")
+    with pytest.raises(FileNotFoundError, match="no plan.json in"):
+        load_plan(tmp_path / "nope")
 
 
 def test_plan_over_several_manifests(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenize_helpers import make_manifests, shard_bytes
+from tokenize_helpers import shard_bytes
 
 OUR_PACKAGES = ("uti", "sharding", "ray_jobs", "verify", "train", "demo", "bench")
 
@@ -34,16 +34,12 @@ def _imported(folder: Path) -> list[str]:
 
 
 @pytest.mark.ray
-def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_directory(tmp_path):
+def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_directory(tmp_path, tokenize_manifests,
+                                                                                     reference_run):
     """One tokenize + verify through the CLI from a folder holding verify.py, sharding.py, train.py,
     ray_jobs.py, demo.py, bench.py and uti.py: both succeed, the shards are byte-identical to a run from
     a clean folder, and no process imported any of those files."""
-    import ray
-
-    from ray_jobs.config import TokenizeConfig
-    from ray_jobs.job import run_tokenize
-
-    manifests = make_manifests(tmp_path / "data")
+    manifests = tokenize_manifests
     work = _plant(tmp_path / "work", OUR_PACKAGES)
     # Relative paths on purpose: they are resolved on the driver, whatever the workers' directory.
     rel = [os.path.relpath(m, work) for m in manifests]
@@ -57,13 +53,7 @@ def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_direc
     assert "FAIL" not in verify.stdout and "PASS: every hard check passed" in verify.stdout, verify.stdout
     assert _imported(work) == [], "a process imported a shadow module from the working directory"
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    try:
-        clean = tmp_path / "clean"
-        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(clean), shard_samples=3, num_actors=2,
-                                    progress=False))
-    finally:
-        ray.shutdown()
+    clean, _ = reference_run(3)  # the same flags, run in this process (cwd: the repository): tests/conftest.py
     assert shard_bytes(work / "out") == shard_bytes(clean)
     assert (work / "out" / "errors.jsonl").read_bytes() == (clean / "errors.jsonl").read_bytes()
 

@@ -439,16 +439,8 @@ def test_memory_filesystem_write_list_and_read():
 
 
 # ---- Ray Data ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
-def test_ray_dataset_reads_through_the_validating_reader(tmp_path, ray_local):
+def test_ray_dataset_reads_through_the_validating_reader(tmp_path, ray_session):
     from sharding.ray_reader import read_ray_dataset
 
     write(tmp_path, 4)

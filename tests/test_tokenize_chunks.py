@@ -20,16 +20,6 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    # address="local": a new instance even when another `ray start` cluster runs on this machine.
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     """One split, so the default plan is ONE shard: 10 clips (~14 s of audio), 4 images, a corrupt file."""
     from sharding.manifest import ManifestRow, write_manifest
@@ -62,7 +52,7 @@ def _cfg(manifest, out, **kw) -> TokenizeConfig:
 
 
 @pytest.fixture(scope="module")
-def one_actor(ray_local, manifest, tmp_path_factory):
+def one_actor(ray_session, manifest, tmp_path_factory):
     """The reference: one actor, chunks so large the shard is one chunk."""
     out = tmp_path_factory.mktemp("one") / "out"
     job = run_tokenize(_cfg(manifest, out, num_actors=1, batch_seconds=1000.0, max_images_per_batch=1000))
@@ -74,7 +64,7 @@ TWO = {"num_actors": 2, "batch_seconds": 3.0, "max_images_per_batch": 2}
 
 
 @pytest.fixture(scope="module")
-def two_actors(ray_local, manifest, tmp_path_factory):
+def two_actors(ray_session, manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("two") / "out"
     return out, run_tokenize(_cfg(manifest, out, **TWO))
 
@@ -91,8 +81,8 @@ def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, 
     assert shard_bytes(tmp_path / "tiny") == shard_bytes(ref)
 
 
-def test_actor_killed_mid_run_redoes_only_its_chunks(one_actor, two_actors, manifest, tmp_path, ray_local):
-    ray = ray_local
+def test_actor_killed_mid_run_redoes_only_its_chunks(one_actor, two_actors, manifest, tmp_path, ray_session):
+    ray = ray_session
     ref, _ = one_actor
     out = tmp_path / "killed"
     result: dict = {}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.job import run_tokenize
-from tokenize_helpers import make_manifests, shard_bytes
+from tokenize_helpers import make_manifests, shard_bytes, wait_for
 
-pytestmark = pytest.mark.ray
+# Its own Ray: a two-node ray.cluster_utils.Cluster, one of whose nodes is removed mid-job.
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
 
 
 def test_removing_a_worker_node_mid_job_loses_no_shard(tmp_path):
@@ -30,9 +30,10 @@ def test_removing_a_worker_node_mid_job_loses_no_shard(tmp_path):
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(job=run_tokenize(cfg)))
         thread.start()
-        deadline = time.time() + 180
-        while time.time() < deadline and not ((out / "shards").exists() and any((out / "shards").rglob("*.json"))):
-            time.sleep(0.05)
+        # the node leaves mid-job: after the first shard is committed, while the job still runs
+        wait_for(lambda: (out / "shards").exists() and any((out / "shards").rglob("*.json")) or not thread.is_alive(),
+                 timeout=180, what="the first committed shard index under OUT/shards")
+        assert thread.is_alive(), f"the job ended before the worker node could be removed mid-job: {result}"
         nodes_before = len([n for n in ray.nodes() if n["Alive"]])
         cluster.remove_node(worker)
         thread.join(timeout=400)

@@ -15,33 +15,20 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ray_jobs.config import TokenizeConfig
-from ray_jobs.job import run_tokenize
-from tokenize_helpers import make_manifests, shard_bytes, wait_for
+from tokenize_helpers import shard_bytes, wait_for
 from uti.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+def manifests(tokenize_manifests):
+    return tokenize_manifests
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    return make_manifests(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def reference(ray_local, manifests, tmp_path_factory):
-    """A clean run, one sample per shard (13 shards: room to interrupt a run between two of them)."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    job = run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=1, num_actors=2,
-                                      progress=False))
-    return out, job
+def reference(reference_run):
+    """A clean run, one sample per shard (13 shards: room to interrupt a run between two of them); the
+    session's (tests/conftest.py), shared with test_tokenize.py."""
+    return reference_run(1)
 
 
 def _tokenize_cmd(manifests, out: Path) -> list[str]:
@@ -75,7 +62,8 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_is_byte_identical(reference, ma
     cmd = _tokenize_cmd(manifests, out)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert wait_for(lambda: (out / "shards").exists() and any((out / "shards").rglob("shard-*.json")), timeout=300)
+        wait_for(lambda: (out / "shards").exists() and any((out / "shards").rglob("shard-*.json")), timeout=300,
+                 what="the first committed shard index")
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -85,7 +73,7 @@ def test_sigterm_stops_like_ctrl_c_and_the_rerun_is_byte_identical(reference, ma
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines()[-1] == "uti tokenize: interrupted; rerun the same command to resume", stderr
     assert "Traceback" not in stderr and "SIGTERM received" not in stderr and "Aborted" not in stderr, stderr
-    assert wait_for(lambda: not _session_members(proc.pid), timeout=30), "Ray processes of the run outlived it"
+    wait_for(lambda: not _session_members(proc.pid), timeout=30, what="the run's Ray processes to exit with it")
     tars = {p.with_suffix("") for p in (out / "shards").rglob("shard-*.tar")}
     indexes = {p.with_suffix("") for p in (out / "shards").rglob("shard-*.json")}
     assert tars == indexes and 1 <= len(indexes) < 13, (tars, indexes)  # temp files have other names
@@ -133,7 +121,7 @@ def test_rates_are_over_the_time_their_modality_was_encoded(reference):
 
 
 @pytest.mark.ray
-def test_a_run_that_tokenizes_nothing_fails_naming_errors_jsonl_and_the_reasons(ray_local, manifests, tmp_path, capsys):
+def test_a_run_that_tokenizes_nothing_fails_naming_errors_jsonl_and_the_reasons(ray_session, manifests, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     lines = Path(manifests[0]).read_text().splitlines(keepends=True)
     bad.write_text("".join(line for line in lines if '"clotho:corrupt.wav"' in line or '"clotho:nan.wav"' in line))

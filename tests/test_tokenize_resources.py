@@ -16,7 +16,9 @@ from ray_jobs.outputs import JobError
 from ray_jobs.resources import Request, default_actors, waiting_reason
 from tokenize_helpers import make_manifests
 
-pytestmark = pytest.mark.ray
+# Its own Ray: the scheduling tests need a 2-CPU instance (the shared one has 3), and the first test checks
+# that a job which started Ray stops it again, so no Ray may be running when this module starts.
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
 
 
 @pytest.fixture(scope="module")

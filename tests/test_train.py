@@ -334,23 +334,13 @@ def test_stream_counts_overlong_never_truncates(data, default_space):
 
 
 # ---- Ray Train runs -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from train.runner import ensure_ray
-
-    started = ensure_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
 
 
 STEPS_A = 80
 
 
 @pytest.fixture(scope="module")
-def run_a(data, ray_local, tmp_path_factory):
+def run_a(data, ray_session, tmp_path_factory):
     """The overfit run, through the CLI: 2 workers, tiny model, checkpoints at 40 and 80."""
     from uti.cli import main
 
@@ -439,7 +429,7 @@ def test_token_space_mismatch_fails_fast(run_a, data, tmp_path):
     assert record[0]["expected"] == data_id and record[0]["found"] == other.id
 
 
-def test_trainable_rows_leave_text_rows_bit_identical(data, ray_local, tmp_path):
+def test_trainable_rows_leave_text_rows_bit_identical(data, ray_session, tmp_path):
     run = tmp_path / "rows"
     cfg = TrainConfig(data=(str(data),), out=str(run), steps=12, seq_len=256, batch_size=2, trainable_rows=True,
                       overlong="split", warmup_steps=2, lr=1e-2, seed=0)

@@ -180,20 +180,9 @@ def test_shuffle_buffer_flag_reaches_the_streams(inputs, default_space):
 
 
 # ---- `uti train --num-workers 2` on a split of one shard (Ray Train) ---------------------------------------
-@pytest.fixture(scope="module")
-def ray_once():
-    """One local Ray for both `uti train` runs below (each would otherwise start and stop its own)."""
-    import ray
-
-    from train.runner import ensure_ray
-
-    started = ensure_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
 
 
-def test_two_workers_train_on_a_one_shard_split(inputs, tmp_path, default_space, ray_once):
+def test_two_workers_train_on_a_one_shard_split(inputs, tmp_path, default_space, ray_session):
     from train.checkpoint import latest_checkpoint, load_data_state
     from uti.cli import main
 

@@ -30,18 +30,11 @@ from train.generate import Constraint, GenerateConfig, GenerateError, audio_meta
 from train.model import padded_vocab
 from train.metrics import read_metrics
 from train.runner import prepare_run, resource_shortfall, resume_config, train
+from tokenize_helpers import wait_for
 from train_helpers import make_dataset
 from uti.errors import ConfigError
 
 STEPS_BIG = 1000  # the interrupted run's --steps: never reached
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 # ---- no Ray ------------------------------------------------------------------------------------
@@ -122,7 +115,7 @@ def interrupted(data, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "uti.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: list_checkpoints(cwd / "RUN") or proc.poll() is not None, 420, "the first checkpoint")
+        wait_for(lambda: list_checkpoints(cwd / "RUN") or proc.poll() is not None, 420, 0.2, what="the first checkpoint")
         assert proc.poll() is None, f"uti train ended before its first checkpoint: {proc.communicate()}"
         os.killpg(proc.pid, signal.SIGINT)
         sent = time.time()
@@ -176,19 +169,9 @@ def test_resume_config_defaults_to_the_run_and_refuses_only_given_changes(interr
 
 
 # ---- in-process runs on one local Ray (in file order it starts after the subprocess has ended) ----
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from train.runner import ensure_ray
-
-    started = ensure_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
 
 
-def test_use_gpu_without_gpus_fails_at_once(data, ray_local, tmp_path, capsys):
+def test_use_gpu_without_gpus_fails_at_once(data, ray_session, tmp_path, capsys):
     from uti.cli import main
 
     t0 = time.time()
@@ -198,7 +181,7 @@ def test_use_gpu_without_gpus_fails_at_once(data, ray_local, tmp_path, capsys):
     assert "drop --use-gpu" in err and time.time() - t0 < 60
 
 
-def test_resume_with_only_out_and_steps_prints_warning_and_text_loss(interrupted, ray_local, monkeypatch, capsys):
+def test_resume_with_only_out_and_steps_prints_warning_and_text_loss(interrupted, ray_session, monkeypatch, capsys):
     from uti.cli import main
 
     monkeypatch.chdir(interrupted["cwd"])
@@ -229,7 +212,7 @@ def tokenizer48():
 
 
 @pytest.fixture(scope="module")
-def run48(tokenizer48, ray_local, tmp_path_factory):
+def run48(tokenizer48, ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("nu-48k")
     data = make_dataset(root / "OUT", tokenizer48, audio_seconds=(0.4, 1.4))  # clips of 1 and 2 segments
     run = root / "RUN"

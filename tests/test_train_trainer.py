@@ -57,23 +57,11 @@ def two_inputs(tmp_path_factory, default_tokenizer):
     return a, b, len(tok.encode_text("a a")), len(tok.encode_text("b b b b b b b b b b b b"))
 
 
-@pytest.fixture(scope="module")
-def ray_here():
-    import ray
-
-    from train.runner import ensure_ray
-
-    started = ensure_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _totals(rows: list[dict], label: str, what: str) -> int:
     return sum(r["inputs"][label][what] for r in rows)
 
 
-def test_metrics_count_samples_and_tokens_per_input(two_inputs, ray_here, tmp_path):
+def test_metrics_count_samples_and_tokens_per_input(two_inputs, ray_session, tmp_path):
     from uti.cli import main
 
     a, b, tok_a, tok_b = two_inputs

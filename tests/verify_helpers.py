@@ -26,7 +26,8 @@ import pytest
 from sharding.format import HEADER_MEMBER, Sample, build_sample
 from sharding.manifest import ManifestRow, manifest_sha256, write_manifest
 from sharding.media import AudioSpec, load_media
-from sharding.plan import make_plan, write_plan
+from sharding.outdir import claim_plan, claim_space, completed_shards, merge_errors, write_job
+from sharding.plan import make_plan
 from sharding.writer import write_shard
 from uti.errors import MediaError
 from uti.strict import to_dict
@@ -36,17 +37,18 @@ DATASET = "synth"
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    """One Ray instance per test module (import this fixture by name); CLI runs join it with --address."""
-    import ray
+def ray_address(ray_session):
+    """The address of the session's shared Ray (tests/conftest.py; import this fixture by name): CLI runs
+    join it with --address.
 
-    if ray.is_initialized():  # another module's instance is still up: share it, leave it to its owner
-        yield ray.get_runtime_context().gcs_address
-        return
-    # address="local": a private instance even when someone else's `ray start` cluster runs on this machine.
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ctx.address_info["address"]
-    ray.shutdown()
+    That instance is loopback-only (uti.ray_local.connect); a process joining it must run Ray in the same
+    single-machine mode, or it looks for its raylet on the machine's routable IP and hangs. Subprocesses
+    started while the module runs inherit the flag from this environment."""
+    import ray._private.ray_constants as rc
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(rc.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+        yield ray_session.get_runtime_context().gcs_address
 
 
 # ---- sources -------------------------------------------------------------------------------------------
@@ -116,13 +118,11 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
     manifest = src / "manifest.jsonl"
     msha = write_manifest(manifest, rows)
     plan = make_plan(rows, manifest_sha256=msha, target_samples=target_samples)
-    out.mkdir(parents=True, exist_ok=True)
     space = tokenizer.space
-    space.write(out)
-    write_plan(plan, out)
+    claim_plan(out, plan)  # the job's own calls, in the job's order (ray_jobs.job)
+    claim_space(out, space)
     cfg = tokenizer.config
     by_id = {r.id: r for r in rows}
-    all_errors: list[dict] = []
     for split, sh in plan.shards():
         samples, errors = [], []
         for id_ in sh.ids:
@@ -133,9 +133,7 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
                 errors.append({"id": id_, "path": row.path, "split": split, "shard": sh.name,
                                "stage": exc.stage, "reason": exc.reason, "detail": str(exc)})
         write_shard(out, split=split, shard=sh.name, token_space=space, samples=samples, errors=errors)
-        all_errors.extend(errors)
-    all_errors.sort(key=lambda e: e["id"])
-    (out / "errors.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in all_errors))
+    all_errors = merge_errors(out, completed_shards(out, space, plan).values())  # rebuilt from the indexes, as the job does
     job = {
         "format": "uti.job", "version": 1, "complete": True, "token_space_id": space.id,
         "manifests": [{"path": str(manifest), "sha256": manifest_sha256(manifest)}],
@@ -143,7 +141,7 @@ def build_dataset(out: Path, *, tokenizer, src: Path | None = None, target_sampl
         "counts": {"planned": plan.num_samples, "samples": plan.num_samples - len(all_errors), "errors": len(all_errors)},
         "actors": {"count": 1, "device": "cpu"},
     }
-    (out / "job.json").write_text(json.dumps(job, indent=2, sort_keys=True) + "\n")
+    write_job(out, job)
     return BuiltDataset(out=out, manifest=manifest, rows=rows, space=space, errors=all_errors)
 
 

@@ -28,10 +28,11 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from sharding.format import ShardRef, list_shards, url_to_fs
+from sharding.outdir import SPACE_NAME, path_of, read_bytes
 from train.config import TASKS, TrainConfig, TrainError, split_names
 from train.sequences import MEDIA_OF
 from uti.errors import TokenSpaceError
-from uti.token_space import JSON_NAME, TokenSpace
+from uti.token_space import TokenSpace
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +171,11 @@ class MediaShape:
 def input_shape(out: str) -> MediaShape:
     """The media shape of OUT/token_space.json (the driver has already required and checked it);
     unknown when a caller points the stream at shards without one."""
-    fs, root = url_to_fs(out)
-    path = posixpath.join(root, JSON_NAME)
-    try:
-        return MediaShape.of(TokenSpace.from_json_bytes(fs.cat_file(path), where=f"{out}/{JSON_NAME}"))
-    except FileNotFoundError:
+    raw = read_bytes(out, SPACE_NAME, flag="--data")
+    if raw is None:
         return MediaShape.unknown()
+    try:
+        return MediaShape.of(TokenSpace.from_json_bytes(raw, where=path_of(out, SPACE_NAME)))
     except TokenSpaceError as exc:
         raise TrainError(str(exc)) from None
 

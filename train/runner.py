@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import posixpath
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sharding.format import url_to_fs
+from sharding.outdir import JOB_NAME, load_job, load_space, path_of
 from sharding.storage import storage_errors
 from train.audio_scale import write_scale
 from train.census import check_training_input, resolve_splits
@@ -41,7 +40,7 @@ from train.config import TrainConfig, TrainError, TrainInterrupted, absolute, fl
 from train.metrics import METRICS_NAME, plot_loss, read_metrics
 from train.model import local_model_vocab, vocab_warning
 from uti.errors import TokenSpaceError, UTIError
-from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
+from uti.token_space import JSON_NAME, TokenSpace, require_same
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +65,29 @@ class TrainResult:
     text_drift: dict[str, Any] | None = None  # RUN/text_drift.json: held-out text-only loss before/after
 
 
-def _read(out: str, name: str) -> bytes | None:
-    fs, root = url_to_fs(out)
-    path = posixpath.join(root, name)
-    return fs.cat_file(path) if fs.exists(path) else None
-
-
 def load_input_space(out: str) -> TokenSpace:
-    """OUT/token_space.json, checked against OUT/token_space.sha256 (local path or fsspec URL). The first
-    read of an input: a store that cannot be reached (credentials, endpoint) is one StorageError line."""
-    with storage_errors(out, "--data"):
-        raw, sha = _read(out, JSON_NAME), _read(out, SHA_NAME)
-    if raw is None or sha is None:
-        raise TrainError(f"--data {out}: no {JSON_NAME} + {SHA_NAME}; is it the OUT folder of `uti tokenize`?")
+    """OUT/token_space.json, checked against OUT/token_space.sha256 (local path or fsspec URL; sharding.outdir).
+    The first read of an input: a store that cannot be reached (credentials, endpoint) is one StorageError line."""
     try:
-        space = TokenSpace.from_json_bytes(raw, where=f"{out}/{JSON_NAME}")
+        with storage_errors(out, "--data"):
+            return load_space(out)
     except TokenSpaceError as exc:
-        raise TrainError(str(exc)) from None
-    recorded = (sha.decode().split() or [""])[0]
-    if recorded != sha256_hex(raw):
-        raise TrainError(f"{out}/{SHA_NAME} records {recorded[:16]!r} but {JSON_NAME} hashes to {space.id[:16]}; "
-                         "restore both files from the same tokenize job")
-    return space
+        raise TrainError(f"--data {out}: {exc}") from None
+
+
+def _copy_codec_config(run: Path, out: str) -> None:
+    """RUN/codec_config.json from the first input's job.json, so `uti generate` can decode without OUT."""
+    try:
+        job = load_job(out, flag="--data")
+        if job is not None:
+            (run / CODEC_CONFIG).write_text(json.dumps(job["config"], indent=2, sort_keys=True) + "\n")
+            return
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("%s has no usable \"config\" (%s); `uti generate` will not be able to decode",
+                    path_of(out, JOB_NAME), exc)
+        return
+    if not (run / CODEC_CONFIG).is_file():
+        log.warning("%s has no %s: `uti generate` will need %s in the run folder to decode", out, JOB_NAME, CODEC_CONFIG)
 
 
 def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
@@ -187,15 +187,7 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
     if overrides:
         old = json.loads((run / OVERRIDES).read_text()) if (run / OVERRIDES).is_file() else []
         (run / OVERRIDES).write_text(json.dumps(old + overrides, indent=2, sort_keys=True) + "\n")
-    job = _read(inputs[0], "job.json")
-    if job is not None:
-        try:
-            codec_config = json.loads(job.decode("utf-8"))["config"]
-            (run / CODEC_CONFIG).write_text(json.dumps(codec_config, indent=2, sort_keys=True) + "\n")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("%s/job.json has no usable \"config\" (%s); `uti generate` will not be able to decode", inputs[0], exc)
-    elif not (run / CODEC_CONFIG).is_file():
-        log.warning("%s has no job.json: `uti generate` will need %s in the run folder to decode", inputs[0], CODEC_CONFIG)
+    _copy_codec_config(run, inputs[0])
     write_scale(run, inputs, run_space)
     return {
         "train": cfg.to_dict() | {"data": inputs},

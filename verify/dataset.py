@@ -7,7 +7,6 @@ since no token can be checked without one.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -15,13 +14,12 @@ from typing import Any
 
 from sharding.errors import ShardError
 from sharding.format import INDEX_SUFFIX, TAR_SUFFIX, Orphan, find_orphans, list_shards, read_index, url_to_fs
-from sharding.plan import PLAN_NAME, Plan, PlanError, plan_from_bytes
+from sharding.outdir import (JOB_NAME, PLAN_NAME, SPACE_NAME, SPACE_SHA_NAME, load_errors, load_job, load_plan, load_space,
+                             path_of)
+from sharding.plan import Plan, PlanError
 from sharding.storage import storage_errors
 from uti.errors import TokenSpaceError, UTIError
-from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, sha256_hex
-
-ERRORS_NAME = "errors.jsonl"
-JOB_NAME = "job.json"
+from uti.token_space import TokenSpace
 
 
 @dataclass(frozen=True)
@@ -62,35 +60,6 @@ class DatasetFiles:
     temp_files: list[Orphan]
 
 
-def _read(out: str, name: str) -> bytes:
-    fs, root = url_to_fs(out)
-    with fs.open(posixpath.join(root, name), "rb") as fh:
-        return fh.read()
-
-
-def _exists(out: str, name: str) -> bool:
-    fs, root = url_to_fs(out)
-    return fs.exists(posixpath.join(root, name))
-
-
-def load_space_from(out: str) -> TokenSpace:
-    """token_space.json + token_space.sha256 of OUT (local or fsspec), with the same rules as TokenSpace.load."""
-    where = posixpath.join(out, JSON_NAME)
-    try:
-        raw = _read(out, JSON_NAME)
-    except (OSError, ValueError) as exc:
-        raise TokenSpaceError(f"{where}: cannot read ({exc})") from None
-    space = TokenSpace.from_json_bytes(raw, where=where)
-    try:
-        recorded = _read(out, SHA_NAME).decode("utf-8", "replace").split()
-    except (OSError, ValueError):
-        raise TokenSpaceError(f"{posixpath.join(out, SHA_NAME)}: missing; token_space.json and token_space.sha256 travel together") from None
-    if not recorded or recorded[0] != space.id:
-        raise TokenSpaceError(f"{posixpath.join(out, SHA_NAME)}: records {recorded[0][:16] if recorded else ''!r} but "
-                              f"{JSON_NAME} hashes to {space.id[:16]}; one of the two files was changed")
-    return space
-
-
 def load_dataset(out: str | os.PathLike, *, token_space: str | None = None) -> DatasetFiles:
     """The dataset-level files and shard list of OUT; a store that cannot be reached (credentials,
     endpoint) is one StorageError line."""
@@ -106,36 +75,34 @@ def _load_dataset(out: str, *, token_space: str | None) -> DatasetFiles:
 
     space, space_problem = None, None
     try:
-        space = load_space_from(out)
+        space = load_space(out)
     except TokenSpaceError as exc:
         space_problem = str(exc)
     if token_space is not None:
         expected, source = TokenSpace.load(token_space), str(token_space)  # a bad --token-space is a user error
     elif space is not None:
-        expected, source = space, posixpath.join(out, JSON_NAME)
+        expected, source = space, path_of(out, SPACE_NAME)
     else:
         raise UTIError(f"{space_problem}. Without a token space no token can be checked: restore "
-                       f"{JSON_NAME}/{SHA_NAME} or pass the expected one with --token-space FILE")
+                       f"{SPACE_NAME}/{SPACE_SHA_NAME} or pass the expected one with --token-space FILE")
 
     plan, plan_problem, plan_sha = None, None, None
     try:
-        raw = _read(out, PLAN_NAME)
-        plan_sha = sha256_hex(raw)
-        plan = plan_from_bytes(raw, where=posixpath.join(out, PLAN_NAME))
-    except (OSError, ValueError) as exc:
-        plan_problem = f"{posixpath.join(out, PLAN_NAME)}: cannot read ({exc})"
-    except PlanError as exc:
+        plan, plan_sha = load_plan(out)
+    except PlanError as exc:  # before OSError/ValueError: a PlanError is also a ValueError
         plan_problem = str(exc)
+    except (OSError, ValueError) as exc:
+        plan_problem = f"{path_of(out, PLAN_NAME)}: cannot read ({exc})"
 
-    errors, error_problems = _load_errors(out)
+    errors, error_problems = load_errors(out)
 
     job, job_problem = None, None
     try:
-        job = json.loads(_read(out, JOB_NAME).decode("utf-8"))
-        if not isinstance(job, dict):
-            job, job_problem = None, f"{posixpath.join(out, JOB_NAME)}: not a JSON object"
+        job = load_job(out)
     except (OSError, ValueError) as exc:
-        job_problem = f"{posixpath.join(out, JOB_NAME)}: cannot read ({exc})"
+        job_problem = str(exc)
+    if job is None and job_problem is None:
+        job_problem = f"{path_of(out, JOB_NAME)}: missing (a finished job writes it last)"
 
     shards, temps = discover_shards(out)
     return DatasetFiles(
@@ -143,26 +110,6 @@ def _load_dataset(out: str, *, token_space: str | None) -> DatasetFiles:
         plan=plan, plan_problem=plan_problem, plan_sha256=plan_sha, errors=errors, error_problems=error_problems,
         job=job, job_problem=job_problem, shards=shards, temp_files=temps,
     )
-
-
-def _load_errors(out: str) -> tuple[list[dict], list[str]]:
-    where = posixpath.join(out, ERRORS_NAME)
-    if not _exists(out, ERRORS_NAME):
-        return [], [f"{where}: missing (a finished job writes it, empty when nothing failed)"]
-    rows, problems = [], []
-    for lineno, line in enumerate(_read(out, ERRORS_NAME).split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            problems.append(f"{where} line {lineno}: not valid JSON ({exc})")
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not row["id"]:
-            problems.append(f"{where} line {lineno}: an error row is an object with a non-empty 'id'")
-            continue
-        rows.append(row)
-    return rows, problems
 
 
 def discover_shards(out: str) -> tuple[list[ShardTask], list[Orphan]]:

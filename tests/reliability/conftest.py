@@ -1,4 +1,4 @@
-"""Shared pieces of the reliability suite (issue 8): one Ray instance for the whole package, one small
+"""Shared pieces of the reliability suite (issue 8): the session's one Ray instance, one small
 dataset and its clean tokenization (the reference every faulted run must equal byte for byte), the
 exactly-once accounting, file-tree snapshots, and the results recorder behind REPORT.md.
 
@@ -100,23 +100,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # ---- Ray and the reference dataset -----------------------------------------------------------------------
-@pytest.fixture(scope="package")
-def ray_session():
-    """ONE local Ray instance for the package, shut down before any other test module runs.
-
-    Started through uti.ray_local.connect: ray.init(address="local", num_cpus=3, include_dashboard=False)
-    bound to 127.0.0.1 (a bare ray.init listens on every interface, test_security shows the difference)."""
-    import ray
-
-    from uti.ray_local import connect
-
-    if not connect(None, num_cpus=3):  # somebody else's instance: use it, leave it to its owner
-        yield ray
-        return
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+# `ray_session` (the one local Ray of the whole test session, started through uti.ray_local.connect) comes
+# from tests/conftest.py.
 
 
 @dataclass
@@ -174,11 +159,13 @@ def tokenize_cfg(data: FaultData, out: Path, **kw):
 
 
 @pytest.fixture(scope="package")
-def clean_run(ray_session, fault_data, tmp_path_factory) -> Path:
-    """The reference: an undisturbed run, fully verified (every sample decoded and re-encoded)."""
+def clean_run(_shared_ray, fault_data, tmp_path_factory) -> Path:
+    """The reference: an undisturbed run, fully verified (every sample decoded and re-encoded). Package scope
+    outlives the module-scoped `ray_session`, so it asks the session's shared Ray itself."""
     from ray_jobs.job import run_tokenize
     from verify import VerifyConfig, run_verify
 
+    _shared_ray.ensure()
     out = tmp_path_factory.mktemp("clean") / "out"
     run_tokenize(tokenize_cfg(fault_data, out))
     result = run_verify(VerifyConfig(out=str(out), decode_fraction=1.0, retokenize_fraction=1.0, plots=False,
@@ -243,10 +230,10 @@ def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int,
     return found
 
 
-def wait_for(predicate, timeout: float = 120.0, step: float = 0.02) -> bool:
+def wait_for(predicate, timeout: float = 120.0, step: float = 0.02, *, what: str = "the condition") -> bool:
     from tokenize_helpers import wait_for as poll
 
-    return poll(predicate, timeout=timeout, step=step)
+    return poll(predicate, timeout=timeout, step=step, what=what)
 
 
 def index_count(out: Path) -> int:

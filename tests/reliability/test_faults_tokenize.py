@@ -108,9 +108,9 @@ def test_codec_actor_killed_at_random_points(seed, ray_session, fault_data, clea
 
 
 def _plant_dead_attempts(out: Path) -> int:
-    from sharding.plan import PLAN_NAME, plan_from_bytes
+    from sharding.outdir import load_plan
 
-    plan = plan_from_bytes((out / PLAN_NAME).read_bytes())
+    plan, _ = load_plan(out)
     planted = 0
     for split, shard in plan.shards():
         directory = out / "shards" / split

@@ -193,11 +193,14 @@ JSON_VALUES = st.recursive(
 
 
 def test_fuzz_token_space_loader_on_mutated_structure(record):
-    """TokenSpace.from_json_bytes over canonical JSON whose values were replaced by arbitrary JSON."""
-    record("fuzz: token-space loader, JSON values replaced by arbitrary JSON", group=REPORT_GROUP, runs=200,
-           outcome="read correctly or TokenSpaceError, never anything else", lost=None, duplicates=None)
+    """TokenSpace.from_json_bytes over canonical JSON whose values were replaced by arbitrary JSON: our error,
+    or a space that is exactly what the bytes say (same canonical JSON, ID = their SHA-256) and, when the
+    document was changed, never passes for the original (another ID)."""
+    import hashlib
+
     base = SMALL.to_dict()
     paths = [p for p in _paths(base) if p]
+    seen: collections.Counter = collections.Counter()
 
     @settings(FUZZ, report_multiple_bugs=False)
     @given(path=st.sampled_from(paths), value=JSON_VALUES)
@@ -207,9 +210,20 @@ def test_fuzz_token_space_loader_on_mutated_structure(record):
         for k in path[:-1]:
             node = node[k]
         node[path[-1]] = value
+        raw = canonical_json(doc)
         try:
-            TokenSpace.from_json_bytes(canonical_json(doc), where="fuzzed")
-        except UTIError:
-            pass
+            space = TokenSpace.from_json_bytes(raw, where="fuzzed")
+        except UTIError as exc:
+            seen[type(exc).__name__] += 1
+            return
+        seen["read"] += 1
+        assert space.canonical_json() == raw and space.to_dict() == doc, path
+        assert space.id == hashlib.sha256(raw).hexdigest(), path
+        assert (space.id == SMALL.id) == (doc == base), f"a changed {path} kept the original ID"
 
     prop()
+    # teeth: most replacements break a required type or range and must be refused
+    assert seen["TokenSpaceError"] > seen["read"], dict(seen)
+    record("fuzz: token-space loader, JSON values replaced by arbitrary JSON", group=REPORT_GROUP, runs=200,
+           outcome="only exact loads or our errors: " + ", ".join(f"{k} {v}" for k, v in sorted(seen.items())),
+           lost=None, duplicates=None)
