@@ -49,100 +49,126 @@ def verify_failure_message(res) -> str:
 
 
 def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    import ray
+    return DemoRun(cfg, say=say).run()
 
-    from demo.data import make_clotho_set, make_llava_set
-    from ray_jobs.config import TokenizeConfig
-    from ray_jobs.job import run_tokenize
-    from sharding.manifest import make_manifest
-    from train.config import TrainConfig
-    from train.generate import GenerateConfig, generate
-    from train.ray_hooks import RUNTIME_ENV
-    from train.runner import train
-    from uti.ray_local import connect
-    from verify import VerifyConfig, run_verify
 
-    out = Path(cfg.out).resolve()
-    if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
-        raise UTIError(f"{out} exists and is not a demo folder; pass an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"data": out / "data", "manifests": out / "manifests", "tokenized": out / "tokenized",
-             "run": out / "run", "generated": out / "generated"}
-    stages: list[dict[str, Any]] = []
+class DemoRun:
+    """One `uti demo` run: each stage is a method that makes the library call of the matching command and
+    returns its one-line result; `run` times them, prints them and writes OUT/demo.json."""
 
-    def stage(name: str, fn: Callable[[], str]) -> None:
-        say(f"[{len(stages) + 1}/6] {name} ...")
+    STAGES = 6
+
+    def __init__(self, cfg: DemoConfig, *, say: Callable[[str], None] = print):
+        self.cfg, self.say = cfg, say
+        self.out = Path(cfg.out).resolve()
+        self.paths = {name: self.out / name for name in ("data", "manifests", "tokenized", "run", "generated")}
+        self.stages: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+
+    def run(self) -> dict[str, Any]:
+        import ray
+
+        from train.ray_hooks import RUNTIME_ENV
+        from uti.ray_local import connect
+
+        self._claim_out()
+        total_start = time.perf_counter()
+        self._stage("synthesize sample data", self.data)
+        self._stage("uti manifest", self.manifests)
+        started = connect(None, num_cpus=max(os.cpu_count() or 1, self.cfg.num_actors + 1), runtime_env=RUNTIME_ENV)
+        try:
+            self._stage("uti tokenize", self.tokenize)
+            self._stage("uti verify", self.verify)
+            self._stage("uti train", self.train)
+            self._stage("uti generate", self.generate)
+        finally:
+            if started:
+                ray.shutdown()
+        self.stages.append({"stage": "total", "seconds": time.perf_counter() - total_start, "result": ""})
+        summary = {"out": str(self.out), "stages": self.stages,
+                   "paths": {k: str(v) for k, v in self.paths.items()}, **self.results}
+        (self.out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        return summary
+
+    def _claim_out(self) -> None:
+        out = self.out
+        if out.exists() and any(out.iterdir()) and not (out / "demo.json").exists():
+            raise UTIError(f"{out} exists and is not a demo folder; pass an empty or new --out")
+        out.mkdir(parents=True, exist_ok=True)
+
+    def _stage(self, name: str, fn: Callable[[], str]) -> None:
+        self.say(f"[{len(self.stages) + 1}/{self.STAGES}] {name} ...")
         start = time.perf_counter()
         detail = fn()
         seconds = time.perf_counter() - start
-        stages.append({"stage": name, "seconds": seconds, "result": detail})
-        say(f"      {detail} ({seconds:.1f} s)")
+        self.stages.append({"stage": name, "seconds": seconds, "result": detail})
+        self.say(f"      {detail} ({seconds:.1f} s)")
 
-    def data() -> str:
-        make_clotho_set(paths["data"] / "clotho", clips=cfg.clips)
-        make_llava_set(paths["data"] / "llava", images=cfg.images)
-        return f"{cfg.clips} Clotho-format clips, {cfg.images} LLaVA-format images in {paths['data']}"
+    def data(self) -> str:
+        from demo.data import make_clotho_set, make_llava_set
 
-    def manifests() -> str:
-        paths["manifests"].mkdir(exist_ok=True)
-        a = make_manifest("clotho", paths["data"] / "clotho", paths["manifests"] / "clotho.jsonl")
-        b = make_manifest("llava", paths["data"] / "llava", paths["manifests"] / "llava.jsonl",
-                          split_fractions=LLAVA_SPLITS)
-        return f"{a['rows']} + {b['rows']} rows -> {paths['manifests']}"
+        cfg, data = self.cfg, self.paths["data"]
+        make_clotho_set(data / "clotho", clips=cfg.clips)
+        make_llava_set(data / "llava", images=cfg.images)
+        return f"{cfg.clips} Clotho-format clips, {cfg.images} LLaVA-format images in {data}"
 
-    results: dict[str, Any] = {}
+    def manifests(self) -> str:
+        from sharding.manifest import make_manifest
 
-    def tokenize() -> str:
+        data, manifests = self.paths["data"], self.paths["manifests"]
+        manifests.mkdir(exist_ok=True)
+        a = make_manifest("clotho", data / "clotho", manifests / "clotho.jsonl")
+        b = make_manifest("llava", data / "llava", manifests / "llava.jsonl", split_fractions=LLAVA_SPLITS)
+        return f"{a['rows']} + {b['rows']} rows -> {manifests}"
+
+    def tokenize(self) -> str:
+        from ray_jobs.config import TokenizeConfig
+        from ray_jobs.job import run_tokenize
+
+        manifests = self.paths["manifests"]
         job = run_tokenize(TokenizeConfig(
-            manifests=(str(paths["manifests"] / "clotho.jsonl"), str(paths["manifests"] / "llava.jsonl")),
-            out=str(paths["tokenized"]), num_actors=cfg.num_actors, shard_samples=8, progress=cfg.progress))
-        results["tokenize"] = job
+            manifests=(str(manifests / "clotho.jsonl"), str(manifests / "llava.jsonl")),
+            out=str(self.paths["tokenized"]), num_actors=self.cfg.num_actors, shard_samples=8,
+            progress=self.cfg.progress))
+        self.results["tokenize"] = job
         c = job["counts"]
         return (f"{c['samples']} samples in {c['shards']['total']} shards, {c['errors']} errors, "
                 f"{job['throughput']['tokens_per_second']:,.0f} tokens/s")
 
-    def verify() -> str:
-        res = run_verify(VerifyConfig(out=str(paths["tokenized"]), decode_fraction=0.25, retokenize_fraction=0.25,
-                                      max_seq_len=cfg.seq_len))
-        results["verify"] = {"ok": res.ok, "report": str(res.html_path)}
+    def verify(self) -> str:
+        from verify import VerifyConfig, run_verify
+
+        res = run_verify(VerifyConfig(out=str(self.paths["tokenized"]), decode_fraction=0.25,
+                                      retokenize_fraction=0.25, max_seq_len=self.cfg.seq_len))
+        self.results["verify"] = {"ok": res.ok, "report": str(res.html_path)}
         if not res.ok:
             raise UTIError(verify_failure_message(res))
         return f"all hard checks passed; report {res.html_path}"
 
-    def train_stage() -> str:
-        res = train(TrainConfig(data=(str(paths["tokenized"]),), out=str(paths["run"]), steps=cfg.steps,
+    def train(self) -> str:
+        from train.config import TrainConfig
+        from train.runner import train
+
+        cfg = self.cfg
+        res = train(TrainConfig(data=(str(self.paths["tokenized"]),), out=str(self.paths["run"]), steps=cfg.steps,
                                 num_workers=cfg.num_workers, seq_len=cfg.seq_len, batch_size=2, split="development",
                                 checkpoint_every=max(cfg.steps // 2, 1)))
         losses = [m["loss"] for m in res.metrics if "loss" in m]
-        results["train"] = {"first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-                            "steps": res.last_step}
-        return f"{res.last_step} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}; {paths['run'] / 'loss.png'}"
+        self.results["train"] = {"first_loss": losses[0] if losses else None,
+                                 "last_loss": losses[-1] if losses else None, "steps": res.last_step}
+        return f"{res.last_step} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}; {self.paths['run'] / 'loss.png'}"
 
-    def generate_stage() -> str:
-        paths["generated"].mkdir(exist_ok=True)
-        audio = generate(GenerateConfig(checkpoint=str(paths["run"]), out=str(paths["generated"] / "audio.wav"),
-                                        mode="audio", prompt="a rising chirp sweeps upward", max_tokens=75 * 8, seed=0))
-        image = generate(GenerateConfig(checkpoint=str(paths["run"]), out=str(paths["generated"] / "image.png"),
-                                        mode="image", prompt="a sunny landscape with a horizon and buildings", seed=0))
+    def generate(self) -> str:
+        from train.generate import GenerateConfig, generate
+
+        run, generated = str(self.paths["run"]), self.paths["generated"]
+        generated.mkdir(exist_ok=True)
+        audio = generate(GenerateConfig(checkpoint=run, out=str(generated / "audio.wav"), mode="audio",
+                                        prompt="a rising chirp sweeps upward", max_tokens=75 * 8, seed=0))
+        image = generate(GenerateConfig(checkpoint=run, out=str(generated / "image.png"), mode="image",
+                                        prompt="a sunny landscape with a horizon and buildings", seed=0))
         return f"{audio.path.name} ({audio.meta['n_samples'] / audio.meta['sample_rate']:.1f} s), {image.path.name} " \
                f"({image.meta['proc_size'][0]}x{image.meta['proc_size'][1]})"
-
-    total_start = time.perf_counter()
-    stage("synthesize sample data", data)
-    stage("uti manifest", manifests)
-    started = connect(None, num_cpus=max(os.cpu_count() or 1, cfg.num_actors + 1), runtime_env=RUNTIME_ENV)
-    try:
-        stage("uti tokenize", tokenize)
-        stage("uti verify", verify)
-        stage("uti train", train_stage)
-        stage("uti generate", generate_stage)
-    finally:
-        if started:
-            ray.shutdown()
-    stages.append({"stage": "total", "seconds": time.perf_counter() - total_start, "result": ""})
-    summary = {"out": str(out), "stages": stages, "paths": {k: str(v) for k, v in paths.items()}, **results}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
