@@ -17,7 +17,7 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, architecture, build_config,
-                                  build_random, check_folder, check_kind, fingerprint, load_pretrained, pick_variant,
+                                  build_random, check_kind, fingerprint, load_local_model, pick_variant,
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import parse_weights, resolve_device
 from uti.errors import ConfigError
@@ -82,10 +82,8 @@ class DacAudioCodec(OneClipAudioCodec):
         require_random_or_folder(self._weights, where=WHERE,
                                  download_hint="huggingface-cli download descript/dac_44khz --local-dir /models/dac_44khz")
         if self._weights.kind == "path":
-            if settings.arch is not None:
-                raise ConfigError(f"{WHERE}.arch: applies to random weights; {self._weights.path} brings its config.json")
-            check_folder(self._weights.path, where=WHERE, model_type="dac")
-            net = load_pretrained(DacModel, self._weights.path, where=WHERE, attention=False)
+            net = load_local_model(DacModel, self._weights, arch=settings.arch, where=WHERE, model_type="dac",
+                                   attention=False)
             rate = int(net.config.sampling_rate)
             named = {v["sampling_rate"]: k for k, v in VARIANTS.items()}.get(rate, f"{rate}hz")
             if settings.model is not None and settings.model != named:

@@ -16,8 +16,8 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (SMALL as SMALL_NAME, HFImageSettings, OneImageCodec, arch_kwargs, architecture,
-                                  build_config, build_random, calibration_vectors, check_folder, check_kind,
-                                  fingerprint, load_pretrained, pick_variant, random_cache_key,
+                                  build_config, build_random, calibration_vectors, check_kind,
+                                  fingerprint, load_local_model, pick_variant, random_cache_key,
                                   require_random_or_folder, seed_codebook)
 from uti.codecs.weights import parse_weights, resolve_device
 from uti.errors import ConfigError
@@ -69,10 +69,8 @@ class Emu3ImageCodec(OneImageCodec):
         pick_variant(VARIANTS, settings.model, default="emu3", where=WHERE)
         self.device = resolve_device(device)
         if self._weights.kind == "path":
-            if settings.arch is not None:
-                raise ConfigError(f"{WHERE}.arch: applies to random weights; {self._weights.path} brings its config.json")
-            check_folder(self._weights.path, where=WHERE, model_type="emu3_vqgan")
-            net = load_pretrained(Emu3VQVAE, self._weights.path, where=WHERE, attention=True)
+            net = load_local_model(Emu3VQVAE, self._weights, arch=settings.arch, where=WHERE, model_type="emu3_vqgan",
+                                   attention=True)
             self._proc = int(settings.proc_size or DEFAULT_PROC["real"])
         else:
             cfg = build_config(Emu3VQVAEConfig, arch_kwargs(VARIANTS["emu3"], SMALL, settings.arch,

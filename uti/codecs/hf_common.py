@@ -158,6 +158,16 @@ def check_folder(path: Path, *, where: str, model_type: str | None, allow_bin: b
     return config
 
 
+def load_local_model(model_cls: type, weights: WeightsSpec, *, arch: Any, where: str, model_type: str,
+                     attention: bool):
+    """The `weights: /local/folder` branch every Hugging Face adapter shares: `arch:` is refused (the folder
+    brings its config.json), the folder is checked, and the model loaded from it alone."""
+    if arch is not None:
+        raise ConfigError(f"{where}.arch: applies to random weights; {weights.path} brings its config.json")
+    check_folder(weights.path, where=where, model_type=model_type)
+    return load_pretrained(model_cls, weights.path, where=where, attention=attention)
+
+
 def load_pretrained(model_cls: type, path: Path, *, where: str, attention: bool):
     """from_pretrained from a local folder only, float32, refusing missing or unexpected weights."""
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "dtype": torch.float32,

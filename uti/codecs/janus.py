@@ -19,8 +19,8 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (HFImageSettings, OneImageCodec, arch_kwargs, architecture, build_config,
-                                  build_random, calibration_vectors, check_folder, check_kind, fingerprint,
-                                  load_pretrained, pick_variant, random_cache_key, require_random_or_folder,
+                                  build_random, calibration_vectors, check_kind, fingerprint,
+                                  load_local_model, pick_variant, random_cache_key, require_random_or_folder,
                                   seed_codebook)
 from uti.codecs.weights import parse_weights, resolve_device
 from uti.errors import ConfigError
@@ -69,10 +69,8 @@ class JanusImageCodec(OneImageCodec):
         pick_variant(VARIANTS, settings.model, default="janus", where=WHERE)
         self.device = resolve_device(device)
         if self._weights.kind == "path":
-            if settings.arch is not None:
-                raise ConfigError(f"{WHERE}.arch: applies to random weights; {self._weights.path} brings its config.json")
-            check_folder(self._weights.path, where=WHERE, model_type="janus_vqgan")
-            net = load_pretrained(JanusVQVAE, self._weights.path, where=WHERE, attention=False)
+            net = load_local_model(JanusVQVAE, self._weights, arch=settings.arch, where=WHERE, model_type="janus_vqgan",
+                                   attention=False)
         else:
             cfg = build_config(JanusVQVAEConfig, arch_kwargs(VARIANTS["janus"], SMALL, settings.arch,
                                                              config_cls=JanusVQVAEConfig, where=WHERE), where=WHERE)

@@ -17,7 +17,7 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, build_config, build_random,
-                                  check_folder, check_kind, fingerprint, load_pretrained, nearest, pick_variant,
+                                  check_kind, fingerprint, load_local_model, nearest, pick_variant,
                                   random_cache_key, require_random_or_folder, seed_codebook, architecture)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device
 from uti.errors import ConfigError
@@ -70,14 +70,11 @@ class MimiAudioCodec(OneClipAudioCodec):
         self._weights = parse_weights(settings.weights, where=f"{WHERE}.weights")
         require_random_or_folder(self._weights, where=WHERE,
                                  download_hint="huggingface-cli download kyutai/mimi --local-dir /models/mimi")
+        pick_variant(VARIANTS, settings.model, default="mimi", where=WHERE)
         if self._weights.kind == "path":
-            if settings.arch is not None:
-                raise ConfigError(f"{WHERE}.arch: applies to random weights; {self._weights.path} brings its config.json")
-            pick_variant(VARIANTS, settings.model, default="mimi", where=WHERE)
-            check_folder(self._weights.path, where=WHERE, model_type="mimi")
-            net = load_pretrained(MimiModel, self._weights.path, where=WHERE, attention=True)
+            net = load_local_model(MimiModel, self._weights, arch=settings.arch, where=WHERE, model_type="mimi",
+                                   attention=True)
         else:
-            pick_variant(VARIANTS, settings.model, default="mimi", where=WHERE)
             cfg = build_config(MimiConfig, arch_kwargs(VARIANTS["mimi"], SMALL, settings.arch, config_cls=MimiConfig,
                                                        where=WHERE), where=WHERE)
             seed = int(self._weights.seed)

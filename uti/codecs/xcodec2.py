@@ -20,10 +20,10 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, architecture, build_config,
-                                  build_random, check_folder, check_kind, fingerprint, load_pretrained, pick_variant,
+                                  build_random, check_kind, fingerprint, load_local_model, pick_variant,
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device, round_to_half
-from uti.errors import ConfigError, WeightsError
+from uti.errors import WeightsError
 from uti.token_space import LayoutSpec
 
 VARIANTS: dict[str, dict[str, Any]] = {"xcodec2": {}}  # Xcodec2Config's defaults are HKUSTAudio/xcodec2's
@@ -75,10 +75,8 @@ class Xcodec2AudioCodec(OneClipAudioCodec):
             "huggingface-cli download HKUSTAudio/xcodec2-hf --local-dir /models/xcodec2"))
         pick_variant(VARIANTS, settings.model, default="xcodec2", where=WHERE)
         if self._weights.kind == "path":
-            if settings.arch is not None:
-                raise ConfigError(f"{WHERE}.arch: applies to random weights; {self._weights.path} brings its config.json")
-            check_folder(self._weights.path, where=WHERE, model_type="xcodec2")
-            net = load_pretrained(Xcodec2Model, self._weights.path, where=WHERE, attention=True)
+            net = load_local_model(Xcodec2Model, self._weights, arch=settings.arch, where=WHERE, model_type="xcodec2",
+                                   attention=True)
             if (self._weights.path / "preprocessor_config.json").is_file():
                 try:
                     features = Xcodec2FeatureExtractor.from_pretrained(str(self._weights.path), local_files_only=True)
