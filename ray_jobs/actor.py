@@ -25,9 +25,10 @@ class CodecWorker:
 
     def __init__(self, *, config: UTIConfig, token_space_json: bytes | None, out: str, device: str, threads: int,
                  modalities: tuple[str, ...] = ("audio", "image")):
-        """With `token_space_json` None this is the job's first actor: it loads every configured codec and
-        its token space becomes the job's (the driver loads none). Every other actor loads only the
-        codecs of `modalities` and is checked against that space."""
+        """Every actor loads only the codecs of `modalities` (those the job's rows need). With
+        `token_space_json` None this is the job's first actor: its token space, which names every configured
+        codec (the others described without loading them, uti.codecs.descriptors), becomes the job's (the
+        driver loads none). Every other actor is checked against that space."""
         import torch
 
         from uti.token_space import TokenSpace
@@ -36,7 +37,8 @@ class CodecWorker:
         torch.set_num_threads(max(1, threads))
         cfg = config  # the driver's UTIConfig itself (a frozen dataclass: it pickles as it is)
         if token_space_json is None:
-            self.tok = UnifiedTokenizer(cfg, device=device, modalities=("text", "image", "audio"))
+            self.tok = UnifiedTokenizer(cfg, device=device, modalities=("text", *modalities),
+                                        describe=("image", "audio"))
         else:
             space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
             # Loading against the job's token space: a worker whose codecs differ (other weights on this
@@ -49,8 +51,11 @@ class CodecWorker:
     def info(self) -> dict[str, Any]:
         import ray
 
+        import torch
+
         return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id(),
-                "token_space_id": self.space.id}
+                "token_space_id": self.space.id, "torch": torch.__version__,
+                "codecs": [m for m in ("text", "image", "audio") if getattr(self.tok, m) is not None]}
 
     def codec_facts(self) -> dict[str, Any]:
         """What the driver needs from the codecs: the token space and the read tasks' target formats."""

@@ -79,25 +79,45 @@ class ShardResult:
     write_seconds: float = 0.0
 
 
+# A shard's last chunks get smaller (guided self-scheduling): the actor that takes the final chunk of a
+# job no longer encodes a full --batch-seconds while the others wait (issue 12: two actors on a one-shard
+# job were busy 90% of the time, the idle tenth at the end). Each chunk of the tail takes 1/(2 x
+# TAPER_ACTORS) of the work left in the shard, never less than TAPER_FLOOR of a full chunk. The
+# constants, not the cluster's size, set the cut, so a shard's chunks depend only on its rows.
+TAPER_ACTORS = 2
+TAPER_FLOOR = 0.25
+
+
 def chunk_bounds(durations: Sequence[float | None], modalities: Sequence[str], *, batch_seconds: float,
                  max_images: int) -> list[tuple[int, int]]:
-    """[start, end) row ranges of consecutive rows holding about batch_seconds of audio or max_images images.
+    """[start, end) row ranges of consecutive rows holding about batch_seconds of audio or max_images images
+    (less towards the shard's end: see TAPER_ACTORS).
 
     Depends only on the rows (not on the cluster), so a shard's chunks are the same on every run."""
+    seconds_of = [(d or 0.0) if m == "audio" else 0.0 for d, m in zip(durations, modalities)]
+    is_image = [m == "image" for m in modalities]
+    # Work from row i to the shard's end, in full chunks (audio by seconds, images by count).
+    left = [0.0] * (len(seconds_of) + 1)
+    for i in range(len(seconds_of) - 1, -1, -1):
+        left[i] = left[i + 1] + seconds_of[i] / batch_seconds + is_image[i] / max_images
     bounds: list[tuple[int, int]] = []
-    start = 0
-    seconds = 0.0
-    images = 0
-    for i, (duration, modality) in enumerate(zip(durations, modalities)):
-        cost = (duration or 0.0) if modality == "audio" else 0.0
-        if i > start and (seconds + cost > batch_seconds or images >= max_images):
+    start, seconds, images = 0, 0.0, 0
+    share = _share(left[0])
+    for i in range(len(seconds_of)):
+        if i > start and (seconds + seconds_of[i] > batch_seconds * share or images >= max(1, round(max_images * share))):
             bounds.append((start, i))
             start, seconds, images = i, 0.0, 0
-        seconds += cost
-        images += modality == "image"
-    if start < len(durations):
-        bounds.append((start, len(durations)))
+            share = _share(left[i])
+        seconds += seconds_of[i]
+        images += is_image[i]
+    if start < len(seconds_of):
+        bounds.append((start, len(seconds_of)))
     return bounds
+
+
+def _share(left: float) -> float:
+    """The size of a chunk starting with `left` full chunks of work still to do, as a fraction of a full one."""
+    return min(1.0, max(TAPER_FLOOR, left / (2 * TAPER_ACTORS)))
 
 
 def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_seconds: float,

@@ -52,32 +52,51 @@ def plan_job(cfg: TokenizeConfig) -> tuple[list[ManifestRow], Plan]:
     return rows, plan
 
 
-def _plan_while_ray_starts(cfg: TokenizeConfig, ray_state: "_RayState") -> tuple[list[ManifestRow], Plan]:
-    """Read the manifests and plan while Ray starts, when the run will need Ray anyway.
+# Ray is up and the manifests are still being read this long after: a big manifest, start the actors.
+# (A small one is planned within milliseconds, and its actors are then capped by its chunks.)
+EARLY_ACTORS_AFTER_SECONDS = 0.5
 
-    Starting Ray (~3 s) is spent waiting on its processes, parsing a 600k-row manifest (~5 s) is spent in
-    this process, so side by side they cost the longer of the two (issue 12: the first chunk within 15 s at
-    600k rows). Without a job.json in OUT there is no finished run to find, so Ray will be needed; with one,
-    a rerun may have nothing to do, and it is checked without starting Ray at all.
+
+def _plan_while_ray_starts(cfg: TokenizeConfig, ucfg: UTIConfig,
+                           ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "_CodecActors | None"]:
+    """Read the manifests and plan while Ray starts, when the run will need Ray anyway; and when Ray is up
+    before the manifests are read (a big manifest), start the codec actors meanwhile.
+
+    Starting Ray (~3 s) is spent waiting on its processes, parsing a 600k-row manifest (~5 s) in this
+    process, and loading the codecs (~5 s) in the actors' processes, so side by side they cost about the
+    longest of the three (issue 12: the first chunk within 15 s at 600k rows). Actors started before the
+    plan is known load every configured media codec (which ones the rows need is not known yet) and are
+    not capped by the number of chunks (a manifest this big has more chunks than actors). Without a
+    job.json in OUT there is no finished run to find, so Ray will be needed; with one, a rerun may have
+    nothing to do, and it is checked without starting Ray at all.
     """
     if has_job(cfg.out, flag="--out"):
-        return plan_job(cfg)
+        return (*plan_job(cfg), None)
     import concurrent.futures
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uti-plan")
     planned = pool.submit(plan_job, cfg)
+    early: _CodecActors | None = None
     try:
-        ray_state.start()
-    except Exception as ray_error:
-        planned.result()  # a bad manifest is the clearer error: it needs no cluster to fix
-        raise ray_error
-    except BaseException:  # Ctrl-C: don't wait for the manifest
+        try:
+            ray_state.start()
+        except Exception as ray_error:
+            planned.result()  # a bad manifest is the clearer error: it needs no cluster to fix
+            raise ray_error
+        try:
+            rows, plan = planned.result(timeout=EARLY_ACTORS_AFTER_SECONDS)
+        except concurrent.futures.TimeoutError:
+            log.info("the manifests are still being read: starting the codec actors meanwhile")
+            # -1: the plan (and so the shard-based restart budget) is not known; the scheduler's own
+            # per-chunk failure count (--max-shard-failures) still ends a job whose work keeps failing.
+            early = _CodecActors.launch(cfg, ucfg, chunks=None, modalities=MEDIA_MODALITIES, max_restarts=-1)
+            rows, plan = planned.result()
+        return rows, plan, early
+    except BaseException:  # Ctrl-C or an error: don't wait for the manifest, stop what was started for it
+        if early is not None:
+            early.kill()
+        ray_state.stop()
         pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    try:
-        return planned.result()
-    except BaseException:
-        ray_state.stop()  # the Ray this run started for nothing
         raise
     finally:
         pool.shutdown(wait=False)
@@ -122,53 +141,82 @@ class CodecFacts:
                    sample_rate=data["sample_rate"], channels=data["channels"], proc_size=data["proc_size"])
 
 
-def _codec_facts_on_driver(ucfg: UTIConfig) -> CodecFacts:
-    """Only for a rerun that is likely complete (no Ray started): the codecs are loaded once, on the CPU."""
+def _space_on_driver(ucfg: UTIConfig):
+    """Only for a rerun that is likely complete (no Ray started): the job's token space, on the CPU, from
+    the codecs' remembered descriptors where there are some (uti.codecs.descriptors), else from loading them."""
     from uti.tokenizer import UnifiedTokenizer
 
-    tok = UnifiedTokenizer(ucfg, device="cpu")
-    return CodecFacts(space=tok.space, sample_rate=tok.audio.sample_rate if tok.audio else 0,
-                      channels=tok.audio.channels if tok.audio else 0,
-                      proc_size=tok.image.proc_size[0] if tok.image else 0)
+    return UnifiedTokenizer(ucfg, device="cpu", modalities=("text",), describe=MEDIA_MODALITIES).space
+
+
+MEDIA_MODALITIES = ("audio", "image")
+
+
+def media_modalities(by_id: dict[str, ManifestRow]) -> tuple[str, ...]:
+    """The media modalities the rows need: the actors load only those codecs (the token space names all)."""
+    found: set[str] = set()
+    for row in by_id.values():
+        found.add(row.modality)
+        if found.issuperset(MEDIA_MODALITIES):
+            break
+    return tuple(m for m in MEDIA_MODALITIES if m in found)
 
 
 @dataclasses.dataclass(kw_only=True)
 class _CodecActors:
-    """The job's codec actors, all started at once before the work is known (a late actor would join after
-    a one-shard job is done). Each loads every configured codec; actor 0's token space is the job's, and
-    every other actor is checked against it when its first ping answers (ray_jobs.scheduler). Checked
-    against the cluster's resources first."""
+    """The job's codec actors, all started at once before the work is cut into chunks (a late actor would
+    join after a one-shard job is done). Each loads the codecs the rows need; actor 0's token space is the
+    job's, and every other actor is checked against it when its first ping answers (ray_jobs.scheduler).
+    Checked against the cluster's resources first."""
 
     actors: list
     request: Request
-    facts: CodecFacts
+    facts: CodecFacts | None = None  # actor 0's, once wait_ready returned
 
     @classmethod
-    def start(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan, by_id: dict[str, ManifestRow]) -> "_CodecActors":
+    def launch(cls, cfg: TokenizeConfig, ucfg: UTIConfig, *, chunks: int | None, modalities: tuple[str, ...],
+               max_restarts: int) -> "_CodecActors":
+        import ray
+
+        request = resolve(cfg, ray.cluster_resources(), chunks=chunks)
+        log.info("%d codec actors (%g CPU, %g GPU each; codecs: %s), read tasks of %g CPU", request.num_actors,
+                 request.cpus_per_actor, request.gpus_per_actor, ", ".join(modalities) or "text only",
+                 request.read_cpus)
+        launched = cls(actors=[], request=request)
+        try:
+            for i in range(request.num_actors):
+                launched.actors.append(_new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
+                                                  max_restarts=max_restarts))
+        except BaseException:
+            launched.kill()
+            raise
+        return launched
+
+    @classmethod
+    def for_plan(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan,
+                 by_id: dict[str, ManifestRow]) -> "_CodecActors":
+        # Capped by the plan's chunks (not its shards): one shard of many chunks keeps every actor busy.
+        return cls.launch(cfg, ucfg, chunks=count_chunks(cfg, plan.shards(), by_id), modalities=media_modalities(by_id),
+                          max_restarts=cfg.max_shard_failures * max(1, plan.num_shards))
+
+    def wait_ready(self) -> "_CodecActors":
+        """Wait for actor 0's codecs (saying what it waits for after a grace period): its token space and
+        formats are the job's."""
         import ray
         from ray.exceptions import RayError
 
-        # Capped by the plan's chunks (not its shards): one shard of many chunks keeps every actor busy.
-        request = resolve(cfg, ray.cluster_resources(), chunks=count_chunks(cfg, plan.shards(), by_id))
-        log.info("%d codec actors (%g CPU, %g GPU each), read tasks of %g CPU", request.num_actors,
-                 request.cpus_per_actor, request.gpus_per_actor, request.read_cpus)
-        actors = []
         try:
-            for i in range(request.num_actors):
-                actors.append(_new_actor(cfg, ucfg, request, i, space_json=None, modalities=("audio", "image"),
-                                         max_restarts=cfg.max_shard_failures * max(1, plan.num_shards)))
-            ref = actors[0].codec_facts.remote()
-            waiting = Waiting(request)
+            ref = self.actors[0].codec_facts.remote()
+            waiting = Waiting(self.request)
             while not ray.wait([ref], timeout=1.0)[0]:
-                waiting.check(actors_pending=len(actors), reads_pending=False, show=None)
-            return cls(actors=actors, request=request, facts=CodecFacts.from_dict(ray.get(ref)))
+                waiting.check(actors_pending=len(self.actors), reads_pending=False, show=None)
+            self.facts = CodecFacts.from_dict(ray.get(ref))
+            return self
         except RayError as exc:
-            for actor in actors:
-                _kill(actor)
+            self.kill()
             raise JobError(f"the first codec actor failed to start: {short_error(exc)}") from None
         except BaseException:
-            for actor in actors:
-                _kill(actor)
+            self.kill()
             raise
 
     def kill(self) -> None:
@@ -221,25 +269,23 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     command_started = time.time()
     cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
     ray_state = _RayState(cfg)
-    rows, plan = _plan_while_ray_starts(cfg, ray_state)
+    rows, plan, first = _plan_while_ray_starts(cfg, ucfg, ray_state)
     # The driver keeps each row once (no dict copies of every row, issue 12: ~2 GB and 9 s more at 600k
     # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
     started = time.time()
-    first: _CodecActors | None = None
     run: RunResult | None = None
     try:
         claim_plan(cfg.out, plan)  # a wrong --out fails before any codec starts
         if _looks_complete(cfg.out, plan):
-            # Likely nothing to do: check it without starting Ray, loading the codecs here on the CPU.
-            facts = _codec_facts_on_driver(ucfg)
+            # Likely nothing to do: check it without starting Ray or, when remembered, loading any codec.
+            space = _space_on_driver(ucfg)
         else:
             # The driver loads no codec: the first actor (on a GPU where there is one) fixes the token space.
             ray_state.start()
-            first = _CodecActors.start(cfg, ucfg, plan, by_id)
-            facts = first.facts
-        space = facts.space
+            first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready()
+            space = first.facts.space
         claim_space(cfg.out, space)
         removed = remove_stale_temp_files(cfg.out)
         if removed:
@@ -247,21 +293,17 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         done = completed_shards(cfg.out, space, plan)
         todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
         orphans = _remove_orphans_of(cfg.out, todo)
-        read_args = {"sample_rate": facts.sample_rate, "channels": facts.channels, "proc_size": facts.proc_size,
-                     "limits": ucfg.limits,
-                     "no_range": {m: missing_modality_message(space, m) for m in ("audio", "image", "text")
-                                  if not space.has_modality(m)}}
 
         if todo:
             ray_state.start()
             if first is None:  # the guess "complete" was wrong
-                first = _CodecActors.start(cfg, ucfg, plan, by_id)
+                first = _CodecActors.for_plan(cfg, ucfg, plan, by_id).wait_ready()
                 if first.facts.space.id != space.id:
                     raise JobError(f"the codec actor's token space {first.facts.space.short_id} differs from the "
                                    f"driver's {space.short_id}: the codec weights or libraries differ between nodes")
             codec_actors, first = first, None  # _run_chunks owns them now (and kills them when done)
-            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args, codec_actors=codec_actors,
-                              command_started=command_started)
+            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=_read_args(codec_actors.facts, ucfg),
+                              codec_actors=codec_actors, command_started=command_started)
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)
     finally:
@@ -290,6 +332,15 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     if job["counts"]["samples"] == 0:
         raise JobError(_nothing_tokenized(cfg.out, errors))
     return job
+
+
+def _read_args(facts: CodecFacts, ucfg: UTIConfig) -> dict[str, Any]:
+    """What every read task needs: the codecs' input formats, the limits, and why a modality has no range."""
+    space = facts.space
+    return {"sample_rate": facts.sample_rate, "channels": facts.channels, "proc_size": facts.proc_size,
+            "limits": ucfg.limits,
+            "no_range": {m: missing_modality_message(space, m) for m in ("audio", "image", "text")
+                         if not space.has_modality(m)}}
 
 
 def _remove_orphans_of(out: str, todo) -> list:
@@ -388,9 +439,19 @@ def _empty_run() -> RunResult:
                      actors_started=0, processing_seconds=0.0, startup_seconds=None)
 
 
-def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skipped: int) -> dict:
-    import torch
+def _torch_version(run: RunResult) -> str:
+    """The codec actors' torch (what encoded); the driver imports torch only if it loaded a codec itself."""
+    import sys
+    from importlib import metadata
 
+    if run.actor_info and run.actor_info[0].get("torch"):
+        return run.actor_info[0]["torch"]
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    return metadata.version("torch")
+
+
+def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skipped: int) -> dict:
     by_split: dict[str, dict[str, int]] = {}
     for (split, _), ref in sorted(refs.items()):
         entry = by_split.setdefault(split, {"samples": 0, "errors": 0})
@@ -438,6 +499,8 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
             # Started; `ready`: those whose codecs loaded before the work ran out (a late one joins no chunk).
             "count": run.actors_started, "ready": len(run.actor_info),
             "device": run.actor_info[0]["device"] if run.actor_info else None,
+            # the codecs the actors loaded: those the rows need (the token space names every configured one)
+            "codecs_loaded": sorted({m for info in run.actor_info for m in info.get("codecs", ())}),
             "busy_fraction": sum(busy_by_pid.values()) / (n_actors * processing) if processing and run.chunks else 0.0,
             "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
             "read_wait_seconds": sum(c.wait for c in run.chunks),
@@ -446,7 +509,7 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
         "retries": run.chunk_retries + run.writer_retries,
         "retries_by_kind": {"chunks": run.chunk_retries, "writers": run.writer_retries},
         "failures_by_shard": dict(run.failures_by_shard),
-        "versions": {"uti": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "versions": {"uti": __version__, "python": platform.python_version(), "torch": _torch_version(run),
                      "ray": __import__("ray").__version__},
     }
 

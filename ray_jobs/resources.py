@@ -58,9 +58,10 @@ def default_actors(cpus: float, gpus: float, *, gpus_per_actor: float, cpus_per_
     return by_cpu
 
 
-def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, chunks: int) -> Request:
+def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, chunks: int | None) -> Request:
     """The request of this run on a cluster with `cluster` resources (ray.cluster_resources()), never more
-    actors than the run has `chunks` (the unit of work: any actor encodes any chunk).
+    actors than the run has `chunks` (the unit of work: any actor encodes any chunk; None: not known yet,
+    the actors start while a big manifest is still being read).
 
     Raises JobError naming the numbers and the flag to change when it can never be scheduled.
     """
@@ -74,7 +75,7 @@ def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, chunks: int) -
                            read_cpus=cfg.read_cpus)
     else:
         n = cfg.num_actors
-    request = Request(num_actors=max(1, min(n, chunks)), cpus_per_actor=cfg.cpus_per_actor,
+    request = Request(num_actors=max(1, min(n, chunks) if chunks is not None else n), cpus_per_actor=cfg.cpus_per_actor,
                       gpus_per_actor=gpus_per_actor, read_cpus=cfg.read_cpus)
     check_fits(request, cpus=cpus, gpus=gpus)
     return request

@@ -75,10 +75,24 @@ def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, 
     # Before issue 12 a shard went to one actor: a one-shard plan kept the second one idle (or never started it).
     assert two["actors"]["count"] == 2 and two["counts"]["chunks_encoded"] >= 6, two["counts"]
     assert len(two["actors"]["busy_seconds_by_pid"]) == 2, two["actors"]
+    assert two["actors"]["codecs_loaded"] == ["audio", "image", "text"]
     assert shard_bytes(out) == shard_bytes(ref)
     tiny = run_tokenize(_cfg(manifest, tmp_path / "tiny", num_actors=2, batch_seconds=0.5, max_images_per_batch=1))
     assert tiny["counts"]["chunks_encoded"] == 15  # every row alone: the chunk size changes no byte
     assert shard_bytes(tmp_path / "tiny") == shard_bytes(ref)
+
+
+def test_an_audio_job_loads_no_image_codec_and_keeps_the_jobs_token_space(one_actor, manifest, tmp_path):
+    """Actors load only the codecs the rows need; the token space still names the image codec (its
+    descriptor remembered from an earlier load), so audio shards of this job and of a mixed one agree."""
+    from sharding.manifest import read_manifest, write_manifest
+
+    audio = tmp_path / "audio.jsonl"
+    write_manifest(audio, [r for r in read_manifest(manifest) if r.modality == "audio"])
+    job = run_tokenize(_cfg(str(audio), tmp_path / "out", num_actors=1))
+    assert job["actors"]["codecs_loaded"] == ["audio", "text"]
+    assert job["token_space_id"] == one_actor[1]["token_space_id"]
+    assert job["counts"]["samples"] == 10
 
 
 def test_actor_killed_mid_run_redoes_only_its_chunks(one_actor, two_actors, manifest, tmp_path, ray_session):

@@ -64,10 +64,16 @@ def as_ids(values: Any, *, what: str) -> np.ndarray:
 
 class UnifiedTokenizer:
     def __init__(self, config: UTIConfig | None = None, *, device: str | None = None,
-                 modalities: Sequence[str] = MODALITIES, token_space: TokenSpace | None = None):
+                 modalities: Sequence[str] = MODALITIES, token_space: TokenSpace | None = None,
+                 describe: Sequence[str] = ()):
         """Load the configured codecs of `modalities` (text: whenever configured) once. A modality the
         config has no codec for is not loaded and has no range. When `token_space` is given (e.g. from a
-        dataset), the loaded codecs must match it exactly, by the recipe of its version."""
+        dataset), the loaded codecs must match it exactly, by the recipe of its version.
+
+        `describe`: media modalities whose codec is not loaded but which the built token space still
+        covers, from the descriptor an earlier load remembered (uti.codecs.descriptors) or a load that is
+        dropped at once: a tokenize job's space names every configured codec, an audio job runs only one."""
+        from uti.codecs import descriptors
         from uti.codecs.registry import build_audio_codec, build_image_codec, build_text_codec
 
         self.config = config or load_config("default")
@@ -80,10 +86,18 @@ class UnifiedTokenizer:
                                          if "audio" in modalities and cfg.audio is not None else None)
         # A given token space of an older version is compared with what that version recorded.
         version = token_space.version if token_space is not None else VERSION
-        built = TokenSpace.build(
-            **{m: (c.descriptor(version) if c is not None else None) for m, c in self._codecs(all_=True).items()},
-            num_reserved=cfg.num_reserved_specials, version=version,
-        )
+        described: dict[str, Any] = {}
+        for modality, codec in self._codecs(all_=True).items():
+            settings = getattr(cfg, modality)
+            if codec is not None:
+                described[modality] = codec.descriptor(version)
+                if modality != "text":
+                    descriptors.remember(modality, settings, version, described[modality])
+            elif modality in describe and modality != "text" and settings is not None:
+                described[modality] = descriptors.describe_without_loading(modality, settings, version, device=device)
+            else:
+                described[modality] = None
+        built = TokenSpace.build(**described, num_reserved=cfg.num_reserved_specials, version=version)
         if token_space is None:
             token_space = built
         else:

@@ -61,10 +61,15 @@ def resolve_device(device: str) -> torch.device:
 RANDOM_INIT_VERSION = 1
 
 
-def random_weights_cache_dir() -> Path:
+def uti_cache_dir() -> Path:
+    """Where uti keeps what it can rebuild (random weights, codec descriptors): $UTI_CACHE_DIR or ~/.cache/uti."""
     import os
 
-    return Path(os.environ.get("UTI_CACHE_DIR") or Path.home() / ".cache" / "uti") / "random-weights"
+    return Path(os.environ.get("UTI_CACHE_DIR") or Path.home() / ".cache" / "uti")
+
+
+def random_weights_cache_dir() -> Path:
+    return uti_cache_dir() / "random-weights"
 
 
 def cached_random_state(key: str, build) -> dict[str, torch.Tensor]:

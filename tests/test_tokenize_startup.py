@@ -1,0 +1,132 @@
+"""Start-up of `uti tokenize` (issue 12 items 3-4): the codec actors load only the codecs the rows need
+(the token space still names every configured codec, from remembered descriptors), they start while a
+big manifest is still being read, and the tail of a shard is cut into smaller chunks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ray_jobs.chunks import TAPER_FLOOR, chunk_bounds
+from ray_jobs.config import TokenizeConfig
+
+
+# ---- descriptors of codecs that are not loaded ---------------------------------------------------------
+def test_a_described_codec_is_not_loaded_and_names_the_same_space(default_space):
+    """default_space loaded every codec in this session (and so remembered their descriptors): a process
+    that loads only text and audio, describing the image codec, gets the same token space without
+    importing diffusers at all."""
+    code = ("import sys\nfrom uti.tokenizer import UnifiedTokenizer\n"
+            "t = UnifiedTokenizer(modalities=('text', 'audio'), describe=('image',))\n"
+            "print(t.space.id, t.image is None, 'diffusers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [default_space.id, "True", "False"]
+
+
+def test_the_descriptor_key_follows_settings_code_and_weight_files(tmp_path):
+    from uti.codecs.descriptors import descriptor_key
+    from uti.config import AudioConfig, ImageConfig
+
+    seed0 = descriptor_key("image", ImageConfig(weights="random:0"), 3)
+    assert seed0 == descriptor_key("image", ImageConfig(weights="random:0"), 3)
+    assert seed0 != descriptor_key("image", ImageConfig(weights="random:1"), 3)
+    assert seed0 != descriptor_key("image", ImageConfig(weights="random:0", proc_size=128), 3)
+    assert seed0 != descriptor_key("image", ImageConfig(weights="random:0"), 2)  # another token-space version
+    # A hub cache the key cannot see is never trusted: such a codec is always loaded.
+    assert descriptor_key("audio", AudioConfig(weights="pretrained"), 3) is None
+    folder = tmp_path / "vq"
+    folder.mkdir()
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"x" * 10)
+    first = descriptor_key("image", ImageConfig(weights=str(folder)), 3)
+    assert first is not None and first == descriptor_key("image", ImageConfig(weights=str(folder)), 3)
+    weights.write_bytes(b"y" * 11)  # new weights in the same folder
+    assert descriptor_key("image", ImageConfig(weights=str(folder)), 3) != first
+
+
+def test_a_damaged_or_contradicted_entry_is_not_trusted(tmp_path, monkeypatch, caplog, default_space):
+    import dataclasses
+
+    from uti.codecs import descriptors
+    from uti.config import ImageConfig
+
+    monkeypatch.setenv("UTI_CACHE_DIR", str(tmp_path))
+    settings = ImageConfig(weights="random:7")
+    real = default_space.codecs["image"]
+    descriptors.remember("image", settings, 3, real)
+    assert descriptors.cached("image", settings, 3) == real
+    entry, = (tmp_path / "descriptors").glob("*.json")
+    entry.write_text("{not json")
+    with caplog.at_level("WARNING"):
+        assert descriptors.cached("image", settings, 3) is None
+    assert "damaged" in caplog.text and str(entry) in caplog.text
+    descriptors.remember("image", settings, 3, real)
+    other = dataclasses.replace(real, fingerprint="0" * 64)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        descriptors.remember("image", settings, 3, other)  # a real load that contradicts the entry wins
+    assert "differs from the loaded codec" in caplog.text
+    assert descriptors.cached("image", settings, 3) == other
+    assert json.loads(entry.read_text())["fingerprint"] == "0" * 64
+
+
+# ---- the tail of a shard -------------------------------------------------------------------------------
+def test_a_shards_last_chunks_get_smaller_and_cover_every_row_once():
+    cycle = (1.0, 2.0, 3.0, 4.5, 6.5, 13.0, 30.0)
+    durations = [cycle[i % len(cycle)] for i in range(100)]
+    bounds = chunk_bounds(durations, ["audio"] * len(durations), batch_seconds=60.0, max_images=64)
+    assert [a for a, _ in bounds] == [0] + [b for _, b in bounds[:-1]] and bounds[-1][1] == len(durations)
+    seconds = [sum(durations[a:b]) for a, b in bounds]
+    assert all(s <= 60.0 or b - a == 1 for s, (a, b) in zip(seconds, bounds))
+    assert seconds[0] == 60.0 and max(seconds[-4:]) < 60.0  # full chunks first, a tapered tail
+    images = chunk_bounds([None] * 1000, ["image"] * 1000, batch_seconds=60.0, max_images=64)
+    sizes = [b - a for a, b in images]
+    assert sizes[0] == 64 and all(a >= b for a, b in zip(sizes, sizes[1:-1])), sizes  # the last one: what is left
+    assert min(sizes[:-1]) == round(64 * TAPER_FLOOR) and sum(sizes) == 1000
+    # A shard smaller than a chunk is still one chunk.
+    assert chunk_bounds([1.0] * 5, ["audio"] * 5, batch_seconds=60.0, max_images=64) == [(0, 5)]
+
+
+# ---- actors start while a big manifest is read ---------------------------------------------------------
+def _big_manifest(path, rows: int, image) -> None:
+    splits = ["train"] * 98 + ["val", "test"]
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(rows):
+            fh.write(json.dumps({"id": f"big:{i:09d}", "dataset": "big", "modality": "image", "path": str(image),
+                                 "captions": [f"picture {i}"], "split": splits[i % 100]}) + "\n")
+
+
+@pytest.mark.ray
+def test_actors_start_while_a_big_manifest_is_read_and_not_for_a_small_one(ray_session, tmp_path, default_space,
+                                                                             tokenize_manifests):
+    from PIL import Image
+
+    from ray_jobs.job import _plan_while_ray_starts, _RayState, absolute_paths
+    from ray_jobs.resources import resolve
+    from uti.assets import synth_image
+    from uti.config import load_config
+
+    small = TokenizeConfig(manifests=tuple(tokenize_manifests), out=str(tmp_path / "small"), progress=False)
+    small, ucfg = absolute_paths(small, load_config(small.config))
+    rows, _, early = _plan_while_ray_starts(small, ucfg, _RayState(small))
+    assert early is None and len(rows) == 13  # planned at once: its actors wait for the plan (capped by chunks)
+
+    image = tmp_path / "tiny.png"
+    Image.fromarray(synth_image(size=32, seed=0)).save(image)
+    manifest = tmp_path / "big.jsonl"
+    _big_manifest(manifest, 300_000, image)
+    cfg, ucfg = absolute_paths(TokenizeConfig(manifests=(str(manifest),), out=str(tmp_path / "out"), progress=False),
+                               ucfg)
+    rows, plan, early = _plan_while_ray_starts(cfg, ucfg, _RayState(cfg))
+    try:
+        assert len(rows) == 300_000 and plan.num_samples == 300_000
+        assert early is not None, "the actors waited for a 300k-row manifest to be read"
+        assert len(early.actors) == resolve(cfg, ray_session.cluster_resources(), chunks=None).num_actors
+        assert early.wait_ready().facts.space.id == default_space.id
+    finally:
+        if early is not None:
+            early.kill()
