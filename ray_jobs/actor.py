@@ -54,7 +54,7 @@ class CodecWorker:
         import torch
 
         return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id(),
-                "token_space_id": self.space.id, "torch": torch.__version__,
+                "token_space_id": self.space.id, "torch": str(torch.__version__),  # a plain str: a TorchVersion unpickles by importing torch
                 "codecs": [m for m in ("text", "image", "audio") if getattr(self.tok, m) is not None]}
 
     def codec_facts(self) -> dict[str, Any]:

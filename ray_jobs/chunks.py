@@ -27,6 +27,7 @@ class ChunkRef:
     count: int
     start: int
     end: int
+    cost: float = 1.0  # its work in full chunks (audio seconds / --batch-seconds + images / --max-images-per-batch)
 
     @property
     def shard_key(self) -> str:
@@ -126,7 +127,9 @@ def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_
     rows = [row_of(x) for x in shard.ids]
     bounds = chunk_bounds([r.duration for r in rows], [r.modality for r in rows], batch_seconds=batch_seconds,
                           max_images=max_images)
-    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b)
+    cost = [((r.duration or 0.0) / batch_seconds if r.modality == "audio" else 0.0)
+            + (1.0 / max_images if r.modality == "image" else 0.0) for r in rows]
+    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b, cost=sum(cost[a:b]))
             for i, (a, b) in enumerate(bounds)]
 
 

@@ -52,54 +52,109 @@ def plan_job(cfg: TokenizeConfig) -> tuple[list[ManifestRow], Plan]:
     return rows, plan
 
 
-# Ray is up and the manifests are still being read this long after: a big manifest, start the actors.
-# (A small one is planned within milliseconds, and its actors are then capped by its chunks.)
-EARLY_ACTORS_AFTER_SECONDS = 0.5
+# A manifest this big takes seconds to read (~200 bytes a row: 600k rows are 118 MB, read in ~5 s). Its
+# actors are started first and load their codecs while it is read; a smaller one is read first (while Ray
+# starts), so its actors can be capped by its chunks and load only the codecs its rows need.
+BIG_MANIFEST_BYTES = 16 << 20
 
 
 def _plan_while_ray_starts(cfg: TokenizeConfig, ucfg: UTIConfig,
                            ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "_CodecActors | None"]:
-    """Read the manifests and plan while Ray starts, when the run will need Ray anyway; and when Ray is up
-    before the manifests are read (a big manifest), start the codec actors meanwhile.
+    """Read the manifests and plan, overlapped with starting Ray (and, for a big manifest, with loading the
+    codec actors); returns the rows, the plan and the actors started before the plan, if any.
 
-    Starting Ray (~3 s) is spent waiting on its processes, parsing a 600k-row manifest (~5 s) in this
-    process, and loading the codecs (~5 s) in the actors' processes, so side by side they cost about the
-    longest of the three (issue 12: the first chunk within 15 s at 600k rows). Actors started before the
-    plan is known load every configured media codec (which ones the rows need is not known yet) and are
-    not capped by the number of chunks (a manifest this big has more chunks than actors). Without a
-    job.json in OUT there is no finished run to find, so Ray will be needed; with one, a rerun may have
-    nothing to do, and it is checked without starting Ray at all.
+    Starting Ray (~4 s), parsing a 600k-row manifest (~5 s) and loading the codecs (~5 s) are spent in
+    different processes, so overlapped they cost much less than in a row (issue 12: the first chunk within
+    15 s at 600k rows). On two cores a parse beside Ray's start slows that start down as much as it gains,
+    so a big manifest is read after Ray is up, while the actors load. Those load every configured media
+    codec (which ones the rows need is not known yet) and are not capped by the chunks (a manifest this
+    big has more chunks than actors). Without a job.json in OUT there is no finished run to find, so Ray
+    will be needed; with one, a rerun may have nothing to do, and it is checked without starting Ray.
     """
     if has_job(cfg.out, flag="--out"):
         return (*plan_job(cfg), None)
+    if _manifest_bytes(cfg) >= BIG_MANIFEST_BYTES:
+        return _plan_while_actors_load(cfg, ucfg, ray_state)
     import concurrent.futures
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uti-plan")
     planned = pool.submit(plan_job, cfg)
-    early: _CodecActors | None = None
     try:
         try:
             ray_state.start()
         except Exception as ray_error:
             planned.result()  # a bad manifest is the clearer error: it needs no cluster to fix
             raise ray_error
-        try:
-            rows, plan = planned.result(timeout=EARLY_ACTORS_AFTER_SECONDS)
-        except concurrent.futures.TimeoutError:
-            log.info("the manifests are still being read: starting the codec actors meanwhile")
-            # -1: the plan (and so the shard-based restart budget) is not known; the scheduler's own
-            # per-chunk failure count (--max-shard-failures) still ends a job whose work keeps failing.
-            early = _CodecActors.launch(cfg, ucfg, chunks=None, modalities=MEDIA_MODALITIES, max_restarts=-1)
-            rows, plan = planned.result()
-        return rows, plan, early
-    except BaseException:  # Ctrl-C or an error: don't wait for the manifest, stop what was started for it
-        if early is not None:
-            early.kill()
+        rows, plan = planned.result()
+        return rows, plan, None
+    except BaseException:  # Ctrl-C or an error: don't wait for the manifest, stop the Ray started for it
         ray_state.stop()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=False)
+
+
+def _plan_while_actors_load(cfg: TokenizeConfig, ucfg: UTIConfig,
+                            ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "_CodecActors"]:
+    try:
+        ray_state.start()
+    except Exception as ray_error:
+        plan_job(cfg)  # a bad manifest is the clearer error: it needs no cluster to fix
+        raise ray_error
+    early = None
+    try:
+        log.info("a big manifest: the codec actors start loading while it is read")
+        # -1: the plan (and so the shard-based restart budget) is not known; the scheduler's own per-chunk
+        # failure count (--max-shard-failures) still ends a job whose work keeps failing.
+        # Only actor 0 loads while the manifest is read: on a small machine the others would slow both down,
+        # and the first chunk waits for actor 0 alone. The others start once the plan is made.
+        early = _CodecActors.launch(cfg, ucfg, chunks=None, modalities=_head_modalities(cfg), max_restarts=-1,
+                                    only_first=True)
+        planned = plan_job(cfg)
+        early.launch_rest()
+        return (*planned, early)
+    except BaseException:
+        if early is not None:
+            early.kill()
+        ray_state.stop()
+        raise
+
+
+HEAD_BYTES = 1 << 18  # how much of each big manifest is looked at to guess its modalities
+
+
+def _head_modalities(cfg: TokenizeConfig) -> tuple[str, ...]:
+    """The media modalities of the first rows of each manifest: what a big manifest's early actors load.
+    Only a guess (a manifest may change modality further down): the plan checks it (`_run_tokenize`)."""
+    import json
+
+    from sharding.storage import filesystem
+
+    found: set[str] = set()
+    for manifest in cfg.manifests:
+        try:
+            fs, path = filesystem(manifest)
+            with fs.open(path, "rb") as fh:
+                lines = fh.read(HEAD_BYTES).split(b"\n")[:-1]  # the last one may be cut
+            found.update(json.loads(line).get("modality") for line in lines if line.strip())
+        except Exception:  # noqa: BLE001 - unreadable: guess every modality; reading it reports the error
+            return MEDIA_MODALITIES
+    return tuple(m for m in MEDIA_MODALITIES if m in found) or MEDIA_MODALITIES
+
+
+def _manifest_bytes(cfg: TokenizeConfig) -> int:
+    """The manifests' total size (0 where it cannot be known: they are then read first, as small ones)."""
+    from sharding.storage import filesystem
+
+    total = 0
+    for manifest in cfg.manifests:
+        try:
+            fs, path = filesystem(manifest)
+            total += int(fs.size(path) or 0)
+        except Exception:  # noqa: BLE001 - a missing or unreachable manifest is reported when it is read
+            pass
+    return total
 
 
 def absolute_paths(cfg: TokenizeConfig, ucfg: UTIConfig) -> tuple[TokenizeConfig, UTIConfig]:
@@ -171,26 +226,35 @@ class _CodecActors:
 
     actors: list
     request: Request
+    modalities: tuple[str, ...]  # the media codecs they load
     facts: CodecFacts | None = None  # actor 0's, once wait_ready returned
+    _new: Any = None  # actor index -> a new actor of this request (for launch_rest)
 
     @classmethod
     def launch(cls, cfg: TokenizeConfig, ucfg: UTIConfig, *, chunks: int | None, modalities: tuple[str, ...],
-               max_restarts: int) -> "_CodecActors":
+               max_restarts: int, only_first: bool = False) -> "_CodecActors":
+        """Start the actors (`only_first`: actor 0 now, the others with `launch_rest`)."""
         import ray
 
         request = resolve(cfg, ray.cluster_resources(), chunks=chunks)
         log.info("%d codec actors (%g CPU, %g GPU each; codecs: %s), read tasks of %g CPU", request.num_actors,
                  request.cpus_per_actor, request.gpus_per_actor, ", ".join(modalities) or "text only",
                  request.read_cpus)
-        launched = cls(actors=[], request=request)
+        launched = cls(actors=[], request=request, modalities=modalities)
+        launched._new = lambda i: _new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
+                                             max_restarts=max_restarts)
         try:
-            for i in range(request.num_actors):
-                launched.actors.append(_new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
-                                                  max_restarts=max_restarts))
+            launched.actors.append(launched._new(0))
+            if not only_first:
+                launched.launch_rest()
         except BaseException:
             launched.kill()
             raise
         return launched
+
+    def launch_rest(self) -> None:
+        while len(self.actors) < self.request.num_actors:
+            self.actors.append(self._new(len(self.actors)))
 
     @classmethod
     def for_plan(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan,
@@ -270,10 +334,17 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
     ray_state = _RayState(cfg)
     rows, plan, first = _plan_while_ray_starts(cfg, ucfg, ray_state)
+    log.info("planned %d rows into %d shards, %.1f s after the command started", plan.num_samples, plan.num_shards,
+             time.time() - command_started)
     # The driver keeps each row once (no dict copies of every row, issue 12: ~2 GB and 9 s more at 600k
     # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
+    if first is not None and not set(media_modalities(by_id)) <= set(first.modalities):
+        log.info("the manifests also hold %s rows: restarting the codec actors with every codec they need",
+                 " and ".join(sorted(set(media_modalities(by_id)) - set(first.modalities))))
+        first.kill()
+        first = None
     started = time.time()
     run: RunResult | None = None
     try:
@@ -286,6 +357,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
             ray_state.start()
             first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready()
             space = first.facts.space
+            log.info("the first codec actor is ready, %.1f s after the command started", time.time() - command_started)
         claim_space(cfg.out, space)
         removed = remove_stale_temp_files(cfg.out)
         if removed:

@@ -7,6 +7,11 @@ the object store whatever the dataset's size (backpressure). When every chunk of
 writer task commits the shard (tar, then index last). A failed chunk is redone alone (on any actor); a
 failed writer is rerun from the same encoded chunks, or the shard's chunks are redone if those were lost.
 Exactly-once and resume stay per shard: a shard exists once its index does.
+
+The tail of the job (every shard cut, at most two chunks per actor left) is scheduled differently: the
+largest chunks go first and an actor gets its next chunk only when it is free, while the reads of the
+next chunks go ahead unassigned. Handing each actor two chunks in plan order left one actor idle at the
+end while another still had a long chunk queued (issue 12: two actors busy 90% of a one-shard job).
 """
 
 from __future__ import annotations
@@ -182,10 +187,16 @@ class ChunkScheduler:
                          actor_info=self.actor_info, actors_started=len(self.actors),
                          processing_seconds=time.time() - processing_started, startup_seconds=self.startup)
 
+    def _in_tail(self) -> bool:
+        return self.exhausted and len(self.pending) <= len(self.actors) * QUEUE_PER_ACTOR
+
     def _dispatch(self) -> None:
-        for i in self.pool.free_slots(QUEUE_PER_ACTOR):
+        tail = self._in_tail()
+        if tail:  # longest first (any order writes the same bytes: the writer puts chunks in plan order)
+            self.pending = collections.deque(sorted(self.pending, key=lambda c: -c.cost))
+        for i in self.pool.free_slots(1 if tail else QUEUE_PER_ACTOR):
             if not self.pending:
-                return
+                break
             chunk = self.pending.popleft()
             rows = self._rows(chunk)
             # The chunk's read starts now (if not already), while actor i still encodes its previous chunk.
@@ -199,6 +210,10 @@ class ChunkScheduler:
                 log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
                          "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
             self.pool.assign(stats_ref, i, (chunk, encoded_ref))
+        if tail:  # the next chunks' media is read while every actor encodes, whichever actor takes them
+            for chunk in list(self.pending)[: len(self.actors)]:
+                if chunk not in self.prefetched:
+                    self.prefetched[chunk] = self._read(self._rows(chunk), None)
         self._write_ready()
 
     def _on_actor_event(self, kind: str, i: int, payload, outcome) -> None:

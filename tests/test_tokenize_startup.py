@@ -126,7 +126,29 @@ def test_actors_start_while_a_big_manifest_is_read_and_not_for_a_small_one(ray_s
         assert len(rows) == 300_000 and plan.num_samples == 300_000
         assert early is not None, "the actors waited for a 300k-row manifest to be read"
         assert len(early.actors) == resolve(cfg, ray_session.cluster_resources(), chunks=None).num_actors
+        assert early.modalities == ("image",)  # the manifest's first rows: images only
         assert early.wait_ready().facts.space.id == default_space.id
     finally:
         if early is not None:
             early.kill()
+
+
+@pytest.mark.ray
+def test_a_wrong_guess_of_a_big_manifests_modalities_restarts_the_actors(ray_session, tmp_path, tokenize_manifests,
+                                                                         monkeypatch, caplog):
+    """Early actors load the codecs of the manifest's first rows; when the plan holds another modality they
+    are replaced by actors with every codec the rows need, and the job completes."""
+    import ray_jobs.job as job_module
+    from ray_jobs.job import run_tokenize
+    from sharding.manifest import read_manifest
+
+    rows = [r for m in tokenize_manifests for r in read_manifest(m)]
+    mixed = tmp_path / "images-then-audio.jsonl"
+    mixed.write_text("".join(r.to_json() + "\n" for r in sorted(rows, key=lambda r: r.modality != "image")))
+    monkeypatch.setattr(job_module, "BIG_MANIFEST_BYTES", 0)  # every manifest takes the big-manifest path
+    monkeypatch.setattr(job_module, "HEAD_BYTES", len(mixed.read_bytes().split(b"\n")[0]) + 2)  # its first row
+    with caplog.at_level("INFO", logger="ray_jobs.job"):
+        job = run_tokenize(TokenizeConfig(manifests=(str(mixed),), out=str(tmp_path / "out"), progress=False))
+    assert "codecs: image)" in caplog.text and "also hold audio rows" in caplog.text
+    assert job["actors"]["codecs_loaded"] == ["audio", "image", "text"]
+    assert job["counts"]["samples"] == 10 and job["counts"]["errors"] == 3
