@@ -65,4 +65,3 @@ def _read_row(row: ManifestRow, *, spec: AudioSpec, proc_size: int, limits: Limi
         return ReadResult(row.id)
     data = media.data.numpy() if row.modality == "audio" else media.data
     return ReadResult(row.id, data=data, source_sha256=media.source_sha256, info=media.info)
-
