@@ -442,4 +442,10 @@ if __name__ == "__main__":
     if str(args.results) != "-":
         from bench.results import merge
 
+        # Parts not measured this time (e.g. the 1 h run without --hour) keep their last results, marked.
+        earlier = json.loads(args.results.read_text()).get("results", {}).get("tokenize_all_cores", {}) \
+            if args.results.is_file() else {}
+        for key, value in earlier.items():
+            if key not in measured and isinstance(value, dict):
+                measured[key] = {**value, "from_an_earlier_run": True}
         merge(args.results, sections={"tokenize_all_cores": measured}, ratios=ratio_table)
