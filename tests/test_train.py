@@ -28,7 +28,7 @@ from train.sequences import (
     split_captions,
 )
 from train.stream import BatchStream
-from train_helpers import make_dataset, other_space
+from train_helpers import other_space, shared_dataset
 from uti.errors import ConfigError
 from uti.token_space import CodecDescriptor, TokenSpace
 
@@ -292,7 +292,29 @@ def test_generation_constraints():
 # ---- real tokenized data, no Ray ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, default_tokenizer):
-    return make_dataset(tmp_path_factory.mktemp("train-data") / "OUT", default_tokenizer)
+    return shared_dataset(tmp_path_factory, default_tokenizer)
+
+
+def test_the_training_dataset_is_what_the_tokenize_job_writes(data, default_space):
+    """tests/train_helpers builds OUT through the job's own build_sample and writers (issue 16): every
+    sample carries the stored schema, media samples name their source file and its SHA-256, and the
+    dataset-level files are the job's (errors.jsonl, job.json in its format)."""
+    import hashlib
+
+    from sharding.format import MEDIA_META, META_COMMON, list_shards
+    from sharding.outdir import load_errors, load_job
+    from sharding.reader import read_shard
+
+    job = load_job(data)
+    assert job["format"] == "uti.job" and job["complete"] and job["token_space_id"] == default_space.id
+    assert load_errors(data) == ([], [])
+    metas = [s.meta for ref in list_shards(data) for s in read_shard(ref.tar_path, expected_token_space=default_space)]
+    assert {m["modality"] for m in metas} == {"audio", "image", "text"} and len(metas) == 16
+    for meta in metas:
+        assert set(META_COMMON) | {"dataset", "source", "source_sha256"} <= set(meta), meta
+        assert set(MEDIA_META[meta["modality"]]) <= set(meta), meta
+        if meta["modality"] != "text":
+            assert meta["source_sha256"] == hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest()
 
 
 def stream_for(data, space, **kw) -> BatchStream:
@@ -336,17 +358,18 @@ def test_stream_counts_overlong_never_truncates(data, default_space):
 # ---- Ray Train runs -------------------------------------------------------------------------------
 
 
-STEPS_A = 80
+STEPS_A = 60
+CKPT_A = 55  # the resume test continues from here: the steps it redoes are what it compares
 
 
 @pytest.fixture(scope="module")
 def run_a(data, ray_session, tmp_path_factory):
-    """The overfit run, through the CLI: 2 workers, tiny model, checkpoints at 40 and 80."""
+    """The overfit run, through the CLI: 2 workers, tiny model, checkpoints at CKPT_A and STEPS_A."""
     from uti.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "A"
     code = main(["train", "--data", str(data), "--out", str(run), "--model", "tiny", "--num-workers", "2",
-                 "--steps", str(STEPS_A), "--seq-len", "512", "--batch-size", "4", "--checkpoint-every", "40",
+                 "--steps", str(STEPS_A), "--seq-len", "512", "--batch-size", "4", "--checkpoint-every", str(CKPT_A),
                  "--seed", "0"])
     assert code == 0
     return run
@@ -363,7 +386,7 @@ def test_overfit_loss_halves(run_a):
     seen = {t for r in rows for t in TASKS if r[f"loss_{t}"] is not None}
     assert seen == set(TASKS)  # every task of the mix was trained and has its own loss
     assert (run_a / "loss.png").stat().st_size > 1000
-    assert [s for s, _ in list_checkpoints(run_a)] == [40, 80]
+    assert [s for s, _ in list_checkpoints(run_a)] == [CKPT_A, STEPS_A]
     ckpt = latest_checkpoint(run_a)
     for name in ("model.pt", "optimizer.pt", "scheduler.pt", "data-rank00000.pt", "data-rank00001.pt",
                  "token_space.json", "token_space.sha256", "config.json", "run_config.json"):
@@ -377,14 +400,14 @@ def test_overfit_loss_halves(run_a):
 def test_resume_continues_loss_and_data_position(run_a, tmp_path):
     run_b = tmp_path / "B"
     shutil.copytree(run_a, run_b, ignore=shutil.ignore_patterns("ray"))
-    shutil.rmtree(run_b / "checkpoints" / f"step-{STEPS_A:06d}")  # as if A had stopped after step 40
+    shutil.rmtree(run_b / "checkpoints" / f"step-{STEPS_A:06d}")  # as if A had stopped after step CKPT_A
     cfg = TrainConfig.from_dict(json.loads((run_a / "run_config.json").read_text()) | {"out": str(run_b), "resume": True})
     result = train(cfg)
-    assert result.start_step == 40 and result.last_step == STEPS_A
+    assert result.start_step == CKPT_A and result.last_step == STEPS_A
     a = {r["step"]: r for r in read_metrics(run_a)}
     b = read_metrics(run_b)
     assert [r["step"] for r in b] == list(range(1, STEPS_A + 1))  # the curve continues, no step twice
-    for r in b[40:]:
+    for r in b[CKPT_A:]:
         assert r["batch_crc"] == a[r["step"]]["batch_crc"], f"step {r['step']}: different data"
         assert abs(r["loss"] - a[r["step"]]["loss"]) < 1e-3, f"step {r['step']}: {r['loss']} vs {a[r['step']]['loss']}"
 
@@ -431,7 +454,7 @@ def test_token_space_mismatch_fails_fast(run_a, data, tmp_path):
 
 def test_trainable_rows_leave_text_rows_bit_identical(data, ray_session, tmp_path):
     run = tmp_path / "rows"
-    cfg = TrainConfig(data=(str(data),), out=str(run), steps=12, seq_len=256, batch_size=2, trainable_rows=True,
+    cfg = TrainConfig(data=(str(data),), out=str(run), steps=6, seq_len=256, batch_size=2, trainable_rows=True,
                       overlong="split", warmup_steps=2, lr=1e-2, seed=0)
     train(cfg)
     space = TokenSpace.load(run)

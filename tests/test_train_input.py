@@ -2,7 +2,8 @@
 weighted mixing of --data inputs, the shuffle buffer flag, and `uti train --num-workers 2` on a
 split of one shard.
 
-The data is text-only (no codec runs: fast), written as real shards by the real writer.
+The data is text-only (no codec runs: fast): samples made by the tokenize job's build_sample, OUT written by
+its writers (tests/train_helpers.py).
 """
 
 from __future__ import annotations
@@ -14,44 +15,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sharding.writer import write_shard
 from train.config import TrainConfig
 from train.metrics import read_metrics
 from train.sequences import NO_TASK, Specials
 from train.stream import BatchStream, rank_share
+from train_helpers import make_samples, row, write_out
 from uti.errors import ConfigError
 
 UNEVEN = (3, 4, 5, 2, 6)  # 20 samples in 5 shards of different sizes
 
 
-def text_sample(tok, sid: str, caption: str, split: str = "train") -> dict:
-    text = np.asarray(tok.encode_text(caption), dtype=np.uint32)
-    meta = {"id": sid, "split": split, "modality": "text", "token_space_id": tok.space.id, "captions": [caption],
-            "caption_token_lengths": [len(text)]}
-    return {"id": sid, "tokens": np.zeros(0, np.uint32), "text": text, "meta": meta}
+def text_shards(tok, name: str, sizes: tuple[int, ...], caption=lambda i: f"line {i}",
+                split: str = "train") -> list[tuple[str, list[dict]]]:
+    """Text-only samples `name:0000`, ... of `split` in shards of `sizes` samples (made by the job's
+    build_sample, train_helpers)."""
+    rows = [row(f"{name}:{i:04d}", modality="text", split=split, captions=[caption(i)]) for i in range(sum(sizes))]
+    samples = make_samples(tok, rows)
+    starts = np.cumsum((0,) + tuple(sizes))
+    return [(split, samples[a:b]) for a, b in zip(starts[:-1], starts[1:])]
 
 
 def text_input(root: Path, tok, name: str, sizes: tuple[int, ...], caption=lambda i: f"line {i}",
-               split: str = "train") -> Path:
-    out = root / name
-    i = 0
-    for k, n in enumerate(sizes):
-        write_shard(out, split=split, shard=f"shard-{k:06d}", token_space=tok.space,
-                    samples=[text_sample(tok, f"{name}:{j:04d}", caption(j), split) for j in range(i, i + n)])
-        i += n
-    tok.space.write(out)
-    (out / "job.json").write_text(json.dumps({"config": tok.config.to_dict()}, sort_keys=True))
-    return out
+               split: str = "train", *, more: list[tuple[str, list[dict]]] = ()) -> Path:
+    """OUT `root/name` holding text_shards (and the shards of `more`), written by the job's writers."""
+    return write_out(root / name, tok, text_shards(tok, name, sizes, caption, split) + list(more))
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, default_tokenizer):
     root = tmp_path_factory.mktemp("input")
     tok = default_tokenizer
-    text_input(root, tok, "one", (4,), caption=lambda i: f"held out {i}", split="validation")  # --eval-split val
+    held_out = text_shards(tok, "one", (4,), caption=lambda i: f"held out {i}", split="validation")  # --eval-split val
     return {
         "uneven": text_input(root, tok, "uneven", UNEVEN),
-        "one": text_input(root, tok, "one", (10,)),
+        "one": text_input(root, tok, "one", (10,), more=held_out),
         # two inputs told apart by caption length: "a a" (short) and a long one
         "a": text_input(root, tok, "a", (40,), caption=lambda i: "a a"),
         "b": text_input(root, tok, "b", (25, 15), caption=lambda i: "b b b b b b b b b b b b"),

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sharding.writer import write_shard
 from train.census import resolve_split, resolve_splits
 from train.config import TASKS, TrainConfig, TrainError
 from train.sequences import NO_TASK, Specials
 from train.stream import BatchStream, heldout_text_docs
+from train_helpers import encode_media, make_sample, make_samples, row, write_out, write_png, write_wav
 from uti.assets import synth_audio, synth_image
 
 MIX = {"a2t": 0.3, "t2a": 0.25, "i2t": 0.15, "t2i": 0.15, "text": 0.15}
@@ -29,52 +29,31 @@ IMAGE_TASKS = (TASK_INDEX["i2t"], TASK_INDEX["t2i"])
 
 
 # ---- data ---------------------------------------------------------------------------------------------
-def _text(tok, caps: list[str]) -> tuple[np.ndarray, list[int]]:
-    parts = [tok.encode_text(c) for c in caps]
-    return (np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)), [len(p) for p in parts]
-
-
-def _sample(tok, *, sid: str, split: str, modality: str, tokens: np.ndarray, extra: dict, caps: list[str]) -> dict:
-    text, lengths = _text(tok, caps)
-    meta = {"id": sid, "split": split, "modality": modality, "token_space_id": tok.space.id, "captions": caps,
-            "caption_token_lengths": lengths,
-            **{k: v for k, v in extra.items() if k not in ("modality", "token_space_id")}}
-    return {"id": sid, "tokens": tokens.astype(np.uint32), "text": text, "meta": meta}
-
-
-def audio_samples(tok, n: int, *, name: str, split: str, seconds: tuple[float, float] = (0.3, 0.6), distinct: int = 6):
-    """n audio samples; only `distinct` clips are encoded (EnCodec on 2 busy cores is the slow part)
-    and reused under other IDs and captions. 0.3-0.6 s: some clips have exactly 32 frames x 8 = 256
+def audio_samples(tok, n: int, *, name: str, split: str, src: Path, seconds: tuple[float, float] = (0.3, 0.6),
+                  distinct: int = 6):
+    """n audio samples; only `distinct` clips (WAVs in src) are encoded (EnCodec on 2 busy cores is the slow
+    part) and reused under other IDs and captions. 0.3-0.6 s: some clips have exactly 32 frames x 8 = 256
     tokens, an image's count, which the per-modality streams must survive."""
     sr = tok.audio.sample_rate
     secs = np.linspace(seconds[0], seconds[1], distinct)
-    clips = [tok.prepare_audio(synth_audio(("tone", "chirp", "noise")[i % 3], seconds=float(secs[i]), sample_rate=sr,
-                                           seed=i), sr) for i in range(distinct)]
-    encoded = tok.encode_audios(clips)
-    return [_sample(tok, sid=f"{name}:{i:04d}", split=split, modality="audio", tokens=encoded[i % distinct][0],
-                    extra=encoded[i % distinct][1], caps=[f"sound {i}", f"clip {i} of {name}"]) for i in range(n)]
+    wavs = [write_wav(src / f"{name}-{i}.wav", synth_audio(("tone", "chirp", "noise")[i % 3], seconds=float(secs[i]),
+                                                          sample_rate=sr, seed=i), sr) for i in range(distinct)]
+    rows = [row(f"{name}:{i:04d}", modality="audio", split=split, captions=[f"sound {i}", f"clip {i} of {name}"],
+                path=wavs[i % distinct]) for i in range(n)]
+    encoded = encode_media(tok, rows[:distinct])
+    return [make_sample(tok, r, encoded[rows[i % distinct].id]) for i, r in enumerate(rows)]
 
 
-def image_samples(tok, n: int, *, name: str, split: str, seed: int = 0):
-    images = [synth_image(size=tok.image.proc_size[0], seed=seed + i) for i in range(n)]
-    return [_sample(tok, sid=f"{name}:{i:04d}", split=split, modality="image", tokens=ids, extra=meta,
-                    caps=[f"picture {i}"]) for i, (ids, meta) in enumerate(tok.encode_images(images))]
+def image_samples(tok, n: int, *, name: str, split: str, src: Path, seed: int = 0):
+    return make_samples(tok, [row(f"{name}:{i:04d}", modality="image", split=split, captions=[f"picture {i}"],
+                                  path=write_png(src / f"{name}-{i}.png", synth_image(size=tok.image.proc_size[0],
+                                                                                       seed=seed + i)))
+                              for i in range(n)])
 
 
 def text_samples(tok, n: int, *, name: str, split: str):
-    return [_sample(tok, sid=f"{name}:{i:04d}", split=split, modality="text", tokens=np.zeros(0, np.uint32), extra={},
-                    caps=[f"plain text number {i}"]) for i in range(n)]
-
-
-def write_split(out: Path, tok, split: str, shards: list[list[dict]]) -> None:
-    for k, samples in enumerate(shards):
-        write_shard(out, split=split, shard=f"shard-{k:06d}", token_space=tok.space, samples=samples)
-
-
-def finish(out: Path, tok) -> Path:
-    tok.space.write(out)
-    (out / "job.json").write_text(json.dumps({"config": tok.config.to_dict()}, sort_keys=True))
-    return out
+    return make_samples(tok, [row(f"{name}:{i:04d}", modality="text", split=split,
+                                  captions=[f"plain text number {i}"]) for i in range(n)])
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -86,11 +65,11 @@ def modal(tmp_path_factory, default_tokenizer):
     """One input whose train split is 5 audio shards, 1 image shard and 1 text-only shard: audio is 30
     of 42 samples, images are 6, as after `uti tokenize` of a mostly-audio dataset."""
     tok = default_tokenizer
-    out = tmp_path_factory.mktemp("mix") / "OUT"
-    audio = audio_samples(tok, 30, name="aud", split="train")
-    write_split(out, tok, "train", chunks(audio, 6) + [image_samples(tok, 6, name="img", split="train"),
-                                                       text_samples(tok, 6, name="txt", split="train")])
-    return finish(out, tok)
+    root = tmp_path_factory.mktemp("mix")
+    audio = audio_samples(tok, 30, name="aud", split="train", src=root / "src")
+    shards = chunks(audio, 6) + [image_samples(tok, 6, name="img", split="train", src=root / "src"),
+                                 text_samples(tok, 6, name="txt", split="train")]
+    return write_out(root / "OUT", tok, [("train", samples) for samples in shards])
 
 
 def stream(out: Path, space, *, rank: int = 0, world: int = 1, **kw) -> BatchStream:
@@ -170,15 +149,16 @@ def two(tmp_path_factory, default_tokenizer):
     B: images in train (2 shards) + text-only / val, as LLaVA's hash split and AudioCaps name them."""
     tok = default_tokenizer
     root = tmp_path_factory.mktemp("two")
-    a, b = root / "A", root / "B"
-    audio = audio_samples(tok, 12, name="clo", split="development", seconds=(0.5, 0.8))  # no clip of 32 frames
-    write_split(a, tok, "development", chunks(audio, 6))
-    write_split(a, tok, "validation", [text_samples(tok, 3, name="clo-val", split="validation")])
-    write_split(a, tok, "evaluation", [text_samples(tok, 3, name="clo-eval", split="evaluation")])
-    images = image_samples(tok, 6, name="lla", split="train")
-    write_split(b, tok, "train", chunks(images, 3) + [text_samples(tok, 4, name="lla-txt", split="train")])
-    write_split(b, tok, "val", [image_samples(tok, 2, name="lla-val", split="val", seed=50)])
-    return finish(a, tok), finish(b, tok)
+    src = root / "src"
+    audio = audio_samples(tok, 12, name="clo", split="development", src=src, seconds=(0.5, 0.8))  # no clip of 32 frames
+    a = write_out(root / "A", tok, [("development", samples) for samples in chunks(audio, 6)]
+                  + [("validation", text_samples(tok, 3, name="clo-val", split="validation")),
+                     ("evaluation", text_samples(tok, 3, name="clo-eval", split="evaluation"))])
+    images = image_samples(tok, 6, name="lla", split="train", src=src)
+    b = write_out(root / "B", tok, [("train", samples) for samples in chunks(images, 3)]
+                  + [("train", text_samples(tok, 4, name="lla-txt", split="train")),
+                     ("val", image_samples(tok, 2, name="lla-val", split="val", src=src, seed=50))])
+    return a, b
 
 
 # ---- item 12: --split per input, aliases, the splits that exist --------------------------------------------

@@ -31,7 +31,7 @@ from train.model import padded_vocab
 from train.metrics import read_metrics
 from train.runner import prepare_run, resource_shortfall, resume_config, train
 from tokenize_helpers import wait_for
-from train_helpers import make_dataset
+from train_helpers import make_dataset, shared_dataset
 from uti.errors import ConfigError
 
 STEPS_BIG = 1000  # the interrupted run's --steps: never reached
@@ -92,7 +92,7 @@ def test_resource_shortfall_names_what_is_missing():
 # ---- one real `uti train` in a subprocess: relative paths, a local model, one Ctrl-C --------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, default_tokenizer):
-    return make_dataset(tmp_path_factory.mktemp("nu-data") / "OUT", default_tokenizer)
+    return shared_dataset(tmp_path_factory, default_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +112,13 @@ def interrupted(data, tmp_path_factory):
     args = ["train", "--data", "OUT", "--out", "RUN", "--model", "llama_tiny", "--trainable-rows",
             "--num-workers", "2", "--steps", str(STEPS_BIG), "--checkpoint-every", "2", "--seq-len", "512",
             "--batch-size", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in RAY_TRAIN_VARS}  # as a user has it: uti sets them
     proc = subprocess.Popen([sys.executable, "-m", "uti.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     try:
         wait_for(lambda: list_checkpoints(cwd / "RUN") or proc.poll() is not None, 420, 0.2, what="the first checkpoint")
         assert proc.poll() is None, f"uti train ended before its first checkpoint: {proc.communicate()}"
+        ray_procs = _ray_train_processes(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         sent = time.time()
         out, err = proc.communicate(timeout=120)
@@ -125,7 +127,41 @@ def interrupted(data, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
     return {"cwd": cwd, "run": cwd / "RUN", "rc": proc.returncode, "out": out, "err": err,
-            "stop_s": time.time() - sent}
+            "stop_s": time.time() - sent, "ray": ray_procs}
+
+
+RAY_TRAIN_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+
+
+def _ray_train_processes(root: int) -> dict[str, list[dict[str, str]]]:
+    """Ray Train's processes below `root` by title, each with the RAY_TRAIN_VARS of its environment."""
+    from reliability.procs import descendants
+
+    found: dict[str, list[dict[str, str]]] = {}
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                title = fh.read().split(b"\0")[0].decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                items = [item.decode(errors="replace") for item in fh.read().split(b"\0") if b"=" in item]
+            env = dict(item.split("=", 1) for item in items)
+        except OSError:
+            continue
+        for name in ("TrainController", "RayTrainWorker", "PreemptionWatcher"):
+            if title.startswith(f"ray::{name}"):
+                found.setdefault(name, []).append({k: env[k] for k in RAY_TRAIN_VARS if k in env})
+    return found
+
+
+def test_a_local_run_polls_its_workers_often_and_watches_no_preemption(interrupted):
+    """`uti train` on the local Ray it started: the controller and workers look at each other every 0.1 s
+    (Ray's 2 s made every run end seconds after its last step), and Ray Train's preemption watcher, one
+    more process per run, is left out: a single local node is never drained."""
+    procs = interrupted["ray"]
+    want = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    assert len(procs.get("RayTrainWorker", [])) == 2 and procs.get("TrainController"), procs
+    assert all(env == want for env in procs["TrainController"] + procs["RayTrainWorker"]), procs
+    assert "PreemptionWatcher" not in procs, procs
 
 
 def test_one_ctrl_c_stops_training_with_exit_130_and_says_how_to_resume(interrupted):
@@ -216,8 +252,9 @@ def run48(tokenizer48, ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("nu-48k")
     data = make_dataset(root / "OUT", tokenizer48, audio_seconds=(0.4, 1.4))  # clips of 1 and 2 segments
     run = root / "RUN"
-    train(TrainConfig(data=(str(data),), out=str(run), steps=2, seq_len=1024, batch_size=1, warmup_steps=1,
-                      eval_texts=2))
+    # one worker: what is tested is the recorded scale and generation, not distribution
+    train(TrainConfig(data=(str(data),), out=str(run), num_workers=1, steps=2, seq_len=1024, batch_size=1,
+                      warmup_steps=1, eval_texts=2))
     return {"data": data, "run": run}
 
 

@@ -1,19 +1,27 @@
-"""A small tokenized dataset for the training tests, written the way `uti tokenize` writes OUT:
-token_space.json(+.sha256), shards/{split}/shard-NNNNNN.tar/.json and job.json with the codec config.
+"""Small tokenized datasets for the training tests, written the way `uti tokenize` writes OUT: the samples
+are made by the job's own `sharding.format.build_sample` from manifest rows whose media (synthetic WAVs
+and PNGs in a `-src` folder beside OUT) are loaded by the job's `sharding.media.load_media` and encoded
+in one batch per modality, as the read tasks and codec actors do; shards by `sharding.writer.write_shard`;
+errors.jsonl, token_space.json(+.sha256) and job.json by the job's own writers in `sharding.outdir`.
 
-Built with the default UnifiedTokenizer (EnCodec 24 kHz random weights, n_q=8; VQ 16x16 grid; byte
-text) and sharding.writer.write_shard, so the samples are real codec tokens with real meta.
+What the tests choose themselves is the shard layout (which samples share a shard), so there is no
+plan.json: training never reads it.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sharding.format import build_sample
+from sharding.manifest import ManifestRow
+from sharding.media import AudioSpec, load_media
+from sharding.outdir import write_errors, write_job, write_space
 from sharding.writer import write_shard
 from uti.assets import synth_audio, synth_image
+from uti.strict import to_dict
 from uti.token_space import CodecDescriptor, TokenSpace
 
 AUDIO_CAPTIONS = [
@@ -25,55 +33,122 @@ TEXT_ONLY = ["hello there", "the quick fox"]
 HELDOUT = ["a quiet room", "a cat meows"]
 
 
-def _ids(tok, caps: list[str]) -> tuple[np.ndarray, list[int]]:
-    parts = [tok.encode_text(c) for c in caps]
-    return (np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)), [len(p) for p in parts]
+# ---- rows and their media -------------------------------------------------------------------------------
+def row(sid: str, *, modality: str, split: str, captions, path: Path | None = None) -> ManifestRow:
+    """A manifest row; its dataset is the ID's prefix (`name:key`)."""
+    return ManifestRow(id=sid, dataset=sid.split(":", 1)[0], modality=modality, path=str(path) if path else None,
+                       captions=tuple(captions), split=split)
 
 
-def _meta(tok, *, id: str, split: str, modality: str, caps: list[str], lengths: list[int], extra: dict) -> dict:
-    return {"id": id, "split": split, "modality": modality, "token_space_id": tok.space.id, "captions": caps,
-            "caption_token_lengths": lengths, **{k: v for k, v in extra.items() if k not in ("modality", "token_space_id")}}
+def write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> Path:
+    """A float WAV: load_media reads back exactly these samples."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.asarray(wav, dtype=np.float32), sample_rate, subtype="FLOAT")
+    return path
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What the tokenize job makes of one media file: its read task's LoadedMedia and its codec's output."""
+
+    tokens: np.ndarray
+    codec_meta: dict
+    source_sha256: str
+    info: dict
+
+
+def encode_media(tok, rows: list[ManifestRow]) -> dict[str, Encoded]:
+    """row ID -> Encoded for the media rows: load_media, then one codec batch per modality (ray_jobs.actor)."""
+    spec = AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels)
+    media = {r.id: load_media(r, spec=spec, proc_size=tok.image.proc_size[0], limits=tok.config.limits)
+             for r in rows if r.modality != "text"}
+    out: dict[str, Encoded] = {}
+    for modality, encode in (("audio", tok.encode_audios), ("image", tok.encode_images)):
+        ids = [r.id for r in rows if r.modality == modality]
+        if ids:
+            for sid, (tokens, meta) in zip(ids, encode([media[i].data for i in ids])):
+                out[sid] = Encoded(tokens=tokens, codec_meta=meta, source_sha256=media[sid].source_sha256,
+                                   info=media[sid].info)
+    return out
+
+
+def make_sample(tok, r: ManifestRow, encoded: Encoded | None = None) -> dict:
+    """The stored sample of a row (encoded: its media's encoding; None for a text row), as write_shard takes it."""
+    text, lengths = tok.encode_captions(r.captions)
+    if encoded is None:
+        sample = build_sample(r, split=r.split, token_space_id=tok.space.id, tokens=np.zeros(0, np.uint32), text=text,
+                              caption_token_lengths=lengths)
+    else:
+        sample = build_sample(r, split=r.split, token_space_id=tok.space.id, tokens=encoded.tokens, text=text,
+                              caption_token_lengths=lengths, codec_meta=encoded.codec_meta,
+                              source_sha256=encoded.source_sha256, info=encoded.info)
+    return sample.to_dict()
+
+
+def make_samples(tok, rows: list[ManifestRow]) -> list[dict]:
+    encoded = encode_media(tok, rows)
+    return [make_sample(tok, r, encoded.get(r.id)) for r in rows]
+
+
+# ---- OUT ------------------------------------------------------------------------------------------------------
+def write_out(out: str | Path, tok, shards: list[tuple[str, list[dict]]]) -> Path:
+    """OUT from (split, samples) per shard (numbered per split in the order given), then errors.jsonl, the token
+    space and job.json, through the job's writers. Call once per OUT."""
+    out = Path(out)
+    numbers: dict[str, int] = {}
+    for split, samples in shards:
+        k = numbers[split] = numbers.get(split, -1) + 1
+        write_shard(out, split=split, shard=f"shard-{k:06d}", token_space=tok.space, samples=samples)
+    write_errors(out, [])  # a finished job writes it, empty when nothing failed
+    write_space(out, tok.space)
+    n = sum(len(s) for _, s in shards)
+    write_job(out, {"format": "uti.job", "version": 1, "complete": True, "token_space_id": tok.space.id,
+                    "config": to_dict(tok.config), "counts": {"planned": n, "samples": n, "errors": 0}})
+    return out
 
 
 def make_dataset(out: str | Path, tok, *, n_shards: int = 2, audio_seconds: tuple[float, float] = (0.3, 0.6)) -> Path:
     """8 audio clips, 4 images and 2 text-only samples in `n_shards` train shards (modalities spread
     over shards so every rank sees each), plus a 'valid' shard of text-only held-out captions."""
     out = Path(out)
+    src = out.with_name(out.name + "-src")
     sr = tok.audio.sample_rate
     kinds = ("tone", "chirp", "noise", "speechlike")
-    samples: list[dict] = []
     secs = np.linspace(audio_seconds[0], audio_seconds[1], len(AUDIO_CAPTIONS))
-    clips = [tok.prepare_audio(synth_audio(kinds[i % 4], seconds=float(secs[i]), sample_rate=sr, seed=i), sr)
-             for i in range(len(AUDIO_CAPTIONS))]
-    for i, ((ids, meta), caps) in enumerate(zip(tok.encode_audios(clips), AUDIO_CAPTIONS)):
-        text, lengths = _ids(tok, caps)
-        sid = f"test-audio:{i:03d}"
-        samples.append({"id": sid, "tokens": ids, "text": text,
-                        "meta": _meta(tok, id=sid, split="train", modality="audio", caps=caps, lengths=lengths, extra=meta)})
-    images = [synth_image(size=tok.image.proc_size[0], seed=i) for i in range(len(IMAGE_CAPTIONS))]
-    for i, ((ids, meta), caps) in enumerate(zip(tok.encode_images(images), IMAGE_CAPTIONS)):
-        text, lengths = _ids(tok, caps)
-        sid = f"test-image:{i:03d}"
-        samples.append({"id": sid, "tokens": ids, "text": text,
-                        "meta": _meta(tok, id=sid, split="train", modality="image", caps=caps, lengths=lengths, extra=meta)})
-    for i, cap in enumerate(TEXT_ONLY):
-        text, lengths = _ids(tok, [cap])
-        sid = f"test-text:{i:03d}"
-        samples.append({"id": sid, "tokens": np.zeros(0, np.uint32), "text": text,
-                        "meta": _meta(tok, id=sid, split="train", modality="text", caps=[cap], lengths=lengths, extra={})})
-    for k in range(n_shards):
-        write_shard(out, split="train", shard=f"shard-{k:06d}", token_space=tok.space, samples=samples[k::n_shards])
-    held = []
-    for i, cap in enumerate(HELDOUT):
-        text, lengths = _ids(tok, [cap])
-        sid = f"test-heldout:{i:03d}"
-        held.append({"id": sid, "tokens": np.zeros(0, np.uint32), "text": text,
-                     "meta": _meta(tok, id=sid, split="valid", modality="text", caps=[cap], lengths=lengths, extra={})})
-    write_shard(out, split="valid", shard="shard-000000", token_space=tok.space, samples=held)
-    tok.space.write(out)
-    (out / "job.json").write_text(json.dumps({"config": tok.config.to_dict(), "counts": {"samples": len(samples)}},
-                                             indent=2, sort_keys=True))
-    return out
+    wavs = [write_wav(src / f"clip{i:03d}.wav", synth_audio(kinds[i % 4], seconds=float(s), sample_rate=sr, seed=i), sr)
+            for i, s in enumerate(secs)]
+    rows = [row(f"test-audio:{i:03d}", modality="audio", split="train", captions=caps, path=wavs[i])
+            for i, caps in enumerate(AUDIO_CAPTIONS)]
+    rows += [row(f"test-image:{i:03d}", modality="image", split="train", captions=caps,
+                 path=write_png(src / f"image{i:03d}.png", synth_image(size=tok.image.proc_size[0], seed=i)))
+             for i, caps in enumerate(IMAGE_CAPTIONS)]
+    rows += [row(f"test-text:{i:03d}", modality="text", split="train", captions=[cap])
+             for i, cap in enumerate(TEXT_ONLY)]
+    samples = make_samples(tok, rows)
+    held = make_samples(tok, [row(f"test-heldout:{i:03d}", modality="text", split="valid", captions=[cap])
+                              for i, cap in enumerate(HELDOUT)])
+    return write_out(out, tok, [("train", samples[k::n_shards]) for k in range(n_shards)] + [("valid", held)])
+
+
+_SHARED: dict[int, Path] = {}
+
+
+def shared_dataset(tmp_path_factory, tok) -> Path:
+    """make_dataset(tok) with its defaults, made once per session and tokenizer (several modules train on it):
+    read it or copy it, never write into it."""
+    if id(tok) not in _SHARED:
+        _SHARED[id(tok)] = make_dataset(tmp_path_factory.mktemp("train-data") / "OUT", tok)
+    return _SHARED[id(tok)]
 
 
 def other_space(space: TokenSpace) -> TokenSpace:

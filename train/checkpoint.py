@@ -59,18 +59,35 @@ def latest_checkpoint(run: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_tensors(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True, always; a missing or foreign file names the fix."""
+def load_tensors(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """torch.load with weights_only=True, always; a missing or foreign file names the fix. mmap: map the
+    tensors' storages instead of reading them (what check_loadable needs)."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: missing from the checkpoint; it is incomplete, delete the folder to fall back "
                          "to the previous checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # weights_only refuses anything but tensors and plain containers
         first = (str(exc).strip().splitlines() or [""])[0]
         raise TrainError(f"{path}: cannot be loaded with weights_only=True ({type(exc).__name__}: {first}); "
                          "it was not written by uti train or is corrupt") from None
+
+
+def tensor_files(ckpt: str | os.PathLike, world_size: int) -> list[Path]:
+    """The files a resume loads with torch.load: model, optimizer, scheduler and every old rank's data state."""
+    ckpt = Path(ckpt)
+    return [ckpt / "model.pt", ckpt / "optimizer.pt", ckpt / "scheduler.pt",
+            *(ckpt / f"data-rank{r:05d}.pt" for r in range(world_size))]
+
+
+def check_loadable(ckpt: str | os.PathLike, world_size: int) -> None:
+    """On the driver, before any worker starts: every file a resume loads is there and loads with
+    weights_only=True. A damaged or tampered checkpoint is refused at once, naming the file, instead of
+    after Ray has started the workers that would load it; nothing in it runs either way. The storages are
+    memory-mapped, not read, so a large model costs the driver neither the time nor the memory of a load."""
+    for path in tensor_files(ckpt, world_size):
+        load_tensors(path, mmap=True)
 
 
 def read_trainer_state(ckpt: str | os.PathLike) -> dict[str, Any]:

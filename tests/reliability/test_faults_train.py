@@ -19,7 +19,7 @@ import torch
 from train.checkpoint import latest_checkpoint, list_checkpoints
 from train.config import TrainConfig, TrainError
 from train.metrics import read_metrics
-from train.runner import train
+from train.runner import RAY_TRAIN_ENV, train
 
 from .conftest import snapshot, wait_for
 from .procs import descendants
@@ -28,19 +28,30 @@ pytestmark = [pytest.mark.reliability, pytest.mark.ray]
 REPORT_GROUP = "train faults"
 STEPS = 24
 EVERY = 4
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
-def _train_workers() -> list[int]:
-    """RayTrainWorker processes of the suite's own Ray instance (descendants of this process)."""
+def _train_processes(title: bytes) -> list[int]:
+    """Processes of the suite's own Ray instance (descendants of this process) whose title holds `title`."""
     pids = []
     for pid in descendants(os.getpid()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"RayTrainWorker" in fh.read():
+                if title in fh.read():
                     pids.append(pid)
         except OSError:
             continue
     return sorted(pids)
+
+
+def _train_workers() -> list[int]:
+    return _train_processes(b"RayTrainWorker")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        pairs = [item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item]
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +77,9 @@ def killed_and_resumed(ray_session, clean_run, tmp_path_factory):
                     timeout=240)
     workers = _train_workers()
     assert thread.is_alive() and len(workers) == 2, (workers, outcome)
+    # what the run's controller and workers were started with (train.runner.RAY_TRAIN_ENV)
+    env = {role: [_environ(pid).get(POLL_ENV) for pid in pids]
+           for role, pids in (("controller", _train_processes(b"TrainController")), ("workers", workers))}
     victim = rng.choice(workers)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
@@ -77,7 +91,16 @@ def killed_and_resumed(ray_session, clean_run, tmp_path_factory):
     t0 = time.time()
     resumed = train(TrainConfig.from_dict(cfg.to_dict() | {"resume": True}))
     return {"run": run, "cfg": cfg, "error": outcome.get("error"), "failed_after": failed_after, "before": before,
-            "ckpt": ckpt, "resumed": resumed, "resume_seconds": time.time() - t0}
+            "ckpt": ckpt, "resumed": resumed, "resume_seconds": time.time() - t0, "env": env}
+
+
+def test_the_train_controller_and_workers_poll_often(killed_and_resumed):
+    """`uti train` starts Ray Train with a short health-check interval (Ray's default is 2 s): the controller
+    notices a finished or failed run that much sooner, and so does the user."""
+    env = killed_and_resumed["env"]
+    assert env["controller"] and len(env["workers"]) == 2, env
+    assert set(env["controller"] + env["workers"]) == {RAY_TRAIN_ENV[POLL_ENV]}, env
+    assert POLL_ENV not in os.environ  # set only while the run runs
 
 
 def test_train_worker_killed_then_resume_continues(killed_and_resumed, record):
@@ -123,7 +146,8 @@ class CreatesFile:
 
 @pytest.mark.parametrize("member", ["model.pt", "data-rank00000.pt"])
 def test_checkpoint_with_pickle_payload_is_refused_on_resume(member, killed_and_resumed, tmp_path, record):
-    """A checkpoint file carrying a pickle payload: resume refuses it (weights_only=True), nothing runs."""
+    """A checkpoint file carrying a pickle payload: resume refuses it (weights_only=True) on the driver, before
+    any Ray Train worker starts; nothing runs."""
     k = killed_and_resumed
     run = tmp_path / "RUN"
     shutil.copytree(k["run"], run, ignore=shutil.ignore_patterns("ray"))
@@ -137,9 +161,10 @@ def test_checkpoint_with_pickle_payload_is_refused_on_resume(member, killed_and_
     msg = str(exc.value)
     assert f"{member}: cannot be loaded with weights_only=True" in msg and str(ckpt) in msg, msg
     assert not sentinel.exists(), "the checkpoint's pickle payload ran"
+    assert not (run / "ray").exists(), "Ray Train started before the checkpoint was checked"
     assert snapshot(tmp_path, skip=(run,)) == before
     torch.load(ckpt / member, weights_only=False)  # sanity: the payload is live when pickle is trusted
     assert sentinel.exists()
     record(f"checkpoint {member} with a pickle payload, then --resume", group="security", runs=1,
-           outcome="TrainError: cannot be loaded with weights_only=True; payload never ran", lost=None,
-           duplicates=None)
+           outcome="TrainError before any worker started: cannot be loaded with weights_only=True; payload never "
+           "ran", lost=None, duplicates=None)
