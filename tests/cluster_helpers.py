@@ -151,9 +151,10 @@ def _auth_headers() -> dict[str, str]:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    # SIGTERM lets `ray start --block` stop its node's processes in order (it would drain for up to 30 s:
-    # nothing runs by then, so 10 s is enough); then nothing of the group is left.
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    # SIGTERM lets `ray start --block` begin stopping its node's processes in order; it then drains for up
+    # to 30 s even with nothing running (the suite waited the whole grace, 10 s, every time), so after a
+    # short grace the group is SIGKILLed: every process of the node is in it, and its temp dir is private.
+    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every Ray of the suite is local: Ray Train's preemption watcher (one more process per training run, as
+# train.runner leaves out on the local instances `uti train` starts itself) has no node to watch.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -75,9 +78,10 @@ def ray_session(_shared_ray):
 def private_ray(_shared_ray):
     """For a module that needs a Ray of its own (another CPU count, a multi-node cluster, a subprocess
     cluster): the shared instance is stopped first (the next module that asks for it gets a new one), and
-    the module starts and stops its own."""
+    the module starts and stops its own. Yields the shared instance's handle: a module that used a session
+    fixture needing it (`reference_run` the first time) calls `.stop()` again before starting its own."""
     _shared_ray.stop()
-    yield
+    yield _shared_ray
     import ray
 
     if ray.is_initialized():  # the module's own instance, if it left it running

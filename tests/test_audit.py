@@ -1,4 +1,5 @@
-"""`uti audit` end to end through the real CLI: the bundle, exit codes, baseline gating."""
+"""`uti audit` end to end through the real CLI (the bundle through the console script, the other commands
+through its main() in this process): the bundle, exit codes, baseline gating."""
 
 import json
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from cli_helpers import uti_in_process as uti_here  # the bundle goes through the console script, the rest in-process
 from uti.assets import synth_audio, synth_image
 
 
@@ -43,7 +45,7 @@ def test_audit_writes_a_complete_passing_bundle(bundle):
 
 def test_audit_is_reproducible_and_gates_on_its_own_baseline(bundle, tmp_path):
     out, _ = bundle
-    proc = uti("audit", "--out", str(tmp_path), "--baseline", str(out / "report.json"))
+    proc = uti_here("audit", "--out", str(tmp_path), "--baseline", str(out / "report.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "audio_tokens.sha256").read_text() == (out / "audio_tokens.sha256").read_text()
     report = json.loads((tmp_path / "report.json").read_text())
@@ -56,7 +58,7 @@ def test_audit_fails_on_a_baseline_it_cannot_meet(bundle, tmp_path):
     base["metrics"]["image.psnr"] = 99.0
     path = tmp_path / "base.json"
     path.write_text(json.dumps(base))
-    proc = uti("audit", "--out", str(tmp_path / "b"), "--baseline", str(path))
+    proc = uti_here("audit", "--out", str(tmp_path / "b"), "--baseline", str(path))
     assert proc.returncode == 1
     assert "baseline.image.psnr" in proc.stdout and "REGRESSED" in proc.stdout
     assert "FAILED" in proc.stdout
@@ -68,29 +70,29 @@ def test_audit_on_given_assets(tmp_path):
     sf.write(assets / "a b, c.wav", synth_audio("tone", seconds=0.6, sample_rate=16000), 16000)
     sf.write(assets / "stereo.flac", np.stack([synth_audio("noise", seconds=0.3, sample_rate=48000)] * 2, 1), 48000)
     Image.fromarray(synth_image(size=80, seed=9)).convert("P").save(assets / "pal.png")
-    proc = uti("audit", "--out", str(tmp_path / "out"), "--assets", str(assets))
+    proc = uti_here("audit", "--out", str(tmp_path / "out"), "--assets", str(assets))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["assets"]["audio"] == ["a b, c.wav", "stereo.flac"] and report["assets"]["image"] == ["pal.png"]
 
 
 def test_audit_user_errors_are_one_clear_line(tmp_path):
-    proc = uti("audit", "--out", str(tmp_path), "--assets", str(tmp_path / "nope"))
+    proc = uti_here("audit", "--out", str(tmp_path), "--assets", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "not a directory" in proc.stderr and "Traceback" not in proc.stderr
-    proc = uti("audit", "--out", str(tmp_path), "--decode-mode", "diffusion")
+    proc = uti_here("audit", "--out", str(tmp_path), "--decode-mode", "diffusion")
     assert proc.returncode == 2 and "no diffusion decoder" in proc.stderr
 
 
 def test_tokenspace_build_show_diff(tmp_path, bundle):
     out, _ = bundle
-    assert uti("tokenspace", "build", "--out", str(tmp_path / "a")).returncode == 0
+    assert uti_here("tokenspace", "build", "--out", str(tmp_path / "a")).returncode == 0
     assert (tmp_path / "a" / "token_space.json").read_bytes() == (out / "token_space.json").read_bytes()
-    show = uti("tokenspace", "show", str(tmp_path / "a"))
+    show = uti_here("tokenspace", "show", str(tmp_path / "a"))
     assert show.returncode == 0 and "audio.l7" in show.stdout and "<boa>=" in show.stdout
     cfg = tmp_path / "seed1.yaml"
     cfg.write_text("audio: {weights: 'random:1'}\n")
-    assert uti("tokenspace", "build", "--out", str(tmp_path / "b"), "--config", str(cfg)).returncode == 0
-    d = uti("tokenspace", "diff", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert uti_here("tokenspace", "build", "--out", str(tmp_path / "b"), "--config", str(cfg)).returncode == 0
+    d = uti_here("tokenspace", "diff", str(tmp_path / "a"), str(tmp_path / "b"))
     assert d.returncode == 1 and "codecs.audio.fingerprint" in d.stdout and "codecs.audio.weights" in d.stdout
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import uti_in_process
 from uti.assets import synth_audio, synth_image
 from uti.config import config_from_yaml
 from uti.errors import ConfigError, DecodeRefused, TokenSpaceError, WeightsError
@@ -105,12 +106,11 @@ def test_token_space_is_built_from_the_sizes_the_model_reports(toks, kind, tmp_p
 def test_tokenspace_build_cli_with_new_kinds(tmp_path):
     config = tmp_path / "uti.yaml"
     config.write_text("text: {kind: byte}\n" + AUDIO["snac"] + "\n" + IMAGE["janus"] + "\n")
-    proc = subprocess.run(["uti", "tokenspace", "build", "--config", str(config), "--out", str(tmp_path / "ts")],
-                          capture_output=True, text=True)
+    proc = uti_in_process("tokenspace", "build", "--config", str(config), "--out", str(tmp_path / "ts"))
     assert proc.returncode == 0, proc.stderr
     space = TokenSpace.load(tmp_path / "ts")
     assert space.codecs["audio"].kind == "snac" and space.layout("audio").kind == "multirate"
-    shown = subprocess.run(["uti", "tokenspace", "show", str(tmp_path / "ts")], capture_output=True, text=True)
+    shown = uti_in_process("tokenspace", "show", str(tmp_path / "ts"))
     assert "snac" in shown.stdout and "janus" in shown.stdout and "audio.l3" in shown.stdout
 
 

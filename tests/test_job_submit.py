@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from cluster_helpers import RayStartCluster, free_port
-from tokenize_helpers import make_manifests
 
 # Its own Ray: a `ray start` cluster in other processes, reached from outside with `ray job submit`.
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
@@ -41,8 +40,8 @@ def _uti(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
                           text=True, timeout=600)
 
 
-def test_ray_job_submit_tokenize_then_verify_from_outside(ray_cluster, tmp_path):
-    manifests = make_manifests(tmp_path / "data")
+def test_ray_job_submit_tokenize_then_verify_from_outside(ray_cluster, tokenize_manifests, tmp_path):
+    manifests = tokenize_manifests  # the session's input set (tests/conftest.py), written once
     out = tmp_path / "out"
     entry = ["uti", "tokenize", "--out", str(out), "--address", "auto"]
     for m in manifests:

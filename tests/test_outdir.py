@@ -15,21 +15,11 @@ from sharding import outdir
 from sharding.manifest import ManifestRow
 from sharding.plan import make_plan
 from sharding.writer import write_shard
+from test_shards import make_space  # the suite's small token space
 from uti.errors import TokenSpaceError, UTIError
-from uti.token_space import CodecDescriptor, TokenSpace
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("uti", "sharding", "ray_jobs", "verify", "train", "demo")  # what ships (bench is a script folder)
-
-
-def tiny_space(seed: str = "random:0") -> TokenSpace:
-    return TokenSpace.build(
-        text=CodecDescriptor(modality="text", kind="byte", name="bytes", weights="none", fingerprint="0" * 64,
-                             params={"vocab_size": 256}),
-        image=CodecDescriptor(modality="image", kind="vqgan", name="t", weights=seed, fingerprint="1" * 64,
-                              params={"codebook_size": 64, "proc_size": [16, 16], "grid": [4, 4]}),
-        audio=None,
-    )
 
 
 def tiny_plan(sha: str = "ab" * 32):
@@ -50,7 +40,7 @@ def out(request, tmp_path):
 
 
 def test_every_file_round_trips_through_outdir(out):
-    space, plan = tiny_space(), tiny_plan()
+    space, plan = make_space(), tiny_plan()
     outdir.claim_plan(out, plan)
     outdir.claim_space(out, space)
     outdir.claim_plan(out, plan)  # a rerun of the same plan and space is accepted
@@ -85,13 +75,13 @@ def test_another_plan_or_space_is_refused(out):
     outdir.claim_plan(out, tiny_plan())
     with pytest.raises(outdir.OutDirError, match="another plan.*manifests hash.*use a new --out"):
         outdir.claim_plan(out, tiny_plan(sha="cd" * 32))
-    outdir.claim_space(out, tiny_space())
+    outdir.claim_space(out, make_space())
     with pytest.raises(UTIError, match="tokens must never be mixed"):
-        outdir.claim_space(out, tiny_space(seed="random:1"))
+        outdir.claim_space(out, make_space("random:1"))
 
 
 def test_a_tampered_token_space_is_refused_naming_the_file_and_the_fix(out):
-    space = tiny_space()
+    space = make_space()
     outdir.write_space(out, space)
     raw = outdir.read_bytes(out, outdir.SPACE_NAME)
     # Still canonical JSON, so only the .sha256 comparison can catch it.
@@ -115,7 +105,7 @@ def test_train_input_refuses_the_tampered_pair_with_its_flag(tmp_path):
     from train.runner import load_input_space
 
     out = str(tmp_path / "out")
-    outdir.write_space(out, tiny_space())
+    outdir.write_space(out, make_space())
     outdir.write_bytes(out, outdir.SPACE_SHA_NAME, b"0" * 64 + b"  token_space.json\n")
     with pytest.raises(TrainError, match=r"--data .*token_space.sha256: records '0000.*restore both"):
         load_input_space(out)

@@ -3,6 +3,7 @@ helper that fails naming what it waited for, and one writer of the synthetic dat
 
 from __future__ import annotations
 
+import ast
 import csv
 import re
 from pathlib import Path
@@ -24,6 +25,28 @@ def test_wait_for_fails_naming_what_it_waited_for():
     assert wait_for(lambda: True, timeout=0.1, what="nothing") is True
     with pytest.raises(AssertionError, match=r"timed out after 0.2 s waiting for the first shard index"):
         wait_for(lambda: False, timeout=0.2, step=0.01, what="the first shard index")
+
+
+# The suite's shared helpers, each defined in one module that the others import (issue 16 item 6).
+ONE_HOME = {
+    "wait_for": "tokenize_helpers.py",
+    "verify_quick": "verify_helpers.py",
+    "make_sources": "verify_helpers.py",
+    "make_space": "test_shards.py",
+}
+RETIRED = {"make_fault_sources": "make_sources", "tiny_space": "make_space"}  # near copies, merged
+
+
+def test_each_shared_helper_is_defined_in_one_module():
+    defined: dict[str, list[str]] = {}
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef):
+                defined.setdefault(node.name, []).append(path.relative_to(TESTS).as_posix())
+    for name, home in ONE_HOME.items():
+        assert defined.get(name) == [home], f"{name} is defined in {defined.get(name)}; keep it in {home} alone"
+    for name, instead in RETIRED.items():
+        assert name not in defined, f"{name} ({defined[name]}): use {instead} ({ONE_HOME[instead]})"
 
 
 def test_no_test_module_starts_ray_by_itself():

@@ -28,6 +28,8 @@ from uti.token_space import CodecDescriptor, TokenSpace, canonical_json
 
 # ---- fixtures ---------------------------------------------------------------------------------------
 def make_space(image_seed: str = "random:0") -> TokenSpace:
+    """A small token space (byte text, a 64-code image codec, two 32-code audio levels) without codec
+    weights; other image weights give another space. Also used by test_outdir and test_format_examples."""
     return TokenSpace.build(
         text=CodecDescriptor(modality="text", kind="byte", name="bytes", weights="none", fingerprint="0" * 64,
                              params={"vocab_size": 256}),

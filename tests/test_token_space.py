@@ -9,7 +9,7 @@ from uti.errors import RuntimeSizeMismatch, TokenSpaceError, TokenSpaceMismatch
 from uti.token_space import CodecDescriptor, Range, TokenSpace, diff, require_same
 
 
-def make_space(*, audio_fp="a" * 64, n_q=2, reserved=5) -> TokenSpace:
+def space_with(*, audio_fp="a" * 64, n_q=2, reserved=5) -> TokenSpace:
     return TokenSpace.build(
         text=CodecDescriptor(modality="text", kind="byte", name="b", weights="none", fingerprint="t" * 64,
                              params={"vocab_size": 256}),
@@ -22,7 +22,7 @@ def make_space(*, audio_fp="a" * 64, n_q=2, reserved=5) -> TokenSpace:
 
 
 def test_layout_is_contiguous_and_levels_never_share_ids():
-    space = make_space()
+    space = space_with()
     assert space.range_names == ["special", "text", "image", "audio.l0", "audio.l1"]
     assert space.range("text").start == space.range("special").end
     assert space.range("audio.l1").start == space.range("audio.l0").end
@@ -49,11 +49,11 @@ def _with(space: TokenSpace, mutate) -> dict:
 ])
 def test_validation_catches_malformed_spaces(mutate, message):
     with pytest.raises(TokenSpaceError, match=message):
-        TokenSpace.from_dict(_with(make_space(), mutate))
+        TokenSpace.from_dict(_with(space_with(), mutate))
 
 
 def test_validate_rejects_size_zero_and_missing_required_specials():
-    space = make_space()
+    space = space_with()
     bad = TokenSpace(ranges=(Range(name="special", start=0, size=0),) + space.ranges[1:],
                      specials=space.specials, codecs=space.codecs)
     with pytest.raises(TokenSpaceError, match="size 0"):
@@ -65,7 +65,7 @@ def test_validate_rejects_size_zero_and_missing_required_specials():
 
 
 def test_write_load_round_trip_is_byte_exact(tmp_path):
-    space = make_space()
+    space = space_with()
     space.write(tmp_path)
     raw = (tmp_path / "token_space.json").read_bytes()
     assert raw == space.canonical_json()
@@ -75,7 +75,7 @@ def test_write_load_round_trip_is_byte_exact(tmp_path):
 
 
 def test_load_refuses_edited_or_unpaired_files(tmp_path):
-    space = make_space()
+    space = space_with()
     space.write(tmp_path)
     pretty = json.dumps(json.loads((tmp_path / "token_space.json").read_text()), indent=2)
     (tmp_path / "token_space.json").write_text(pretty)
@@ -91,26 +91,26 @@ def test_load_refuses_edited_or_unpaired_files(tmp_path):
 
 
 def test_id_is_stable_across_processes():
-    code = ("import sys; sys.path.insert(0, 'tests'); from test_token_space import make_space; "
-            "print(make_space().id)")
+    code = ("import sys; sys.path.insert(0, 'tests'); from test_token_space import space_with; "
+            "print(space_with().id)")
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
            for _ in range(2)}
-    assert ids == {make_space().id}
+    assert ids == {space_with().id}
 
 
 def test_weights_fingerprint_changes_the_id_and_diff_names_it():
-    a, b = make_space(), make_space(audio_fp="b" * 64)
+    a, b = space_with(), space_with(audio_fp="b" * 64)
     assert a.id != b.id
     changes = diff(a, b)
     assert len(changes) == 1 and changes[0].startswith("codecs.audio.fingerprint: \"aaaa")
     assert changes[0] == f'codecs.audio.fingerprint: "{"a" * 64}" -> "{"b" * 64}"'
-    layout = diff(make_space(n_q=2), make_space(n_q=3))
+    layout = diff(space_with(n_q=2), space_with(n_q=3))
     assert any(c.startswith("ranges.audio.l2: added") for c in layout)
     assert any(c.startswith("codecs.audio.params.n_q") for c in layout)
 
 
 def test_require_same_names_both_ids_unless_overridden():
-    a, b = make_space(), make_space(audio_fp="b" * 64)
+    a, b = space_with(), space_with(audio_fp="b" * 64)
     assert require_same(a, a) is None
     with pytest.raises(TokenSpaceMismatch) as info:
         require_same(a, b, what="checkpoint run/ckpt-10")
@@ -122,17 +122,17 @@ def test_require_same_names_both_ids_unless_overridden():
 
 def test_checkpoint_like_load_with_another_space_fails_unless_overridden(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    other = make_space(audio_fp="c" * 64)
+    other = space_with(audio_fp="c" * 64)
     torch.save({"token_space_json": other.canonical_json().decode(), "weights": torch.zeros(3)}, ckpt)
     state = torch.load(ckpt, weights_only=True)
     found = TokenSpace.from_json_bytes(state["token_space_json"].encode())
     with pytest.raises(TokenSpaceMismatch):
-        require_same(make_space(), found, what=str(ckpt))
-    assert require_same(make_space(), found, override=True, what=str(ckpt))["overridden"]
+        require_same(space_with(), found, what=str(ckpt))
+    assert require_same(space_with(), found, override=True, what=str(ckpt))["overridden"]
 
 
 def test_check_runtime_raises_on_any_size_difference():
-    space = make_space()
+    space = space_with()
     space.check_runtime({"audio": {"n_q": 2, "codebook_size": 32}, "image": {"grid": [4, 4]}})
     with pytest.raises(RuntimeSizeMismatch, match="codebook_size"):
         space.check_runtime({"audio": {"codebook_size": 1024}})

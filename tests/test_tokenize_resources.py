@@ -14,7 +14,7 @@ from ray_jobs.config import TokenizeConfig
 from ray_jobs.job import run_tokenize
 from ray_jobs.outputs import JobError
 from ray_jobs.resources import Request, default_actors, waiting_reason
-from tokenize_helpers import make_manifests
+from tokenize_helpers import shard_bytes
 
 # Its own Ray: the scheduling tests need a 2-CPU instance (the shared one has 3), and the first test checks
 # that a job which started Ray stops it again, so no Ray may be running when this module starts.
@@ -22,7 +22,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("private_ray")]
 
 
 @pytest.fixture(scope="module")
-def ray_two_cpus():
+def reference(reference_run, private_ray):
+    """The session's clean run of the same inputs (shard_samples=3, two actors on the shared Ray;
+    tests/conftest.py), taken before this module's own Ray starts."""
+    ref = reference_run(3)
+    private_ray.stop()
+    return ref
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus(reference):
     """Like `ray start --head --num-cpus 2`: two 1-CPU actors would hold every CPU and starve the reads."""
     import ray
 
@@ -35,8 +44,8 @@ def ray_two_cpus():
 
 
 @pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    return make_manifests(tmp_path_factory.mktemp("data"))
+def manifests(tokenize_manifests):
+    return tokenize_manifests  # the session's input set (tests/conftest.py): the reference run is of them
 
 
 def test_a_bad_manifest_found_while_ray_starts_stops_that_ray(tmp_path):
@@ -55,7 +64,7 @@ def test_a_bad_manifest_found_while_ray_starts_stops_that_ray(tmp_path):
     assert ray.is_initialized() == before
 
 
-def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, tmp_path):
+def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, reference, tmp_path):
     out = tmp_path / "out"
     started = time.time()
     job = run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=3, progress=False))
@@ -67,6 +76,11 @@ def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, tmp_
     t = job["throughput"]
     assert 0 < t["startup_seconds"] < t["wall_seconds"] and 0 < t["processing_seconds"] < t["wall_seconds"]
     assert job["driver_peak_rss_mb"] > 0
+    # The output does not depend on the number of actors (nor the cluster): one actor here, two in the
+    # reference run, the same bytes.
+    ref, _ = reference
+    assert shard_bytes(out) == shard_bytes(ref)
+    assert (out / "errors.jsonl").read_bytes() == (ref / "errors.jsonl").read_bytes()
 
 
 def test_an_impossible_request_fails_at_once_with_the_numbers_and_the_flag(ray_two_cpus, manifests, tmp_path):

@@ -12,21 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
+from cli_helpers import uti_in_process as uti  # `uti ...` through its main() here: no interpreter start each
 from uti.config import ImageConfig, TextConfig, UTIConfig, config_from_yaml
 from uti.errors import ConfigError, TokenSpaceError, TokenSpaceMismatch
 from uti.token_space import SPECIAL_TOKENS, TokenSpace, canonical_json, diff, write_token_space
 from uti.tokenizer import UnifiedTokenizer
 
 SENTENCES = ["a dog barks", "A car passes by", "birds sing loudly", "The Dog and the car"]
-
-
-def uti(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["uti", *args], capture_output=True, text=True)
 
 
 def make_hf_tokenizer(folder) -> None:

@@ -20,7 +20,7 @@ from demo.run import verify_failure_message
 from uti.errors import ConfigError
 from verify import CHECKS, VerifyConfig, run_verify
 from verify_helpers import (  # noqa: F401 - ray_address is a fixture
-    build_dataset, other_token_space, ray_address, read_raw, reindex, rewrite_shard, shard_with,
+    build_dataset, other_token_space, ray_address, read_raw, reindex, rewrite_shard, shard_with, verify_quick,
 )
 
 pytestmark = pytest.mark.ray
@@ -44,12 +44,6 @@ def copy_of(good, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     shutil.copytree(good.out, out, ignore=shutil.ignore_patterns("verify"))
     return out
-
-
-def verify_quick(out: Path, **kw):
-    """Checks 1-6 and 9-12 only: damaged copies need no codec load to fail."""
-    kw = {"decode_fraction": 0.0, "retokenize_fraction": 0.0, **kw}
-    return run_verify(VerifyConfig(out=str(out), **kw))
 
 
 def assert_only(result, failing: set[str], check: str, *, shard: str, key: str | None = None, id: str | None = None):
@@ -367,15 +361,27 @@ def test_cli_exit_codes(good, ray_address, tmp_path):
     uti = [sys.executable, "-m", "uti.cli", "verify", "--address", ray_address, "--decode-fraction", "0",
            "--retokenize-fraction", "0"]
 
-    ok = subprocess.run(uti + [str(good.out), "--report-dir", str(tmp_path / "ok")], capture_output=True, text=True, env=env)
+    # Four independent commands, started side by side (each a fresh process, as from a user's shell).
+    ok, failed, missing, typo = _run_side_by_side([
+        uti + [str(good.out), "--report-dir", str(tmp_path / "ok")],
+        uti + [str(bad)],
+        uti + [str(tmp_path / "nope")],
+        uti + [str(good.out), "--decode-fraction", "2"]], env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "PASS: every hard check passed" in ok.stdout and (tmp_path / "ok" / "report.html").is_file()
 
-    failed = subprocess.run(uti + [str(bad)], capture_output=True, text=True, env=env)
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert "FAIL: shard_integrity" in failed.stdout and "val/shard-000000" in failed.stdout
 
-    missing = subprocess.run(uti + [str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no such dataset folder" in missing.stderr
-    typo = subprocess.run(uti + [str(good.out), "--decode-fraction", "2"], capture_output=True, text=True, env=env)
     assert typo.returncode == 2 and "--decode-fraction" in typo.stderr
+
+
+def _run_side_by_side(commands: list[list[str]], *, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for cmd in commands]
+    done = []
+    for cmd, proc in zip(commands, procs):
+        stdout, stderr = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
+    return done

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import uti_in_process
 from verify import VerifyConfig
 from verify_helpers import ray_address, read_raw, rewrite_shard, shard_with  # noqa: F401 - ray_address is a fixture
 
@@ -83,12 +84,16 @@ def hf_out(tmp_path_factory, ray_address):
     """OUT of `uti tokenize` over `uti manifest --dataset hf` manifests, and the embedded bytes by SHA-256."""
     base = tmp_path_factory.mktemp("hf_new_user")
     embedded = make_hf_sources(base)
-    uti("manifest", "--dataset", "hf", "--root", str(base / "hf_audio"), "--out", str(base / "audio.jsonl"))
-    uti("manifest", "--dataset", "hf", "--root", str(base / "hf_image"), "--out", str(base / "image.jsonl"),
-        "--split-fractions", "train=1")
     out = base / "out"
-    uti("tokenize", "--manifest", str(base / "audio.jsonl"), "--manifest", str(base / "image.jsonl"), "--out", str(out),
-        "--shard-samples", "2", "--num-actors", "1", "--no-progress", "--address", ray_address)
+    # Through the `uti` entry point in this process (no interpreter start each); verify below runs as a command.
+    for args in (("manifest", "--dataset", "hf", "--root", str(base / "hf_audio"), "--out", str(base / "audio.jsonl")),
+                 ("manifest", "--dataset", "hf", "--root", str(base / "hf_image"), "--out", str(base / "image.jsonl"),
+                  "--split-fractions", "train=1"),
+                 ("tokenize", "--manifest", str(base / "audio.jsonl"), "--manifest", str(base / "image.jsonl"),
+                  "--out", str(out), "--shard-samples", "2", "--num-actors", "1", "--no-progress",
+                  "--address", ray_address)):
+        proc = uti_in_process(*args)
+        assert proc.returncode == 0, f"uti {args[0]}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return out, embedded
 
 

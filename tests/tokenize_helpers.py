@@ -69,7 +69,7 @@ def shard_bytes(out: Path) -> dict[str, str]:
             for p in sorted((out / "shards").rglob("*")) if p.is_file()}
 
 
-def wait_for(predicate, timeout: float = 120.0, step: float = 0.05, *, what: str = "the condition") -> bool:
+def wait_for(predicate, timeout: float = 120.0, step: float = 0.02, *, what: str = "the condition") -> bool:
     """Poll `predicate` until it is true (returns True); after `timeout` seconds fail the test naming `what`
     it waited for, instead of carrying on with whatever state the deadline found. The one polling helper
     of the suite: tests never write their own deadline loop."""

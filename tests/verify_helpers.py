@@ -73,30 +73,45 @@ def _write_png(path: Path, *, size: tuple[int, int], seed: int) -> None:
     Image.fromarray(img.astype(np.uint8)).save(path)
 
 
-def make_sources(src: Path, *, n_audio: int = 4, n_image: int = 3) -> list[ManifestRow]:
-    """Synthetic WAVs (several rates, mono and stereo), PNGs, a text-only row and one corrupt WAV."""
+def make_sources(src: Path, *, n_audio: int = 4, n_image: int = 3, dataset: str = DATASET,
+                 seconds: tuple[float, float] = (0.25, 0.1)) -> list[ManifestRow]:
+    """Synthetic WAVs (several rates, mono and stereo; clip i lasts seconds[0] + i * seconds[1]), PNGs, a
+    text-only row and one corrupt WAV, as manifest rows of `dataset` split between train and val. The one
+    builder of loose synthetic sources: the verify, codec and reliability tests all use it."""
     src.mkdir(parents=True, exist_ok=True)
     rows: list[ManifestRow] = []
     rates = (24000, 16000, 22050, 44100)
+    first, step = seconds
     for i in range(n_audio):
         path = src / f"clip{i}.wav"
-        seconds = 0.25 + 0.1 * i
-        _write_wav(path, seconds=seconds, rate=rates[i % len(rates)], channels=1 + i % 2, freq=220.0 * (i + 1), seed=i)
-        rows.append(ManifestRow(id=f"{DATASET}:audio/clip{i}", dataset=DATASET, modality="audio", path=str(path),
+        length = first + step * i
+        _write_wav(path, seconds=length, rate=rates[i % len(rates)], channels=1 + i % 2, freq=220.0 * (i + 1), seed=i)
+        rows.append(ManifestRow(id=f"{dataset}:audio/clip{i}", dataset=dataset, modality="audio", path=str(path),
                                 captions=(f"a tone number {i}", f"sound {i}") if i % 2 else (f"a tone number {i}",),
-                                split="train" if i % 2 == 0 else "val", duration=seconds))
+                                split="train" if i % 2 == 0 else "val", duration=length))
     for i in range(n_image):
         path = src / f"img{i}.png"
         _write_png(path, size=(48 + 16 * i, 64), seed=i)
-        rows.append(ManifestRow(id=f"{DATASET}:image/img{i}", dataset=DATASET, modality="image", path=str(path),
+        rows.append(ManifestRow(id=f"{dataset}:image/img{i}", dataset=dataset, modality="image", path=str(path),
                                 captions=(f"a picture {i}",), split="train" if i % 2 == 0 else "val"))
-    rows.append(ManifestRow(id=f"{DATASET}:text/t0", dataset=DATASET, modality="text", path=None,
+    rows.append(ManifestRow(id=f"{dataset}:text/t0", dataset=dataset, modality="text", path=None,
                             captions=("only words here",), split="train"))
     broken = src / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
-    rows.append(ManifestRow(id=f"{DATASET}:audio/broken", dataset=DATASET, modality="audio", path=str(broken),
+    rows.append(ManifestRow(id=f"{dataset}:audio/broken", dataset=dataset, modality="audio", path=str(broken),
                             captions=("never decodes",), split="train", duration=1.0))
     return rows
+
+
+def verify_quick(out: Path, **kw):
+    """`uti verify` without the codec checks and plots (no codec load): for damaged copies, whose damage the
+    structural checks find, and for outputs byte-identical to one that had the full checks. The report goes
+    next to OUT (`OUT-verify/`) unless `report_dir` is given. The one quick verify of the suite."""
+    from verify import VerifyConfig, run_verify
+
+    cfg = {"decode_fraction": 0.0, "retokenize_fraction": 0.0, "plots": False, "loader_batches": 1,
+           "report_dir": str(Path(out).parent / f"{Path(out).name}-verify"), **kw}
+    return run_verify(VerifyConfig(out=str(out), **cfg))
 
 
 # ---- the dataset ------------------------------------------------------------------------------------------

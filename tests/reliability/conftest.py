@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# The suite's one polling helper; test_faults_train.py imports it from here.
+from tokenize_helpers import wait_for  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 GROUPS = ("tokenize faults", "train faults", "hostile inputs", "hostile manifests", "hostile shards", "fuzzing",
@@ -112,40 +115,15 @@ class FaultData:
     shard_samples: int = 1  # one sample per shard: faults land at many different points
 
 
-def make_fault_sources(src: Path) -> list:
-    """10 clips of 0.2-0.65 s (mono/stereo, 16-44.1 kHz), 6 small PNGs, a text row and a corrupt WAV."""
-    from sharding.manifest import ManifestRow
-    from verify_helpers import _write_png, _write_wav
-
-    src.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(10):
-        seconds = 0.2 + 0.05 * i
-        path = src / f"clip{i:02d}.wav"
-        _write_wav(path, seconds=seconds, rate=(16000, 22050, 44100, 24000)[i % 4], channels=1 + i % 2,
-                   freq=180.0 * (i + 1), seed=i)
-        rows.append(ManifestRow(id=f"rel:audio/clip{i:02d}", dataset="rel", modality="audio", path=str(path),
-                                captions=(f"tone number {i}",), split=("train", "val")[i % 2], duration=seconds))
-    for i in range(6):
-        path = src / f"img{i}.png"
-        _write_png(path, size=(48 + 16 * i, 64), seed=i)
-        rows.append(ManifestRow(id=f"rel:image/img{i}", dataset="rel", modality="image", path=str(path),
-                                captions=(f"picture {i}",), split=("train", "val")[i % 2]))
-    rows.append(ManifestRow(id="rel:text/t0", dataset="rel", modality="text", path=None,
-                            captions=("only words here",), split="train"))
-    broken = src / "broken.wav"
-    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
-    rows.append(ManifestRow(id="rel:audio/broken", dataset="rel", modality="audio", path=str(broken),
-                            captions=("never decodes",), split="train", duration=1.0))
-    return rows
-
-
 @pytest.fixture(scope="package")
 def fault_data(tmp_path_factory) -> FaultData:
     from sharding.manifest import write_manifest
+    from verify_helpers import make_sources
 
     base = tmp_path_factory.mktemp("fault-data")
-    rows = make_fault_sources(base / "src")
+    # verify_helpers' sources, more of them (10 short clips, 6 images): one sample per shard gives faults
+    # many points to land on.
+    rows = make_sources(base / "src", n_audio=10, n_image=6, dataset="rel", seconds=(0.2, 0.05))
     manifest = base / "manifest.jsonl"
     write_manifest(manifest, rows)
     return FaultData(manifest=manifest, row_ids=sorted(r.id for r in rows), n_shards=len(rows))
@@ -208,15 +186,6 @@ def assert_same_as_clean(out: Path, clean: Path) -> None:
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
 
 
-def verify_quick(out: Path, **kw):
-    """`uti verify` without the codec checks (the clean run had the full ones; outputs are byte-identical)."""
-    from verify import VerifyConfig, run_verify
-
-    cfg = {"decode_fraction": 0.0, "retokenize_fraction": 0.0, "plots": False, "loader_batches": 1,
-           "report_dir": str(Path(out).parent / f"{Path(out).name}-verify"), **kw}
-    return run_verify(VerifyConfig(out=str(out), **cfg))
-
-
 def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int, int]]:
     """Every file and folder under root (not following symlinks) with size and mtime; `skip` subtrees out."""
     skip_s = [str(p) for p in skip]
@@ -228,12 +197,6 @@ def snapshot(root: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[int,
             st = os.lstat(p)
             found[os.path.relpath(p, root)] = (st.st_size, st.st_mtime_ns)
     return found
-
-
-def wait_for(predicate, timeout: float = 120.0, step: float = 0.02, *, what: str = "the condition") -> bool:
-    from tokenize_helpers import wait_for as poll
-
-    return poll(predicate, timeout=timeout, step=step, what=what)
 
 
 def index_count(out: Path) -> int:

@@ -27,7 +27,10 @@ from sharding.reader import read_shard
 from uti.cli import main as cli_main
 from uti.token_space import TokenSpace
 
-from .conftest import account, assert_same_as_clean, index_count, tokenize_cfg, verify_quick, wait_for
+from tokenize_helpers import wait_for
+from verify_helpers import verify_quick
+
+from .conftest import account, assert_same_as_clean, index_count, tokenize_cfg
 from .procs import descendants
 
 pytestmark = [pytest.mark.reliability, pytest.mark.ray]

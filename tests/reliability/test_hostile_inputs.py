@@ -31,7 +31,9 @@ from uti.config import LimitsConfig
 from uti.errors import MediaError, UTIError
 from uti.token_space import TokenSpace
 
-from .conftest import account, snapshot, verify_quick
+from verify_helpers import verify_quick
+
+from .conftest import account, snapshot
 
 pytestmark = [pytest.mark.reliability]
 REPORT_GROUP = "hostile inputs"

@@ -27,7 +27,9 @@ from sharding.reader import ShardReader, read_shard
 from uti.errors import UTIError
 from uti.token_space import CodecDescriptor, TokenSpace, canonical_json, sha256_hex
 
-from .conftest import snapshot, verify_quick
+from verify_helpers import verify_quick
+
+from .conftest import snapshot
 
 pytestmark = [pytest.mark.reliability]
 REPORT_GROUP = "hostile shards"
