@@ -8,10 +8,12 @@ writer task commits the shard (tar, then index last). A failed chunk is redone a
 failed writer is rerun from the same encoded chunks, or the shard's chunks are redone if those were lost.
 Exactly-once and resume stay per shard: a shard exists once its index does.
 
-The tail of the job (every shard cut, at most two chunks per actor left) is scheduled differently: the
-largest chunks go first and an actor gets its next chunk only when it is free, while the reads of the
-next chunks go ahead unassigned. Handing each actor two chunks in plan order left one actor idle at the
-end while another still had a long chunk queued (issue 12: two actors busy 90% of a one-shard job).
+The tail of the job (every shard cut into chunks: for a one-shard job, all of it) is scheduled
+differently: the largest chunks go first and an actor gets its next chunk only when it is free, while the
+reads of the next chunks go ahead unassigned. Handing each actor two chunks in plan order left one actor
+idle at the end while another still had a long chunk queued (issue 12: two actors busy 90% of a one-shard
+job). Before the tail, plan order keeps the shards completing one after the other, so the encoded chunks
+held for their writers stay few.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class ChunkScheduler:
         self.command_started = command_started
         self.pending: collections.deque[ChunkRef] = collections.deque()
         self.shard_iter: Iterator = iter(todo)
-        self.exhausted = not todo  # every shard of the plan cut into chunks
+        self.next_shard = next(self.shard_iter, None)  # looked ahead: the tail starts as the last one is cut
+        self.exhausted = self.next_shard is None  # every shard of the plan cut into chunks
         self.open: dict[str, _OpenShard] = {}
         self.prefetched: dict[ChunkRef, list] = {}  # reads started before their chunk went to an actor
         self.reading: dict[ChunkRef, list] = {}  # reads of the chunks sent to actors
@@ -109,17 +112,15 @@ class ChunkScheduler:
     # ---- the plan, cut into chunks lazily (the driver holds O(shards) state, never every chunk's rows) ----
     def _refill(self) -> None:
         window = len(self.actors) * QUEUE_PER_ACTOR
-        while len(self.pending) < window:
-            nxt = next(self.shard_iter, None)
-            if nxt is None:
-                self.exhausted = True
-                return
-            split, shard = nxt
+        while len(self.pending) < window and self.next_shard is not None:
+            split, shard = self.next_shard
+            self.next_shard = next(self.shard_iter, None)
             chunks = shard_chunks(split, shard, self.row_of, batch_seconds=self.cfg.batch_seconds,
                                   max_images=self.cfg.max_images_per_batch)
             opened = _OpenShard(split=split, shard=shard, chunks=chunks)
             self.open[opened.key] = opened
             self.pending.extend(chunks)
+        self.exhausted = self.next_shard is None
 
     def _rows(self, chunk: ChunkRef) -> list[ManifestRow]:
         """The chunk's rows as the driver holds them: ManifestRows pickle as they are (no dict copy each way)."""
@@ -164,7 +165,11 @@ class ChunkScheduler:
                 if not refs:
                     time.sleep(0.2)
                     continue
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+                # Wake at the first result (waiting for all of them, up to the timeout, left a free actor
+                # idle for up to a second per chunk at the job's tail), then take every one ready by then.
+                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                if ready:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 if ready:
                     self.waiting.progressed()
                 else:
@@ -188,7 +193,7 @@ class ChunkScheduler:
                          processing_seconds=time.time() - processing_started, startup_seconds=self.startup)
 
     def _in_tail(self) -> bool:
-        return self.exhausted and len(self.pending) <= len(self.actors) * QUEUE_PER_ACTOR
+        return self.exhausted
 
     def _dispatch(self) -> None:
         tail = self._in_tail()

@@ -152,3 +152,26 @@ def test_a_wrong_guess_of_a_big_manifests_modalities_restarts_the_actors(ray_ses
     assert "codecs: image)" in caplog.text and "also hold audio rows" in caplog.text
     assert job["actors"]["codecs_loaded"] == ["audio", "image", "text"]
     assert job["counts"]["samples"] == 10 and job["counts"]["errors"] == 3
+
+
+def test_the_tail_starts_when_the_last_shard_is_cut_and_goes_longest_first(default_space):
+    """A one-shard job is all tail: the scheduler knows the plan has no more shards as soon as it cuts the
+    last one (it looked ahead), so its chunks go longest first instead of in plan order."""
+    from ray_jobs.resources import Request
+    from ray_jobs.scheduler import ChunkScheduler
+    from sharding.manifest import ManifestRow
+    from sharding.plan import make_plan
+
+    cycle = (1.0, 2.0, 3.0, 4.5, 6.5, 13.0, 30.0)
+    rows = [ManifestRow(id=f"t:{i:03d}", dataset="t", modality="audio", path=f"/x/{i}.wav", split="train",
+                        duration=cycle[i % len(cycle)]) for i in range(70)]
+    plan = make_plan(rows, manifest_sha256="0" * 64, target_samples=1000, target_seconds=None)
+    by_id = {r.id: r for r in rows}
+    scheduler = ChunkScheduler(cfg=TokenizeConfig(manifests=("m",), out="o", progress=False), plan=plan,
+                               todo=list(plan.shards()), row_of=by_id.__getitem__, space=default_space, read_args={},
+                               request=Request(num_actors=2, cpus_per_actor=1, gpus_per_actor=0, read_cpus=0.5),
+                               actors=[None, None], first_info={}, command_started=0.0)
+    scheduler._refill()
+    assert scheduler.exhausted and scheduler._in_tail() and len(scheduler.pending) > 4
+    costs = sorted((c.cost for c in scheduler.pending), reverse=True)
+    assert [c.cost for c in scheduler.pending] != costs  # plan order is not longest first here
