@@ -231,8 +231,9 @@ def _norm(value: Any) -> Any:
 # every failure made the user wait that long for nothing. A look is one small remote call per worker (one
 # that takes longer than the interval is simply waited for; only one hung for 10 min marks a worker dead), so
 # looking every 0.1 s costs no measurable CPU (the controller used 3.5 s of CPU over a short run with either
-# interval; the end of the run came 0.3 s after the workers' instead of 2.2-4.3 s). Ray reads the value from the driver's environment when fit()
-# starts the controller, and passes it on to the controller and the workers (get_env_vars_to_propagate).
+# interval; the end of the run came 0.3 s after the workers' instead of 2.2-4.3 s). Ray reads the value from
+# the driver's environment when fit() starts the controller, and passes it on to the controller and the
+# workers (get_env_vars_to_propagate).
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 # On the local instance a run started itself (one node, no autoscaler) no node can be drained: Ray Train's
 # preemption watcher, one more actor process per run that polls the node's drain state (1.6-2 s of CPU each
