@@ -164,7 +164,8 @@ class DemoRun:
         run, generated = str(self.paths["run"]), self.paths["generated"]
         generated.mkdir(exist_ok=True)
         audio = generate(GenerateConfig(checkpoint=run, out=str(generated / "audio.wav"), mode="audio",
-                                        prompt="a rising chirp sweeps upward", max_tokens=75 * 8, seed=0))
+                                        prompt="a rising chirp sweeps upward", max_tokens=75 * 8,
+                                        min_tokens=75 * 8 // 2, seed=0))  # at least 0.5 s: a short run ends clips early
         image = generate(GenerateConfig(checkpoint=run, out=str(generated / "image.png"), mode="image",
                                         prompt="a sunny landscape with a horizon and buildings", seed=0))
         return f"{audio.path.name} ({audio.meta['n_samples'] / audio.meta['sample_rate']:.1f} s), {image.path.name} " \

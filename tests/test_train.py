@@ -287,6 +287,14 @@ def test_generation_constraints():
         Constraint("image", SMALL, max_tokens=5, padded=padded)
     with pytest.raises(GenerateError, match="frame"):
         Constraint("audio", SMALL, max_tokens=N_Q - 1, padded=padded)
+    # --min-tokens: no <eoa> before that many tokens (rounded up to whole frames), then as before
+    at_least = Constraint("audio", SMALL, max_tokens=N_Q * 3, padded=padded, min_tokens=N_Q + 1)
+    stops = [i for i in range(at_least.length) if eoa in at_least.mask(i).nonzero().flatten().tolist()]
+    assert stops == [2 * N_Q]
+    with pytest.raises(GenerateError, match="min-tokens"):
+        GenerateConfig(checkpoint="RUN", out="x.png", mode="image", min_tokens=5)
+    with pytest.raises(GenerateError, match="more than --max-tokens"):
+        GenerateConfig(checkpoint="RUN", out="x.wav", min_tokens=10, max_tokens=5)
 
 
 # ---- real tokenized data, no Ray ----------------------------------------------------------------

@@ -137,6 +137,8 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="audio: up to this many tokens, whole frames (default 600); text: default 200; "
                         "image: always the full grid")
+    p.add_argument("--min-tokens", type=int, default=0,
+                   help="audio: no end of clip before this many tokens (whole frames); default 0")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely allowed tokens (0 = all)")
@@ -152,7 +154,7 @@ def _generate(args: argparse.Namespace) -> int:
     from train.generate import GenerateConfig, generate
 
     cfg = GenerateConfig(checkpoint=args.checkpoint, out=args.out, mode=args.mode, prompt=args.prompt,
-                         max_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                         max_tokens=args.max_tokens, min_tokens=args.min_tokens, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                          audio_scale=args.audio_scale)
     result = generate(cfg)
     detail = json.dumps({k: v for k, v in result.meta.items() if k != "token_space_id"})

@@ -61,6 +61,7 @@ class GenerateConfig:
     mode: str = "audio"
     prompt: str = ""
     max_tokens: int | None = None  # audio: rounded down to whole frames; image: must be >= the grid
+    min_tokens: int = 0  # audio: <eoa> may not end the clip before this many tokens (rounded up to whole frames)
     seed: int = 0
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = no top-k cut
@@ -78,6 +79,10 @@ class GenerateConfig:
             raise GenerateError(f"--audio-scale must be > 0, got {self.audio_scale}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise GenerateError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.min_tokens < 0 or (self.min_tokens and self.mode != "audio"):
+            raise GenerateError(f"--min-tokens {self.min_tokens}: only audio has a minimum length (>= 0)")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise GenerateError(f"--min-tokens {self.min_tokens} is more than --max-tokens {self.max_tokens}")
         if self.temperature < 0 or self.top_k < 0:
             raise GenerateError("--temperature and --top-k must be >= 0")
 
@@ -98,9 +103,10 @@ class Constraint:
     output has the codec's layout whatever it is (frame-major, FSQ, SNAC's multirate frames, grids)."""
 
     def __init__(self, mode: str, space: TokenSpace, *, max_tokens: int, padded: int,
-                 frames_ok: Callable[[int], bool] | None = None):
+                 frames_ok: Callable[[int], bool] | None = None, min_tokens: int = 0):
         """frames_ok(n): whether the codec can decode exactly n generated frames (audio may stop only
-        there; default: any count)."""
+        there; default: any count). min_tokens: audio may not stop before this many tokens (an
+        undertrained model otherwise ends a clip after its first frame)."""
         self.mode = mode
         self.padded = padded
         sp = space.special
@@ -120,6 +126,7 @@ class Constraint:
                                     f"in the {self.layout.kind} layout)")
             self.stop = sp("<eoa>")
             self.length = self.max_frames * per
+            self.min_frames = -(-min_tokens // per)  # whole frames, rounded up
         elif mode == "image":
             self.length = image_length(space)
             if max_tokens < self.length:
@@ -152,7 +159,9 @@ class Constraint:
             m = torch.zeros(self.padded, dtype=torch.bool)
         else:
             m = self.level_masks[self.layout.level_of_position(i)]
-        if self.mode == "audio" and i > 0 and self.layout.is_frame_start(i) and self.frames_ok(i // self.tokens_per_frame):
+        frames = i // self.tokens_per_frame if self.mode == "audio" else 0
+        if (self.mode == "audio" and i > 0 and self.layout.is_frame_start(i) and frames >= self.min_frames
+                and self.frames_ok(frames)):
             m = m.clone()
             m[self.stop] = True  # <eoa> only after whole, decodable frames
         return m
@@ -279,7 +288,8 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     if cfg.mode == "image" and cfg.max_tokens is None:
         max_tokens = image_length(space)
     frames_ok = (lambda n: decodable_frames(tok.audio, n)) if cfg.mode == "audio" else None
-    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded, frames_ok=frames_ok)
+    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded, frames_ok=frames_ok,
+                            min_tokens=cfg.min_tokens)
     caption = tok.encode_text(cfg.prompt) if cfg.prompt else np.zeros(0, np.uint32)
     prompt = prompt_ids(cfg.mode, space, caption)
     ids = np.asarray(sample(model, prompt, constraint, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed),
