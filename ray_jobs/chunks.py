@@ -89,6 +89,18 @@ TAPER_ACTORS = 2
 TAPER_FLOOR = 0.25
 
 
+def work_left(durations: Sequence[float | None], modalities: Sequence[str], *, batch_seconds: float,
+              max_images: int) -> list[float]:
+    """left[i]: the work from row i to the shard's end, in full chunks (audio by seconds, images by count);
+    left[len(rows)] is 0, so rows [a, b) hold left[a] - left[b] of it."""
+    left = [0.0] * (len(durations) + 1)
+    for i in range(len(durations) - 1, -1, -1):
+        cost = ((durations[i] or 0.0) / batch_seconds if modalities[i] == "audio" else 0.0) \
+            + (1.0 / max_images if modalities[i] == "image" else 0.0)
+        left[i] = left[i + 1] + cost
+    return left
+
+
 def chunk_bounds(durations: Sequence[float | None], modalities: Sequence[str], *, batch_seconds: float,
                  max_images: int) -> list[tuple[int, int]]:
     """[start, end) row ranges of consecutive rows holding about batch_seconds of audio or max_images images
@@ -97,10 +109,7 @@ def chunk_bounds(durations: Sequence[float | None], modalities: Sequence[str], *
     Depends only on the rows (not on the cluster), so a shard's chunks are the same on every run."""
     seconds_of = [(d or 0.0) if m == "audio" else 0.0 for d, m in zip(durations, modalities)]
     is_image = [m == "image" for m in modalities]
-    # Work from row i to the shard's end, in full chunks (audio by seconds, images by count).
-    left = [0.0] * (len(seconds_of) + 1)
-    for i in range(len(seconds_of) - 1, -1, -1):
-        left[i] = left[i + 1] + seconds_of[i] / batch_seconds + is_image[i] / max_images
+    left = work_left(durations, modalities, batch_seconds=batch_seconds, max_images=max_images)
     bounds: list[tuple[int, int]] = []
     start, seconds, images = 0, 0.0, 0
     share = _share(left[0])
@@ -125,11 +134,10 @@ def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_
                  max_images: int) -> list[ChunkRef]:
     """The chunks of one planned shard (`shard.ids` in plan order; `row_of` maps an ID to its ManifestRow)."""
     rows = [row_of(x) for x in shard.ids]
-    bounds = chunk_bounds([r.duration for r in rows], [r.modality for r in rows], batch_seconds=batch_seconds,
-                          max_images=max_images)
-    cost = [((r.duration or 0.0) / batch_seconds if r.modality == "audio" else 0.0)
-            + (1.0 / max_images if r.modality == "image" else 0.0) for r in rows]
-    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b, cost=sum(cost[a:b]))
+    durations, modalities = [r.duration for r in rows], [r.modality for r in rows]
+    bounds = chunk_bounds(durations, modalities, batch_seconds=batch_seconds, max_images=max_images)
+    left = work_left(durations, modalities, batch_seconds=batch_seconds, max_images=max_images)
+    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b, cost=left[a] - left[b])
             for i, (a, b) in enumerate(bounds)]
 
 

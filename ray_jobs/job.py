@@ -340,9 +340,10 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
-    if first is not None and not set(media_modalities(by_id)) <= set(first.modalities):
+    missed = set(media_modalities(by_id)) - set(first.modalities) if first is not None else set()
+    if missed:
         log.info("the manifests also hold %s rows: restarting the codec actors with every codec they need",
-                 " and ".join(sorted(set(media_modalities(by_id)) - set(first.modalities))))
+                 " and ".join(sorted(missed)))
         first.kill()
         first = None
     started = time.time()

@@ -107,12 +107,17 @@ def descriptor_key(modality: str, settings: CodecSettings, version: int) -> str 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _entry(modality: str, settings: CodecSettings, version: int) -> Path | None:
+    """The cache file of this codec's descriptor, or None when it cannot be cached."""
+    key = descriptor_key(modality, settings, version)
+    return cache_dir() / f"{key}.json" if key is not None else None
+
+
 def cached(modality: str, settings: CodecSettings, version: int) -> CodecDescriptor | None:
     """The remembered descriptor, or None (never loaded with this key, or not cacheable)."""
-    key = descriptor_key(modality, settings, version)
-    if key is None:
+    path = _entry(modality, settings, version)
+    if path is None:
         return None
-    path = cache_dir() / f"{key}.json"
     try:
         return CodecDescriptor.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except FileNotFoundError:
@@ -124,10 +129,9 @@ def cached(modality: str, settings: CodecSettings, version: int) -> CodecDescrip
 
 def remember(modality: str, settings: CodecSettings, version: int, descriptor: CodecDescriptor) -> None:
     """Write what a real load gave. An unwritable cache is skipped, never an error."""
-    key = descriptor_key(modality, settings, version)
-    if key is None:
+    path = _entry(modality, settings, version)
+    if path is None:
         return
-    path = cache_dir() / f"{key}.json"
     fresh = descriptor.to_dict()
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
