@@ -175,3 +175,18 @@ def test_the_tail_starts_when_the_last_shard_is_cut_and_goes_longest_first(defau
     assert scheduler.exhausted and scheduler._in_tail() and len(scheduler.pending) > 4
     costs = sorted((c.cost for c in scheduler.pending), reverse=True)
     assert [c.cost for c in scheduler.pending] != costs  # plan order is not longest first here
+
+
+# ---- the local instance's head node ------------------------------------------------------------------------
+def test_a_local_instance_starts_without_the_autoscaler_and_log_monitors():
+    """`connect(None)` starts a head node without the autoscaler monitor (its exit held every local job's
+    `ray.shutdown` for 1 s) and the log monitor (drivers run with log_to_driver=False), and jobs still run."""
+    code = ("import ray\nfrom uti.ray_local import connect\nconnect(None, num_cpus=1)\n"
+            "procs = sorted(ray._private.worker._global_node.all_processes)\n"
+            "print(' '.join(procs)); print(ray.get(ray.remote(lambda: 41).remote()) + 1)\nray.shutdown()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    started, answer = proc.stdout.split("\n")[:2]
+    assert answer == "42"
+    assert {"gcs_server", "raylet"} <= set(started.split()), started  # Ray's process-type names
+    assert not {"monitor", "log_monitor"} & set(started.split()), started
