@@ -5,6 +5,7 @@ big manifest is still being read, and the tail of a shard is cut into smaller ch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -178,15 +179,21 @@ def test_the_tail_starts_when_the_last_shard_is_cut_and_goes_longest_first(defau
 
 
 # ---- the local instance's head node ------------------------------------------------------------------------
-def test_a_local_instance_starts_without_the_autoscaler_and_log_monitors():
+def test_a_local_instance_starts_lean_and_its_workers_inherit_the_storage_environment():
     """`connect(None)` starts a head node without the autoscaler monitor (its exit held every local job's
-    `ray.shutdown` for 1 s) and the log monitor (drivers run with log_to_driver=False), and jobs still run."""
-    code = ("import ray\nfrom uti.ray_local import connect\nconnect(None, num_cpus=1)\n"
+    `ray.shutdown` for 1 s) and the log monitor (drivers run with log_to_driver=False). Object-store
+    variables reach the workers by inheritance, not through a job runtime env (which made Ray start a new
+    worker for every task beside the idle ones it had prestarted)."""
+    code = ("import os, ray\nfrom uti.ray_local import connect\nconnect(None, num_cpus=1)\n"
             "procs = sorted(ray._private.worker._global_node.all_processes)\n"
-            "print(' '.join(procs)); print(ray.get(ray.remote(lambda: 41).remote()) + 1)\nray.shutdown()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+            "print(' '.join(procs))\n"
+            "print(ray.get(ray.remote(lambda: os.environ.get('AWS_REGION')).remote()))\n"
+            "print(sorted(ray.get_runtime_context().runtime_env.get('env_vars') or {}))\nray.shutdown()")
+    env = {**os.environ, "AWS_REGION": "test-region-1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    started, answer = proc.stdout.split("\n")[:2]
-    assert answer == "42"
+    started, region, job_env_vars = proc.stdout.split("\n")[:3]
     assert {"gcs_server", "raylet"} <= set(started.split()), started  # Ray's process-type names
     assert not {"monitor", "log_monitor"} & set(started.split()), started
+    assert region == "test-region-1"  # the worker sees the driver's variable ...
+    assert job_env_vars == "[]"  # ... without a job runtime env carrying it
