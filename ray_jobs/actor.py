@@ -66,9 +66,11 @@ class CodecWorker:
                 "proc_size": tok.image.proc_size[0] if tok.image else 0}
 
     def encode_chunk(self, *, split: str, shard: str, index: int, rows: list[ManifestRow], media: list,
-                     token_space_id: str | None = None):
+                     read_args: dict[str, Any] | None = None, token_space_id: str | None = None):
         """One chunk of a shard -> (ChunkStats, EncodedChunk): call with num_returns=2, so the driver reads only
-        the small stats and the encoded samples go from the object store straight to the shard's writer."""
+        the small stats and the encoded samples go from the object store straight to the shard's writer.
+        `media`: the refs of the chunk's read tasks; or, with `read_args` (ray_jobs.read.read_rows's
+        arguments), this actor reads the rows itself (CPU actors: ray_jobs.resources)."""
         import ray
 
         from ray_jobs.chunks import ChunkStats, EncodedChunk
@@ -82,8 +84,13 @@ class CodecWorker:
 
         started_at = time.time()  # wall clock: the driver spans a modality's chunks across actors
         t0 = time.perf_counter()
-        items: list[ReadResult] = [item for ref in media for item in ray.get(ref)]
-        t1 = time.perf_counter()
+        if read_args is not None:
+            from ray_jobs.read import read_rows
+
+            items: list[ReadResult] = read_rows(rows, **read_args)
+        else:
+            items = [item for ref in media for item in ray.get(ref)]
+        t1 = time.perf_counter()  # wait: for the read tasks, or the actor's own read
         by_id = {r.id: r for r in rows}
         encoded: dict[str, tuple[np.ndarray, dict, str | None, dict]] = {}
         errors: dict[str, dict] = {}

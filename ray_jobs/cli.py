@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ray_jobs.config import READ_IN
 from sharding.outdir import ERRORS_NAME, path_of
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
@@ -21,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="codec config: preset name or uti.yaml (default: 'default')")
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://...; default: a local instance")
     p.add_argument("--num-actors", type=int, default=None,
-                   help="codec actors; default: one per GPU, or on CPU-only clusters as many as leave a CPU share "
-                        "for the read tasks (every core on one machine)")
+                   help="codec actors; default: one per GPU, or on CPU-only clusters one per CPU (every core on "
+                        "one machine)")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (0.5 shares one); default: 1 if the cluster has GPUs")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPU threads per codec actor")
     size = p.add_mutually_exclusive_group()
@@ -31,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-seconds", type=float, default=60.0,
                    help="seconds of audio per chunk (the unit of work: any actor encodes any chunk of any shard)")
     p.add_argument("--max-images-per-batch", type=int, default=64, help="images per chunk")
+    p.add_argument("--read-in", choices=READ_IN, default="auto",
+                   help="who decodes and resamples the media: CPU read tasks feeding the actors, or the codec actors "
+                        "themselves; auto: tasks for GPU actors (decoding overlaps the GPU), the actors on CPU (a read "
+                        "task's worker costs more CPU than the reads)")
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
         manifests=tuple(args.manifest), out=args.out, config=args.config, address=args.address,
         num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_samples=args.shard_samples, shard_seconds=args.shard_seconds, batch_seconds=args.batch_seconds,
-        max_images_per_batch=args.max_images_per_batch,
+        max_images_per_batch=args.max_images_per_batch, read_in=args.read_in,
         max_shard_failures=args.max_shard_failures, dashboard=args.dashboard, progress=not args.no_progress,
     )
     job = run_tokenize(cfg)

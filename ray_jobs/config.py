@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from uti.errors import ConfigError
 
+READ_IN = ("auto", "actors", "tasks")  # `--read-in`: see ray_jobs.resources
+
 
 @dataclass(kw_only=True, frozen=True)
 class TokenizeConfig:
@@ -22,6 +24,7 @@ class TokenizeConfig:
     max_images_per_batch: int = 64  # images per chunk
     max_shard_failures: int = 3  # a chunk (or shard writer) failing this often stops the job, naming the shard
     read_cpus: float = 0.5  # logical CPUs per read task: reading is light next to encoding
+    read_in: str = "auto"  # who reads the media: "actors", "tasks", or auto (CPU actors read, GPU actors get tasks)
     dashboard: bool = False
     progress: bool = True
 
@@ -44,5 +47,7 @@ class TokenizeConfig:
             raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
+        if self.read_in not in READ_IN:
+            raise ConfigError(f"--read-in must be one of {', '.join(READ_IN)}, got {self.read_in!r}")
         if self.max_shard_failures < 1:
             raise ConfigError(f"--max-shard-failures must be >= 1, got {self.max_shard_failures}")

@@ -237,9 +237,10 @@ class _CodecActors:
         import ray
 
         request = resolve(cfg, ray.cluster_resources(), chunks=chunks)
-        log.info("%d codec actors (%g CPU, %g GPU each; codecs: %s), read tasks of %g CPU", request.num_actors,
-                 request.cpus_per_actor, request.gpus_per_actor, ", ".join(modalities) or "text only",
-                 request.read_cpus)
+        reads = "the actors read their own chunks" if request.reads_in_actors else \
+            f"read tasks of {request.read_cpus:g} CPU"
+        log.info("%d codec actors (%g CPU, %g GPU each; codecs: %s), %s", request.num_actors,
+                 request.cpus_per_actor, request.gpus_per_actor, ", ".join(modalities) or "text only", reads)
         launched = cls(actors=[], request=request, modalities=modalities)
         launched._new = lambda i: _new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
                                              max_restarts=max_restarts)
@@ -509,7 +510,7 @@ def count_chunks(cfg: TokenizeConfig, shards, by_id: dict[str, ManifestRow], *, 
 def _empty_run() -> RunResult:
     """The run of a job with nothing to do."""
     return RunResult(shards=[], chunks=[], failures_by_shard={}, chunk_retries=0, writer_retries=0, actor_info=[],
-                     actors_started=0, processing_seconds=0.0, startup_seconds=None)
+                     actors_started=0, processing_seconds=0.0, startup_seconds=None, reads_in_actors=None)
 
 
 def _torch_version(run: RunResult) -> str:
@@ -576,6 +577,8 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
             "codecs_loaded": sorted({m for info in run.actor_info for m in info.get("codecs", ())}),
             "busy_fraction": sum(busy_by_pid.values()) / (n_actors * processing) if processing and run.chunks else 0.0,
             "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
+            # who read the media (--read-in), and the actors' time not encoding: waiting for read tasks, or reading
+            "reads_in": None if run.reads_in_actors is None else "actors" if run.reads_in_actors else "tasks",
             "read_wait_seconds": sum(c.wait for c in run.chunks),
         },
         # Work sent again: chunks (an actor killed or restarting, a chunk's error) and shard writers.

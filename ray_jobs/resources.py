@@ -1,10 +1,17 @@
 """What a tokenize run asks of the Ray cluster: defaults that fit it, a request that can never be
 scheduled refused at once, and the reason when something waits for resources.
 
+Who reads the media (`--read-in`): GPU actors are fed by CPU read tasks, so decoding overlaps the GPU's
+work. CPU actors read their own chunks: on a CPU the read costs the same core time wherever it runs, and
+each read task's worker process cost more than the reads themselves (start a worker, import torch for
+resampling: ~3 s of CPU per worker, against ~0.5 s of reading in 600 s of audio), so every CPU goes to
+an actor.
+
 Read tasks and codec actors draw on the same CPUs. Ray gives an actor its CPUs for its whole life, so
 actors holding every CPU leave none for the read tasks that feed them, and the run waits forever
-without a word (issue 12: `ray start --head --num-cpus 2` with two 1-CPU actors). Here the defaults
-leave room for the reads, and an explicit request that cannot fit fails before anything starts.
+without a word (issue 12: `ray start --head --num-cpus 2` with two 1-CPU actors). Where there are
+read tasks the defaults leave room for them, and an explicit request that cannot fit fails before
+anything starts.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ PENDING_GRACE_SECONDS = 15.0  # an actor or read task waiting longer than this g
 
 @dataclass(kw_only=True, frozen=True)
 class Request:
-    """The resources of one run: `num_actors` codec actors and read tasks of `read_cpus` each."""
+    """The resources of one run: `num_actors` codec actors and, unless the actors read their own chunks,
+    read tasks of `read_cpus` each."""
 
     num_actors: int
     cpus_per_actor: float
     gpus_per_actor: float
-    read_cpus: float
+    read_cpus: float  # 0 when `reads_in_actors`
+    reads_in_actors: bool = False
 
     @property
     def device(self) -> str:
@@ -42,16 +51,27 @@ class Request:
 
 
 def local_num_cpus(cfg: TokenizeConfig, cpu_count: int) -> int:
-    """Logical CPUs of a local instance this run starts: every core for actors plus room for reads, and
-    enough for an explicit --num-actors (so a local request always fits; the OS shares the cores)."""
-    actors = cfg.num_actors if cfg.num_actors is not None else cpu_count
-    return max(cpu_count, math.ceil(actors * cfg.cpus_per_actor + cfg.read_cpus))
+    """Logical CPUs of a local instance this run starts: every core, and enough for an explicit
+    --num-actors plus its read tasks (so a local request always fits; the OS shares the cores). Without
+    --num-actors nothing is added: CPU actors then take every core and read their own chunks (one actor
+    per core, not one more), and GPU actors leave room for their read tasks by default_actors."""
+    if cfg.num_actors is None:
+        return cpu_count
+    return max(cpu_count, math.ceil(cfg.num_actors * cfg.cpus_per_actor + cfg.read_cpus))
+
+
+def reads_in_actors(cfg: TokenizeConfig, gpus_per_actor: float) -> bool:
+    """`--read-in auto`: CPU actors read their own chunks, GPU actors are fed by read tasks."""
+    if cfg.read_in == "auto":
+        return gpus_per_actor == 0
+    return cfg.read_in == "actors"
 
 
 def default_actors(cpus: float, gpus: float, *, gpus_per_actor: float, cpus_per_actor: float,
                    read_cpus: float) -> int:
     """One actor per GPU (or per `gpus_per_actor` share) on GPU clusters, else as many as leave
-    `read_cpus` free for reading; never more than the CPUs allow, never fewer than 1."""
+    `read_cpus` free for reading (0 when the actors read their own chunks: every CPU); never more than
+    the CPUs allow, never fewer than 1."""
     by_cpu = max(1, math.floor((cpus - read_cpus) / cpus_per_actor + 1e-9)) if cpus_per_actor > 0 else 1 << 30
     if gpus_per_actor > 0:
         return max(1, min(math.floor(gpus / gpus_per_actor + 1e-9), by_cpu))
@@ -70,13 +90,15 @@ def resolve(cfg: TokenizeConfig, cluster: Mapping[str, float], *, chunks: int | 
     if gpus_per_actor > 0 and gpus == 0:
         raise JobError(f"--gpus-per-actor {gpus_per_actor:g} but the Ray cluster reports no GPUs; add GPU nodes or "
                        "use --gpus-per-actor 0 to encode on CPU")
+    inline = reads_in_actors(cfg, gpus_per_actor)
+    read_cpus = 0.0 if inline else cfg.read_cpus
     if cfg.num_actors is None:
         n = default_actors(cpus, gpus, gpus_per_actor=gpus_per_actor, cpus_per_actor=cfg.cpus_per_actor,
-                           read_cpus=cfg.read_cpus)
+                           read_cpus=read_cpus)
     else:
         n = cfg.num_actors
     request = Request(num_actors=max(1, min(n, chunks) if chunks is not None else n), cpus_per_actor=cfg.cpus_per_actor,
-                      gpus_per_actor=gpus_per_actor, read_cpus=cfg.read_cpus)
+                      gpus_per_actor=gpus_per_actor, read_cpus=read_cpus, reads_in_actors=inline)
     check_fits(request, cpus=cpus, gpus=gpus)
     return request
 
@@ -94,11 +116,12 @@ def check_fits(r: Request, *, cpus: float, gpus: float) -> None:
         fit = math.floor((cpus - r.read_cpus) / r.cpus_per_actor + 1e-9) if r.cpus_per_actor > 0 else 0
         fix = (f"use --num-actors {fit} or fewer (or leave --num-actors out: the default fits the cluster)" if fit >= 1
                else f"use --cpus-per-actor {max(cpus - r.read_cpus, 0):g} or less, or add CPUs to the cluster")
+        reads = f" + {r.read_cpus:g} CPU for a read task" if r.read_cpus > 0 else ""
+        why = ("the actors would hold every CPU and the read tasks that feed them could never run (the job would "
+               "wait forever)" if r.read_cpus > 0 else "the job could never start every actor")
         raise JobError(
-            f"{r.num_actors} codec actors x {r.cpus_per_actor:g} CPU (--num-actors, --cpus-per-actor) + "
-            f"{r.read_cpus:g} CPU for a read task = {need:g} CPU, but the Ray cluster has {cpus:g} CPU: the actors "
-            f"would hold every CPU and the read tasks that feed them could never run (the job would wait forever); "
-            f"{fix}")
+            f"{r.num_actors} codec actors x {r.cpus_per_actor:g} CPU (--num-actors, --cpus-per-actor){reads} = "
+            f"{need:g} CPU, but the Ray cluster has {cpus:g} CPU: {why}; {fix}")
 
 
 def waiting_reason(*, actors_pending: int, reads_pending: bool, request: Request,

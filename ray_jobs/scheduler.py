@@ -1,9 +1,10 @@
 """The tokenize scheduler: chunks to codec actors, whole shards to writer tasks (issue 12).
 
 The driver walks the plan's shards in order and cuts each into chunks (ray_jobs.chunks). A chunk's media
-is read by a CPU task and encoded by whichever codec actor has a free slot; each actor holds at most
-QUEUE_PER_ACTOR chunks (one encoding, one whose media is being read), which bounds the decoded media in
-the object store whatever the dataset's size (backpressure). When every chunk of a shard is encoded, a
+is read by a CPU task (or, for CPU actors, by the actor itself: ray_jobs.resources) and encoded by
+whichever codec actor has a free slot; each actor holds at most QUEUE_PER_ACTOR chunks (one encoding, one
+whose media is being read), which bounds the decoded media in the object store whatever the dataset's
+size (backpressure). When every chunk of a shard is encoded, a
 writer task commits the shard (tar, then index last). A failed chunk is redone alone (on any actor); a
 failed writer is rerun from the same encoded chunks, or the shard's chunks are redone if those were lost.
 Exactly-once and resume stay per shard: a shard exists once its index does.
@@ -48,6 +49,7 @@ class RunResult:
     actors_started: int
     processing_seconds: float  # first codec actor ready -> last shard committed
     startup_seconds: float | None  # command start -> first chunk sent to a loaded codec actor
+    reads_in_actors: bool | None  # the actors read their chunks' media themselves (no read tasks); None: no run
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -81,6 +83,7 @@ class ChunkScheduler:
         self.space = space
         self.read_args = read_args
         self.request = request
+        self.inline_reads = request.reads_in_actors
         self.actors = actors
         self.first_info = first_info
         self.command_started = command_started
@@ -128,8 +131,11 @@ class ChunkScheduler:
         return [self.row_of(x) for x in shard.ids[chunk.start: chunk.end]]
 
     def _read(self, rows: list[ManifestRow], node: str | None) -> list:
+        """The read task refs of these rows; none when the actors read their own chunks."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if self.inline_reads:
+            return []
         # Decoded audio is ~10x its file: read where the consuming actor runs (soft: any node will do).
         opts: dict[str, Any] = {"num_cpus": self.cfg.read_cpus, "max_retries": 3}
         if node is not None:
@@ -148,7 +154,7 @@ class ChunkScheduler:
 
         # The first chunks' reads start now, while the other actors are still loading their codecs.
         self._refill()
-        for chunk in list(self.pending)[: len(self.actors) * QUEUE_PER_ACTOR]:
+        for chunk in list(self.pending)[: 0 if self.inline_reads else len(self.actors) * QUEUE_PER_ACTOR]:
             self.prefetched[chunk] = self._read(self._rows(chunk), None)
         self.nodes: list[str | None] = [self.first_info["node"]] + [None] * (len(self.actors) - 1)
         self.actor_info = [self.first_info]
@@ -190,7 +196,8 @@ class ChunkScheduler:
         return RunResult(shards=self.shards, chunks=self.chunk_stats, failures_by_shard=dict(self.failures),
                          chunk_retries=self.chunk_retries, writer_retries=self.writer_retries,
                          actor_info=self.actor_info, actors_started=len(self.actors),
-                         processing_seconds=time.time() - processing_started, startup_seconds=self.startup)
+                         processing_seconds=time.time() - processing_started, startup_seconds=self.startup,
+                         reads_in_actors=self.inline_reads)
 
     def _in_tail(self) -> bool:
         return self.exhausted
@@ -209,13 +216,13 @@ class ChunkScheduler:
             self.reading[chunk] = media
             stats_ref, encoded_ref = self.actors[i].encode_chunk.options(num_returns=2).remote(
                 split=chunk.split, shard=chunk.shard, index=chunk.index, rows=rows, media=media,
-                token_space_id=self.space.id)
+                read_args=self.read_args if self.inline_reads else None, token_space_id=self.space.id)
             if self.startup is None:
                 self.startup = time.time() - self.command_started
                 log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
                          "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
             self.pool.assign(stats_ref, i, (chunk, encoded_ref))
-        if tail:  # the next chunks' media is read while every actor encodes, whichever actor takes them
+        if tail and not self.inline_reads:  # the next chunks' media is read while every actor encodes, whichever actor takes them
             for chunk in list(self.pending)[: len(self.actors)]:
                 if chunk not in self.prefetched:
                     self.prefetched[chunk] = self._read(self._rows(chunk), None)

@@ -76,10 +76,15 @@ def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, 
     assert two["actors"]["count"] == 2 and two["counts"]["chunks_encoded"] >= 6, two["counts"]
     assert len(two["actors"]["busy_seconds_by_pid"]) == 2, two["actors"]
     assert two["actors"]["codecs_loaded"] == ["audio", "image", "text"]
+    assert two["actors"]["reads_in"] == "actors"  # CPU actors read their own chunks by default (--read-in auto)
     assert shard_bytes(out) == shard_bytes(ref)
-    tiny = run_tokenize(_cfg(manifest, tmp_path / "tiny", num_actors=2, batch_seconds=0.5, max_images_per_batch=1))
+    # Read tasks feeding the actors (what GPU actors get) and tiny chunks: still the same bytes.
+    tiny = run_tokenize(_cfg(manifest, tmp_path / "tiny", num_actors=2, batch_seconds=0.5, max_images_per_batch=1,
+                             read_in="tasks"))
+    assert tiny["actors"]["reads_in"] == "tasks"
     assert tiny["counts"]["chunks_encoded"] == 15  # every row alone: the chunk size changes no byte
     assert shard_bytes(tmp_path / "tiny") == shard_bytes(ref)
+    assert (tmp_path / "tiny" / "errors.jsonl").read_bytes() == (ref / "errors.jsonl").read_bytes()
 
 
 def test_an_audio_job_loads_no_image_codec_and_keeps_the_jobs_token_space(one_actor, manifest, tmp_path):

@@ -68,16 +68,16 @@ def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, refe
     out = tmp_path / "out"
     started = time.time()
     job = run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(out), shard_samples=3, progress=False))
-    # One 1-CPU actor leaves a CPU for the reads (the old default of two actors waited forever here).
-    assert job["actors"]["count"] == 1
+    # CPU actors read their own chunks, so both CPUs get an actor and nothing waits for a CPU (the old
+    # default of two actors plus read tasks waited forever here).
+    assert job["actors"]["count"] == 2 and job["actors"]["reads_in"] == "actors"
     assert job["counts"]["samples"] == 10 and job["counts"]["errors"] == 3
     assert time.time() - started < 120
     # Timings named for what they are: the whole command, its start-up, and the codec actors' processing.
     t = job["throughput"]
     assert 0 < t["startup_seconds"] < t["wall_seconds"] and 0 < t["processing_seconds"] < t["wall_seconds"]
     assert job["driver_peak_rss_mb"] > 0
-    # The output does not depend on the number of actors (nor the cluster): one actor here, two in the
-    # reference run, the same bytes.
+    # The output does not depend on the cluster: the same bytes as the reference run on the shared Ray.
     ref, _ = reference
     assert shard_bytes(out) == shard_bytes(ref)
     assert (out / "errors.jsonl").read_bytes() == (ref / "errors.jsonl").read_bytes()
@@ -85,17 +85,34 @@ def test_default_flags_on_a_two_cpu_cluster_finish(ray_two_cpus, manifests, refe
 
 def test_an_impossible_request_fails_at_once_with_the_numbers_and_the_flag(ray_two_cpus, manifests, tmp_path):
     started = time.time()
-    with pytest.raises(JobError) as exc:
+    with pytest.raises(JobError) as exc:  # read tasks (what GPU actors get) need CPU beside the actors
         run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(tmp_path / "out"), shard_samples=3,
-                                    num_actors=2, progress=False))
+                                    num_actors=2, read_in="tasks", progress=False))
     message = str(exc.value)
     assert time.time() - started < 30
     for want in ("2 codec actors x 1 CPU", "--num-actors", "0.5 CPU for a read task", "= 2.5 CPU",
                  "has 2 CPU", "use --num-actors 1 or fewer"):
         assert want in message, (want, message)
+    with pytest.raises(JobError) as exc:  # actors reading their own chunks: one CPU each, no more
+        run_tokenize(TokenizeConfig(manifests=tuple(manifests), out=str(tmp_path / "out3"), shard_samples=3,
+                                    num_actors=3, progress=False))
+    message = str(exc.value)
+    for want in ("3 codec actors x 1 CPU (--num-actors, --cpus-per-actor) = 3 CPU", "has 2 CPU",
+                 "use --num-actors 2 or fewer"):
+        assert want in message, (want, message)
+    assert "read task" not in message
 
 
 def test_defaults_fit_gpus_and_leave_cpu_for_reads():
+    from ray_jobs.resources import resolve
+
+    # CPU actors read their own chunks: one per CPU; GPU actors leave CPU for their read tasks.
+    cpu = resolve(TokenizeConfig(manifests=("m",), out="o"), {"CPU": 8.0}, chunks=None)
+    assert (cpu.num_actors, cpu.reads_in_actors, cpu.read_cpus) == (8, True, 0.0)
+    tasks = resolve(TokenizeConfig(manifests=("m",), out="o", read_in="tasks"), {"CPU": 8.0}, chunks=None)
+    assert (tasks.num_actors, tasks.reads_in_actors, tasks.read_cpus) == (7, False, 0.5)
+    gpu = resolve(TokenizeConfig(manifests=("m",), out="o"), {"CPU": 8.0, "GPU": 2.0}, chunks=None)
+    assert (gpu.num_actors, gpu.reads_in_actors, gpu.device) == (2, False, "cuda")
     assert default_actors(2, 0, gpus_per_actor=0, cpus_per_actor=1, read_cpus=0.5) == 1
     assert default_actors(3, 0, gpus_per_actor=0, cpus_per_actor=1, read_cpus=0.5) == 2
     assert default_actors(64, 16, gpus_per_actor=1, cpus_per_actor=1, read_cpus=0.5) == 16
