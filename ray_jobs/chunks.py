@@ -160,6 +160,15 @@ def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) 
     return samples, sorted(errors, key=lambda e: e["id"])
 
 
+def prepare_writer() -> None:
+    """A no-op task of the writers' shape, sent as the work starts: the worker process that commits the
+    first shard is then started, and has imported the writer, while the actors encode. Where every CPU
+    holds a codec actor no idle worker is left, and starting one cost ~1 s at the end of a one-shard job,
+    with every actor idle."""
+    import sharding.writer  # noqa: F401
+    import uti.token_space  # noqa: F401
+
+
 def write_shard_task(out: str, split: str, shard: str, ids: list[str], token_space_json: bytes, extra: dict,
                      *chunks: EncodedChunk) -> ShardResult:
     """Commit one shard from its encoded chunks (a Ray task; the chunks arrive resolved, in chunk order)."""

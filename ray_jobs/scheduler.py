@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, shard_chunks, write_shard_task
+from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, prepare_writer, shard_chunks, write_shard_task
 from ray_jobs.outputs import JobError
 from ray_jobs.resources import PENDING_GRACE_SECONDS, Request, waiting_reason
 from sharding.manifest import ManifestRow
@@ -152,6 +152,7 @@ class ChunkScheduler:
     def _run(self) -> RunResult:
         import ray
 
+        ray.remote(prepare_writer).options(num_cpus=0).remote()  # fire and forget: only its worker matters
         # The first chunks' reads start now, while the other actors are still loading their codecs.
         self._refill()
         for chunk in list(self.pending)[: 0 if self.inline_reads else len(self.actors) * QUEUE_PER_ACTOR]:

@@ -183,17 +183,23 @@ def test_a_local_instance_starts_lean_and_its_workers_inherit_the_storage_enviro
     """`connect(None)` starts a head node without the autoscaler monitor (its exit held every local job's
     `ray.shutdown` for 1 s) and the log monitor (drivers run with log_to_driver=False). Object-store
     variables reach the workers by inheritance, not through a job runtime env (which made Ray start a new
-    worker for every task beside the idle ones it had prestarted)."""
+    worker for every task beside the idle ones it had prestarted). Idle workers beyond one per CPU are kept
+    for the next short task (a shard writer), not killed after 1 s."""
     code = ("import os, ray\nfrom uti.ray_local import connect\nconnect(None, num_cpus=1)\n"
             "procs = sorted(ray._private.worker._global_node.all_processes)\n"
             "print(' '.join(procs))\n"
             "print(ray.get(ray.remote(lambda: os.environ.get('AWS_REGION')).remote()))\n"
-            "print(sorted(ray.get_runtime_context().runtime_env.get('env_vars') or {}))\nray.shutdown()")
+            "print(sorted(ray.get_runtime_context().runtime_env.get('env_vars') or {}))\n"
+            # An actor holds the only CPU; a short task's idle worker must outlive Ray's 1 s idle kill.
+            "import time\nactor = ray.remote(num_cpus=1)(type('A', (), {'f': lambda self: 1})).remote()\n"
+            "ray.get(actor.f.remote())\npid = ray.remote(num_cpus=0)(lambda: os.getpid())\n"
+            "first = ray.get(pid.remote())\ntime.sleep(3)\nprint(first == ray.get(pid.remote()))\nray.shutdown()")
     env = {**os.environ, "AWS_REGION": "test-region-1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    started, region, job_env_vars = proc.stdout.split("\n")[:3]
+    started, region, job_env_vars, same_worker = proc.stdout.split("\n")[:4]
     assert {"gcs_server", "raylet"} <= set(started.split()), started  # Ray's process-type names
     assert not {"monitor", "log_monitor"} & set(started.split()), started
     assert region == "test-region-1"  # the worker sees the driver's variable ...
     assert job_env_vars == "[]"  # ... without a job runtime env carrying it
+    assert same_worker == "True"  # a shard's writer finds a worker waiting instead of starting one

@@ -55,6 +55,7 @@ def loopback_only() -> Iterator[None]:
 # - the log monitor: it tails worker logs to stream them to the driver, and uti drivers run with
 #   `log_to_driver=False` (the logs stay in the session folder); ~0.65 s of CPU while Ray starts.
 _LEAN_HEAD = {"no_monitor": True, "include_log_monitor": False}
+IDLE_WORKERS_KEPT = 2  # idle Ray workers a local instance keeps beyond one per CPU (see connect)
 
 
 @contextlib.contextmanager
@@ -249,9 +250,14 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
             if address:
                 ray.init(address=address, **common)
             else:
+                # Ray kills idle workers beyond one per CPU after 1 s. When every CPU holds an actor, each
+                # short task (a shard's writer) then started a new worker process (~0.7 s of CPU) and
+                # waited for it; up to IDLE_WORKERS_KEPT idle workers now stay for the next task.
+                cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
                 with loopback_only(), lean_head_node():
                     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-                             dashboard_host="127.0.0.1", **common)
+                             dashboard_host="127.0.0.1",
+                             _system_config={"num_workers_soft_limit": cpus + IDLE_WORKERS_KEPT}, **common)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UTIError(f"cannot start or reach {where}: {exc}") from None
