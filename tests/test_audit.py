@@ -52,28 +52,28 @@ def test_audit_is_reproducible_and_gates_on_its_own_baseline(bundle, tmp_path):
     assert report["checks"]["baseline.audio.snr_db"]["ok"]
 
 
-def test_audit_fails_on_a_baseline_it_cannot_meet(bundle, tmp_path):
+def test_audit_on_given_assets_fails_on_a_baseline_it_cannot_meet(bundle, tmp_path):
+    """One audit (each costs ~10 s) for two promises: on a folder of given assets every check of its own passes,
+    and a baseline it cannot meet (image.psnr 99 dB) fails it, naming the regressed metric."""
     out, _ = bundle
-    base = json.loads((out / "report.json").read_text())
-    base["metrics"]["image.psnr"] = 99.0
-    path = tmp_path / "base.json"
-    path.write_text(json.dumps(base))
-    proc = uti_here("audit", "--out", str(tmp_path / "b"), "--baseline", str(path))
-    assert proc.returncode == 1
-    assert "baseline.image.psnr" in proc.stdout and "REGRESSED" in proc.stdout
-    assert "FAILED" in proc.stdout
-
-
-def test_audit_on_given_assets(tmp_path):
     assets = tmp_path / "assets"
     assets.mkdir()
     sf.write(assets / "a b, c.wav", synth_audio("tone", seconds=0.6, sample_rate=16000), 16000)
     sf.write(assets / "stereo.flac", np.stack([synth_audio("noise", seconds=0.3, sample_rate=48000)] * 2, 1), 48000)
     Image.fromarray(synth_image(size=80, seed=9)).convert("P").save(assets / "pal.png")
-    proc = uti_here("audit", "--out", str(tmp_path / "out"), "--assets", str(assets))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    base = json.loads((out / "report.json").read_text())
+    base["metrics"] = {"image.psnr": 99.0}  # only this limit: the bundle's other figures are of other assets
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps(base))
+    proc = uti_here("audit", "--out", str(tmp_path / "out"), "--assets", str(assets), "--baseline", str(path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "baseline.image.psnr" in proc.stdout and "REGRESSED" in proc.stdout
+    assert "FAILED" in proc.stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["assets"]["audio"] == ["a b, c.wav", "stereo.flac"] and report["assets"]["image"] == ["pal.png"]
+    assert [n for n, c in report["checks"].items() if c["hard"] and not c["ok"]] == ["baseline.image.psnr"], \
+        report["checks"]
+    assert report["passed"] is False
 
 
 def test_audit_user_errors_are_one_clear_line(tmp_path):

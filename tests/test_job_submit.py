@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,17 @@ def test_ray_job_submit_tokenize_then_verify_from_outside(ray_cluster, tokenize_
     assert verified.returncode == 0, (verified.stdout + verified.stderr)[-3000:]
     report = json.loads((out / "verify" / "report.json").read_text())
     assert all(c["ok"] or c["skipped"] for c in report["checks"]), [c for c in report["checks"] if not c["ok"]]
+
+
+def test_joining_a_token_cluster_without_token_mode_fails_at_once_naming_the_fix(ray_cluster, tokenize_manifests,
+                                                                                tmp_path):
+    """`ray start` turns token authentication on; a driver without RAY_AUTH_MODE=token used to retry forever,
+    printing Ray's "InvalidAuthToken" every second. It now stops before joining and names the fix."""
+    env = {k: v for k, v in ray_cluster.env.items() if k != "RAY_AUTH_MODE"}
+    started = time.time()
+    res = _uti("tokenize", "--manifest", tokenize_manifests[0], "--out", str(tmp_path / "out"), "--no-progress",
+               "--address", ray_cluster.gcs_address, env=env, cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout + res.stderr)[-2000:]
+    assert "uses token authentication" in res.stderr and "export RAY_AUTH_MODE=token" in res.stderr, res.stderr
+    assert ray_cluster.gcs_address in res.stderr
+    assert time.time() - started < 120  # a process start and a 5 ms probe, not a wait on Ray's retries

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tokenize_helpers import shard_bytes
+from verify_helpers import ray_address  # noqa: F401 - a fixture, imported by name
 
 OUR_PACKAGES = ("uti", "sharding", "ray_jobs", "verify", "train", "demo", "bench")
 
@@ -35,10 +36,14 @@ def _imported(folder: Path) -> list[str]:
 
 @pytest.mark.ray
 def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_directory(tmp_path, tokenize_manifests,
-                                                                                     reference_run):
+                                                                                     reference_run, ray_address):
     """One tokenize + verify through the CLI from a folder holding verify.py, sharding.py, train.py,
     ray_jobs.py, demo.py, bench.py and uti.py: both succeed, the shards are byte-identical to a run from
-    a clean folder, and no process imported any of those files."""
+    a clean folder, and no process imported any of those files.
+
+    tokenize starts a local Ray of its own (its workers start in that folder); verify joins the suite's
+    Ray with --address (Ray sends a joining driver's folder to the workers too, through its job config),
+    which saves a second Ray start."""
     manifests = tokenize_manifests
     work = _plant(tmp_path / "work", OUR_PACKAGES)
     # Relative paths on purpose: they are resolved on the driver, whatever the workers' directory.
@@ -48,7 +53,8 @@ def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_direc
         cmd += ["--manifest", m]
     tokenize = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
     assert tokenize.returncode == 0, tokenize.stderr
-    verify = subprocess.run(["uti", "verify", "out"], cwd=work, capture_output=True, text=True, timeout=600)
+    verify = subprocess.run(["uti", "verify", "out", "--address", ray_address], cwd=work, capture_output=True,
+                            text=True, timeout=600)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "FAIL" not in verify.stdout and "PASS: every hard check passed" in verify.stdout, verify.stdout
     assert _imported(work) == [], "a process imported a shadow module from the working directory"

@@ -128,7 +128,7 @@ def test_killed_actor_is_restarted_and_the_job_completes_exactly_once(reference_
 
 # The driver SIGKILLed mid-run, then the same command rerun byte-identically (keeping exactly the complete
 # shards): tests/reliability/test_faults_tokenize.py::test_driver_sigkilled_at_random_points_then_rerun, at
-# two seeded points (this file's own copy of that test, one fixed point, was removed to save its ~40 s).
+# a seeded point (this file's own copy of that test, one fixed point, was removed to save its ~40 s).
 
 
 def test_cli_prints_summary_and_refuses_bad_flags(manifests, ray_session, tmp_path, capsys):

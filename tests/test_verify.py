@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import uti_in_process
 from demo.run import verify_failure_message
 from uti.errors import ConfigError
 from verify import CHECKS, VerifyConfig, run_verify
@@ -361,12 +362,13 @@ def test_cli_exit_codes(good, ray_address, tmp_path):
     uti = [sys.executable, "-m", "uti.cli", "verify", "--address", ray_address, "--decode-fraction", "0",
            "--retokenize-fraction", "0"]
 
-    # Four independent commands, started side by side (each a fresh process, as from a user's shell).
-    ok, failed, missing, typo = _run_side_by_side([
+    # Exit 0 and 1: two commands side by side, each a fresh process as from a user's shell. Exit 2 (user errors,
+    # refused before any check runs): the same main() in this process, which saves two interpreter starts.
+    ok, failed = _run_side_by_side([
         uti + [str(good.out), "--report-dir", str(tmp_path / "ok")],
-        uti + [str(bad)],
-        uti + [str(tmp_path / "nope")],
-        uti + [str(good.out), "--decode-fraction", "2"]], env=env)
+        uti + [str(bad)]], env=env)
+    missing = uti_in_process(*uti[3:], str(tmp_path / "nope"))
+    typo = uti_in_process(*uti[3:], str(good.out), "--decode-fraction", "2")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "PASS: every hard check passed" in ok.stdout and (tmp_path / "ok" / "report.html").is_file()
 

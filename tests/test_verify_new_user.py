@@ -138,7 +138,8 @@ def test_hf_embedded_media_source_hashes_are_of_the_row_bytes(hf_out, full_run):
 
 def test_hf_embedded_media_pass_with_default_settings(hf_out, ray_address, tmp_path):
     out, _ = hf_out
-    proc = uti("verify", str(out), "--address", ray_address, "--report-dir", str(tmp_path), check=False)
+    # In this process (no interpreter start, no torch import): full_run above is the module's fresh `uti verify`.
+    proc = uti_in_process("verify", str(out), "--address", ray_address, "--report-dir", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert proc.returncode == 0, [c["first_failure"] for c in report["checks"] if not c["ok"]]
     assert _check(report, "retokenize")["counts"]["retokenize.items"] >= 1
@@ -245,8 +246,9 @@ def test_cli_baseline_tolerance_and_the_token_space_warning(hf_out, full_run, ra
     other = _edited_baseline(base, tmp_path / "other.json", token_space_id="f" * 64,
                              samples__total=now["samples.total"] + 1, samples__split__train=now["samples.split.train"] + 1,
                              samples__modality__image=now["samples.modality.image"] + 1)
-    proc = uti("verify", str(out), "--address", ray_address, "--decode-fraction", "0", "--retokenize-fraction", "0",
-               "--baseline", str(other), "--baseline-tolerance", "0.2", "--report-dir", str(tmp_path / "r"), check=False)
+    proc = uti_in_process("verify", str(out), "--address", ray_address, "--decode-fraction", "0",
+                          "--retokenize-fraction", "0", "--baseline", str(other), "--baseline-tolerance", "0.2",
+                          "--report-dir", str(tmp_path / "r"))
     gate = _check(json.loads((tmp_path / "r" / "report.json").read_text()), "baseline")
     # 12.5% fewer in total and 14% fewer in train pass a 20% tolerance; 25% fewer images do not.
     assert proc.returncode == 1 and gate["counts"]["regressed"] == ["samples.modality.image"], gate["counts"]

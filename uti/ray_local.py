@@ -217,6 +217,53 @@ def with_storage_env(runtime_env: dict[str, Any] | None) -> dict[str, Any] | Non
     return merged
 
 
+def _gcs_address(address: str) -> str | None:
+    """HOST:PORT of the cluster's GCS for `address` ("auto" resolved as Ray resolves it); None for a Ray
+    Client address (ray://) or when it cannot be resolved (ray.init then says why)."""
+    if address.startswith("ray://"):
+        return None
+    if address != "auto":
+        return address  # as given: Ray's canonical form swaps 127.0.0.1 for the routable IP
+    services = logging.getLogger("ray._private.services")
+    level = services.level
+    services.setLevel(logging.ERROR)  # its "multiple active Ray instances" notice comes again from ray.init
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(address)
+    except Exception:  # noqa: BLE001 - an address Ray itself will refuse with its own message
+        return None
+    finally:
+        services.setLevel(level)
+
+
+def auth_problem(address: str, *, timeout: float = 3.0) -> str | None:
+    """Why joining `address` would never finish: a cluster with token authentication (what `ray start`
+    turns on in Ray 2.60) and a client that sends no token. ray.init then retries forever, printing
+    "InvalidAuthToken" every second. A 5 ms request to the GCS tells it; None when all is well or when the
+    probe itself cannot tell (ray.init then goes ahead and reports its own errors)."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return None  # the client sends its token
+    gcs = _gcs_address(address)
+    if gcs is None:
+        return None
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+        with grpc.insecure_channel(gcs) as channel:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - only an unauthenticated answer is a finding
+        code = getattr(exc, "code", None)
+        if callable(code) and getattr(code(), "name", "") == "UNAUTHENTICATED":
+            where = address if gcs == address else f"{address} ({gcs})"
+            return (f"the Ray cluster at {where} uses token authentication and this client sends no "
+                    "token: export RAY_AUTH_MODE=token (on a machine where `ray start` ran, the token is read from "
+                    "~/.ray/auth_token; elsewhere also set RAY_AUTH_TOKEN to the cluster's token)")
+    return None
+
+
 def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool = False,
             runtime_env: dict[str, Any] | None = None) -> bool:
     """Make sure Ray is initialised; returns True when this call started it (the caller shuts it down).
@@ -248,6 +295,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
     try:
         with sigterm_handler_kept():
             if address:
+                problem = auth_problem(address)
+                if problem:
+                    raise UTIError(problem)
                 ray.init(address=address, **common)
             else:
                 # Ray kills idle workers beyond one per CPU after 1 s. When every CPU holds an actor, each

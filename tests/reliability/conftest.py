@@ -69,6 +69,21 @@ def _group_of(item) -> str:
     return getattr(getattr(item, "module", None), "REPORT_GROUP", "security")
 
 
+_COLLECTED: set[str] = set()  # every test collected (before -k/-m deselection): what still exists
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    _COLLECTED.update(item.nodeid for item in items)
+
+
+def _still_exists(nodeid: str) -> bool:
+    """A row of an earlier session is kept unless its test is gone from a file collected now (a dropped
+    parameter or a renamed test): results.json then never reports a scenario that no longer runs."""
+    path = nodeid.split("::", 1)[0]
+    return nodeid in _COLLECTED or not any(c.split("::", 1)[0] == path for c in _COLLECTED)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _STATUS:
         return
@@ -84,7 +99,7 @@ def pytest_sessionfinish(session, exitstatus):
             rows.append({**r, "outcome": outcome, "status": st["status"], "seconds": st["seconds"]})
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     ran = set(_STATUS)
-    kept = [r for r in old.get("rows", []) if r.get("test") not in ran]
+    kept = [r for r in old.get("rows", []) if r.get("test") not in ran and _still_exists(r.get("test", ""))]
     merged = kept + rows
     merged.sort(key=lambda r: GROUPS.index(r["group"]) if r["group"] in GROUPS else 99)  # stable: run order
     import ray
@@ -132,6 +147,10 @@ def fault_data(tmp_path_factory) -> FaultData:
 def tokenize_cfg(data: FaultData, out: Path, **kw):
     from ray_jobs.config import TokenizeConfig
 
+    # Two codec actors unless a test says otherwise (the kills land on actor 0 and 1): the CPU default is now
+    # one actor per CPU, and on the shared 3-CPU Ray a third actor is one more process importing torch and
+    # loading codecs on two cores, for 18 one-sample shards.
+    kw.setdefault("num_actors", 2)
     return TokenizeConfig(manifests=(str(data.manifest),), out=str(out), shard_samples=data.shard_samples,
                           progress=False, **kw)
 

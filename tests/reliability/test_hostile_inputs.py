@@ -203,7 +203,9 @@ def test_hostile_media_in_one_manifest_and_one_tokenize_run(ray_session, hostile
 
     from ray_jobs.config import TokenizeConfig
 
-    cfg = TokenizeConfig(manifests=(str(manifest),), out=str(out), shard_samples=8, progress=False)
+    # One codec actor: a second would only add a process importing torch and loading codecs (seconds on two
+    # cores) for these few rows; what is checked is per row, whichever actor encodes it.
+    cfg = TokenizeConfig(manifests=(str(manifest),), out=str(out), shard_samples=8, num_actors=1, progress=False)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(job=run_tokenize(cfg)), daemon=True)
     t0 = time.time()
