@@ -200,7 +200,9 @@ def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float 
     results: dict[str, Any] = {"a_limit": bare_codec_limit(audio_manifest, device=device)}
     from uti.ray_local import connect
 
-    connect(address, num_cpus=None if address else 3)
+    # A Ray the caller already started (bench.run --quick shares one with the train benchmark; a test's
+    # session Ray) is used as is and left running: starting and stopping one costs seconds of CPU on 2 cores.
+    started = connect(address, num_cpus=None if address else 3)
     gpu = {"gpus_per_actor": gpus_per_actor}
     try:
         results["b_uti_1_actor"] = uti_tokenize(audio_manifest, work / "b1", num_actors=1, **gpu)
@@ -208,7 +210,8 @@ def run(*, quick: bool = False, workdir: Path | None = None, audio_scale: float 
         results["d_ray_data"] = ray_data_pipeline(audio_manifest, work / "d", actors=1)
         results["image_b_uti"] = uti_tokenize(image_manifest, work / "ib", num_actors=1, **gpu)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     results["c_hf_datasets"] = hf_datasets_map(audio_manifest, work / "c", num_proc=2)
     results["image_a_limit"] = bare_codec_limit(image_manifest, modality="image", device=device)
     if not quick and address is None:
@@ -343,6 +346,68 @@ def bare_loop_all_cores(manifest: Path, *, modality: str = "audio") -> dict[str,
     return {"units": units, "seconds": elapsed, "rate": units / elapsed, "threads": threads, "batch_size": 1}
 
 
+def _split_by_duration(rows: list, parts: int) -> list[list]:
+    """Rows dealt longest first to the lightest part, so parallel loops end together."""
+    shares: list[list] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for row in sorted(rows, key=lambda r: -(r.duration or 0.0)):
+        i = load.index(min(load))
+        shares[i].append(row)
+        load[i] += row.duration or 0.0
+    return shares
+
+
+_BARRIER = None
+
+
+def _barrier_init(barrier) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _single_thread_loop(rows: list) -> tuple[float, float, float]:
+    """One process, one torch thread, one EnCodec: load, pre-resample, wait for the others, then encode.
+    Returns (units, loop start, loop end) on the wall clock, so parallel loops can be combined."""
+    import torch
+
+    from sharding.media import AudioSpec, load_audio
+    from uti.config import LimitsConfig, load_config
+    from uti.tokenizer import UnifiedTokenizer
+
+    torch.set_num_threads(1)
+    tok = UnifiedTokenizer(load_config("default"), modalities=("audio",), device="cpu")
+    spec = AudioSpec(sample_rate=tok.audio.sample_rate, channels=tok.audio.channels)
+    data = [load_audio(r, spec=spec, limits=LimitsConfig()).data for r in rows]
+    if _BARRIER is not None:
+        _BARRIER.wait()
+    start = time.time()
+    for item in data:
+        tok.encode_audios([item])
+    return sum(d.shape[-1] for d in data) / tok.audio.sample_rate, start, time.time()
+
+
+def bare_parallel_loops(manifest: Path, *, processes: int) -> dict[str, Any]:
+    """`processes` bare single-thread loops side by side over the clips split between them: what this
+    machine itself gains from a second core, the ceiling of any 1 -> 2 actor scaling measured on it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = _split_by_duration(_rows(manifest), processes)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=ctx, initializer=_barrier_init,
+                             initargs=(ctx.Barrier(processes),)) as pool:
+        runs = list(pool.map(_single_thread_loop, shares))
+    units = sum(r[0] for r in runs)
+    seconds = max(r[2] for r in runs) - min(r[1] for r in runs)
+    return {"units": units, "seconds": seconds, "rate": units / seconds, "processes": processes, "threads_each": 1}
+
+
+def hardware_scaling(manifest: Path) -> dict[str, Any]:
+    """Bare single-thread loops, 1 process vs 2 side by side: the machine's own 1 -> 2 core efficiency."""
+    one, two = bare_parallel_loops(manifest, processes=1), bare_parallel_loops(manifest, processes=2)
+    return {"one": one, "two": two, "efficiency": two["rate"] / one["rate"] / 2}
+
+
 def uti_tokenize_command(manifest: Path, out: Path, *flags: str) -> dict[str, Any]:
     """`uti tokenize` as a user runs it (its own local Ray, default flags unless given): wall clock from
     the command starting to its exit, start-up included."""
@@ -378,6 +443,8 @@ def all_cores(work: Path, *, seconds: float = 600.0, scaling: bool = True) -> di
         two = out["uti_2_actors"] = uti_tokenize_command(manifest, work / "two", "--num-actors", "2")
         out["scaling_2_over_1"] = two["rate"] / one["rate"]
         out["scaling_efficiency"] = out["scaling_2_over_1"] / 2
+        out["scaling_efficiency_processing"] = one["processing_seconds"] / two["processing_seconds"] / 2
+        out["hardware_scaling"] = hardware_scaling(manifest)
     return out
 
 
@@ -398,6 +465,11 @@ def all_cores_ratios(r: dict[str, Any]) -> dict[str, float]:
             out[f"{ALL_CORES}{label}"] = r[key]["ratio"]
             if "scaling_efficiency" in r[key]:
                 out[f"scaling efficiency 1 -> 2 actors, end to end{label}"] = r[key]["scaling_efficiency"]
+            if "scaling_efficiency_processing" in r[key]:
+                out[f"scaling efficiency 1 -> 2 actors, processing{label}"] = r[key]["scaling_efficiency_processing"]
+            if "hardware_scaling" in r[key]:
+                out[f"scaling efficiency 1 -> 2 bare single-thread loops (this machine's ceiling){label}"] = \
+                    r[key]["hardware_scaling"]["efficiency"]
     if "images_all_cores" in r:
         out["images end to end / bare image codec, all cores"] = r["images_all_cores"]["ratio"]
     for s in r.get("startup", []):

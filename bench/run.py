@@ -7,11 +7,56 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
 from pathlib import Path
+from typing import Iterator
 
 from bench.results import DEFAULT_PATH, merge, verdict
+
+
+@contextlib.contextmanager
+def _shared_quick_ray(share: bool) -> Iterator[None]:
+    """--quick on this machine: one local Ray for the tokenize and train benchmarks (each would start and stop
+    its own, seconds of CPU apiece on 2 cores; a smoke run measures nothing those starts would change). A Ray
+    already initialised (a test's session instance) is used as is. The full run keeps its own instances:
+    bench_tokenize's two-node scaling needs Ray stopped first."""
+    if not share:
+        yield
+        return
+    import ray
+
+    from train.ray_hooks import RUNTIME_ENV
+    from train.runner import ray_train_env
+    from uti.ray_local import connect
+
+    started = connect(None, num_cpus=3, runtime_env=RUNTIME_ENV)  # 3: what bench_tokenize.run starts itself
+    try:
+        with ray_train_env(local=started):  # what `uti train` sets on a local Ray it starts itself
+            yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_benchmarks(args: argparse.Namespace) -> tuple[dict, dict]:
+    from bench import bench_tokenize
+
+    results: dict = {}
+    ratio_table: dict = {}
+    if args.only in (None, "tokenize"):
+        results["tokenize"] = bench_tokenize.run(quick=args.quick, workdir=args.workdir, audio_scale=args.audio_scale,
+                                                 address=args.address, gpus_per_actor=args.gpus_per_actor)
+        ratio_table.update(bench_tokenize.ratios(results["tokenize"]))
+    for extra in ("verify", "train"):
+        if args.only not in (None, extra):
+            continue
+        module = __import__(f"bench.bench_{extra}", fromlist=["run", "ratios"])
+        results[f"bench_{extra}"] = module.run(quick=args.quick, workdir=args.workdir)
+        ratio_table.update(module.ratios(results[f"bench_{extra}"]))
+    return results, ratio_table
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
@@ -27,21 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("tokenize", "verify", "train"), default=None, help="run one benchmark")
     args = parser.parse_args(argv)
 
-    from bench import bench_tokenize
-
     started = time.time()
-    results: dict = {}
-    ratio_table: dict = {}
-    if args.only in (None, "tokenize"):
-        results["tokenize"] = bench_tokenize.run(quick=args.quick, workdir=args.workdir, audio_scale=args.audio_scale,
-                                                 address=args.address, gpus_per_actor=args.gpus_per_actor)
-        ratio_table.update(bench_tokenize.ratios(results["tokenize"]))
-    for extra in ("verify", "train"):
-        if args.only not in (None, extra):
-            continue
-        module = __import__(f"bench.bench_{extra}", fromlist=["run", "ratios"])
-        results[f"bench_{extra}"] = module.run(quick=args.quick, workdir=args.workdir)
-        ratio_table.update(module.ratios(results[f"bench_{extra}"]))
+    with _shared_quick_ray(args.quick and args.address is None):
+        results, ratio_table = _run_benchmarks(args)
     print(f"{'measurement':<48} {'rate':>12}  unit")
     for name, r in results.get("tokenize", {}).items():
         unit = "images/s" if name.startswith("image") else "audio s/s"

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     example="uti demo --out demo-out")
     p.add_argument("--out", default="demo-out", help="folder for everything the demo makes (default: demo-out)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 200)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run (8 clips, 8 images, 30 steps)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (8 clips, 8 images, 20 steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

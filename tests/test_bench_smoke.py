@@ -7,7 +7,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_benchmarks_run_on_tiny_inputs(tmp_path):
+def test_benchmarks_run_on_tiny_inputs(tmp_path, ray_session):
+    """On the session's Ray (a smoke run measures nothing a Ray start would change): every benchmark uses the
+    caller's instance and leaves it running."""
     from bench.run import main
 
     out = tmp_path / "results.json"
@@ -24,6 +26,7 @@ def test_benchmarks_run_on_tiny_inputs(tmp_path):
                  "train input tokens/s / model tokens/s", "image b/a (steady state vs codec limit)"):
         assert payload["ratios"][name] > 0
     assert payload["results"]["tokenize"]["b_uti_1_actor"]["units"] > 0
+    assert ray_session.is_initialized(), "a benchmark shut down a Ray it did not start"
 
 
 def test_verdicts_know_which_way_a_target_points():

@@ -147,7 +147,7 @@ def _ray_train_processes(root: int) -> dict[str, list[dict[str, str]]]:
             env = dict(item.split("=", 1) for item in items)
         except OSError:
             continue
-        for name in ("TrainController", "RayTrainWorker", "PreemptionWatcher"):
+        for name in ("TrainController", "RayTrainWorker", "PreemptionWatcher", "PlacementGroupCleaner", "DatasetManager"):
             if title.startswith(f"ray::{name}"):
                 found.setdefault(name, []).append({k: env[k] for k in RAY_TRAIN_VARS if k in env})
     return found
@@ -162,6 +162,10 @@ def test_a_local_run_polls_its_workers_often_and_watches_no_preemption(interrupt
     assert len(procs.get("RayTrainWorker", [])) == 2 and procs.get("TrainController"), procs
     assert all(env == want for env in procs["TrainController"] + procs["RayTrainWorker"]), procs
     assert "PreemptionWatcher" not in procs, procs
+    # nor the actors Ray Train starts for what a run does not use (train.runner._make_trainer): Ray Data
+    # shards (the workers read shards themselves) and a placement-group cleaner for a driver that dies
+    # uncleanly (Ray takes the local instance it started down with its driver)
+    assert "DatasetManager" not in procs and "PlacementGroupCleaner" not in procs, procs
 
 
 def test_one_ctrl_c_stops_training_with_exit_130_and_says_how_to_resume(interrupted):

@@ -80,6 +80,8 @@ def killed_and_resumed(ray_session, clean_run, tmp_path_factory):
     # what the run's controller and workers were started with (train.runner.RAY_TRAIN_ENV)
     env = {role: [_environ(pid).get(POLL_ENV) for pid in pids]
            for role, pids in (("controller", _train_processes(b"TrainController")), ("workers", workers))}
+    # Ray Train's actors for what the run does not use (train.runner._make_trainer leaves them out)
+    unused = _train_processes(b"DatasetManager") + _train_processes(b"PlacementGroupCleaner")
     victim = rng.choice(workers)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
@@ -91,7 +93,8 @@ def killed_and_resumed(ray_session, clean_run, tmp_path_factory):
     t0 = time.time()
     resumed = train(TrainConfig.from_dict(cfg.to_dict() | {"resume": True}))
     return {"run": run, "cfg": cfg, "error": outcome.get("error"), "failed_after": failed_after, "before": before,
-            "ckpt": ckpt, "resumed": resumed, "resume_seconds": time.time() - t0, "env": env}
+            "ckpt": ckpt, "resumed": resumed, "resume_seconds": time.time() - t0, "env": env,
+            "unused": unused}
 
 
 def test_the_train_controller_and_workers_poll_often(killed_and_resumed):
@@ -101,6 +104,10 @@ def test_the_train_controller_and_workers_poll_often(killed_and_resumed):
     assert env["controller"] and len(env["workers"]) == 2, env
     assert set(env["controller"] + env["workers"]) == {RAY_TRAIN_ENV[POLL_ENV]}, env
     assert POLL_ENV not in os.environ  # set only while the run runs
+    # On the session's own local Ray (started by this process, like `uti train`'s) no DatasetManager (no Ray
+    # Dataset is passed in) and no PlacementGroupCleaner (the instance dies with its driver): two processes
+    # fewer per run.
+    assert killed_and_resumed["unused"] == [], killed_and_resumed["unused"]
 
 
 def test_train_worker_killed_then_resume_continues(killed_and_resumed, record):
