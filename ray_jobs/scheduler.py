@@ -2,9 +2,9 @@
 
 The driver walks the plan's shards in order and cuts each into chunks (ray_jobs.chunks). A chunk's media
 is read by a CPU task (or, for CPU actors, by the actor itself: ray_jobs.resources) and encoded by
-whichever codec actor has a free slot; each actor holds at most QUEUE_PER_ACTOR chunks (one encoding, one
-whose media is being read), which bounds the decoded media in the object store whatever the dataset's
-size (backpressure). When every chunk of a shard is encoded, a
+whichever codec actor has a free slot; each actor holds at most QUEUE_PER_ACTOR chunks (one encoding, the
+next one queued, its media read ahead where read tasks feed the actor), which bounds the decoded media in
+the object store whatever the dataset's size (backpressure). When every chunk of a shard is encoded, a
 writer task commits the shard (tar, then index last). A failed chunk is redone alone (on any actor); a
 failed writer is rerun from the same encoded chunks, or the shard's chunks are redone if those were lost.
 Exactly-once and resume stay per shard: a shard exists once its index does.
@@ -33,7 +33,7 @@ from sharding.manifest import ManifestRow
 from sharding.outdir import PLAN_NAME, path_of
 
 log = logging.getLogger(__name__)
-QUEUE_PER_ACTOR = 2  # one chunk encoding, one whose media is being read ahead
+QUEUE_PER_ACTOR = 2  # one chunk encoding, the next one queued (its media read ahead by a read task, if any)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -153,10 +153,10 @@ class ChunkScheduler:
         import ray
 
         ray.remote(prepare_writer).options(num_cpus=0).remote()  # fire and forget: only its worker matters
-        # The first chunks' reads start now, while the other actors are still loading their codecs.
         self._refill()
-        for chunk in list(self.pending)[: 0 if self.inline_reads else len(self.actors) * QUEUE_PER_ACTOR]:
-            self.prefetched[chunk] = self._read(self._rows(chunk), None)
+        if not self.inline_reads:  # the first chunks' reads start now, while the other actors still load codecs
+            for chunk in list(self.pending)[: len(self.actors) * QUEUE_PER_ACTOR]:
+                self.prefetched[chunk] = self._read(self._rows(chunk), None)
         self.nodes: list[str | None] = [self.first_info["node"]] + [None] * (len(self.actors) - 1)
         self.actor_info = [self.first_info]
         processing_started = time.time()
@@ -223,7 +223,7 @@ class ChunkScheduler:
                 log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
                          "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
             self.pool.assign(stats_ref, i, (chunk, encoded_ref))
-        if tail and not self.inline_reads:  # the next chunks' media is read while every actor encodes, whichever actor takes them
+        if tail and not self.inline_reads:  # the next chunks' media is read ahead, whichever actor takes them
             for chunk in list(self.pending)[: len(self.actors)]:
                 if chunk not in self.prefetched:
                     self.prefetched[chunk] = self._read(self._rows(chunk), None)
