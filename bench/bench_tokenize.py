@@ -468,8 +468,13 @@ def all_cores_ratios(r: dict[str, Any]) -> dict[str, float]:
             if "scaling_efficiency_processing" in r[key]:
                 out[f"scaling efficiency 1 -> 2 actors, processing{label}"] = r[key]["scaling_efficiency_processing"]
             if "hardware_scaling" in r[key]:
+                hw = r[key]["hardware_scaling"]
                 out[f"scaling efficiency 1 -> 2 bare single-thread loops (this machine's ceiling){label}"] = \
-                    r[key]["hardware_scaling"]["efficiency"]
+                    hw["efficiency"]
+                # Stricter than the bare loop (one process, a torch thread per core): one
+                # single-thread loop per core side by side, the fastest bare way to run this codec here.
+                out[f"end to end / bare single-thread loops, one per core{label}"] = \
+                    r[key]["uti_default"]["rate"] / hw["two"]["rate"]
     if "images_all_cores" in r:
         out["images end to end / bare image codec, all cores"] = r["images_all_cores"]["ratio"]
     for s in r.get("startup", []):
