@@ -27,11 +27,10 @@ def _shared_quick_ray(share: bool) -> Iterator[None]:
         return
     import ray
 
-    from train.ray_hooks import RUNTIME_ENV
     from train.runner import ray_train_env
     from uti.ray_local import connect
 
-    started = connect(None, num_cpus=3, runtime_env=RUNTIME_ENV)  # 3: what bench_tokenize.run starts itself
+    started = connect(None, num_cpus=3)  # 3: what bench_tokenize.run starts itself; no runtime env, as `uti train`
     try:
         with ray_train_env(local=started):  # what `uti train` sets on a local Ray it starts itself
             yield

@@ -70,14 +70,15 @@ class DemoRun:
     def run(self) -> dict[str, Any]:
         import ray
 
-        from train.ray_hooks import RUNTIME_ENV
         from uti.ray_local import connect
 
         self._claim_out()
         total_start = time.perf_counter()
         self._stage("synthesize sample data", self.data)
         self._stage("uti manifest", self.manifests)
-        started = connect(None, num_cpus=max(os.cpu_count() or 1, self.cfg.num_actors + 1), runtime_env=RUNTIME_ENV)
+        # No runtime env (as `uti train` on its own local instance): with one, Ray starts a new worker for
+        # every actor instead of using those it prestarted.
+        started = connect(None, num_cpus=max(os.cpu_count() or 1, self.cfg.num_actors + 1))
         try:
             self._stage("uti tokenize", self.tokenize)
             self._stage("uti verify", self.verify)

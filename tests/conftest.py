@@ -45,11 +45,11 @@ class SharedRay:
     def ensure(self):
         import ray
 
-        from train.ray_hooks import RUNTIME_ENV  # the hook `uti train` gives the instances it starts
         from uti.ray_local import connect
 
         if not ray.is_initialized():
-            self.owned = connect(None, num_cpus=SHARED_RAY_CPUS, runtime_env=RUNTIME_ENV)
+            # Like `uti train`'s own local instance: no runtime env (train.runner.ensure_ray).
+            self.owned = connect(None, num_cpus=SHARED_RAY_CPUS)
         return ray
 
     def stop(self) -> None:

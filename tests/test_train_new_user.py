@@ -337,3 +337,14 @@ def test_48khz_generated_frames_are_laid_out_in_whole_segments(tokenizer48):
                        np.uint32)
         meta = audio_meta(tokenizer48, space, n_frames=frames, scale=0.05)
         assert tuple(tokenizer48.decode_audio(ids, meta).shape) == (2, meta["n_samples"])
+
+
+def test_uti_trains_own_local_instance_has_no_job_runtime_env():
+    """A job runtime env (the placement-group cleaner's log hook) made Ray leave the workers it prestarts
+    idle and start a new one for every actor of a run (~3 s more per `uti train` on 2 cores). The hook is
+    only for a joined cluster: the local instance `uti train` starts runs no cleaner."""
+    code = ("import ray\nfrom train.runner import ensure_ray\nensure_ray(None, 2)\n"
+            "print(sorted(ray.get_runtime_context().runtime_env))\nray.shutdown()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "worker_process_setup_hook" not in proc.stdout, proc.stdout

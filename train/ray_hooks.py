@@ -1,4 +1,5 @@
-"""Setup hook for every Ray worker process of a `uti train` run (runtime_env worker_process_setup_hook).
+"""Setup hook for every Ray worker process of a `uti train` run on a joined cluster (runtime_env
+worker_process_setup_hook; a local instance `uti train` starts runs no placement-group cleaner).
 
 Ray Train 2.x starts a PlacementGroupCleaner actor that polls the State API once per second; the
 State API lives in the dashboard, which a local `uti train` does not start (include_dashboard=False),

@@ -262,8 +262,12 @@ def ensure_ray(address: str | None, num_workers: int) -> bool:
     from train.ray_hooks import RUNTIME_ENV
     from uti.ray_local import connect
 
-    # at least one logical CPU per worker, so a small machine still schedules them
-    return connect(address, num_cpus=max(num_workers, os.cpu_count() or 1), runtime_env=RUNTIME_ENV)
+    # At least one logical CPU per worker, so a small machine still schedules them. The log hook is for a
+    # joined cluster only, where Ray Train's placement-group cleaner runs: a local instance this starts
+    # has no cleaner (see _make_trainer), and any job runtime env made Ray leave the workers it prestarts
+    # idle and start a new one for every actor (controller, coordinator, workers: ~1 s each on 2 cores).
+    return connect(address, num_cpus=max(num_workers, os.cpu_count() or 1),
+                   runtime_env=RUNTIME_ENV if address else None)
 
 
 def owns_local_instance() -> bool:
