@@ -63,11 +63,11 @@ def input_rate(out: Path, space, *, batches: int, seq_len: int, batch_size: int)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def model_rate(out: Path, run: Path, *, steps: int, seq_len: int, batch_size: int) -> dict[str, Any]:
+def model_rate(out: Path, run: Path, *, steps: int, seq_len: int, batch_size: int, num_workers: int = 2) -> dict[str, Any]:
     from train.config import TrainConfig
     from train.runner import train
 
-    result = train(TrainConfig(data=(str(out),), out=str(run), steps=steps, num_workers=2, seq_len=seq_len,
+    result = train(TrainConfig(data=(str(out),), out=str(run), steps=steps, num_workers=num_workers, seq_len=seq_len,
                                batch_size=batch_size))
     return {"tokens_per_s": result.summary["tokens_per_s"], "steps": result.summary["steps"],
             "data_fraction": result.summary["data_fraction"]}
@@ -79,7 +79,10 @@ def run(*, quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
     seq_len, batch_size = 1024, 4
     inp = input_rate(base / "data", space, batches=10 if quick else 60, seq_len=seq_len, batch_size=batch_size)
     # quick: 4 steps, the fewest whose rate leaves out the warm-up step and still averages several (summarize)
-    model = model_rate(base / "data", base / "run", steps=4 if quick else 40, seq_len=seq_len, batch_size=batch_size)
+    # quick runs the loop in this process (--num-workers 0): its numbers are meaningless anyway, and Ray
+    # Train's start (seconds of worker processes) is most of a 4-step run
+    model = model_rate(base / "data", base / "run", steps=4 if quick else 40, seq_len=seq_len, batch_size=batch_size,
+                       num_workers=0 if quick else 2)
     return {"input": inp, "model": model}
 
 

@@ -7,36 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
 from pathlib import Path
-from typing import Iterator
 
 from bench.results import DEFAULT_PATH, merge, verdict
-
-
-@contextlib.contextmanager
-def _shared_quick_ray(share: bool) -> Iterator[None]:
-    """--quick on this machine: one local Ray for the tokenize and train benchmarks (each would start and stop
-    its own, seconds of CPU apiece on 2 cores; a smoke run measures nothing those starts would change). A Ray
-    already initialised (a test's session instance) is used as is. The full run keeps its own instances:
-    bench_tokenize's two-node scaling needs Ray stopped first."""
-    if not share:
-        yield
-        return
-    import ray
-
-    from train.runner import ray_train_env
-    from uti.ray_local import connect
-
-    started = connect(None, num_cpus=3)  # 3: what bench_tokenize.run starts itself; no runtime env, as `uti train`
-    try:
-        with ray_train_env(local=started):  # what `uti train` sets on a local Ray it starts itself
-            yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_benchmarks(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -72,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.time()
-    with _shared_quick_ray(args.quick and args.address is None):
-        results, ratio_table = _run_benchmarks(args)
+    # The Ray pipelines (bench_tokenize) start and stop a local Ray of their own, or use one this process
+    # already runs (a test's session instance); --quick trains in this process (bench_train).
+    results, ratio_table = _run_benchmarks(args)
     print(f"{'measurement':<48} {'rate':>12}  unit")
     for name, r in results.get("tokenize", {}).items():
         unit = "images/s" if name.startswith("image") else "audio s/s"

@@ -57,8 +57,9 @@ def datasets(ray_address, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(datasets, ray_address, tmp_path_factory):
-    """kind -> RUN: two steps of the tiny model on one worker over that dataset."""
+def runs(datasets, tmp_path_factory):
+    """kind -> RUN: two steps of the tiny model over that dataset, in this process (--num-workers 0: what is
+    tested is the codec's tokens through the LM and back, not Ray)."""
     from uti.cli import main
 
     built: dict[str, Path] = {}
@@ -67,8 +68,8 @@ def runs(datasets, ray_address, tmp_path_factory):
         if kind not in built:
             run = tmp_path_factory.mktemp("runs") / kind.replace("+", "_")
             assert main(["train", "--data", str(datasets(kind)), "--out", str(run), "--model", "tiny",
-                         "--num-workers", "1", "--steps", "2", "--seq-len", "384", "--batch-size", "2",
-                         "--address", ray_address, "--seed", "0"]) == 0
+                         "--num-workers", "0", "--steps", "2", "--seq-len", "384", "--batch-size", "2",
+                         "--seed", "0"]) == 0
             built[kind] = run
         return built[kind]
 

@@ -206,8 +206,8 @@ def test_two_workers_train_on_a_one_shard_split(inputs, tmp_path, default_space,
         assert state["epoch"] >= 1 and state["buffer"]  # two steps read more than one epoch of a half
         for d in state["buffer"]:
             assert (d["shard"], d["index"]) in st.epoch_positions(d["epoch"])
-    # elastic resume through the CLI: the same run continues with one worker
-    code = main(["train", "--out", str(run), "--resume", "--num-workers", "1", "--steps", "4"])
+    # elastic resume through the CLI: the same run continues as one process, in this one (--num-workers 0)
+    code = main(["train", "--out", str(run), "--resume", "--num-workers", "0", "--steps", "4"])
     assert code == 0
     after = load_data_state(latest_checkpoint(run), 0)["stream"]
     assert after["world_size"] == 1 and after["streams"]["0:text"]["world_size"] == 1

@@ -244,7 +244,9 @@ def test_train_run_mixes_both_inputs_and_reports_the_mix(two, tmp_path):
 
     a, b = map(str, two)
     run = tmp_path / "run"
-    code = main(["train", "--data", a, "--data", b, "--split", "train", "--out", str(run), "--num-workers", "2",
+    # in this process (--num-workers 0): the mix over inputs and tasks is per rank; the ranks' shares are
+    # test_ranks_split_every_modality's, the sums over ranks test_train_trainer's
+    code = main(["train", "--data", a, "--data", b, "--split", "train", "--out", str(run), "--num-workers", "0",
                  "--steps", "6", "--seq-len", "512", "--batch-size", "4",
                  "--mix", ",".join(f"{t}={r}" for t, r in MIX.items())])
     assert code == 0

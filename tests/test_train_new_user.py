@@ -256,8 +256,8 @@ def run48(tokenizer48, ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("nu-48k")
     data = make_dataset(root / "OUT", tokenizer48, audio_seconds=(0.4, 1.4))  # clips of 1 and 2 segments
     run = root / "RUN"
-    # one worker: what is tested is the recorded scale and generation, not distribution
-    train(TrainConfig(data=(str(data),), out=str(run), num_workers=1, steps=2, seq_len=1024, batch_size=1,
+    # in this process (--num-workers 0): what is tested is the recorded scale and generation, not Ray
+    train(TrainConfig(data=(str(data),), out=str(run), num_workers=0, steps=2, seq_len=1024, batch_size=1,
                       warmup_steps=1, eval_texts=2))
     return {"data": data, "run": run}
 
@@ -348,3 +348,71 @@ def test_uti_trains_own_local_instance_has_no_job_runtime_env():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "worker_process_setup_hook" not in proc.stdout, proc.stdout
+
+
+# ---- --num-workers 0: the loop in this process (Ray Train's local mode) -----------------------------
+def _ray_titles_while(fn) -> tuple[object, set[str]]:
+    """fn()'s result, and the titles of this process's descendants seen (every 0.1 s) while it ran."""
+    import threading
+
+    from reliability.procs import descendants
+
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.1):
+            for pid in descendants(os.getpid()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        seen.add(fh.read().split(b"\0")[0].decode(errors="replace"))
+                except OSError:
+                    continue
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        return fn(), seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_zero_workers_train_and_resume_in_this_process_without_ray(data, tmp_path, capsys):
+    """`uti train --num-workers 0` runs the loop here (Ray Train's local mode): no Ray is started or joined,
+    no Ray Train actor runs, and the run is an ordinary run folder that --resume continues."""
+    import ray
+
+    from uti.cli import main
+
+    was_up = ray.is_initialized()  # the session's Ray may be up: the run must neither use nor start one
+    run = tmp_path / "RUN"
+    args = ["train", "--data", str(data), "--out", str(run), "--num-workers", "0", "--steps", "3", "--seq-len", "512",
+            "--batch-size", "2", "--checkpoint-every", "2"]
+    code, titles = _ray_titles_while(lambda: main(args))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert not [t for t in titles if t.startswith(("ray::TrainController", "ray::RayTrainWorker"))], titles
+    assert ray.is_initialized() == was_up
+    assert "Reported metrics" not in out.err and "Running in local mode" not in out.err  # uti prints its own
+    assert "trained steps 1..3" in out.out
+    assert [s for s, _ in list_checkpoints(run)] == [2, 3]
+    assert json.loads((latest_checkpoint(run) / "trainer_state.json").read_text())["world_size"] == 1
+    code, titles = _ray_titles_while(lambda: main(["train", "--out", str(run), "--resume", "--steps", "5"]))
+    assert code == 0 and not [t for t in titles if t.startswith("ray::TrainController")]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+
+
+def test_zero_workers_refuse_what_needs_ray_or_a_gpu(data, tmp_path, capsys):
+    from uti.cli import main
+
+    base = ["train", "--data", str(data), "--out", str(tmp_path / "R"), "--num-workers", "0"]
+    assert main(base + ["--address", "127.0.0.1:6379"]) == 2
+    assert "--num-workers 0 trains in this process without Ray, so --address has nothing to do" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(base + ["--use-gpu"]) == 2
+        assert "--use-gpu with --num-workers 0 but this machine has no CUDA GPU" in capsys.readouterr().err
+    assert main(base[:-1] + ["-1"]) == 2
+    assert "--num-workers: must be >= 0" in capsys.readouterr().err

@@ -23,7 +23,9 @@ def register_train(sub: argparse._SubParsersAction) -> None:
                         "(required, except with --resume, which reads it from the run)")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, metrics, loss.png")
     p.add_argument("--model", default=None, help="'tiny' (default) or a local Hugging Face causal-LM directory")
-    p.add_argument("--num-workers", type=int, default=None, help="Ray Train workers (default 2)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="Ray Train workers (default 2); 0 trains in this process without starting or joining Ray "
+                        "(Ray Train's local mode: for a debugger, and short runs on one machine)")
     p.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default 300)")
     p.add_argument("--seq-len", type=int, default=None, help="packed row length in tokens (default 512)")

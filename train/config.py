@@ -66,7 +66,8 @@ class TrainConfig:
     data: tuple[str, ...]  # tokenized dataset folders (OUT of `uti tokenize`)
     out: str  # run folder (RUN)
     model: str = "tiny"  # "tiny" or a local Hugging Face causal-LM directory
-    num_workers: int = 2  # Ray Train workers (one process each; DDP/FSDP ranks)
+    num_workers: int = 2  # Ray Train workers (one process each; DDP/FSDP ranks); 0: the loop runs in this process
+    #                       without Ray (Ray Train's local mode: debugging, quick runs on one machine)
     use_gpu: bool = False
     steps: int = 300  # total optimizer steps of the schedule (a resumed run continues up to it)
     seq_len: int = 512  # packed row length in tokens
@@ -102,9 +103,15 @@ class TrainConfig:
             raise ConfigError("--data: give at least one tokenized dataset folder (--data OUT)")
         if not self.out:
             raise ConfigError("--out: give the run folder (--out RUN)")
-        for name in ("num_workers", "steps", "seq_len", "batch_size"):
+        for name in ("steps", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{flag(name)}: must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers: must be >= 0 (0 trains in this process without Ray), got {self.num_workers}")
+        if self.num_workers == 0 and (self.address or self.wait_for_resources):
+            given = "--address" if self.address else "--wait-for-resources"
+            raise ConfigError(f"--num-workers 0 trains in this process without Ray, so {given} has nothing to do: "
+                              f"drop {given}, or give --num-workers N to train on N Ray workers")
         for name in ("warmup_steps", "checkpoint_every", "eval_texts", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{flag(name)}: must be >= 0, got {getattr(self, name)}")

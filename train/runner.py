@@ -17,7 +17,9 @@ Run folder (RUN):
     ray/                       Ray Train's own storage (RunConfig.storage_path)
 
 Every local path (--data, --out, --model) is made absolute here, on the driver: Ray workers run in
-other folders. Ctrl-C stops the run at once (the workers are killed; checkpoints are atomic) and
+other folders. `--num-workers 0` runs the loop in this process through Ray Train's local mode, with no
+Ray started or joined: for a debugger, and for short runs where starting Ray's processes (seconds) costs
+more than the training. Ctrl-C stops the run at once (the workers are killed; checkpoints are atomic) and
 raises TrainInterrupted naming the step `--resume` continues from.
 """
 
@@ -256,6 +258,25 @@ def ray_train_env(*, local: bool) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+# Ray Train's local mode (--num-workers 0) logs at INFO that it runs and every reported metrics dict in full;
+# uti prints its own progress and summary.
+LOCAL_MODE_LOGGERS = ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils")
+
+
+@contextlib.contextmanager
+def quiet_local_mode(on: bool) -> Iterator[None]:
+    """While on: LOCAL_MODE_LOGGERS say warnings only; their levels are as before afterwards."""
+    loggers = [logging.getLogger(name) for name in LOCAL_MODE_LOGGERS] if on else []
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def ensure_ray(address: str | None, num_workers: int) -> bool:
     """Join the given cluster, or start a local Ray bound to 127.0.0.1 without the dashboard.
     Returns True when this call started Ray (the caller shuts it down)."""
@@ -294,14 +315,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     warnings = model_warnings(cfg, TokenSpace.load(run))
     for warning in warnings:  # now, while it matters; the CLI repeats them after the run
         log.warning("%s", warning)
-    started = ensure_ray(cfg.address, cfg.num_workers)
+    in_process = cfg.num_workers == 0
+    if in_process:
+        check_in_process(cfg)
+    started = False if in_process else ensure_ray(cfg.address, cfg.num_workers)
     t0 = time.time()
     try:
-        check_resources(cfg, ray.cluster_resources())
-        trainer = _make_trainer(cfg, loop_config, run, placement_group_cleaner=not owns_local_instance())
+        if not in_process:
+            check_resources(cfg, ray.cluster_resources())
+        with quiet_local_mode(in_process):
+            trainer = _make_trainer(cfg, loop_config, run,
+                                    placement_group_cleaner=not in_process and not owns_local_instance())
         try:
             with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps),
-                  ray_train_env(local=started and not cfg.address)):
+                  ray_train_env(local=started and not cfg.address), quiet_local_mode(in_process)):
                 trainer.fit()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated carries signum)
             _stop(trainer, started)
@@ -310,7 +337,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         except Exception as exc:  # Ray wraps worker errors; surface ours as one clear line
             cause = _root_cause(exc)
             if isinstance(cause, UTIError):
-                raise TrainError(f"training failed on a worker: {cause}") from exc
+                where = "in this process (--num-workers 0)" if in_process else "on a worker"
+                raise TrainError(f"training failed {where}: {cause}") from exc
             raise
     finally:
         if started:
@@ -325,6 +353,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(run=run, start_step=start_step, last_step=rows[-1]["step"] if rows else start_step,
                        checkpoint=ckpt, metrics=rows, summary=summary, warnings=warnings,
                        text_drift=_read_drift(run))
+
+
+def check_in_process(cfg: TrainConfig) -> None:
+    """--num-workers 0 (Ray Train's local mode: the loop runs here, as one process): refuse what it cannot
+    do before anything runs."""
+    if cfg.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TrainError("--use-gpu with --num-workers 0 but this machine has no CUDA GPU torch can use; "
+                             "drop --use-gpu to train on the CPU")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Ray Train would join torchrun's process group, and every rank would write the same run folder.
+        raise TrainError(f"--num-workers 0 trains in one process, but this is rank {os.environ.get('RANK', '?')} "
+                         f"of {os.environ['WORLD_SIZE']} (torchrun); run `uti train` once with --num-workers N instead")
 
 
 def model_warnings(cfg: TrainConfig, space: TokenSpace) -> list[str]:
@@ -427,8 +470,9 @@ def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, p
     return Trainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        # Ray's default per worker: 1 CPU, or 1 GPU with use_gpu (worker_resources).
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        # Ray's default per worker: 1 CPU, or 1 GPU with use_gpu (worker_resources). num_workers=0 is Ray
+        # Train's local mode: fit() runs the loop in this process (train.trainer.run_device picks its device).
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu and cfg.num_workers > 0),
         run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
     )
 

@@ -41,15 +41,30 @@ log = logging.getLogger(__name__)
 TEXT_DRIFT = "text_drift.json"
 
 
-def wrap_model(model: torch.nn.Module, cfg: TrainConfig, world_size: int) -> torch.nn.Module:
+def run_device(cfg: TrainConfig) -> torch.device:
+    """This worker's device: Ray Train's choice for its workers; with --num-workers 0 (the loop runs in the
+    driver, Ray Train's local mode) the first visible GPU with --use-gpu, else the CPU, whatever else the
+    machine has."""
+    if cfg.num_workers == 0:
+        return torch.device("cuda", 0) if cfg.use_gpu else torch.device("cpu")
     import ray.train.torch
 
+    return ray.train.torch.get_device()
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig, world_size: int, device: torch.device) -> torch.nn.Module:
+    """DDP (Ray's prepare_model) or FSDP2 around the model on `device`; one process (--num-workers 0) has
+    no process group and nothing to wrap."""
+    if cfg.num_workers == 0:
+        return model.to(device)
     if not cfg.fsdp:
+        import ray.train.torch
+
         return ray.train.torch.prepare_model(model, parallel_strategy="ddp")
     # Ray's prepare_model(parallel_strategy="fsdp") refuses CPU; FSDP2 works on CPU with gloo.
     from torch.distributed.fsdp import fully_shard
 
-    model = model.to(ray.train.torch.get_device())
+    model = model.to(device)
     if world_size > 1:
         blocks = set(getattr(model, "_no_split_modules", None) or [])
         for module in model.modules():
@@ -120,14 +135,13 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any]):
         import ray.train
-        import ray.train.torch
 
         self.config = config
         self.cfg = TrainConfig.from_dict(config["train"], where="train_loop_config.train")
         self.run = Path(config["run"])
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        self.device = run_device(self.cfg)
         self.space = TokenSpace.load(self.run)
         self.sp = Specials.from_space(self.space)
         self.vocab = self.space.vocab_size
@@ -164,7 +178,7 @@ class Trainer:
         if cfg.trainable_rows:
             self.row_params = freeze_for_trainable_rows(model, first_row=self.trainable[0], end_row=self.trainable[1])
         self.base = model
-        self.model = wrap_model(PackedLM(model), cfg, self.world)
+        self.model = wrap_model(PackedLM(model), cfg, self.world, self.device)
         self.model.train()
 
     def _new_stream(self, inputs: list[dict[str, str]]) -> BatchStream:
