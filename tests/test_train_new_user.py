@@ -49,7 +49,7 @@ def test_mix_refuses_a_task_given_twice():
 def test_config_errors_name_the_flags(tmp_path, capsys):
     from uti.cli import main
 
-    for kwargs, flag in (({"num_workers": 0}, "--num-workers"), ({"seq_len": 8}, "--seq-len"),
+    for kwargs, flag in (({"num_workers": -1}, "--num-workers"), ({"seq_len": 8}, "--seq-len"),
                          ({"lr": 0.0}, "--lr"), ({"overlong": "cut"}, "--overlong"), ({"mix": {"x2y": 1.0}}, "--mix")):
         with pytest.raises(ConfigError) as err:
             TrainConfig(data=("d",), out="r", **kwargs)
@@ -131,10 +131,13 @@ def interrupted(data, tmp_path_factory):
 
 
 RAY_TRAIN_VARS = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+# What Ray sets in the workers of a job whose runtime env has a worker_process_setup_hook
+SETUP_HOOK_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 
 
 def _ray_train_processes(root: int) -> dict[str, list[dict[str, str]]]:
-    """Ray Train's processes below `root` by title, each with the RAY_TRAIN_VARS of its environment."""
+    """Ray Train's processes below `root` by title, each with the RAY_TRAIN_VARS and SETUP_HOOK_VAR of its
+    environment."""
     from reliability.procs import descendants
 
     found: dict[str, list[dict[str, str]]] = {}
@@ -147,9 +150,10 @@ def _ray_train_processes(root: int) -> dict[str, list[dict[str, str]]]:
             env = dict(item.split("=", 1) for item in items)
         except OSError:
             continue
-        for name in ("TrainController", "RayTrainWorker", "PreemptionWatcher", "PlacementGroupCleaner", "DatasetManager"):
+        for name in ("TrainController", "RayTrainWorker", "PreemptionWatcher", "PlacementGroupCleaner", "DatasetManager",
+                     "_AutoscalingCoordinatorActor"):
             if title.startswith(f"ray::{name}"):
-                found.setdefault(name, []).append({k: env[k] for k in RAY_TRAIN_VARS if k in env})
+                found.setdefault(name, []).append({k: env[k] for k in (*RAY_TRAIN_VARS, SETUP_HOOK_VAR) if k in env})
     return found
 
 
@@ -163,9 +167,14 @@ def test_a_local_run_polls_its_workers_often_and_watches_no_preemption(interrupt
     assert all(env == want for env in procs["TrainController"] + procs["RayTrainWorker"]), procs
     assert "PreemptionWatcher" not in procs, procs
     # nor the actors Ray Train starts for what a run does not use (train.runner._make_trainer): Ray Data
-    # shards (the workers read shards themselves) and a placement-group cleaner for a driver that dies
-    # uncleanly (Ray takes the local instance it started down with its driver)
+    # shards (the workers read shards themselves), a placement-group cleaner for a driver that dies
+    # uncleanly (Ray takes the local instance it started down with its driver), and the coordinator of
+    # autoscaler requests (a local instance has no autoscaler)
     assert "DatasetManager" not in procs and "PlacementGroupCleaner" not in procs, procs
+    assert "_AutoscalingCoordinatorActor" not in procs, procs
+    # and no job runtime env: the cleaner's log hook (train.ray_hooks) is for a joined cluster only; with any
+    # runtime env Ray left the workers it prestarts idle and started a new one for every actor of the run
+    # (`want` above holds no SETUP_HOOK_VAR)
 
 
 def test_one_ctrl_c_stops_training_with_exit_130_and_says_how_to_resume(interrupted):
@@ -337,17 +346,6 @@ def test_48khz_generated_frames_are_laid_out_in_whole_segments(tokenizer48):
                        np.uint32)
         meta = audio_meta(tokenizer48, space, n_frames=frames, scale=0.05)
         assert tuple(tokenizer48.decode_audio(ids, meta).shape) == (2, meta["n_samples"])
-
-
-def test_uti_trains_own_local_instance_has_no_job_runtime_env():
-    """A job runtime env (the placement-group cleaner's log hook) made Ray leave the workers it prestarts
-    idle and start a new one for every actor of a run (~3 s more per `uti train` on 2 cores). The hook is
-    only for a joined cluster: the local instance `uti train` starts runs no cleaner."""
-    code = ("import ray\nfrom train.runner import ensure_ray\nensure_ray(None, 2)\n"
-            "print(sorted(ray.get_runtime_context().runtime_env))\nray.shutdown()")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "worker_process_setup_hook" not in proc.stdout, proc.stdout
 
 
 # ---- --num-workers 0: the loop in this process (Ray Train's local mode) -----------------------------

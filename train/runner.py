@@ -325,7 +325,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             check_resources(cfg, ray.cluster_resources())
         with quiet_local_mode(in_process):
             trainer = _make_trainer(cfg, loop_config, run,
-                                    placement_group_cleaner=not in_process and not owns_local_instance())
+                                    own_instance=in_process or owns_local_instance())
         try:
             with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps),
                   ray_train_env(local=started and not cfg.address), quiet_local_mode(in_process)):
@@ -431,22 +431,25 @@ def _show_resources(total: dict[str, float]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, placement_group_cleaner: bool = True):
+def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, own_instance: bool = False):
     """The TorchTrainer of a run, without the actors Ray Train starts for what a run does not use; each is one
     more process per run (a Ray worker that imports Ray Train, seconds of CPU on 2 cores while the training
     workers start; 7 s less from fit() to the first step measured on a loaded 2-core machine):
     - the DatasetManager (Ray Data shards): the workers read shards themselves (train.stream), no Ray Dataset
       is passed in;
-    - with `placement_group_cleaner` False, the PlacementGroupCleaner, a detached actor that removes the
-      run's placement group if the driver dies without doing it. On an instance this process started
-      (owns_local_instance) the driver's death takes the instance and the group with it."""
+    - with `own_instance` (a local instance this process started, owns_local_instance): the
+      PlacementGroupCleaner, a detached actor that removes the run's placement group if the driver dies
+      without doing it (the driver's death takes the instance and the group with it), and the
+      AutoscalingCoordinator that the scaling policy tells which resources to ask an autoscaler for (a
+      local instance has none): 2.5-3.5 s less to the first step of a `uti train` on 2 cores."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     try:  # Ray Train internals: a Ray that moved them keeps all its callbacks (slower, never wrong)
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
         from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
     except ImportError:
-        DatasetsCallback = PlacementGroupCleanerCallback = ()  # isinstance(c, ()) is always False
+        DatasetsCallback = PlacementGroupCleanerCallback = FixedScalingPolicy = ()  # isinstance(c, ()) is False
 
     from train.loop import train_loop_per_worker
 
@@ -464,8 +467,14 @@ def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, p
             self.controller = controller
 
         def _create_default_callbacks(self):
-            unused = (DatasetsCallback, () if placement_group_cleaner else PlacementGroupCleanerCallback)
+            unused = (DatasetsCallback, PlacementGroupCleanerCallback if own_instance else ())
             return [c for c in super()._create_default_callbacks() if not isinstance(c, unused)]
+
+        def _initialize_and_run_controller(self, **kwargs):
+            policy = kwargs.get("scaling_policy")
+            if own_instance and type(policy) is FixedScalingPolicy:
+                kwargs["scaling_policy"] = _without_autoscaler(FixedScalingPolicy)(policy.scaling_config)
+            return super()._initialize_and_run_controller(**kwargs)
 
     return Trainer(
         train_loop_per_worker,
@@ -475,6 +484,24 @@ def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, p
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu and cfg.num_workers > 0),
         run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
     )
+
+
+def _without_autoscaler(fixed: type) -> type:
+    """Ray Train's FixedScalingPolicy (the same fixed worker group) that never creates or calls the
+    AutoscalingCoordinator actor: nothing on a local instance acts on its resource requests. Made here so
+    it is pickled by value to the controller, like Ray's own policy object."""
+
+    class NoAutoscalerPolicy(fixed):
+        def after_controller_start(self, train_run_context) -> None:  # Ray's creates the coordinator here
+            pass
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _send_resource_request(self) -> None:
+            pass
+
+    return NoAutoscalerPolicy
 
 
 def _stop(trainer: Any, started: bool) -> None:
