@@ -366,8 +366,8 @@ def test_stream_counts_overlong_never_truncates(data, default_space):
 # ---- Ray Train runs -------------------------------------------------------------------------------
 
 
-STEPS_A = 60
-CKPT_A = 55  # the resume test continues from here: the steps it redoes are what it compares
+STEPS_A = 40
+CKPT_A = 35  # the resume test continues from here: the steps it redoes are what it compares
 
 
 @pytest.fixture(scope="module")
