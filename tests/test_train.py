@@ -460,10 +460,13 @@ def test_token_space_mismatch_fails_fast(run_a, data, tmp_path):
     assert record[0]["expected"] == data_id and record[0]["found"] == other.id
 
 
-def test_trainable_rows_leave_text_rows_bit_identical(data, ray_session, tmp_path):
+def test_trainable_rows_leave_text_rows_bit_identical(data, tmp_path):
+    """In this process (--num-workers 0): the masks are hooks on the parameters, the same under DDP (whose
+    all-reduce of the exact zeros they leave is zeros); test_train_new_user's interrupted run trains
+    --trainable-rows on two Ray Train workers."""
     run = tmp_path / "rows"
     cfg = TrainConfig(data=(str(data),), out=str(run), steps=6, seq_len=256, batch_size=2, trainable_rows=True,
-                      overlong="split", warmup_steps=2, lr=1e-2, seed=0)
+                      overlong="split", warmup_steps=2, lr=1e-2, seed=0, num_workers=0)
     train(cfg)
     space = TokenSpace.load(run)
     init, _ = build_model("tiny", space, seed=0, seq_len=256)
