@@ -70,6 +70,20 @@ def test_modules_with_their_own_ray_stop_the_shared_one_first():
         assert 'usefixtures("private_ray")' in (TESTS / name).read_text(encoding="utf-8"), name
 
 
+def test_modules_with_their_own_ray_run_last_in_their_order():
+    from types import SimpleNamespace
+
+    from conftest import own_ray_modules_last
+
+    def item(module: str, *fixtures: str):
+        return SimpleNamespace(path=f"tests/{module}", fixturenames=("tmp_path", *fixtures), name=module)
+
+    items = [item("a.py"), item("b.py", "private_ray"), item("b.py"), item("c.py", "ray_session"),
+             item("d.py", "private_ray"), item("e.py")]
+    assert [i.path for i in own_ray_modules_last(items)] == [
+        "tests/a.py", "tests/c.py", "tests/e.py", "tests/b.py", "tests/b.py", "tests/d.py"]
+
+
 @pytest.mark.ray
 def test_the_session_ray_is_loopback_only_with_the_shared_cpus(ray_session):
     from conftest import SHARED_RAY_CPUS
