@@ -1,4 +1,5 @@
-"""The Trainer that every Ray Train worker runs (train.loop.train_loop_per_worker builds one).
+"""The Trainer that every Ray Train worker runs (train.loop.train_loop_per_worker builds one; with
+--num-workers 0 the driver runs it, through Ray Train's local mode).
 
 Order of a worker's start (`Trainer.__init__`): build the model (same seed on every rank) -> load the
 checkpoint's weights into the plain model -> trainable-rows masks -> wrap (DDP through
