@@ -376,7 +376,7 @@ def _ray_titles_while(fn) -> tuple[object, set[str]]:
         thread.join()
 
 
-def test_zero_workers_train_and_resume_in_this_process_without_ray(data, tmp_path, capsys):
+def test_zero_workers_train_and_resume_in_this_process_without_ray(data, tmp_path, capfd):
     """`uti train --num-workers 0` runs the loop here (Ray Train's local mode): no Ray is started or joined,
     no Ray Train actor runs, and the run is an ordinary run folder that --resume continues."""
     import ray
@@ -388,7 +388,7 @@ def test_zero_workers_train_and_resume_in_this_process_without_ray(data, tmp_pat
     args = ["train", "--data", str(data), "--out", str(run), "--num-workers", "0", "--steps", "3", "--seq-len", "512",
             "--batch-size", "2", "--checkpoint-every", "2"]
     code, titles = _ray_titles_while(lambda: main(args))
-    out = capsys.readouterr()
+    out = capfd.readouterr()  # file descriptors: Ray's log handler holds the real stderr
     assert code == 0, out.err
     assert not [t for t in titles if t.startswith(("ray::TrainController", "ray::RayTrainWorker"))], titles
     assert ray.is_initialized() == was_up
