@@ -414,3 +414,30 @@ def test_zero_workers_refuse_what_needs_ray_or_a_gpu(data, tmp_path, capsys):
         assert "--use-gpu with --num-workers 0 but this machine has no CUDA GPU" in capsys.readouterr().err
     assert main(base[:-1] + ["-1"]) == 2
     assert "--num-workers: must be >= 0" in capsys.readouterr().err
+
+
+def test_zero_workers_one_ctrl_c_stops_with_exit_130_and_says_how_to_resume(data, tmp_path):
+    """Ctrl-C reaches the loop itself in this mode: the same exit 130 and resume line as with Ray workers,
+    and the run resumes from the checkpoint it names."""
+    from uti.cli import main
+
+    run = tmp_path / "RUN"
+    args = ["train", "--data", str(data), "--out", str(run), "--num-workers", "0", "--steps", str(STEPS_BIG),
+            "--checkpoint-every", "2", "--seq-len", "512", "--batch-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "uti.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        wait_for(lambda: list_checkpoints(run) or proc.poll() is not None, 300, 0.2, what="the first checkpoint")
+        assert proc.poll() is None, f"uti train ended before its first checkpoint: {proc.communicate()}"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err[-3000:]
+    step = list_checkpoints(run)[-1][0]
+    assert f"interrupted; `uti train --out {run} --resume` continues from step {step}" in err
+    assert "Traceback" not in err
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(step + 1)]) == 0
+    assert [r["step"] for r in read_metrics(run)][-1] == step + 1
