@@ -323,13 +323,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     try:
         if not in_process:
             check_resources(cfg, ray.cluster_resources())
-        with quiet_local_mode(in_process):
-            trainer = _make_trainer(cfg, loop_config, run,
-                                    own_instance=in_process or owns_local_instance())
+        trainer = None
         try:
-            with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps),
-                  ray_train_env(local=started and not cfg.address), quiet_local_mode(in_process)):
-                trainer.fit()
+            with quiet_local_mode(in_process):  # Ray Train logs both when the trainer is made and in fit()
+                trainer = _make_trainer(cfg, loop_config, run, own_instance=owns_local_instance())
+                with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps),
+                      ray_train_env(local=started and not cfg.address)):
+                    trainer.fit()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated carries signum)
             _stop(trainer, started)
             started = False
