@@ -51,3 +51,5 @@ def test_ray_up_yaml_declares_gpu_workers_and_a_cpu_free_head():
 def test_dockerfile_uses_the_pinned_ray_version():
     text = (CLUSTER / "Dockerfile").read_text()
     assert "rayproject/ray:2.60.0-py311-gpu" in text and "pip install" in text
+    # The image installs the tested working set, not whatever the registry serves that day.
+    assert "-c /home/ray/uti/constraints.txt" in text
