@@ -50,6 +50,18 @@ def verify_failure_message(res) -> str:
     return f"verify failed ({', '.join(failed)}); see {res.json_path}"
 
 
+def check_environment() -> None:
+    """Stop at once, in one line, on an install the demo cannot run on (a torch/torchaudio pair that does
+    not load, a codec package that does not import), instead of failing later inside a Ray actor."""
+    from uti.doctor import POINTER, essential_checks
+
+    broken = [c for c in essential_checks() if c.broken]
+    if broken:
+        first = broken[0]
+        raise UTIError(f"this environment cannot run the demo: {first.item}: {first.detail} "
+                       f"(fix: {first.fix}); {POINTER}")
+
+
 def run_demo(cfg: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     return DemoRun(cfg, say=say).run()
 
@@ -68,6 +80,7 @@ class DemoRun:
         self.results: dict[str, Any] = {}
 
     def run(self) -> dict[str, Any]:
+        check_environment()  # before the first import of the stack it checks
         import ray
 
         from uti.ray_local import connect

@@ -35,6 +35,7 @@ from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_sha
 from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
+from uti.doctor import doctor_hint
 from uti.strict import to_dict
 from uti.token_space import missing_modality_message
 
@@ -279,7 +280,7 @@ class _CodecActors:
             return self
         except RayError as exc:
             self.kill()
-            raise JobError(f"the first codec actor failed to start: {short_error(exc)}") from None
+            raise JobError(f"the first codec actor failed to start: {short_error(exc)}{doctor_hint(exc)}") from None
         except BaseException:
             self.kill()
             raise

@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, prepare_writer, shard_chunks, write_shard_task
 from ray_jobs.outputs import JobError
+from uti.doctor import doctor_hint
 from ray_jobs.resources import PENDING_GRACE_SECONDS, Request, waiting_reason
 from sharding.manifest import ManifestRow
 from sharding.outdir import PLAN_NAME, path_of
@@ -243,7 +244,7 @@ class ChunkScheduler:
                     self.actor_info.append(outcome)
             elif i in self.pool.starting and not isinstance(outcome, ActorUnavailableError):
                 # e.g. its codecs differ from the first actor's: refused, not silently dropped.
-                raise JobError(f"codec actor {i} failed to start: {short_error(outcome)}")
+                raise JobError(f"codec actor {i} failed to start: {short_error(outcome)}{doctor_hint(outcome)}")
             return
         chunk, encoded_ref = payload
         self.reading.pop(chunk, None)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from uti import __version__
+from uti.doctor import POINTER, is_environment_failure, one_line
 from uti.errors import UTIError
 from uti.ray_local import stop_on_sigterm_like_ctrl_c
 
@@ -119,8 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for ep in sorted(entry_points(group="uti.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a command whose module does not import stays listed, and says why
+            if not is_environment_failure(exc):
+                raise
+            _add_broken_command(sub, ep.name, ep.value, exc)
+            continue
+        register(sub)
     return parser
+
+
+def _add_broken_command(sub: argparse._SubParsersAction, name: str, target: str, exc: BaseException) -> None:
+    """`uti NAME ...` for a command whose module failed to import: it takes any arguments and prints one
+    line naming the failure and `uti doctor`, where a traceback would have been."""
+    reason = f"cannot load this command ({target}): {one_line(exc)}; {POINTER}"
+    p = sub.add_parser(name, help=f"(unavailable here: {one_line(exc)[:80]})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=lambda args: _refuse(name, reason))
+
+
+def _refuse(command: str, reason: str) -> int:
+    print(f"uti {command}: error: {reason}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +184,12 @@ def _run(argv: list[str] | None) -> int:
             raise
         print(f"uti {args.command}: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
+    except (ImportError, OSError) as exc:
+        # A package that is missing or whose compiled library does not load is the installation's fault:
+        # one line and the pointer to `uti doctor`, never a traceback. Any other OSError is a bug to show.
+        if args.debug or not is_environment_failure(exc):
+            raise
+        return _refuse(args.command, f"{one_line(exc)}; {POINTER}")
 
 
 if __name__ == "__main__":

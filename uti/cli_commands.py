@@ -175,3 +175,29 @@ def _audit(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"\nbundle: {args.out}/ (report.json, token_space.json, recon.png, recon.wav, *_tokens.sha256)")
     return 0 if result.passed else 1
+
+
+def register_doctor(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "doctor", func=_doctor,
+                    help="check this environment: one line per item, ok or what is wrong and the exact fix",
+                    description="Check what uti needs here: the torch/torchaudio pair and its compiled extension, "
+                                "the other compiled extensions, libsndfile and its formats, an m4a/webm decoder, "
+                                "the codec packages, CUDA, Ray and ray[default], the s3 extra and its credential "
+                                "chain (never printing a secret), and free disk space. Exits 1 when something the "
+                                "main job needs is broken, 0 otherwise (optional items only warn).",
+                    example="uti doctor --path /data/tok")
+    p.add_argument("--path", default=".", help="the folder whose free space to check (where --out will go)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--cloud-metadata", action="store_true",
+                   help="let the AWS credential chain ask the instance-metadata service (a network call to "
+                        "169.254.169.254, left out by default)")
+    p.add_argument("--min-free-gb", type=float, default=1.0, help="fail below this much free space, in GiB")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from uti.doctor import DoctorOptions, format_report, run_doctor
+
+    report = run_doctor(DoctorOptions(path=args.path, cloud_metadata=args.cloud_metadata,
+                                      min_free_gib=args.min_free_gb))
+    print(report.to_json() if args.json else format_report(report))
+    return 0 if report.ok else 1
