@@ -84,7 +84,12 @@ def one_line(exc: BaseException) -> str:
     """`Type: first meaningful line`, short enough for a report line (a library-load error's first line is
     the path, the undefined symbol comes on the same line)."""
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:  # torchaudio's "Could not load this library: PATH" keeps the undefined symbol in its cause
+        inner = " ".join(str(cause).split())
+        if inner and inner not in text:
+            text = f"{text} ({inner[-160:]})"
+    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__
 
 
 def _version(dist: str) -> str | None:
