@@ -106,6 +106,16 @@ def add_command(
     return parser
 
 
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """`--config`: a built-in preset (every uti/presets/*.yaml, listed in the help) or a uti.yaml path."""
+    from uti.config import preset_names
+
+    presets = ", ".join(preset_names())
+    parser.add_argument("--config", default=None, metavar="PRESET|FILE",
+                        help=f"codec config: a built-in preset ({presets}) or a uti.yaml path "
+                             "(default: the 'default' preset)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="uti",
