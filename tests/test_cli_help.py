@@ -14,7 +14,7 @@ import pytest
 import uti
 from uti.cli import build_parser
 
-from tests.cli_helpers import uti_in_process
+from cli_helpers import uti_in_process
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("uti",)):

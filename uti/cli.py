@@ -19,6 +19,7 @@ from typing import Callable
 
 from uti import __version__
 from uti.errors import UTIError
+from uti.path_errors import explain
 from uti.ray_local import stop_on_sigterm_like_ctrl_c
 
 
@@ -167,11 +168,48 @@ def _run(argv: list[str] | None) -> int:
         hint = getattr(args, "on_interrupt", None)
         print(f"uti {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        if args.debug:
+    except OSError as exc:  # the OS refused a path (a UTIError that is also an OSError was handled above)
+        if args.debug or (exc.filename is None and not isinstance(exc, _PATH_ERRORS)):
             raise
-        print(f"uti {args.command}: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        flag, given = _path_argument(parser, args, exc.filename) or (None, None)
+        print(f"uti {args.command}: error: {explain(exc, flag=flag, given=given)}", file=sys.stderr)
         return 2
+
+
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _path_argument(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   filename: str | os.PathLike | None) -> tuple[str, str] | None:
+    """(how the user named it, the value given) for the argument of this command that `filename` is, or
+    lies under (the most specific one): `--out`, or the metavar of a positional such as OUT."""
+    if filename is None:
+        return None
+    target = os.path.abspath(os.fspath(filename))
+    best: tuple[int, str, str] | None = None
+    for action in _chosen_actions(parser, args):
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or "://" in os.fspath(value):
+                continue
+            root = os.path.abspath(os.fspath(value))
+            if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+                name = (next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+                        if action.option_strings else str(action.metavar or action.dest.upper()))
+                if best is None or len(root) > best[0]:
+                    best = (len(root), name, os.fspath(value))
+    return None if best is None else (best[1], best[2])
+
+
+def _chosen_actions(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The arguments of the command that ran: the root's, then each chosen subcommand's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                yield from _chosen_actions(chosen, args)
+        else:
+            yield action
 
 
 if __name__ == "__main__":

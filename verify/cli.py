@@ -14,7 +14,7 @@ from verify.config import VerifyConfig
 _FIELDS = ("address", "num_cpus", "token_space", "decode_fraction", "retokenize_fraction", "seed", "max_seq_len",
            "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device")
 # VerifyConfig field -> what the user typed, so a config error names the flag (uti.strict.from_flags)
-_FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation")},
+_FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation", "allow_token_space_mismatch")},
           "out": "OUT", "plots": "--no-plots", "baseline_limits.sample_count_rel_drop": "--baseline-tolerance"}
 # The flags' defaults are VerifyConfig's own, so --help shows what a run uses.
 _DEFAULT = {f.name: f.default for f in dataclasses.fields(VerifyConfig) if f.default is not dataclasses.MISSING}
@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="failure examples kept per check in report.json (the counts are always complete)")
     p.add_argument("--device", default=_DEFAULT["device"], help="device of the decode/retokenize tasks")
     p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
+    p.add_argument("--allow-token-space-mismatch", action="store_true",
+                   help="run the decode/retokenize checks even when the codecs loaded from job.json's config differ "
+                        "from the dataset's token space (other weights); each difference is recorded in "
+                        "report.json \"overrides\" and named on the console")
     p.add_argument("--clean-orphans", action="store_true",
                    help="first delete what interrupted writers left under OUT/shards (tars without index, temp "
                         "files, incomplete S3 multipart uploads; nothing else), then verify. Only while no "
@@ -72,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         data["fail_on_truncation"] = True
     if args.no_plots:
         data["plots"] = False
+    if args.allow_token_space_mismatch:
+        data["allow_token_space_mismatch"] = True
     if args.baseline_tolerance is not None:
         if args.baseline is None:
             from uti.errors import ConfigError
@@ -86,6 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     # console in full, not only into the report.
     for warning in result.check("baseline")["warnings"]:
         print(f"uti verify: warning: baseline: {warning}", file=sys.stderr)
+    for record in result.report.get("overrides", []):
+        print(f"uti verify: warning: --allow-token-space-mismatch: the codec checks ran with a {record['what']} of "
+              f"token space {record['found'][:16]}, not the dataset's {record['expected'][:16]} (in report.json "
+              "\"overrides\")", file=sys.stderr)
     print(f"\nreport: {result.json_path}\n        {result.html_path}")
     if result.baseline_path:
         print(f"baseline written: {result.baseline_path}")
