@@ -60,6 +60,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
     report_dir = _report_dir(cfg)
     files = load_dataset(cfg.out, token_space=cfg.token_space)
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None  # a bad file fails before any work
+    report_dir.mkdir(parents=True, exist_ok=True)  # so does a report folder that cannot be made
     owned = connect(cfg.address, num_cpus=cfg.num_cpus)
     try:
         reducer = _scan_all(files, cfg)
@@ -80,7 +81,6 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
     report["checks"].append(gate.to_dict())
     report["baseline_metrics"] = metrics
     _verdict(report)
-    report_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json(report, report_dir)
     html_path = write_html(report, report_dir, with_plots=cfg.plots)
     baseline_path = write_baseline(cfg.write_baseline, report) if cfg.write_baseline else None
