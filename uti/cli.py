@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 from importlib.machinery import all_suffixes
 from importlib.metadata import entry_points
@@ -97,10 +99,14 @@ def add_command(
     description: str | None = None,
 ) -> argparse.ArgumentParser:
     """Add a subcommand whose --help ends with a runnable example."""
+    # The formatter keeps line breaks (for examples), so a long description is wrapped here, to the
+    # width argparse gives the options.
+    width = max(40, shutil.get_terminal_size().columns - 2)
+    text = "\n".join(textwrap.fill(line, width) for line in (description or help).split("\n"))
     parser = sub.add_parser(
         name,
         help=help,
-        description=description or help,
+        description=text,
         epilog=f"example:\n  {example}",
     )
     parser.set_defaults(func=func)
@@ -113,7 +119,7 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
 
     presets = ", ".join(preset_names())
     parser.add_argument("--config", default=None, metavar="PRESET|FILE",
-                        help=f"codec config: a built-in preset ({presets}) or a uti.yaml path "
+                        help=f"codec config: a built-in preset (one of: {presets}) or a uti.yaml path "
                              "(default: the 'default' preset)")
 
 
