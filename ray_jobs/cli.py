@@ -7,7 +7,7 @@ import argparse
 from ray_jobs.config import READ_IN
 from sharding.outdir import ERRORS_NAME, path_of
 from sharding.storage import add_storage_options_flag, configure_storage_options
-from uti.cli import add_command
+from uti.cli import add_command, add_config_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", action="append", required=True, help="manifest JSONL (repeatable)")
     p.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://)")
-    p.add_argument("--config", default=None, help="codec config: preset name or uti.yaml (default: 'default')")
+    add_config_flag(p)
     p.add_argument("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://...; default: a local instance")
     p.add_argument("--num-actors", type=int, default=None,
                    help="codec actors; default: one per GPU, or on CPU-only clusters one per CPU (every core on "

@@ -120,6 +120,16 @@ def test_require_same_names_both_ids_unless_overridden():
     assert record["overridden"] and record["expected"] == a.id and record["found"] == b.id
 
 
+def test_require_same_names_no_flag_unless_its_caller_gives_one():
+    """The library cannot know the command: a flag named by default would not exist in most of them."""
+    a, b = space_with(), space_with(audio_fp="b" * 64)
+    with pytest.raises(TokenSpaceMismatch) as info:
+        require_same(a, b)
+    assert "override" not in str(info.value) and "--" not in str(info.value).split("changed:")[0]
+    with pytest.raises(TokenSpaceMismatch, match="or pass --allow-token-space-mismatch$"):
+        require_same(a, b, fix="re-tokenize, or pass --allow-token-space-mismatch")
+
+
 def test_checkpoint_like_load_with_another_space_fails_unless_overridden(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     other = space_with(audio_fp="c" * 64)

@@ -315,6 +315,88 @@ def test_truncation_risk_is_soft_unless_asked(good, ray_address, tmp_path):
     assert hard.report["failed_hard"] == ["lengths"] and first["shard"] and first["key"] and first["id"]
 
 
+# ---- what the console and the report say ----------------------------------------------------------------------
+def test_console_names_the_errors_jsonl_reasons(good, good_run):
+    from verify.report import format_summary
+
+    result, _ = good_run
+    row = good.errors[0]
+    assert len(good.errors) == 1 and row["stage"] and row["reason"]
+    assert result.report["summary"]["errors_by_reason"] == [{"stage": row["stage"], "reason": row["reason"], "count": 1}]
+    text = format_summary(result.report)
+    assert f"errors.jsonl by stage/reason: 1 {row['stage']}/{row['reason']}" in text
+
+
+def test_console_names_the_top_five_reasons_and_how_many_more():
+    from verify.report import format_summary
+
+    reasons = [{"stage": "read", "reason": f"r{i}", "count": 10 - i} for i in range(7)]
+    report = {"dataset": "OUT", "token_space_id": "0" * 64, "checks": [], "failed_hard": [],
+              "summary": {"shards": 1, "samples": 3, "errors": 49, "bytes": 0, "seconds": 1.0,
+                          "errors_by_reason": reasons}}
+    line = next(x for x in format_summary(report).splitlines() if x.startswith("errors.jsonl by"))
+    assert line == "errors.jsonl by stage/reason: 10 read/r0, 9 read/r1, 8 read/r2, 7 read/r3, 6 read/r4 (and 2 more reasons)"
+
+
+def test_codebook_health_leaves_out_modalities_without_samples(default_tokenizer, ray_address, tmp_path):
+    """An audio-only dataset in a token space with an image range: no `image: 0.0` utilization."""
+    from verify.report import format_summary
+
+    built = build_dataset(tmp_path / "audio-only", tokenizer=default_tokenizer, n_audio=3, n_image=0)
+    assert built.space.has_modality("image")
+    result = verify_quick(built.out)
+    books = result.report["codebooks"]
+    assert books and all(level.startswith("audio.") for level in books)
+    health = result.check("codebook_health")
+    assert set(health["counts"]["utilization"]) == set(books) and health["counts"]["levels"] == len(books)
+    assert "image" not in json.dumps(health) and "codebook.image.utilization" not in result.report["baseline_metrics"]
+    line = next(x for x in format_summary(result.report).splitlines() if x.split()[1:2] == ["codebook_health"])
+    assert "image" not in line and "audio.l" in line, line
+
+
+def _with_other_image_weights(good, tmp_path: Path) -> Path:
+    """A copy whose job.json config names other image weights than the shards were made with: what a
+    machine with another copy of the weights loads."""
+    out = copy_of(good, tmp_path)
+    job = json.loads((out / "job.json").read_text())
+    job["config"]["image"]["weights"] = "random:1"
+    (out / "job.json").write_text(json.dumps(job))
+    return out
+
+
+def test_weights_mismatch_names_verifys_own_override_flag(good, tmp_path):
+    from verify.codec_checks import Pick, run_codec_checks
+
+    out = _with_other_image_weights(good, tmp_path)
+    split, shard, s = shard_with(out, "image")
+    index = json.loads((out / "shards" / split / f"{shard}.json").read_text())
+    pick = Pick(split=split, shard=shard, key=s.key, id=s.meta["id"], modality="image", decode=True, retokenize=False)
+    paths = {pick.label: (str(out / "shards" / split / f"{shard}.tar"), index)}
+    config = json.loads((out / "job.json").read_text())["config"]
+    refused = run_codec_checks([pick], paths, space=good.space, config=config)
+    detail = refused.findings.examples["decode"][0].detail
+    assert "token space mismatch for loaded image codec" in detail and "--allow-token-space-mismatch" in detail
+    assert "explicit override flag" not in detail and refused.overrides == []
+    accepted = run_codec_checks([pick], paths, space=good.space, config=config, allow_mismatch=True)
+    assert accepted.findings.counts == {} and accepted.counts["decode.image.ok"] == 1
+    assert [o["what"] for o in accepted.overrides] == ["loaded image codec"]
+    assert accepted.overrides[0]["expected"] == good.space.id and accepted.overrides[0]["found"] != good.space.id
+
+
+def test_allow_token_space_mismatch_is_recorded_in_report_json(good, ray_address, tmp_path):
+    out = _with_other_image_weights(good, tmp_path)
+    proc = uti_in_process("verify", str(out), "--address", ray_address, "--decode-fraction", "1",
+                          "--retokenize-fraction", "0", "--no-plots", "--loader-batches", "1",
+                          "--allow-token-space-mismatch")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "verify" / "report.json").read_text())
+    assert report["config"]["allow_token_space_mismatch"] is True
+    assert [o["what"] for o in report["overrides"]] == ["loaded image codec"]
+    decode = next(c for c in report["checks"] if c["name"] == "decode")
+    assert decode["status"] == "WARN" and "--allow-token-space-mismatch" in decode["warnings"][0]
+    assert "--allow-token-space-mismatch: the codec checks ran with a loaded image codec" in proc.stderr
+
+
 # ---- baseline ---------------------------------------------------------------------------------------------------
 def test_baseline_passes_on_the_same_data_and_names_the_regressed_metric(good, good_run, tmp_path):
     _, base = good_run

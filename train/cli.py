@@ -134,14 +134,17 @@ def register_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a run folder (uses its latest checkpoint) or one checkpoints/step-NNNNNN folder")
-    p.add_argument("--mode", choices=("audio", "image", "text"), default="audio")
+    p.add_argument("--mode", choices=("audio", "image", "text"), default="audio",
+                   help="what to generate: an audio clip for the prompt (.wav), an image (.png) or a text "
+                        "continuation of the prompt (.txt)")
     p.add_argument("--prompt", default="", help="caption to condition on (text mode: the text to continue)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="audio: up to this many tokens, whole frames (default 600); text: default 200; "
                         "image: always the full grid")
     p.add_argument("--min-tokens", type=int, default=0,
                    help="audio: no end of clip before this many tokens (whole frames); default 0")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed: the same checkpoint, prompt, flags and seed give the same tokens")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely allowed tokens (0 = all)")
     p.add_argument("--audio-scale", type=float, default=None,

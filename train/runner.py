@@ -182,10 +182,14 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
         local_model_vocab(cfg.model)  # fails here, naming the folder, instead of on every worker
     if cfg.model != "tiny" and os.path.isfile(os.path.join(cfg.model, JSON_NAME)):
         try:  # a model folder exported by a previous run carries its token space: fine-tuning must match
-            require_same(run_space, TokenSpace.load(cfg.model), what=f"--model {cfg.model}",
-                         override=cfg.allow_token_space_mismatch)
+            record = require_same(run_space, TokenSpace.load(cfg.model), what=f"--model {cfg.model}",
+                                  override=cfg.allow_token_space_mismatch,
+                                  fix=f"fine-tune a model trained on this token space, or pass "
+                                      f"--allow-token-space-mismatch (recorded in {OVERRIDES})")
         except UTIError as exc:
             raise TrainError(str(exc)) from None
+        if record:
+            overrides.append(record | {"time": time.time()})
 
     run.mkdir(parents=True, exist_ok=True)
     run_space.write(run)

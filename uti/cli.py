@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 from importlib.machinery import all_suffixes
 from importlib.metadata import entry_points
@@ -20,6 +22,7 @@ from typing import Callable
 from uti import __version__
 from uti.doctor import POINTER, is_environment_failure, one_line
 from uti.errors import UTIError
+from uti.path_errors import explain
 from uti.ray_local import stop_on_sigterm_like_ctrl_c
 
 
@@ -97,14 +100,28 @@ def add_command(
     description: str | None = None,
 ) -> argparse.ArgumentParser:
     """Add a subcommand whose --help ends with a runnable example."""
+    # The formatter keeps line breaks (for examples), so a long description is wrapped here, to the
+    # width argparse gives the options.
+    width = max(40, shutil.get_terminal_size().columns - 2)
+    text = "\n".join(textwrap.fill(line, width) for line in (description or help).split("\n"))
     parser = sub.add_parser(
         name,
         help=help,
-        description=description or help,
+        description=text,
         epilog=f"example:\n  {example}",
     )
     parser.set_defaults(func=func)
     return parser
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """`--config`: a built-in preset (every uti/presets/*.yaml, listed in the help) or a uti.yaml path."""
+    from uti.config import preset_names
+
+    presets = ", ".join(preset_names())
+    parser.add_argument("--config", default=None, metavar="PRESET|FILE",
+                        help=f"codec config: a built-in preset (one of: {presets}) or a uti.yaml path "
+                             "(default: the 'default' preset)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,10 +196,11 @@ def _run(argv: list[str] | None) -> int:
         hint = getattr(args, "on_interrupt", None)
         print(f"uti {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-        if args.debug:
+    except OSError as exc:  # the OS refused a path (a UTIError that is also an OSError was handled above)
+        if args.debug or (exc.filename is None and not isinstance(exc, _PATH_ERRORS)):
             raise
-        print(f"uti {args.command}: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        flag, given = _path_argument(parser, args, exc.filename) or (None, None)
+        print(f"uti {args.command}: error: {explain(exc, flag=flag, given=given)}", file=sys.stderr)
         return 2
     except (ImportError, OSError) as exc:
         # A package that is missing or whose compiled library does not load is the installation's fault:
@@ -190,6 +208,42 @@ def _run(argv: list[str] | None) -> int:
         if args.debug or not is_environment_failure(exc):
             raise
         return _refuse(args.command, f"{one_line(exc)}; {POINTER}")
+
+
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _path_argument(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   filename: str | os.PathLike | None) -> tuple[str, str] | None:
+    """(how the user named it, the value given) for the argument of this command that `filename` is, or
+    lies under (the most specific one): `--out`, or the metavar of a positional such as OUT."""
+    if filename is None:
+        return None
+    target = os.path.abspath(os.fspath(filename))
+    best: tuple[int, str, str] | None = None
+    for action in _chosen_actions(parser, args):
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or "://" in os.fspath(value):
+                continue
+            root = os.path.abspath(os.fspath(value))
+            if target == root or target.startswith(root.rstrip(os.sep) + os.sep):
+                name = (next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+                        if action.option_strings else str(action.metavar or action.dest.upper()))
+                if best is None or len(root) > best[0]:
+                    best = (len(root), name, os.fspath(value))
+    return None if best is None else (best[1], best[2])
+
+
+def _chosen_actions(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The arguments of the command that ran: the root's, then each chosen subcommand's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                yield from _chosen_actions(chosen, args)
+        else:
+            yield action
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from uti.cli import add_command
+from uti.cli import add_command, add_config_flag
 
 
 def register_tokenspace(sub: argparse._SubParsersAction) -> None:
@@ -14,23 +14,46 @@ def register_tokenspace(sub: argparse._SubParsersAction) -> None:
                     example="uti tokenspace build --out ts/ && uti tokenspace show ts/", func=lambda a: a.tokenspace_func(a))
     ts = p.add_subparsers(dest="tokenspace_command", metavar="ACTION")
     ts.required = True
-    b = ts.add_parser("build", help="load the codecs of a config and write token_space.json + .sha256")
-    b.add_argument("--config", default=None, help="preset name or uti.yaml path (default: the 'default' preset)")
+    b = add_command(
+        ts, "build", func=_build,
+        help="load the codecs of a config and write token_space.json + .sha256",
+        description="Load the codecs of a config and write the token space they define (token_space.json and its "
+                    ".sha256) into --out, without tokenizing anything. A folder that already holds the same "
+                    "token space is left as it is; a different one is refused unless --force.",
+        example="uti tokenspace build --config default --out ts/")
+    add_config_flag(b)
     b.add_argument("--out", required=True, type=Path, help="directory to write into")
     b.add_argument("--force", action="store_true",
                    help="replace a different token space already in --out (e.g. a tokenized dataset's: its shards "
                         "then no longer match it)")
     b.set_defaults(tokenspace_func=_build)
-    s = ts.add_parser("show", help="print a token space as a table of ranges")
+    s = add_command(
+        ts, "show", func=_show,
+        help="print a token space as a table of ranges",
+        description="Print a token space: its ID, vocabulary size, the ID range of every modality and codebook "
+                    "level with the codec behind it, the token layouts and the special tokens.",
+        example="uti tokenspace show data/tok/   (or a run folder, or a token_space.json)")
     s.add_argument("path", type=Path, help="token_space.json or a directory holding it (a dataset OUT, a run)")
     s.add_argument("--json", action="store_true", help="print the canonical JSON instead")
     s.set_defaults(tokenspace_func=_show)
-    d = ts.add_parser("diff", help="name what changed between two token spaces (exit 1 when they differ)")
-    d.add_argument("a", type=Path)
-    d.add_argument("b", type=Path)
+    d = add_command(
+        ts, "diff", func=_diff,
+        help="name what changed between two token spaces (exit 1 when they differ)",
+        description="Compare two token spaces and print every field that differs, as a dotted path with the old "
+                    "and new value (e.g. codecs.audio.fingerprint). Exit 0 when identical, 1 when they differ.",
+        example="uti tokenspace diff data/tok/ run/   (a dataset against the run trained on it)")
+    d.add_argument("a", type=Path, metavar="A",
+                   help="the first token space: token_space.json or a folder holding it (a dataset OUT, a run, "
+                        "a checkpoint)")
+    d.add_argument("b", type=Path, metavar="B", help="the second one, compared against A (changes read A -> B)")
     d.set_defaults(tokenspace_func=_diff)
-    c = ts.add_parser("codecs", help="list the installed codec kinds (built in and from `uti.codecs` plugins) "
-                                     "with the sizes of their models")
+    c = add_command(
+        ts, "codecs", func=_codecs,
+        help="list the installed codec kinds (built in and from `uti.codecs` plugins) with the sizes of their models",
+        description="List every installed codec kind (built in, and from packages registering `uti.codecs` entry "
+                    "points) with the sizes of its models: input rate or size, levels x codebook, frame rate and "
+                    "layout. Exit 1 when a kind cannot be loaded.",
+        example="uti tokenspace codecs --json")
     c.add_argument("--json", action="store_true", help="print the list as JSON")
     c.set_defaults(tokenspace_func=_codecs)
 
@@ -161,9 +184,11 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "audit", help="the Stage-1 audit bundle: token space, determinism, ranges, decode, metrics",
                     example="uti audit --out audit/ --baseline audit-baseline/report.json", func=_audit)
     p.add_argument("--out", required=True, type=Path, help="directory for the bundle")
-    p.add_argument("--config", default=None, help="preset name or uti.yaml path (default: 'default')")
+    add_config_flag(p)
     p.add_argument("--assets", type=Path, default=None, help="folder of .wav/.flac and .png/.jpg (default: built-in synthesized assets)")
-    p.add_argument("--decode-mode", choices=("deterministic", "diffusion"), default="deterministic")
+    p.add_argument("--decode-mode", choices=("deterministic", "diffusion"), default="deterministic",
+                   help="how the decode checks decode tokens: deterministic (every codec uti ships) or diffusion "
+                        "(only for a codec with a diffusion decoder)")
     p.add_argument("--baseline", type=Path, default=None, help="a previous report.json: gate on its regression limits")
 
 

@@ -186,7 +186,13 @@ class UTIConfig:
         return dataclasses.replace(self, **changes)
 
 
-PRESETS = ("default",)
+def preset_names() -> tuple[str, ...]:
+    """The built-in presets: one uti/presets/NAME.yaml each."""
+    return tuple(sorted(f.name[: -len(".yaml")] for f in resources.files("uti.presets").iterdir()
+                        if f.name.endswith(".yaml")))
+
+
+PRESETS = preset_names()
 
 
 def load_config(spec: str | Path | None = None) -> UTIConfig:

@@ -65,14 +65,19 @@ def as_ids(values: Any, *, what: str) -> np.ndarray:
 class UnifiedTokenizer:
     def __init__(self, config: UTIConfig | None = None, *, device: str | None = None,
                  modalities: Sequence[str] = MODALITIES, token_space: TokenSpace | None = None,
-                 describe: Sequence[str] = ()):
+                 describe: Sequence[str] = (), allow_mismatch: bool = False, mismatch_fix: str | None = None):
         """Load the configured codecs of `modalities` (text: whenever configured) once. A modality the
         config has no codec for is not loaded and has no range. When `token_space` is given (e.g. from a
         dataset), the loaded codecs must match it exactly, by the recipe of its version.
 
         `describe`: media modalities whose codec is not loaded but which the built token space still
         covers, from the descriptor an earlier load remembered (uti.codecs.descriptors) or a load that is
-        dropped at once: a tokenize job's space names every configured codec, an audio job runs only one."""
+        dropped at once: a tokenize job's space names every configured codec, an audio job runs only one.
+
+        A loaded codec that differs from `token_space` raises TokenSpaceMismatch ending in `mismatch_fix`
+        (the caller's advice, e.g. its command's override flag). With `allow_mismatch` the codecs are used
+        anyway under the given token space, and each difference is kept in `self.mismatches` for the caller
+        to record."""
         from uti.codecs import descriptors
         from uti.codecs.registry import build_audio_codec, build_image_codec, build_text_codec
 
@@ -98,13 +103,17 @@ class UnifiedTokenizer:
             else:
                 described[modality] = None
         built = TokenSpace.build(**described, num_reserved=cfg.num_reserved_specials, version=version)
+        self.mismatches: list[dict[str, Any]] = []
         if token_space is None:
             token_space = built
         else:
             for modality, codec in self._codecs().items():
                 theirs = token_space.codecs.get(modality)
                 if theirs is None or theirs.to_dict() != codec.descriptor(version).to_dict():
-                    require_same(token_space, built, what=f"loaded {modality} codec")
+                    record = require_same(token_space, built, what=f"loaded {modality} codec",
+                                          override=allow_mismatch, fix=mismatch_fix)
+                    if record:
+                        self.mismatches.append(record)
             if version < VERSION and self.text is not None and token_space.codecs["text"].kind == "hf":
                 log.warning("token space %s is version %d: its ID covers the Hugging Face tokenizer's folder name "
                             "and vocabulary only (which match), not its normalizer, pre-tokenizer or options. "

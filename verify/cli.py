@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
+from verify.config import VerifyConfig
 
 # flag attribute -> VerifyConfig field, for the flags that map one to one
 _FIELDS = ("address", "num_cpus", "token_space", "decode_fraction", "retokenize_fraction", "seed", "max_seq_len",
            "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device")
 # VerifyConfig field -> what the user typed, so a config error names the flag (uti.strict.from_flags)
-_FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation")},
+_FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation", "allow_token_space_mismatch")},
           "out": "OUT", "plots": "--no-plots", "baseline_limits.sample_count_rel_drop": "--baseline-tolerance"}
+# The flags' defaults are VerifyConfig's own, so --help shows what a run uses.
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(VerifyConfig) if f.default is not dataclasses.MISSING}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,25 +32,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--token-space", default=None, metavar="FILE",
                    help="expected token_space.json (or its folder); default: the dataset's own")
-    p.add_argument("--decode-fraction", type=float, default=None, metavar="F",
-                   help="share of samples to decode (default 0.01; 0 skips)")
-    p.add_argument("--retokenize-fraction", type=float, default=None, metavar="F",
-                   help="share of samples to re-encode from source and compare (default 0.001; 0 skips)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the decode/retokenize sample (default 0)")
+    p.add_argument("--decode-fraction", type=float, default=_DEFAULT["decode_fraction"], metavar="F",
+                   help="share of samples to decode; 0 skips")
+    p.add_argument("--retokenize-fraction", type=float, default=_DEFAULT["retokenize_fraction"], metavar="F",
+                   help="share of samples to re-encode from source and compare; 0 skips")
+    p.add_argument("--seed", type=int, default=_DEFAULT["seed"], help="seed of the decode/retokenize sample")
     p.add_argument("--max-seq-len", type=int, default=None, metavar="L", help="report sequences longer than L tokens")
     p.add_argument("--fail-on-truncation", action="store_true", help="make sequences over --max-seq-len a hard failure")
-    p.add_argument("--loader-batches", type=int, default=None, metavar="N",
-                   help="batches for the data-loader smoke test (default 4; 0 skips)")
-    p.add_argument("--loader-batch-size", type=int, default=None, metavar="B")
+    p.add_argument("--loader-batches", type=int, default=_DEFAULT["loader_batches"], metavar="N",
+                   help="batches for the data-loader smoke test; 0 skips")
+    p.add_argument("--loader-batch-size", type=int, default=_DEFAULT["loader_batch_size"], metavar="B",
+                   help="samples per batch of the data-loader smoke test")
     p.add_argument("--baseline", default=None, metavar="FILE", help="gate on this baseline (from --write-baseline)")
     p.add_argument("--baseline-tolerance", type=float, default=None, metavar="F",
                    help="with --baseline: share of a sample count (total, per split, per modality) that may be lost "
                         "before the gate fails, e.g. 0.02 (default 0); a count that grew always passes")
     p.add_argument("--write-baseline", default=None, metavar="FILE", help="store this run's metrics as a baseline")
     p.add_argument("--report-dir", default=None, metavar="DIR", help="where report.json/html go (default OUT/verify)")
-    p.add_argument("--max-examples", type=int, default=None, metavar="N", help="failure examples kept per check")
-    p.add_argument("--device", default=None, help="device of the decode/retokenize tasks (default cpu)")
+    p.add_argument("--max-examples", type=int, default=_DEFAULT["max_examples"], metavar="N",
+                   help="failure examples kept per check in report.json (the counts are always complete)")
+    p.add_argument("--device", default=_DEFAULT["device"], help="device of the decode/retokenize tasks")
     p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
+    p.add_argument("--allow-token-space-mismatch", action="store_true",
+                   help="run the decode/retokenize checks even when the codecs loaded from job.json's config differ "
+                        "from the dataset's token space (other weights); each difference is recorded in "
+                        "report.json \"overrides\" and named on the console")
     p.add_argument("--clean-orphans", action="store_true",
                    help="first delete what interrupted writers left under OUT/shards (tars without index, temp "
                         "files, incomplete S3 multipart uploads; nothing else), then verify. Only while no "
@@ -66,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         data["fail_on_truncation"] = True
     if args.no_plots:
         data["plots"] = False
+    if args.allow_token_space_mismatch:
+        data["allow_token_space_mismatch"] = True
     if args.baseline_tolerance is not None:
         if args.baseline is None:
             from uti.errors import ConfigError
@@ -80,6 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     # console in full, not only into the report.
     for warning in result.check("baseline")["warnings"]:
         print(f"uti verify: warning: baseline: {warning}", file=sys.stderr)
+    for record in result.report.get("overrides", []):
+        print(f"uti verify: warning: --allow-token-space-mismatch: the codec checks ran with a {record['what']} of "
+              f"token space {record['found'][:16]}, not the dataset's {record['expected'][:16]} (in report.json "
+              "\"overrides\")", file=sys.stderr)
     print(f"\nreport: {result.json_path}\n        {result.html_path}")
     if result.baseline_path:
         print(f"baseline written: {result.baseline_path}")

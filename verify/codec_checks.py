@@ -56,6 +56,13 @@ class CodecSummary:
     counts: dict[str, Any] = field(default_factory=dict)
     load_seconds: float = 0.0
     seconds: float = 0.0
+    # With allow_mismatch: each loaded codec that differs from the dataset's token space (require_same records)
+    overrides: list[dict[str, Any]] = field(default_factory=list)
+
+
+MISMATCH_FIX = ("The codecs of job.json's config load differently here than when the dataset was tokenized: give "
+                "this machine the same weights, or pass --allow-token-space-mismatch to run the decode/retokenize "
+                "checks with these codecs anyway (recorded in report.json)")
 
 
 def _bump(counts: dict, name: str, n: int | float = 1) -> None:
@@ -73,10 +80,13 @@ def run_codec_checks(
     max_examples: int = 20,
     max_member_bytes: int = 256 * 1024 * 1024,
     tokenizer: Any = None,
+    allow_mismatch: bool = False,
 ) -> CodecSummary:
     """Decode and/or retokenize `picks`. exact=True: a retokenize difference is a failure; else it is
     only measured (token agreement rate), since another device class may legitimately differ.
-    `config` is job.json's UTIConfig dict (None: the `default` preset)."""
+    `config` is job.json's UTIConfig dict (None: the `default` preset). Codecs that load differently from
+    the dataset's token space make every item unverifiable, unless `allow_mismatch` (--allow-token-space-
+    mismatch): then the checks run with them and the differences are returned in `overrides`."""
     from sharding.reader import read_shard
     from uti.config import UTIConfig, load_config
     from uti.errors import UTIError
@@ -93,7 +103,8 @@ def run_codec_checks(
         cfg = from_dict(UTIConfig, config, where="job.json config") if config is not None else load_config("default")
         # A caller that already holds the codecs (a notebook, a test) may pass them in; it must match.
         tok = tokenizer if tokenizer is not None else UnifiedTokenizer(
-            cfg.replace(device=device), modalities=needed, token_space=space)
+            cfg.replace(device=device), modalities=needed, token_space=space, allow_mismatch=allow_mismatch,
+            mismatch_fix=MISMATCH_FIX)
         if tok.space.id != space.id:
             raise UTIError(f"the given tokenizer has token space {tok.space.short_id}, the dataset {space.short_id}")
     except (UTIError, ValueError, OSError, RuntimeError) as exc:
@@ -119,7 +130,8 @@ def run_codec_checks(
             continue
         unverifiable(wanted.values(), "sample not found in its shard on the second read (shard changed during verify?)",
                      log)
-    return CodecSummary(findings=log, counts=counts, load_seconds=load, seconds=time.perf_counter() - t0)
+    return CodecSummary(findings=log, counts=counts, load_seconds=load, seconds=time.perf_counter() - t0,
+                        overrides=list(getattr(tok, "mismatches", [])))
 
 
 def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> None:

@@ -74,6 +74,9 @@ class VerifyConfig:
     codec_batch: int = 256  # sampled items per codec task: each task pays the codec load once
     max_codec_tasks: int = 8
     device: str = "cpu"  # device of the codec tasks (decode / retokenize)
+    # Run the codec checks with codecs that differ from the dataset's token space (other weights);
+    # every difference is listed in report.json "overrides".
+    allow_token_space_mismatch: bool = False
     max_member_bytes: int = 256 * 1024 * 1024  # tar members above this are refused unread
     plots: bool = True
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from sharding.errors import ShardError
 from sharding.format import INDEX_SUFFIX, TAR_SUFFIX, Orphan, find_orphans, list_shards, read_index, url_to_fs
-from sharding.outdir import (JOB_NAME, PLAN_NAME, SPACE_NAME, SPACE_SHA_NAME, load_errors, load_job, load_plan, load_space,
-                             path_of)
+from sharding.outdir import (JOB_NAME, PLAN_NAME, SPACE_NAME, exists, load_errors, load_job, load_plan,
+                             load_space, path_of)
 from sharding.plan import Plan, PlanError
 from sharding.storage import storage_errors
 from uti.errors import TokenSpaceError, UTIError
@@ -82,9 +82,12 @@ def _load_dataset(out: str, *, token_space: str | None) -> DatasetFiles:
         expected, source = TokenSpace.load(token_space), str(token_space)  # a bad --token-space is a user error
     elif space is not None:
         expected, source = space, path_of(out, SPACE_NAME)
-    else:
-        raise UTIError(f"{space_problem}. Without a token space no token can be checked: restore "
-                       f"{SPACE_NAME}/{SPACE_SHA_NAME} or pass the expected one with --token-space FILE")
+    elif not exists(out, SPACE_NAME):
+        raise UTIError(f"{path_of(out, SPACE_NAME)}: missing, and without a token space no token can be checked; "
+                       f"pass the OUT folder of a `uti tokenize` run, or give the expected token space with "
+                       f"--token-space FILE")
+    else:  # the problem names the file and how to restore it; verify can also take the expected one
+        raise UTIError(f"{space_problem}; or give the expected token space with --token-space FILE")
 
     plan, plan_problem, plan_sha = None, None, None
     try:

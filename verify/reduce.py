@@ -285,10 +285,17 @@ class Reducer:
             codec_log.merge(c.findings)
             for k, v in c.counts.items():
                 codec_counts[k] = codec_counts.get(k, 0) + v
+        overrides = _unique_overrides(codec)
         checks.append(self._codec_check("decode", codec_log, codec_counts, codec_plan, fraction=cfg.decode_fraction))
         checks.append(self._codec_check("retokenize", codec_log, codec_counts, codec_plan,
                                         fraction=cfg.retokenize_fraction, hard=exact))
-        codebooks = {level: codebook_metrics(c) for level, c in self.codebooks.items()}
+        for check in (c for c in checks[-2:] if not c.skipped):
+            for o in overrides:
+                check.warnings.append(f"--allow-token-space-mismatch: ran with a {o['what']} of token space "
+                                      f"{o['found'][:12]}, not the dataset's {o['expected'][:12]}")
+        # Only the levels of modalities the dataset has samples of: a range no sample uses says nothing.
+        codebooks = {level: codebook_metrics(c) for level, c in self.codebooks.items()
+                     if self.counts.get(f"{level.split('.')[0]}.samples", 0)}
         checks.append(self._codebook_check(codebooks))
         checks.append(self._lengths_check())
         checks.append(self._loader_check(loader, loader_note))
@@ -301,6 +308,7 @@ class Reducer:
             "codec": {"counts": codec_counts, "load_seconds": [round(c.load_seconds, 2) for c in codec],
                       "seconds": [round(c.seconds, 2) for c in codec], **codec_plan},
             "loader": loader or {},
+            "overrides": overrides,
         }
         return Reduced(checks=checks, stats=stats)
 
@@ -342,6 +350,12 @@ class Reducer:
             m = codebooks[lvl]
             result.warnings.append(f"{lvl}: utilization {m['utilization']:.1%} < {self.cfg.utilization_warn:.0%} "
                                    f"({m['dead']} dead codes of {m['codebook_size']}, perplexity {m['perplexity']:.1f})")
+        if not codebooks:
+            result.note = "no audio or image samples: no codebook to measure"
+        else:
+            lvl = min(codebooks, key=lambda k: (codebooks[k]["utilization"], k))
+            result.note = (f"lowest utilization {lvl} {codebooks[lvl]['utilization']:.1%} of {len(codebooks)} "
+                           f"level(s) ({', '.join(sorted({k.split('.')[0] for k in codebooks}))})")
         return result
 
     def _lengths_check(self) -> CheckResult:
@@ -384,3 +398,13 @@ def _note_unavailable_decoders(result: CheckResult, counts: dict) -> None:
         result.skipped, result.note = True, reason
     else:
         result.warnings.append(reason)
+
+
+def _unique_overrides(codec: list[CodecSummary]) -> list[dict[str, Any]]:
+    """The token-space differences the codec tasks accepted (--allow-token-space-mismatch), each once
+    (every task loads the same codecs, so they report the same ones)."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for c in codec:
+        for o in c.overrides:
+            seen.setdefault((o["what"], o["expected"], o["found"]), o)
+    return [seen[k] for k in sorted(seen)]

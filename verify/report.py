@@ -169,12 +169,20 @@ def write_html(report: dict[str, Any], directory: Path, *, with_plots: bool = Tr
 
 
 # ---- terminal ----------------------------------------------------------------------------------------------
+TOP_REASONS = 5  # errors.jsonl reasons named on the console (report.json lists them all)
+
+
 def format_summary(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [f"uti verify {report['dataset']}  token space {report['token_space_id'][:12]}",
              f"{s['shards']} shards, {s['samples']} samples, {s['errors']} errors.jsonl rows, "
-             f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s", "",
-             f"{'#':>2}  {'check':<16} {'status':<6} {'kind':<4} {'fail':>5}  first failure / note"]
+             f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s"]
+    reasons = s.get("errors_by_reason") or []  # older reports have none
+    if reasons:
+        top = ", ".join(f"{r['count']} {r['stage']}/{r['reason']}" for r in reasons[:TOP_REASONS])
+        more = f" (and {len(reasons) - TOP_REASONS} more reasons)" if len(reasons) > TOP_REASONS else ""
+        lines.append(f"errors.jsonl by stage/reason: {top}{more}")
+    lines += ["", f"{'#':>2}  {'check':<16} {'status':<6} {'kind':<4} {'fail':>5}  first failure / note"]
     for c in report["checks"]:
         first = c["first_failure"]
         if first:

@@ -60,6 +60,7 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
     report_dir = _report_dir(cfg)
     files = load_dataset(cfg.out, token_space=cfg.token_space)
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None  # a bad file fails before any work
+    report_dir.mkdir(parents=True, exist_ok=True)  # so does a report folder that cannot be made
     owned = connect(cfg.address, num_cpus=cfg.num_cpus)
     try:
         reducer = _scan_all(files, cfg)
@@ -80,7 +81,6 @@ def run_verify(cfg: VerifyConfig) -> VerifyResult:
     report["checks"].append(gate.to_dict())
     report["baseline_metrics"] = metrics
     _verdict(report)
-    report_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json(report, report_dir)
     html_path = write_html(report, report_dir, with_plots=cfg.plots)
     baseline_path = write_baseline(cfg.write_baseline, report) if cfg.write_baseline else None
@@ -185,7 +185,8 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer):
             paths = {p.label: (by_label[p.label].tar_path, by_label[p.label].index) for p in chunk}
             codec_refs.append((chunk, remote.remote(
                 chunk, paths, space=space_ref, config=job_config_dict(files.job), device=cfg.device, exact=exact,
-                max_examples=cfg.max_examples, max_member_bytes=cfg.max_member_bytes)))
+                max_examples=cfg.max_examples, max_member_bytes=cfg.max_member_bytes,
+                allow_mismatch=cfg.allow_token_space_mismatch)))
     loader_ref, loader_note = None, ""
     if cfg.loader_batches == 0:
         loader_note = "--loader-batches 0"
@@ -234,6 +235,10 @@ def _assemble(files: DatasetFiles, cfg: VerifyConfig, checks: list[CheckResult],
             label = f"{row['split']}/{row['shard']}"
             errors_per_shard[label] = errors_per_shard.get(label, 0) + 1
     scan_seconds = sum(s["seconds"] for s in stats["per_shard"])
+    by_reason: dict[tuple[str, str], int] = {}
+    for row in files.errors:
+        why = (str(row.get("stage") or "?"), str(row.get("reason") or "?"))
+        by_reason[why] = by_reason.get(why, 0) + 1
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "producer": f"uti {uti.__version__}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -244,13 +249,16 @@ def _assemble(files: DatasetFiles, cfg: VerifyConfig, checks: list[CheckResult],
             "samples_per_modality": {m: counts[f"{m}.samples"] for m in ("audio", "image", "text") if f"{m}.samples" in counts},
             "planned_rows": planned, "errors": len(files.errors),
             "error_rate": len(files.errors) / planned if planned else 0.0,
+            # errors.jsonl rows by (stage, reason), most frequent first
+            "errors_by_reason": [{"stage": st, "reason": r, "count": n}
+                                 for (st, r), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
             "bytes": counts.get("bytes", 0), "seconds": round(seconds, 2),
             # Per task, i.e. per core: the figure the disk-speed target is stated in.
             "scan_mb_per_s_per_task": round(counts.get("bytes", 0) / 1e6 / scan_seconds, 1) if scan_seconds else None,
         },
         "checks": [c.to_dict() for c in checks],
         "errors_per_shard": errors_per_shard,
-        **{k: stats[k] for k in ("codebooks", "lengths", "per_split", "per_shard", "codec", "loader")},
+        **{k: stats[k] for k in ("codebooks", "lengths", "per_split", "per_shard", "codec", "loader", "overrides")},
     }
     return report
 
