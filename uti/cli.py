@@ -196,18 +196,19 @@ def _run(argv: list[str] | None) -> int:
         hint = getattr(args, "on_interrupt", None)
         print(f"uti {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 128 + int(getattr(exc, "signum", signal.SIGINT))
-    except OSError as exc:  # the OS refused a path (a UTIError that is also an OSError was handled above)
-        if args.debug or (exc.filename is None and not isinstance(exc, _PATH_ERRORS)):
+    except (ImportError, OSError) as exc:
+        if args.debug:
             raise
+        if is_environment_failure(exc) and not isinstance(exc, _PATH_ERRORS):
+            # A package that is missing or whose compiled library does not load is the installation's
+            # fault: one line and the pointer to `uti doctor`, never a traceback.
+            return _refuse(args.command, f"{one_line(exc)}; {POINTER}")
+        if isinstance(exc, ImportError) or (exc.filename is None and not isinstance(exc, _PATH_ERRORS)):
+            raise  # not about a path or the installation: a bug to show
+        # The OS refused a path (a UTIError that is also an OSError was handled above).
         flag, given = _path_argument(parser, args, exc.filename) or (None, None)
         print(f"uti {args.command}: error: {explain(exc, flag=flag, given=given)}", file=sys.stderr)
         return 2
-    except (ImportError, OSError) as exc:
-        # A package that is missing or whose compiled library does not load is the installation's fault:
-        # one line and the pointer to `uti doctor`, never a traceback. Any other OSError is a bug to show.
-        if args.debug or not is_environment_failure(exc):
-            raise
-        return _refuse(args.command, f"{one_line(exc)}; {POINTER}")
 
 
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
