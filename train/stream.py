@@ -126,7 +126,6 @@ class ModalityStream:
         self._at: tuple[str, int] | None = None  # (shard, in-shard index the open reader yields next)
         self._warned: set[str] = set()
         self._plan: tuple[int, list[ShardRef], np.ndarray] = (-1, [], np.zeros(0, np.int64))
-        self._mine = {m: {n: frozenset(p) for n, p in by_shard.items()} for m, by_shard in spec.positions.items()}
         # After an elastic resume (another world size): this rank's share of what the old ranks left
         # unread of their epochs, as (epoch, position in the epoch's unpadded list); read first.
         self.pending: list[tuple[int, int]] = []
@@ -218,7 +217,7 @@ class ModalityStream:
 
     def _read_one(self) -> tuple[Sample, int] | None:
         """The next sample of this rank's share, crossing into the next epoch; None when a whole
-        epoch of the share held none of the modality (its positions were only image-sized audio)."""
+        epoch of the share held none of the modality (every sample read disagreed with the index)."""
         modality = self.spec.modality
         while True:
             if self.pending_taken < len(self.pending):
@@ -246,16 +245,14 @@ class ModalityStream:
             return sample, self.epoch
 
     def _check_stray(self, ref: ShardRef, sample: Sample, actual: str) -> None:
-        """A sample the index put in this modality (by its token count) that is of another one, at a
-        position no stream of its own modality reads: count it and say so once per shard."""
-        if sample.index_in_shard in self._mine.get(actual, {}).get(ref.name, frozenset()):
-            return  # its own stream reads it
+        """A sample the census put in this modality whose meta says another (the shard changed after its
+        index was read): count it and say so once per shard."""
         self.stray += 1
         if ref.name not in self._warned:
             self._warned.add(ref.name)
-            log.warning("%s: %s sample %r has %d tokens, exactly an image's, in a shard of only image-sized samples: "
-                        "training does not read it (re-tokenize so it shares a shard with other %s)",
-                        ref.tar_path, actual, sample.meta.get("id"), len(sample.tokens), actual)
+            log.warning("%s: sample %r is %s in its meta, but the census read %s from the shard's index: training "
+                        "skips it (was the shard rewritten during the run? re-run `uti tokenize` for it)",
+                        ref.tar_path, sample.meta.get("id"), actual, self.spec.modality)
 
     def next(self) -> tuple[Sample, int] | None:
         """A sample (and the epoch it was read in) from the shuffle buffer, or None when empty."""
