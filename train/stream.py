@@ -760,15 +760,27 @@ def batch_checksum(batch: Mapping[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["targets"]).tobytes(), crc)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldoutText:
+    """The drift check's text-only docs and where they come from."""
+
+    docs: list[Doc]
+    split: str | None  # None: OUT has no complete shards
+    held_out: bool  # False: no split other than the training one exists, so these are training captions
+    not_held_out: str | None = None  # why they are not held out (console and text_drift.json)
+
+
 def heldout_text_docs(out: str, *, token_space_id: str, train_split: str, sp: Specials, seq_len: int,
-                      limit: int) -> tuple[list[Doc], str | None]:
-    """Text-only docs of up to `limit` captions for the drift check, preferably from a split other
-    than the training one (held out); falls back to the training split when OUT has no other.
+                      limit: int) -> HeldoutText:
+    """Text-only docs of up to `limit` captions for the drift check, from a split other than the
+    training one (held out); from the training split, marked not held out, when OUT has no other.
     `train_split` is the input's resolved split (train.census.resolve_split), so an aliased training
     split (Clotho's development for --split train) is never taken for held-out data."""
     split = heldout_split(out, train_split)
+    held_out = split != train_split
+    why = None if held_out else f"{out} has no split other than the training split {train_split}"
     if split is None or limit == 0:
-        return [], split
+        return HeldoutText([], split, held_out, why)
     docs: list[Doc] = []
     for sample in ShardReader(out, expected_token_space=token_space_id, split=split):
         captions = split_captions(sample.text, sample.meta.get("caption_token_lengths", []),
@@ -778,5 +790,5 @@ def heldout_text_docs(out: str, *, token_space_id: str, train_split: str, sp: Sp
             if 0 < len(cap) and len(doc) <= seq_len:
                 docs.append(doc)
             if len(docs) >= limit:
-                return docs, split
-    return docs, split
+                return HeldoutText(docs, split, held_out, why)
+    return HeldoutText(docs, split, held_out, why)
