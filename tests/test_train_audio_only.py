@@ -74,7 +74,8 @@ def test_default_mix_names_the_image_tasks_as_getting_no_sequences(audio_only):
     assert any("hold no image samples" in line for line in lines)
 
 
-def test_an_older_index_without_modalities_is_read_from_the_sample_metas(audio_only, tmp_path, default_space):
+def test_an_older_index_without_modalities_is_read_from_the_sample_metas(audio_only, tmp_path, default_space,
+                                                                         caplog):
     """A version 2 index (written before it recorded modalities): the metas in the tar tell, not the count."""
     import shutil
 
@@ -88,8 +89,10 @@ def test_an_older_index_without_modalities_is_read_from_the_sample_metas(audio_o
         path.write_text(json.dumps(index | {"version": 2}))
     refs = list_shards(str(old), "development")
     assert all(r.index["version"] == 2 for r in refs) and sample_modalities(refs[0]) == ["audio"] * 3
-    census = input_census(str(old), "development", space=default_space)
+    with caplog.at_level("WARNING", logger="train.census"):
+        census = input_census(str(old), "development", space=default_space)
     assert census.modalities() == ["audio"] and len(census.sizes["audio"]) == CLIPS
+    assert "2 of 2 shard indexes predate per-sample modalities" in caplog.text
 
 
 def test_an_index_whose_modality_disagrees_with_the_meta_is_refused(audio_only, tmp_path):

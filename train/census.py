@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from sharding.errors import ShardError
-from sharding.format import ShardRef, list_shards, url_to_fs
+from sharding.format import ShardRef, index_modalities, list_shards, url_to_fs
 from sharding.reader import sample_modalities
 from sharding.outdir import SPACE_NAME, path_of, read_bytes
 from train.config import TASKS, TrainConfig, TrainError, split_names
@@ -186,6 +186,9 @@ class InputCensus:
         return [m for m in MODALITIES if self.sizes.get(m)]
 
 
+_SAID_LEGACY: set[tuple[str, str]] = set()  # (out, split) whose older indexes were already named in this process
+
+
 def input_census(out: str, split: str, *, space: TokenSpace | None = None,
                  refs: Iterable[ShardRef] | None = None) -> InputCensus:
     shape = input_shape(out) if space is None else MediaShape.of(space)
@@ -205,6 +208,12 @@ def input_census(out: str, split: str, *, space: TokenSpace | None = None,
         for m in MODALITIES:
             if here[m]:
                 positions[m][ref.name] = tuple(here[m])
+    legacy = sum(1 for r in refs if index_modalities(r.index) is None)
+    if legacy and (out, split) not in _SAID_LEGACY:
+        _SAID_LEGACY.add((out, split))
+        log.warning("%s split %s: %d of %d shard indexes predate per-sample modalities (index version < 3), so "
+                    "those shards were read in full to take each sample's modality from its meta; a new `uti "
+                    "tokenize` into a fresh OUT records them in the index", out, split, legacy, len(refs))
     sizes = {m: SampleSizes(tuple(media[m]), tuple(text[m])) for m in MODALITIES}
     return InputCensus(out=out, split=split, refs=tuple(refs), shape=shape, shard_modalities=per_shard, sizes=sizes,
                        positions=positions)
