@@ -143,19 +143,21 @@ def test_more_steps_on_resume_keep_the_lr_continuous_and_non_increasing(audio_on
 
 
 # ---- generate a modality the run never trained on -----------------------------------------------------------
-def test_generate_warns_about_a_modality_the_run_never_trained_on(run, default_tokenizer, tmp_path, capsys):
-    from train.generate import GenerateConfig, generate, untrained_modality_warning
+def test_generate_warns_about_a_modality_the_run_never_trained_on(run, tmp_path, capsys):
+    from train.checkpoint import latest_checkpoint, read_trainer_state
+    from train.generate import untrained_modality_warning
     from uti.cli import main
 
-    image = generate(GenerateConfig(checkpoint=str(run), out=str(tmp_path / "x.png"), mode="image"),
-                     tokenizer=default_tokenizer)
-    assert image.path.is_file() and image.warnings
-    assert "never trained on image" in image.warnings[0]
-    audio = generate(GenerateConfig(checkpoint=str(run), out=str(tmp_path / "x.wav"), mode="audio", max_tokens=16),
-                     tokenizer=default_tokenizer)
-    assert audio.warnings == []
-    assert untrained_modality_warning({"metrics": {"task_a2t": 3, "task_t2a": 0}}, "audio") is not None
+    state = read_trainer_state(latest_checkpoint(run))
+    assert untrained_modality_warning(state, "audio") is None  # the run trained a2t and t2a
+    assert untrained_modality_warning(state, "text") is None
+    said = untrained_modality_warning(state, "image")
+    assert said and "never trained on image" in said and f"up to step {STEPS}" in said
+    assert "never trained to generate audio" in untrained_modality_warning({"metrics": {"task_a2t": 3, "task_t2a": 0}},
+                                                                          "audio")
     assert untrained_modality_warning({"metrics": {}}, "audio") is None  # not recorded: nothing to say
-    assert main(["generate", "--checkpoint", str(run), "--mode", "image", "--out", str(tmp_path / "y.png")]) == 0
+    png = tmp_path / "y.png"
+    assert main(["generate", "--checkpoint", str(run), "--mode", "image", "--out", str(png)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert [line for line in err if line.startswith("warning: ")] == [f"warning: {image.warnings[0]}"]
+    assert png.is_file() and [line for line in err if line.startswith("warning: ")] == [f"warning: {said}"]
+    assert json.loads(Path(f"{png}.json").read_text())["warnings"] == [said]
