@@ -36,14 +36,17 @@ hold no dots or slashes).
 
 Index ``shard-000042.json`` (canonical JSON)::
 
-    {"format": "uti.shard_index", "version": 2, "shard": ..., "split": ..., "token_space_id": ...,
-     "num_samples": N, "keys": [...], "ids": [...], "token_counts": [...],
+    {"format": "uti.shard_index", "version": 3, "shard": ..., "split": ..., "token_space_id": ...,
+     "num_samples": N, "keys": [...], "ids": [...], "modalities": [...], "token_counts": [...],
      "text_token_counts": [...], "offsets": [...], "tar_bytes": size, "tar_sha256": hex,
      "errors": [{...}, ...], "extra": {...}}
 
-``offsets[i]`` (index version 2) is the byte offset in the tar of sample i's first member header
-(``{key}.tokens.npy``), so a reader can seek to any sample. Version 1 indexes (no ``offsets``) are
-still read; a reader then reaches a sample by streaming over the ones before it.
+``offsets[i]`` (index version 2 on) is the byte offset in the tar of sample i's first member header
+(``{key}.tokens.npy``), so a reader can seek to any sample. ``modalities[i]`` (version 3) is sample
+i's meta ``modality``, so what a sample is can be known without reading the tar (a token count
+never tells: a 32-frame EnCodec clip has the 256 tokens of a 16x16 image). Version 1 indexes (no
+``offsets``) and version 2 (no ``modalities``) are still read: a reader then reaches a sample by
+streaming over the ones before it, and takes modalities from the sample metas (`sample_modalities`).
 """
 
 from __future__ import annotations
@@ -74,9 +77,10 @@ FORMAT = "uti.shard"
 INDEX_FORMAT = "uti.shard_index"
 VERSION = 1  # of the tar (its header); the index has its own version since it gained member offsets
 # Index version 2 adds "offsets" (where each sample's first member starts in the tar) so a reader
-# can seek to any sample; version 1 indexes stay readable (readers skip by streaming instead).
-INDEX_VERSION = 2
-INDEX_VERSIONS = (1, 2)
+# can seek to any sample; version 3 adds "modalities" (each sample's meta modality). Older indexes
+# stay readable (readers skip by streaming, and read modalities from the sample metas).
+INDEX_VERSION = 3
+INDEX_VERSIONS = (1, 2, 3)
 
 SHARDS_DIR = "shards"
 TAR_SUFFIX = ".tar"
@@ -273,17 +277,23 @@ def validate_header(header: Any, where: str) -> dict:
 def build_index(
     *, shard: str, split: str, token_space_id: str, keys: list[str], ids: list[str],
     token_counts: list[int], text_token_counts: list[int], tar_bytes: int, tar_sha256: str,
-    errors: list[dict], extra: dict, offsets: list[int] | None = None,
+    errors: list[dict], extra: dict, offsets: list[int] | None = None, modalities: list[str] | None = None,
 ) -> dict:
-    """A version 2 index when the member `offsets` are given (the writer always does), else version 1."""
+    """A version 3 index when the member `offsets` and the sample `modalities` are given (the writer
+    always gives both), version 2 with the offsets only, else version 1."""
+    if modalities is not None and offsets is None:
+        raise ValueError("build_index: modalities (index version 3) need the member offsets too")
+    version = 1 if offsets is None else 2 if modalities is None else INDEX_VERSION
     index = {
-        "format": INDEX_FORMAT, "version": 1 if offsets is None else INDEX_VERSION, "shard": shard, "split": split,
+        "format": INDEX_FORMAT, "version": version, "shard": shard, "split": split,
         "token_space_id": token_space_id, "num_samples": len(keys), "keys": list(keys), "ids": list(ids),
         "token_counts": list(token_counts), "text_token_counts": list(text_token_counts),
         "tar_bytes": tar_bytes, "tar_sha256": tar_sha256, "errors": list(errors), "extra": dict(extra),
     }
     if offsets is not None:
         index["offsets"] = list(offsets)
+    if modalities is not None:
+        index["modalities"] = list(modalities)
     return index
 
 
@@ -291,6 +301,12 @@ def sample_offsets(index: Mapping[str, Any]) -> list[int] | None:
     """Byte offsets in the tar of each sample's first member header (version 2 indexes), or None
     (version 1: a reader reaches sample k by streaming over the k before it)."""
     return index.get("offsets") if index.get("version", 1) >= 2 else None
+
+
+def index_modalities(index: Mapping[str, Any]) -> list[str] | None:
+    """Each sample's modality as its meta has it (version 3 indexes), or None: an older index, whose
+    modalities only the sample metas in the tar hold (sharding.reader.sample_modalities reads them)."""
+    return index.get("modalities") if index.get("version", 1) >= 3 else None
 
 
 def validate_index(index: Any, where: str) -> dict:
@@ -326,6 +342,12 @@ def validate_index(index: Any, where: str) -> dict:
                 or any(b <= a for a, b in zip(offsets, offsets[1:])) or (offsets and offsets[-1] >= index["tar_bytes"])):
             raise ShardError(f"{where}: offsets must be num_samples={n} increasing 512-byte-aligned positions inside "
                              f"the tar (version 2 index); {REGENERATE}")
+    if index["version"] >= 3:
+        modalities = index.get("modalities")
+        if not isinstance(modalities, list) or len(modalities) != n or not all(
+                isinstance(m, str) and m for m in modalities):
+            raise ShardError(f"{where}: modalities must be a list of num_samples={n} non-empty strings (version 3 "
+                             f"index); {REGENERATE}")
     return index
 
 

@@ -23,8 +23,8 @@ import numpy as np
 from sharding.errors import ShardError, ShardTokenSpaceMismatch
 from sharding.tario import TrackingReader
 from sharding.format import (
-    DEFAULT_MAX_MEMBER_BYTES, META_REQUIRED, REGENERATE, TAR_SUFFIX, ShardRef, is_hex64, list_shards,
-    sample_offsets, url_to_fs,
+    DEFAULT_MAX_MEMBER_BYTES, META_REQUIRED, REGENERATE, TAR_SUFFIX, ShardRef, index_modalities, is_hex64,
+    list_shards, sample_offsets, url_to_fs,
 )
 from sharding.parser import TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids, raise_problem
 from uti.errors import TokenSpaceError, TokenSpaceMismatch
@@ -134,6 +134,20 @@ def _check_against_index(index: Mapping[str, Any], i: int, key: str, meta: dict,
     ):
         raise _fail(where, f"sample #{i} ({key}, {meta['id']!r}) disagrees with the index entry "
                            f"({index['keys'][i]}, {index['ids'][i]!r}) or its token counts")
+    modalities = index_modalities(index)
+    if modalities is not None and modalities[i] != meta["modality"]:
+        raise _fail(where, f"sample #{i} ({meta['id']!r}) is {meta['modality']!r} in its meta, "
+                           f"{modalities[i]!r} in the index")
+
+
+def sample_modalities(ref: ShardRef) -> list[str]:
+    """Each sample's modality, as its meta has it: from the index (version 3), else read from the
+    sample metas of the tar (an index written before it recorded them; the whole tar is read and
+    checked). Never guessed from a token count."""
+    found = index_modalities(ref.index)
+    if found is not None:
+        return list(found)
+    return [str(s.meta["modality"]) for s in read_shard(ref.tar_path, expected_token_space=None, index=ref.index)]
 
 
 # ---- one shard ---------------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ class ShardWriter:
         self._token_counts: list[int] = []
         self._text_counts: list[int] = []
         self._offsets: list[int] = []  # where each sample's first member starts (index version 2: readers seek)
+        self._modalities: list[str] = []  # each sample's meta modality (index version 3)
         self._closed = False
 
         if self._local:
@@ -202,6 +203,7 @@ class ShardWriter:
         self._seen_ids.add(id)
         self._token_counts.append(int(tokens.shape[0]))
         self._text_counts.append(int(text.shape[0]))
+        self._modalities.append(str(meta["modality"]))
         return key
 
     def _ids_npy(self, array: Any, field: str, where: str) -> bytes:
@@ -261,7 +263,7 @@ class ShardWriter:
                 shard=self.shard, split=self.split, token_space_id=self.token_space_id, keys=self._keys,
                 ids=self._ids, token_counts=self._token_counts, text_token_counts=self._text_counts,
                 tar_bytes=self._sink.size, tar_sha256=self._sink.sha.hexdigest(), errors=errors_list,
-                extra=self._extra, offsets=self._offsets,
+                extra=self._extra, offsets=self._offsets, modalities=self._modalities,
             )
             self._publish(canonical_json(index))
         except BaseException:

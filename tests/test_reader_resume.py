@@ -165,7 +165,7 @@ def test_index_offsets_let_a_reader_seek_and_old_indexes_skip_by_streaming(tmp_p
     index = write_shard(tmp_path, split="train", shard="shard-000000", token_space=SPACE,
                         samples=[_sample(i) for i in range(6)])
     tar = tmp_path / "shards" / "train" / "shard-000000.tar"
-    assert index["version"] == 2 and read_index(tar.with_suffix(".json")) == index
+    assert index["version"] == 3 and read_index(tar.with_suffix(".json")) == index
     with tarfile.open(tar) as tf:  # offsets are where each sample's first member header starts
         starts = [m.offset for m in tf.getmembers() if m.name.endswith(".tokens.npy")]
     assert index["offsets"] == starts

@@ -1,8 +1,9 @@
 """Byte-identity guard: the shards the real job writes (and the verify fixture's) for fixed inputs.
 
 The SHA-256 constants below were computed by running this file on the code before issue 16's
-refactor (one typed sample, the verify loop written once): a refactor that changes any byte of a
-tar, an index or token_space.json fails here. A deliberate format change updates them together
+refactor (one typed sample, the verify loop written once); the index constants again when index
+version 3 added each sample's modality (the tars stayed byte-identical): a refactor that changes any
+byte of a tar, an index or token_space.json fails here. A deliberate format change updates them together
 with a version bump (sharding.format).
 
 Sample meta records the absolute source path (`source`), so the inputs are written to one fixed
@@ -27,30 +28,30 @@ ROOT = Path("/tmp/uti-shard-bytes-golden")
 # The real job (Ray, the default preset's fixed-seed random codecs), 1 actor, 3 samples a shard:
 # 6 clips + a corrupt and a NaN WAV (clotho layout), 4 images + a truncated PNG (llava layout).
 JOB_SHA256 = {
-    "shards/development/shard-000000.json": "ad1dd10145e2fe1a0fecd84533d6f8cc20df04040b00be9d53d903f4086e5c0b",
+    "shards/development/shard-000000.json": "78fd0c827970c3d1693727d3891af0b09894f540a010fd87f578daf1162134d2",
     "shards/development/shard-000000.tar": "8143c303c32ed6c83c2d6bacf6697875762142ab8493162f63b78bf47f27e6ea",
-    "shards/development/shard-000001.json": "b5fd380b6ee7a9db218911a43c6d1bcb436661afaa594788b5b7facc082181ae",
+    "shards/development/shard-000001.json": "a0f937a3cd0a5eaa943cdbce5ccdf823bd0b88a1399c549166b07184a2f8e6ab",
     "shards/development/shard-000001.tar": "28376eac85ee209f8040d36ae1d7c68921f949cc9ac6dab32e6a6b9d9e1db2d2",
-    "shards/development/shard-000002.json": "edc35a4f9bb80937b610b48b965bb4b6cb8a5fefa6c69b088ac88b4e24d59840",
+    "shards/development/shard-000002.json": "b4dd43e11cfa442ba848a8ee9db9dfd1f98f9f15dd2780cfb2a308376317b5ba",
     "shards/development/shard-000002.tar": "31d48e0545aeb01d00f22aa6b126a98871846f4bda1a1ce3fb673c76585ae05f",
-    "shards/train/shard-000000.json": "c5e28d3cc8f8c962b82d19198f84b166e11e01eb4a5000577a8c5f9641eb0e44",
+    "shards/train/shard-000000.json": "a73e1e0cc526f0f57e5b52f9f09ba63ee126b4d7bb990ad26fb1c10d1bfe252c",
     "shards/train/shard-000000.tar": "edada245abdbeaf501af984994da07d63c2b5f6066e179b302744c9532bf25e3",
-    "shards/train/shard-000001.json": "f78079f92cb92981ec7705dc4c89654fc33ea598db4ffb45736a22620af0dc1d",
+    "shards/train/shard-000001.json": "cef30c59b552dfbc6fbe12d2bb1b5091dee588319e54bdbb07b4c2d9ca9e547a",
     "shards/train/shard-000001.tar": "4e46862f3d916407a0786490fde424ac1965c4e8e5b969dd262f88af854f173a",
     "token_space.json": "ff6aff2c9ff615791f9c49e9354b9e93b8bbf227814f33a4c9752e7d3eb83e40",
 }
 
 # tests/verify_helpers.build_dataset (the verify tests' in-process fixture), default sizes.
 FIXTURE_SHA256 = {
-    "shards/train/shard-000000.json": "9d3c7276fe3e189d2bd24f3e385380ea712cb9e7c0b0a2c6c03e9bc7600e68c4",
+    "shards/train/shard-000000.json": "dbfea626260e1ff7a8e61925834e358f8ce3c4356d0651769fc696642ea1ba92",
     "shards/train/shard-000000.tar": "a3bb1c295d9ff8b5522ee334e85ab6cfcb7bcbc3eaf9e910c4c6b1dcf7db0910",
-    "shards/train/shard-000001.json": "d4ba20de816e1f624db9613a3a5be878f89b27ba325da84bc24948d17ff3d6c8",
+    "shards/train/shard-000001.json": "bfa8b41a2d86bb64df341742be012ca329693580cc1aae05b015105f5592a17a",
     "shards/train/shard-000001.tar": "c06d60978d09e407ea14663c4df1e1667b819a574bc9474d104d99a676db5507",
-    "shards/train/shard-000002.json": "292b68e581f1171bacfc8be4929bb864a89a12a69475d8dc2f96018f1e2997f6",
+    "shards/train/shard-000002.json": "b5ababd7c32ef869bf8d4c8039262158b85edd3f45c498de8799885734bd5920",
     "shards/train/shard-000002.tar": "d8fbc297e9e5cae0c06a286e543ae58beafd7dfa8359a6d4ac979a69456d4886",
-    "shards/val/shard-000000.json": "30fa41e3893c21c72dd04ba96b9138070494c2544742e2e68a3d11cb80eabbbc",
+    "shards/val/shard-000000.json": "d98c497d42a701be5840f9862a74f1459022835969c69f060bdc651a63d75109",
     "shards/val/shard-000000.tar": "f6da9665c34906f00c954a85f7a74fb8884b940dc1bd31122e7f89ff37c6322c",
-    "shards/val/shard-000001.json": "ecf73cc050b16cb1f5c7edaf20cbdf801dbc22e2c50fe1138d2633186defc4a5",
+    "shards/val/shard-000001.json": "5260e4de263e4e2503e5b9102ef388c7682f733b897f42d6dd8b7d99998c68c8",
     "shards/val/shard-000001.tar": "feb241dc17c9dc886dc81c2433c62878521175a2549ce20b108e6e84799955bd",
     "token_space.json": "ff6aff2c9ff615791f9c49e9354b9e93b8bbf227814f33a4c9752e7d3eb83e40",
 }

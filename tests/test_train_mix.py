@@ -192,9 +192,10 @@ def test_heldout_text_follows_the_resolved_split(two, default_space):
     assert s.splits == ["development", "train"]
     assert set(s.streams) == {"0:audio", "1:image", "1:text"}
     s.next_batch()
-    docs, split = heldout_text_docs(a, token_space_id=default_space.id, train_split=s.splits[0],
-                                    sp=Specials.from_space(default_space), seq_len=512, limit=5)
-    assert split == "validation" and len(docs) == 3  # never Clotho's development: it is what --split train trains on
+    held = heldout_text_docs(a, token_space_id=default_space.id, train_split=s.splits[0],
+                             sp=Specials.from_space(default_space), seq_len=512, limit=5)
+    assert held.split == "validation" and len(held.docs) == 3  # never Clotho's development: what --split train trains on
+    assert held.held_out and held.not_held_out is None
 
 
 # ---- item 8: tasks without sequences are named; none at all is refused ----------------------------------

@@ -19,6 +19,7 @@ import pytest
 from cli_helpers import uti_in_process
 from demo.run import verify_failure_message
 from uti.errors import ConfigError
+from uti.token_space import canonical_json
 from verify import CHECKS, VerifyConfig, run_verify
 from verify_helpers import (  # noqa: F401 - ray_address is a fixture
     build_dataset, other_token_space, ray_address, read_raw, reindex, rewrite_shard, shard_with, verify_quick,
@@ -156,6 +157,22 @@ def test_truncated_tar(good, ray_address, tmp_path):
     check = assert_only(verify_quick(out), {"shard_integrity"}, "shard_integrity", shard="train/shard-000001",
                         key=index["keys"][1], id=index["ids"][1])
     assert "truncated" in check["first_failure"]["detail"]
+
+
+def test_an_index_modality_that_disagrees_with_the_meta(good, ray_address, tmp_path):
+    """Training reads what a sample is from the index (version 3): verify holds it to the sample's meta."""
+    out = copy_of(good, tmp_path)
+    split, shard, first = shard_with(out, "audio")
+    path = out / "shards" / split / f"{shard}.json"
+    index = json.loads(path.read_text())
+    i = index["keys"].index(first.key)
+    assert index["version"] == 3 and index["modalities"][i] == "audio"
+    modalities = list(index["modalities"])
+    modalities[i] = "image"
+    path.write_bytes(canonical_json(index | {"modalities": modalities}))
+    check = assert_only(verify_quick(out), {"shard_integrity"}, "shard_integrity", shard=f"{split}/{shard}",
+                        key=index["keys"][i], id=index["ids"][i])
+    assert "is 'audio' in its meta, 'image' in the index" in check["first_failure"]["detail"]
 
 
 def test_tar_without_its_end_marker(good, ray_address, tmp_path):

@@ -238,6 +238,13 @@ def reindex(out: Path, split: str, shard: str, samples: list[RawSample] | None =
                 starts = {m.name[: -len(".tokens.npy")]: m.offset for m in tf.getmembers()
                           if m.name.endswith(".tokens.npy")}
             index["offsets"] = [starts[s.key] for s in samples]
+        if "modalities" in index:  # index version 3: each sample's meta modality
+            modalities = [s.meta.get("modality") for s in samples]
+            if all(isinstance(m, str) and m for m in modalities):
+                index["modalities"] = modalities
+            else:  # a meta without a valid modality: only an index of version 2 can describe that tar
+                del index["modalities"]
+                index["version"] = 2
     index.update(override)
     idx_path.write_bytes(canonical_json(index))
     return index

@@ -6,15 +6,11 @@ Used on the driver (`check_training_input`: console warnings, and a clear refusa
 requested task can produce a sequence) and on every worker (train.stream builds its per-modality
 sample streams from `input_census`), so both sides reach the same conclusions from the same files.
 
-Modality from the index. The index records each sample's media token count (`token_counts`) and
-caption token count (`text_token_counts`), not its modality; the token space fixes the rest:
-0 media tokens is a text-only sample, exactly the image grid's count (`grid` h*w) is an image, any
-other count is audio. One count is ambiguous: an audio clip whose n_frames * tokens per frame (the
-token space's audio layout: n_q when frame-major) equals the grid (e.g. 32 frames at n_q 8 = 16x16). Such a clip is still read whenever its shard holds other audio;
-only in a shard whose every media sample has the grid's count is it missed by the audio stream,
-and then it is counted (`stray`) and named in a warning, never dropped silently. (`positions` lists
-what each modality's stream reads: the audio stream also reads a shard's image-sized samples when
-the shard holds other audio, and keeps those that are audio.)
+Modality from the sample metas. The index records each sample's modality (`modalities`, index
+version 3: the meta's own `modality`) next to its media and caption token counts; for an index
+written before it did, the sample metas are read from the tar (sharding.reader.sample_modalities).
+A token count never decides what a sample is: an EnCodec clip of 32 frames at n_q 8 has exactly the
+256 tokens of a 16x16 image grid.
 """
 
 from __future__ import annotations
@@ -27,7 +23,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sharding.format import ShardRef, list_shards, url_to_fs
+from sharding.errors import ShardError
+from sharding.format import ShardRef, index_modalities, list_shards, url_to_fs
+from sharding.reader import sample_modalities
 from sharding.outdir import SPACE_NAME, path_of, read_bytes
 from train.config import TASKS, TrainConfig, TrainError, split_names
 from train.sequences import MEDIA_OF
@@ -129,43 +127,19 @@ def heldout_split(out: str, train_split: str) -> str | None:
 # ---- modalities from the index -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MediaShape:
-    """What the token space says about media token counts."""
+    """What the token space says about media token counts (sequence lengths, not modalities)."""
 
-    image_tokens: int | None  # tokens of one image (grid h*w); None: no image codec or no fixed grid
-    has_image: bool
-    has_audio: bool
     n_q: int | None  # audio tokens per frame in the token space's layout (n_q when frame-major; SNAC 24 kHz: 7)
 
     @classmethod
     def of(cls, space: TokenSpace) -> "MediaShape":
-        """Counts from the token space's layouts (TokenSpace.layout), never from an assumed frame-major
-        audio or a one-code-per-cell image."""
-        has_image, has_audio = space.has_modality("image"), space.has_modality("audio")
-        tokens = None
-        if has_image:
-            image = space.layout("image")
-            try:  # a grid's cells, or a causal1d codec's n_tokens (SEED: 32)
-                tokens = image.expected_len(image.shape_meta())
-            except TokenSpaceError:
-                tokens = None  # no fixed shape recorded: both streams read such counts
-        per = space.layout("audio").tokens_per_frame if has_audio else None
-        return cls(image_tokens=tokens, has_image=has_image, has_audio=has_audio, n_q=per)
-
-    def modalities_of_count(self, count: int) -> tuple[str, ...]:
-        """The modalities a sample with `count` media tokens can have (see the module doc)."""
-        if count == 0:
-            return ("text",)
-        if self.has_image and (count == self.image_tokens or not self.has_audio):
-            return ("image",)
-        if self.has_image and self.image_tokens is None:
-            return ("audio", "image")  # no fixed grid: both streams read it and keep their own
-        return ("audio",)
+        """From the token space's audio layout (TokenSpace.layout), never from an assumed frame-major one."""
+        return cls(n_q=space.layout("audio").tokens_per_frame if space.has_modality("audio") else None)
 
     @classmethod
     def unknown(cls) -> "MediaShape":
-        """Without a token space: every media sample may be audio or an image (both streams read it
-        and keep their own), and audio may always be split."""
-        return cls(image_tokens=None, has_image=True, has_audio=True, n_q=None)
+        """Without a token space: audio may always be split."""
+        return cls(n_q=None)
 
 
 def input_shape(out: str) -> MediaShape:
@@ -201,9 +175,7 @@ class InputCensus:
     shape: MediaShape
     shard_modalities: Mapping[str, frozenset[str]]  # shard name -> modalities it holds
     sizes: Mapping[str, SampleSizes]  # modality -> its samples' sizes
-    # modality -> shard name -> in-shard positions its stream reads (train.stream partitions these
-    # across ranks): the samples of that modality by count, plus, for audio, the image-sized samples
-    # of shards that also hold other audio (the ambiguous count; the stream keeps the real audio ones).
+    # modality -> shard name -> in-shard positions of its samples (train.stream partitions these across ranks)
     positions: Mapping[str, Mapping[str, tuple[int, ...]]] = dataclasses.field(default_factory=dict)
 
     def candidates(self, modality: str) -> list[ShardRef]:
@@ -212,6 +184,9 @@ class InputCensus:
 
     def modalities(self) -> list[str]:
         return [m for m in MODALITIES if self.sizes.get(m)]
+
+
+_SAID_LEGACY: set[tuple[str, str]] = set()  # (out, split) whose older indexes were already named in this process
 
 
 def input_census(out: str, split: str, *, space: TokenSpace | None = None,
@@ -223,25 +198,38 @@ def input_census(out: str, split: str, *, space: TokenSpace | None = None,
     text: dict[str, list[int]] = {m: [] for m in MODALITIES}
     positions: dict[str, dict[str, tuple[int, ...]]] = {m: {} for m in MODALITIES}
     for ref in refs:
-        found: set[str] = set()
         here: dict[str, list[int]] = {m: [] for m in MODALITIES}
-        counts = ref.index["token_counts"]
-        for i, (count, caption) in enumerate(zip(counts, ref.index["text_token_counts"])):
-            for m in shape.modalities_of_count(int(count)):
-                found.add(m)
-                media[m].append(int(count))
-                text[m].append(int(caption))
-                here[m].append(i)
-        if here["audio"] and shape.image_tokens is not None and shape.has_audio:
-            # An audio clip may have exactly an image's count: the audio stream reads those too here.
-            here["audio"] = sorted(set(here["audio"]) | {i for i, c in enumerate(counts) if c == shape.image_tokens})
-        per_shard[ref.name] = frozenset(found)
+        counts, captions = ref.index["token_counts"], ref.index["text_token_counts"]
+        for i, m in enumerate(_modalities(ref)):
+            media[m].append(int(counts[i]))
+            text[m].append(int(captions[i]))
+            here[m].append(i)
+        per_shard[ref.name] = frozenset(m for m in MODALITIES if here[m])
         for m in MODALITIES:
             if here[m]:
                 positions[m][ref.name] = tuple(here[m])
+    legacy = sum(1 for r in refs if index_modalities(r.index) is None)
+    if legacy and (out, split) not in _SAID_LEGACY:
+        _SAID_LEGACY.add((out, split))
+        log.warning("%s split %s: %d of %d shard indexes predate per-sample modalities (index version < 3), so "
+                    "those shards were read in full to take each sample's modality from its meta; a new `uti "
+                    "tokenize` into a fresh OUT records them in the index", out, split, legacy, len(refs))
     sizes = {m: SampleSizes(tuple(media[m]), tuple(text[m])) for m in MODALITIES}
     return InputCensus(out=out, split=split, refs=tuple(refs), shape=shape, shard_modalities=per_shard, sizes=sizes,
                        positions=positions)
+
+
+def _modalities(ref: ShardRef) -> list[str]:
+    """Each sample's modality (its meta's, via the index), refusing one training has no stream for."""
+    try:
+        found = sample_modalities(ref)
+    except ShardError as exc:
+        raise TrainError(str(exc)) from None
+    for i, m in enumerate(found):
+        if m not in MODALITIES:
+            raise TrainError(f"{ref.tar_path}: sample #{i} ({ref.index['ids'][i]!r}) has modality {m!r}, not one of "
+                             f"{', '.join(MODALITIES)}; re-run `uti tokenize` for it")
+    return found
 
 
 # ---- can a task produce a sequence? --------------------------------------------------------------------

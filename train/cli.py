@@ -122,7 +122,11 @@ def _drift_line(drift: dict | None) -> str | None:
         return None
     frozen = drift.get("frozen_rows") if drift.get("trainable_rows") else None
     rows = f"; --trainable-rows: rows {frozen[0]}..{frozen[1] - 1} frozen" if frozen else ""
-    where = f"{drift.get('heldout_docs', '?')} held-out captions (split {drift.get('heldout_split')})"
+    n, split = drift.get("heldout_docs", "?"), drift.get("heldout_split")
+    if drift.get("held_out") is False:
+        where = f"{n} training captions (split {split}, not held out: {drift.get('not_held_out')})"
+    else:
+        where = f"{n} held-out captions (split {split})"
     return f"text-only loss on {where}: {before:.3f} -> {after:.3f} ({after - before:+.3f}){rows}"
 
 
@@ -162,6 +166,8 @@ def _generate(args: argparse.Namespace) -> int:
                          max_tokens=args.max_tokens, min_tokens=args.min_tokens, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
                          audio_scale=args.audio_scale)
     result = generate(cfg)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     detail = json.dumps({k: v for k, v in result.meta.items() if k != "token_space_id"})
     print(f"wrote {result.path} ({len(result.tokens)} tokens from step {result.step}; {detail})")
     return 0

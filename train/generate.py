@@ -30,7 +30,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +47,9 @@ from uti.token_space import TokenSpace, require_same
 MODES = ("audio", "image", "text")
 DEFAULT_MAX_TOKENS = {"audio": 600, "text": 200}
 SUFFIXES = {"audio": (".wav",), "image": (".png", ".jpg", ".jpeg"), "text": (".txt",)}
+# Per media mode: the task that trains generating it, and the one that reads it as input only.
+GENERATING_TASK = {"audio": "t2a", "image": "t2i"}
+READING_TASK = {"audio": "a2t", "image": "i2t"}
 _IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
@@ -95,6 +98,7 @@ class GenerationResult:
     meta: dict[str, Any]
     checkpoint: Path
     step: int
+    warnings: list[str] = field(default_factory=list)  # e.g. a modality the run never trained on (the CLI prints them)
 
 
 class Constraint:
@@ -179,6 +183,26 @@ def image_length(space: TokenSpace) -> int:
     except TokenSpaceError as exc:
         raise GenerateError(f"token space {space.short_id}: {exc}; generation needs the image codec's fixed "
                             "shape to know when an image is complete") from None
+
+
+def untrained_modality_warning(trainer_state: dict[str, Any], mode: str) -> str | None:
+    """A line when the run never trained the model to generate `mode`, from the sequence counts its
+    checkpoint recorded (trainer_state.json "metrics": task_T = sequences of task T built so far, over
+    all workers); None when it did, for text (every task trains on captions), or when not recorded."""
+    if mode not in GENERATING_TASK:
+        return None
+    metrics = trainer_state.get("metrics") or {}
+    made, read = (metrics.get(f"task_{GENERATING_TASK[mode]}"), metrics.get(f"task_{READING_TASK[mode]}"))
+    if not isinstance(made, int) or made > 0:
+        return None
+    step = trainer_state.get("step")
+    if isinstance(read, int) and read > 0:
+        return (f"the model never trained to generate {mode}: up to step {step} its run built {read} "
+                f"{READING_TASK[mode]} sequences ({mode} as input) and no {GENERATING_TASK[mode]} sequence; "
+                f"this {mode} is sampled from untrained output rows")
+    return (f"the model never trained on {mode}: up to step {step} its run built no {READING_TASK[mode]} or "
+            f"{GENERATING_TASK[mode]} sequence (its data held no {mode}, or --mix left them out); this {mode} is "
+            "sampled from untrained output rows")
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -278,7 +302,9 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     with the tokens and meta). `tokenizer` skips rebuilding the codecs (it must match exactly)."""
     ckpt = resolve_checkpoint(cfg.checkpoint)
     space = checkpoint_space(ckpt)
-    step = int(read_trainer_state(ckpt)["step"])
+    state = read_trainer_state(ckpt)
+    step = int(state["step"])
+    warnings = [w for w in (untrained_modality_warning(state, cfg.mode),) if w]
     tok = load_codecs(ckpt, space, cfg.mode, tokenizer)
     model = model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt"))
     padded = model.get_output_embeddings().weight.shape[0]
@@ -317,12 +343,13 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
         out.write_text(tok.decode_text(ids, what="generated text"), encoding="utf-8")
     sidecar = {"mode": cfg.mode, "prompt": cfg.prompt, "checkpoint": str(ckpt), "step": step, "seed": cfg.seed,
                "temperature": cfg.temperature, "top_k": cfg.top_k, "token_space_id": space.id, "meta": meta,
-               "tokens": ids.tolist()}
+               "tokens": ids.tolist(), "warnings": warnings}
     decode_info = getattr(tok.image, "decode_info", None) if cfg.mode == "image" else None
     if decode_info is not None:  # a diffusion decoder (SEED): its pipeline, steps, guidance and seed made the PNG
         sidecar["decoder"] = decode_info()
     Path(str(out) + ".json").write_text(json.dumps(sidecar, sort_keys=True) + "\n")
-    return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step)
+    return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step,
+                            warnings=warnings)
 
 
 def audio_meta(tok: Any, space: TokenSpace, *, n_frames: int, scale: float) -> dict[str, Any]:

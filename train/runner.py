@@ -159,7 +159,11 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
         if int(state["step"]) >= cfg.steps:
             raise TrainError(f"--resume: {ckpt} is already at step {state['step']} >= --steps {cfg.steps}; raise --steps "
                              "to train further")
+        schedule = schedule_steps(state, saved, cfg.steps)
+        if schedule != cfg.steps:
+            log.warning("%s", schedule_note(schedule, cfg))
     else:
+        schedule = cfg.steps
         if list_checkpoints(run):
             raise TrainError(f"{run} already holds checkpoints; pass --resume to continue it, or choose a new --out")
         run_space, run_what = spaces[0], f"the first --data input {inputs[0]}"
@@ -205,7 +209,27 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
         "inputs": [{"out": out, "token_space_id": s.id, "split": split} for out, s, split in zip(inputs, spaces, splits)],
         "resume_from": str(ckpt) if cfg.resume else None,
         "eval_inputs": _eval_inputs(cfg, inputs, spaces, splits),
+        "lr_schedule_steps": schedule,
     }
+
+
+def schedule_steps(state: dict[str, Any], saved_config: dict[str, Any], steps: int) -> int:
+    """The step count the LR schedule of a resumed run spans: the one its first start fixed (recorded in
+    every checkpoint's trainer_state.json; a checkpoint written before that was recorded spanned its own
+    run_config's --steps). A resume never recomputes the cosine over a new --steps: the LR would jump."""
+    recorded = state.get("lr_schedule_steps") or saved_config.get("steps")
+    return int(recorded) if recorded else int(steps)
+
+
+def schedule_note(schedule: int, cfg: TrainConfig) -> str:
+    """The console line of a resume whose --steps differs from the LR schedule's."""
+    floor = f"{0.1 * cfg.lr:.3g}"
+    if cfg.steps > schedule:
+        return (f"--steps {cfg.steps}: the LR schedule stays the one of --steps {schedule} (warmup, then cosine down "
+                f"to 10% of --lr at step {schedule}); steps {schedule + 1}..{cfg.steps} train at that floor ({floor}), "
+                "so the LR does not jump up at the resume")
+    return (f"--steps {cfg.steps}: the LR schedule stays the one of --steps {schedule}; the run ends at step "
+            f"{cfg.steps}, before the cosine reaches its 10% floor ({floor})")
 
 
 def _eval_inputs(cfg: TrainConfig, inputs: list[str], spaces: list[TokenSpace], splits: list[str]) -> list | None:

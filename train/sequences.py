@@ -105,7 +105,7 @@ class SeqStats:
     split_pieces: int = 0  # docs produced by splitting
     no_caption: int = 0  # samples skipped: no caption, so no task applies
     no_task: int = 0  # samples skipped: every task valid for the modality has ratio 0
-    stray: int = 0  # samples no stream reads (see train.census: an audio clip of exactly an image's token count)
+    stray: int = 0  # samples whose meta modality differs from the one the census read (train.stream skips them)
     tasks: Counter = field(default_factory=Counter)  # docs built per task
 
     FIELDS = ("samples", "docs", "doc_tokens", "overlong", "overlong_dropped", "overlong_split", "split_pieces",

@@ -126,7 +126,6 @@ class ModalityStream:
         self._at: tuple[str, int] | None = None  # (shard, in-shard index the open reader yields next)
         self._warned: set[str] = set()
         self._plan: tuple[int, list[ShardRef], np.ndarray] = (-1, [], np.zeros(0, np.int64))
-        self._mine = {m: {n: frozenset(p) for n, p in by_shard.items()} for m, by_shard in spec.positions.items()}
         # After an elastic resume (another world size): this rank's share of what the old ranks left
         # unread of their epochs, as (epoch, position in the epoch's unpadded list); read first.
         self.pending: list[tuple[int, int]] = []
@@ -218,7 +217,7 @@ class ModalityStream:
 
     def _read_one(self) -> tuple[Sample, int] | None:
         """The next sample of this rank's share, crossing into the next epoch; None when a whole
-        epoch of the share held none of the modality (its positions were only image-sized audio)."""
+        epoch of the share held none of the modality (every sample read disagreed with the index)."""
         modality = self.spec.modality
         while True:
             if self.pending_taken < len(self.pending):
@@ -246,16 +245,14 @@ class ModalityStream:
             return sample, self.epoch
 
     def _check_stray(self, ref: ShardRef, sample: Sample, actual: str) -> None:
-        """A sample the index put in this modality (by its token count) that is of another one, at a
-        position no stream of its own modality reads: count it and say so once per shard."""
-        if sample.index_in_shard in self._mine.get(actual, {}).get(ref.name, frozenset()):
-            return  # its own stream reads it
+        """A sample the census put in this modality whose meta says another (the shard changed after its
+        index was read): count it and say so once per shard."""
         self.stray += 1
         if ref.name not in self._warned:
             self._warned.add(ref.name)
-            log.warning("%s: %s sample %r has %d tokens, exactly an image's, in a shard of only image-sized samples: "
-                        "training does not read it (re-tokenize so it shares a shard with other %s)",
-                        ref.tar_path, actual, sample.meta.get("id"), len(sample.tokens), actual)
+            log.warning("%s: sample %r is %s in its meta, but the census read %s from the shard's index: training "
+                        "skips it (was the shard rewritten during the run? re-run `uti tokenize` for it)",
+                        ref.tar_path, sample.meta.get("id"), actual, self.spec.modality)
 
     def next(self) -> tuple[Sample, int] | None:
         """A sample (and the epoch it was read in) from the shuffle buffer, or None when empty."""
@@ -763,15 +760,27 @@ def batch_checksum(batch: Mapping[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["targets"]).tobytes(), crc)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeldoutText:
+    """The drift check's text-only docs and where they come from."""
+
+    docs: list[Doc]
+    split: str | None  # None: OUT has no complete shards
+    held_out: bool  # False: no split other than the training one exists, so these are training captions
+    not_held_out: str | None = None  # why they are not held out (console and text_drift.json)
+
+
 def heldout_text_docs(out: str, *, token_space_id: str, train_split: str, sp: Specials, seq_len: int,
-                      limit: int) -> tuple[list[Doc], str | None]:
-    """Text-only docs of up to `limit` captions for the drift check, preferably from a split other
-    than the training one (held out); falls back to the training split when OUT has no other.
+                      limit: int) -> HeldoutText:
+    """Text-only docs of up to `limit` captions for the drift check, from a split other than the
+    training one (held out); from the training split, marked not held out, when OUT has no other.
     `train_split` is the input's resolved split (train.census.resolve_split), so an aliased training
     split (Clotho's development for --split train) is never taken for held-out data."""
     split = heldout_split(out, train_split)
+    held_out = split != train_split
+    why = None if held_out else f"{out} has no split other than the training split {train_split}"
     if split is None or limit == 0:
-        return [], split
+        return HeldoutText([], split, held_out, why)
     docs: list[Doc] = []
     for sample in ShardReader(out, expected_token_space=token_space_id, split=split):
         captions = split_captions(sample.text, sample.meta.get("caption_token_lengths", []),
@@ -781,5 +790,5 @@ def heldout_text_docs(out: str, *, token_space_id: str, train_split: str, sp: Sp
             if 0 < len(cap) and len(doc) <= seq_len:
                 docs.append(doc)
             if len(docs) >= limit:
-                return docs, split
-    return docs, split
+                return HeldoutText(docs, split, held_out, why)
+    return HeldoutText(docs, split, held_out, why)

@@ -86,11 +86,16 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig, row_params: list[torc
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig, schedule_steps: int | None = None):
+    """The LR factor per step: linear warmup, then cosine down to 10% at `schedule_steps` (default
+    --steps), then 10% on. A resume keeps its run's `schedule_steps` whatever --steps it gives (see
+    train.runner.schedule_steps), so the LR never jumps at a resume."""
+    total = cfg.steps if schedule_steps is None else int(schedule_steps)
+
     def f(step: int) -> float:  # linear warmup, then cosine down to 10%
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        span = max(1, cfg.steps - cfg.warmup_steps)
+        span = max(1, total - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -151,7 +156,8 @@ class Trainer:
         self._setup_model()
         self.optimizer = torch.optim.AdamW(param_groups(self.base, self.cfg, self.row_params), lr=self.cfg.lr,
                                            betas=(0.9, 0.95), eps=1e-8)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg))
+        self.schedule_steps = int(config.get("lr_schedule_steps") or self.cfg.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg, self.schedule_steps))
         self.stream = self._new_stream(config["inputs"])
         if self.resume_from:
             self._resume()
@@ -211,9 +217,13 @@ class Trainer:
         """Held-out text docs of the first input, and the text-only loss before training (kept from
         the first run of a resumed one)."""
         first = self.config["inputs"][0]
-        self.heldout, self.heldout_split = heldout_text_docs(
+        held = heldout_text_docs(
             first["out"], token_space_id=first["token_space_id"], train_split=self.stream.splits[0], sp=self.sp,
             seq_len=self.cfg.seq_len, limit=self.cfg.eval_texts)
+        self.heldout, self.heldout_split = held.docs, held.split
+        self.drift_source = {"held_out": held.held_out, "not_held_out": held.not_held_out}
+        if not held.held_out and held.docs and self.rank == 0:
+            log.warning("text-only loss (text_drift.json): on training captions, not held out: %s", held.not_held_out)
         self.drift_path = self.run / TEXT_DRIFT
         resumed = self.resume_from and self.drift_path.is_file()
         self.drift = json.loads(self.drift_path.read_text()) if resumed else {}
@@ -328,6 +338,7 @@ class Trainer:
         """Collective: every rank writes its data state, rank 0 the rest (train.checkpoint)."""
         data_state = {"stream": self.stream.state_dict(), "torch_rng": torch.get_rng_state()}
         trainer_state = {"world_size": self.world, "seed": self.cfg.seed, "model": self.cfg.model,
+                         "lr_schedule_steps": self.schedule_steps,
                          "model_info": self.model_info, "metrics": self.last if self.rank == 0 else {}}
         save_checkpoint(self.run, step, model=self.model, hf_config=self.hf_config, optimizer=self.optimizer,
                         scheduler=self.scheduler, data_state=data_state, space=self.space, cfg=self.cfg,
@@ -342,7 +353,7 @@ class Trainer:
         if self.rank == 0:
             trainable_rows = self.cfg.trainable_rows
             self.drift.update({"after": {"step": self.cfg.steps, "loss": after}, "heldout_split": self.heldout_split,
-                               "heldout_docs": len(self.heldout), "trainable_rows": trainable_rows,
+                               "heldout_docs": len(self.heldout), **self.drift_source, "trainable_rows": trainable_rows,
                                "frozen_rows": [0, self.trainable[0]] if trainable_rows else None})
             b = self.drift["before"]["loss"]
             self.drift["delta"] = (after - b) if (after is not None and b is not None) else None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sharding.format import is_hex64, sample_key, url_to_fs
+from sharding.format import index_modalities, is_hex64, sample_key, url_to_fs
 from sharding.parser import ShardProblem, TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids
 from sharding.tario import TrackingReader
 from uti.errors import TokenSpaceError
@@ -164,7 +164,7 @@ class _Scan:
         self.samples: list[SampleVerdict] = []
         self.seen_keys: set[str] = set()
         self.seen_ids: set[str] = set()
-        self.read: list[tuple[str, str | None, int, int]] = []  # (key, id, tokens, text) in tar order
+        self.read: list[tuple[str, str | None, int, int, Any]] = []  # (key, id, tokens, text, modality) in tar order
         self.image_book = np.zeros(expect.image.size if expect.image is not None else 0, dtype=np.int64)
         self.audio_book = np.zeros(expect.levels[-1].end - expect.levels[0].start if expect.levels else 0, dtype=np.int64)
         self.lengths: dict[str, LengthStats] = {}
@@ -252,7 +252,7 @@ class _Scan:
         v.tokens, why_t = parse_ids(tokens_b)
         v.text, why_x = parse_ids(text_b)
         self.read.append((v.key, v.sid, -1 if v.tokens is None else int(v.tokens.size),
-                          -1 if v.text is None else int(v.text.size)))
+                          -1 if v.text is None else int(v.text.size), v.meta.get("modality")))
         self.counts["samples"] += 1
         if why_t:
             self.flag(v, "token_ranges", f"{v.key}.tokens.npy: {why_t}")
@@ -476,7 +476,10 @@ class _Scan:
         n_index = self.index.get("num_samples", 0)
         keys, ids = self.index.get("keys") or [], self.index.get("ids") or []
         tcs, xcs = self.index.get("token_counts") or [], self.index.get("text_token_counts") or []
-        for i, (key, sid, nt, nx) in enumerate(self.read):
+        modalities = index_modalities(self.index) if self.index else None
+        if not isinstance(modalities, list) or len(modalities) != n_index:
+            modalities = None  # an index without (valid) modalities: nothing to compare
+        for i, (key, sid, nt, nx, modality) in enumerate(self.read):
             if i >= n_index:
                 self.fail("shard_integrity", f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
                 continue
@@ -486,6 +489,9 @@ class _Scan:
             elif (nt, nx) != (tcs[i], xcs[i]):
                 self.fail("shard_integrity", f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
                                              f"{tcs[i]} and {xcs[i]}", key, sid)
+            elif modalities is not None and modality != modalities[i]:
+                self.fail("shard_integrity", f"sample #{i} is {modality!r} in its meta, {modalities[i]!r} in the index",
+                          key, sid)
         if len(self.read) < n_index:
             i = len(self.read)
             why = broken or "the tar ends early"
