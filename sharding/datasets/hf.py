@@ -26,10 +26,10 @@ from sharding.datasets.base import (
     clean_captions,
     register_dataset,
     size_hints,
-    split_fractions_option,
+    hash_splits_option,
 )
 from sharding.datasets.jsonl import dataset_name_option
-from sharding.manifest import ManifestError, ManifestRow, Rejected, hash_split
+from sharding.manifest import HashSplits, ManifestError, ManifestRow, Rejected
 from sharding.paths import PathEscapeError, resolve_inside
 
 BATCH = 256
@@ -55,7 +55,7 @@ class HFDataset(DatasetAdapter):
     def rows(
         self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
     ) -> Iterator[Item]:
-        fractions = split_fractions_option(options)
+        hashing = hash_splits_option(options)
         dataset = dataset_name_option(options, self.name)
         if options.get("audio_column") and options.get("image_column"):
             raise ManifestError("hf: give --hf-audio-column or --hf-image-column, not both (one modality per manifest)")
@@ -64,10 +64,10 @@ class HFDataset(DatasetAdapter):
         for part in _open_parts(root):
             if splits is not None and part.split is not None and part.split not in splits:
                 continue
-            yield from self._part_rows(data_root, dataset, part, options, fractions, follow_symlinks)
+            yield from self._part_rows(data_root, dataset, part, options, hashing, follow_symlinks)
 
     def _part_rows(
-        self, root: Path, dataset: str, part: _Part, options: dict, fractions: dict, follow_symlinks: bool
+        self, root: Path, dataset: str, part: _Part, options: dict, hashing: HashSplits, follow_symlinks: bool
     ) -> Iterator[Item]:
         modality, media_col = _pick_media(part, options)
         caption_col = options.get("caption_column") or next((c for c in CAPTION_GUESSES if c in part.columns), None)
@@ -87,11 +87,11 @@ class HFDataset(DatasetAdapter):
         index = 0
         for batch in part.batches(wanted):
             for rec in batch:
-                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, hashing,
                                 follow_symlinks)
                 index += 1
 
-    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, hashing,
              follow_symlinks) -> Item:
         where = f"{part.ref.get('hf_file') or part.split or 'dataset'}[{index}]"
         captions = _captions(rec.get(caption_col)) if caption_col else []
@@ -115,7 +115,7 @@ class HFDataset(DatasetAdapter):
         else:
             return Rejected(item=where, reason="no id, media or caption to identify the row")
         item = f"{dataset}:{key}"
-        split = part.split or hash_split(item, fractions)
+        split = part.split or hashing(item)
         if modality == "text":
             if not captions:
                 return Rejected(item=item, reason=f"{where}: empty text in column {caption_col!r}")
