@@ -230,26 +230,46 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 seen.append((row.id, lineno))  # an int, formatted only for an error: 10^6 strings cost ~70 MB
                 continue
             # Blank, or not a valid row: the strict path below skips it or raises the error naming the field.
-            where = f"{path} line {lineno}"
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ManifestError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not text.strip():
+                row = _strict_row(raw, path=path, where=f"{path} line {lineno}")
+            except ManifestError:
+                if not rows:  # the first row: a JSON document (a source file) is named as one
+                    _refuse_json_document(path)
+                raise
+            if row is None:
                 continue
-            try:
-                data = json.loads(text)
-            except (ValueError, RecursionError) as exc:  # bad JSON, absurd integers, absurd nesting
-                detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-                raise ManifestError(f"{where}: not valid JSON ({detail})") from None
-            if not isinstance(data, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            _require_manifest_keys(data, path=path, where=where)
-            row = ManifestRow.from_dict(data, where=where)
             rows.append(row)
             seen.append((row.id, lineno))
     _refuse_duplicates(seen, where=str(path))
     return rows
+
+
+def _strict_row(raw: bytes, *, path: Path, where: str) -> ManifestRow | None:
+    """The row on one line (None for a blank line), or the ManifestError naming the line and the field."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # bad JSON, absurd integers, absurd nesting
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise ManifestError(f"{where}: not valid JSON ({detail})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    _require_manifest_keys(data, path=path, where=where)
+    return ManifestRow.from_dict(data, where=where)
+
+
+def _refuse_json_document(path: Path) -> None:
+    """A JSON document given as a manifest (a dataset's source file): say what it is and what reads it."""
+    from sharding.datasets.sniff import json_document_hint  # the adapters' knowledge; imported lazily (a cycle)
+
+    hint = json_document_hint(path)
+    if hint:
+        raise ManifestError(f"not a uti manifest: {hint}") from None
 
 
 def _fast_decoder():

@@ -22,6 +22,7 @@ from sharding.datasets.base import (
     register_dataset,
     hash_splits_option,
 )
+from sharding.datasets.sniff import json_document_hint
 from sharding.manifest import MODALITIES, HashSplits, ManifestError, ManifestRow, Rejected
 
 KNOWN_KEYS = {"id", "modality", "path", "caption", "captions", "split"}
@@ -63,6 +64,9 @@ class JSONLDataset(DatasetAdapter):
         hashing = hash_splits_option(options)
         dataset = dataset_name_option(options, self.name)
         data_root, jsonl_path = find_jsonl(root, options.get("file"))
+        hint = json_document_hint(jsonl_path)
+        if hint:  # line 1 of a JSON document is no row: say what the file is and what reads it
+            raise ManifestError(f"jsonl: {hint}")
         with jsonl_path.open("rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 where = f"{jsonl_path.name} line {lineno}"
