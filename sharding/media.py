@@ -340,5 +340,29 @@ def load_image(row: ManifestRow, *, proc_size: int, limits: LimitsConfig) -> Loa
     return LoadedMedia(data=arr, source_sha256=digest, info={"source_size": [int(size[0]), int(size[1])]})
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".aiff", ".aif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def media_kind(name: str | None, data: bytes | None) -> str | None:
+    """`audio`, `image` or None: what a file is, from its name's extension, else from its first bytes (the
+    formats the readers here decode). For media stored without a type, e.g. a plain {bytes, path} column."""
+    suffix = os.path.splitext(name or "")[1].lower()
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    head = bytes(data[:16]) if data else b""
+    if head[:4] == b"RIFF":
+        return {b"WAVE": "audio", b"WEBP": "image"}.get(head[8:12])
+    if head[4:8] == b"ftyp":  # ISO media: HEIF/AVIF stills, else (m4a, mp4) the audio track is read
+        return "image" if head[8:12] in (b"heic", b"heix", b"mif1", b"avif") else "audio"
+    if head.startswith((b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"FORM", b"\x1aE\xdf\xa3")):
+        return "audio"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")):
+        return "image"
+    return None
+
+
 def audio_seconds(n_samples: int, rate: int) -> float:
     return n_samples / rate if rate else math.nan
