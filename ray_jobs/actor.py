@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from uti.errors import without_object_reprs
 from uti.token_space import missing_modality_message
 
 if TYPE_CHECKING:  # types only: the driver imports this module without the media stack
@@ -120,7 +121,7 @@ class CodecWorker:
                 encoded: dict, errors: dict) -> None:
         def fail(item_id: str, stage: str, reason: str, detail: str) -> None:
             errors[item_id] = {"id": item_id, "path": by_id[item_id].path, "split": split, "shard": shard,
-                               "stage": stage, "reason": reason, "detail": detail}
+                               "stage": stage, "reason": reason, "detail": without_object_reprs(detail)}
 
         ok: list[ReadResult] = []
         for item in items:

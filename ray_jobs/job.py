@@ -30,8 +30,8 @@ from ray_jobs.scheduler import ChunkScheduler, RunResult, Waiting, peak_rss_mb, 
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
 from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
-from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_shards, has_job, merge_errors, plan_matches,
-                             write_job)
+from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_shards, has_job, hold_lock, merge_errors,
+                             plan_matches, write_job)
 from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
@@ -323,7 +323,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     from uti.ray_local import as_received
 
     try:
-        return _run_tokenize(cfg)
+        # OUT has one writer at a time: a second job into it is refused here, before Ray or any manifest read.
+        with hold_lock(cfg.out, job="tokenize"):
+            return _run_tokenize(cfg)
     except KeyboardInterrupt as exc:
         sent = as_received(exc)  # SIGTERM stays SIGTERM (exit 143) even when Ray re-raised it as Ctrl-C
         if sent is exc:

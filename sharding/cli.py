@@ -80,6 +80,8 @@ def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
         lines.append("  --follow-symlinks: symlinks inside the root were followed, also out of it")
     for split, counts in sorted(summary["by_split"].items()):
         lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
+    for empty in summary.get("empty_splits", ()):
+        lines.append(f"  warning: split {empty['split']!r} got 0 rows: {empty['reason']}; {empty['fix']}")
     if summary["missing"]["count"]:
         lines.append(f"  missing files: {summary['missing']['count']} (listed in {summary_file})")
     rejected = summary["rejected"]

@@ -26,6 +26,8 @@ MODALITIES = ("audio", "image", "text")
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.98, "val": 0.01, "test": 0.01}
 SUMMARY_FORMAT = "uti.manifest_summary"
 SUMMARY_VERSION = 1
+# The HashSplits that build_manifest hands an adapter with its options (never a user's option).
+HASH_SPLITS_OPTION = "hash_splits"
 
 
 class ManifestError(UTIError, ValueError):
@@ -163,6 +165,44 @@ def hash_split(canonical_id: str, fractions: Mapping[str, float] = DEFAULT_SPLIT
     return names[-1]  # float rounding can leave the sum a hair under 1
 
 
+@dataclass
+class HashSplits:
+    """`hash_split` for an adapter's rows that have no split of their own, counting the rows it assigns:
+    a split the fractions promise that gets no row is then named (`ManifestBuild.empty_splits`)."""
+
+    fractions: dict[str, float]
+    assigned: int = 0
+
+    def __post_init__(self) -> None:
+        self.fractions = check_split_fractions(self.fractions)
+
+    def __call__(self, canonical_id: str) -> str:
+        self.assigned += 1
+        return hash_split(canonical_id, self.fractions)
+
+
+@dataclass(frozen=True)
+class EmptySplit:
+    """A split that got no row: why, and the flag that fixes it."""
+
+    split: str
+    reason: str
+    fix: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"split": self.split, "reason": self.reason, "fix": self.fix}
+
+
+def roomier_fractions(fractions: Mapping[str, float], rows: int, empty: Sequence[str]) -> dict[str, float] | None:
+    """Fractions under which each of the `empty` splits expects about 5 of `rows` rows (a 0.7% chance of
+    none), taken from the largest split; None when that leaves the largest split nothing."""
+    want = {name: max(fractions[name], math.ceil(500 / max(rows, 1)) / 100) for name in empty}
+    largest = max(fractions, key=lambda n: fractions[n])
+    out = {**fractions, **want}
+    out[largest] = round(1.0 - sum(v for n, v in out.items() if n != largest), 6)
+    return out if largest not in want and out[largest] > 0 else None
+
+
 # --------------------------------------------------------------------------------------------- file IO
 
 
@@ -190,26 +230,46 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
                 seen.append((row.id, lineno))  # an int, formatted only for an error: 10^6 strings cost ~70 MB
                 continue
             # Blank, or not a valid row: the strict path below skips it or raises the error naming the field.
-            where = f"{path} line {lineno}"
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ManifestError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not text.strip():
+                row = _strict_row(raw, path=path, where=f"{path} line {lineno}")
+            except ManifestError:
+                if not rows:  # the first row: a JSON document (a source file) is named as one
+                    _refuse_json_document(path)
+                raise
+            if row is None:
                 continue
-            try:
-                data = json.loads(text)
-            except (ValueError, RecursionError) as exc:  # bad JSON, absurd integers, absurd nesting
-                detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-                raise ManifestError(f"{where}: not valid JSON ({detail})") from None
-            if not isinstance(data, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            _require_manifest_keys(data, path=path, where=where)
-            row = ManifestRow.from_dict(data, where=where)
             rows.append(row)
             seen.append((row.id, lineno))
     _refuse_duplicates(seen, where=str(path))
     return rows
+
+
+def _strict_row(raw: bytes, *, path: Path, where: str) -> ManifestRow | None:
+    """The row on one line (None for a blank line), or the ManifestError naming the line and the field."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # bad JSON, absurd integers, absurd nesting
+        detail = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise ManifestError(f"{where}: not valid JSON ({detail})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    _require_manifest_keys(data, path=path, where=where)
+    return ManifestRow.from_dict(data, where=where)
+
+
+def _refuse_json_document(path: Path) -> None:
+    """A JSON document given as a manifest (a dataset's source file): say what it is and what reads it."""
+    from sharding.datasets.sniff import json_document_hint  # the adapters' knowledge; imported lazily (a cycle)
+
+    hint = json_document_hint(path)
+    if hint:
+        raise ManifestError(f"not a uti manifest: {hint}") from None
 
 
 def _fast_decoder():
@@ -345,6 +405,30 @@ class ManifestBuild:
     splits: tuple[str, ...] | None = None
     options: dict = field(default_factory=dict)
     follow_symlinks: bool = False  # --follow-symlinks: symlinks inside root were followed out of it
+    hash_splits: HashSplits | None = None  # the hash split of rows without their own, for adapters that have one
+
+    def empty_splits(self) -> list[EmptySplit]:
+        """Every split that was asked for (--split) or that the hash fractions promise, with no row."""
+        counts = Counter(r.split for r in self.rows)
+        hashing = self.hash_splits if self.hash_splits is not None and self.hash_splits.assigned else None
+        found: list[EmptySplit] = []
+        promised = [n for n, f in hashing.fractions.items() if f > 0] if hashing else []
+        for name in dict.fromkeys([*(self.splits or ()), *promised]):
+            if counts[name]:
+                continue
+            if hashing is not None and name in hashing.fractions:
+                reason = (f"the hash split {format_split_fractions(hashing.fractions)} gave it none of "
+                          f"{hashing.assigned} rows")
+                empty = [n for n in promised if not counts[n]]
+                better = roomier_fractions(hashing.fractions, hashing.assigned, empty)
+                fix = (f"fix: rerun with --split-fractions {format_split_fractions(better)} (about 5 rows in each "
+                       "small split)" if better else "fix: rerun with --split-fractions giving it a larger fraction")
+                fix += f", or one without {name} if the dataset is too small for it"
+            else:
+                reason = "no row of the dataset is in this split"
+                fix = "fix: check --split against the dataset's split names"
+            found.append(EmptySplit(split=name, reason=reason, fix=fix))
+        return found
 
     def summary(self, *, manifest: str | None = None, manifest_sha256: str | None = None) -> dict[str, Any]:
         by_split: dict[str, dict[str, int]] = {}
@@ -363,6 +447,7 @@ class ManifestBuild:
             "manifest_sha256": manifest_sha256,
             "rows": len(self.rows),
             "by_split": by_split,
+            "empty_splits": [e.to_dict() for e in self.empty_splits()],
             "by_modality": dict(sorted(Counter(r.modality for r in self.rows).items())),
             "missing": {"count": len(self.missing), "files": [m.to_dict() for m in self.missing]},
             "rejected": {"count": len(self.rejected), "rows": [r.to_dict() for r in self.rejected]},
@@ -381,6 +466,9 @@ def build_manifest(
 
     adapter = get_dataset(dataset)
     adapter.check_options(options)
+    hashing = None
+    if "split_fractions" in adapter.options:  # an adapter that hash-splits rows without a split of their own
+        hashing = HashSplits(dict(options.get("split_fractions") or DEFAULT_SPLIT_FRACTIONS))
     if is_url(root):  # before Path(): "s3://b/x" would become the local folder "s3:/b/x"
         root_path: Any = _object_root(dataset, adapter, os.fspath(root))
         root_text = root_path.url
@@ -393,7 +481,8 @@ def build_manifest(
     rows: dict[str, ManifestRow] = {}
     missing: list[Rejected] = []
     rejected: list[Rejected] = []
-    for item in adapter.rows(root_path, splits=splits, follow_symlinks=follow_symlinks, **options):
+    hashed = {HASH_SPLITS_OPTION: hashing} if hashing is not None else {}
+    for item in adapter.rows(root_path, splits=splits, follow_symlinks=follow_symlinks, **options, **hashed):
         if isinstance(item, Rejected):
             (missing if item.missing else rejected).append(item)
         elif splits is not None and item.split not in splits:
@@ -413,6 +502,7 @@ def build_manifest(
         splits=splits,
         options=dict(options),
         follow_symlinks=follow_symlinks,
+        hash_splits=hashing,
     )
 
 
@@ -468,6 +558,8 @@ def make_manifest(
 
 __all__ = [
     "DEFAULT_SPLIT_FRACTIONS",
+    "EmptySplit",
+    "HashSplits",
     "MODALITIES",
     "ManifestBuild",
     "ManifestError",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from uti.config import LimitsConfig
-from uti.errors import MediaError
+from uti.errors import MediaError, without_object_reprs
 from sharding.manifest import ManifestRow
 from sharding.paths import PathEscapeError, resolve_inside
 from sharding.storage import StorageError, filesystem, is_url, storage_errors
@@ -42,7 +42,15 @@ class LoadedMedia:
 
 
 def _fail(row: ManifestRow, stage: str, reason: str, detail: str) -> MediaError:
+    # Details quote library errors, which name in-memory files by their repr: never a memory address here.
+    detail = without_object_reprs(detail, name="the file")
     return MediaError(f"{row.id} ({source_label(row)}): {detail}", stage=stage, reason=reason)
+
+
+def _refuse_empty(row: ManifestRow, size: int | None) -> None:
+    """A 0-byte file is its own reason: every decoder would only say it cannot identify the format."""
+    if size == 0:
+        raise _fail(row, "read", "empty_file", "empty file (0 bytes)")
 
 
 # ---- where a row's media is ---------------------------------------------------------------------------------
@@ -122,10 +130,13 @@ def read_source_bytes(row: ManifestRow, *, max_bytes: int | None = None) -> byte
         if is_url(row.path):  # an object (s3://, gs://): streamed from the store, never staged on disk
             return _object_bytes(row, max_bytes)
         size = os.path.getsize(row.path)
+        _refuse_empty(row, size)
         if max_bytes is not None and size > max_bytes:
             raise _fail(row, "read", "too_large", f"{size} bytes exceeds the limit of {max_bytes}")
         with open(row.path, "rb") as fh:
-            return fh.read()
+            raw = fh.read()
+        _refuse_empty(row, len(raw))  # emptied since it was measured
+        return raw
     except FileNotFoundError:
         raise _fail(row, "read", "missing_file", "file not found") from None
     except IsADirectoryError:
@@ -140,19 +151,23 @@ def _object_bytes(row: ManifestRow, max_bytes: int | None) -> bytes:
     fs, key = filesystem(row.path)
     with storage_errors(row.path, "media"):
         size = fs.size(key)
+        _refuse_empty(row, size)
         if max_bytes is not None and size is not None and size > max_bytes:
             raise _fail(row, "read", "too_large", f"{size} bytes exceeds the limit of {max_bytes}")
         return fs.cat_file(key)
 
 
-def _audio_info(path: str):
-    """soundfile.info of a file or an object; for an object only the header's byte ranges are fetched."""
+def _audio_info(row: ManifestRow):
+    """soundfile.info of a row's file or object; for an object only the header's byte ranges are fetched."""
     import soundfile as sf
 
+    path = row.path
     if not is_url(path):
+        _refuse_empty(row, os.path.getsize(path))
         return sf.info(path)
     fs, key = filesystem(path)
     with storage_errors(path, "media"), fs.open(key, "rb", block_size=64 * 1024) as fh:
+        _refuse_empty(row, getattr(fh, "size", None))
         return sf.info(fh)
 
 
@@ -190,7 +205,9 @@ def _hf_bytes(ref: HFRef, row: ManifestRow) -> bytes:
             except (OSError, PathEscapeError) as exc:
                 raise _fail(row, "read", "unreadable", f"{ref.column}[{ref.index}]: {exc}") from None
         value = payload
-    if not isinstance(value, (bytes, bytearray)) or not value:
+    if isinstance(value, (bytes, bytearray)) and not value:
+        raise _fail(row, "read", "empty_file", f"{ref.column}[{ref.index}] is empty (0 bytes)")
+    if not isinstance(value, (bytes, bytearray)):
         raise _fail(row, "read", "unreadable", f"{ref.column}[{ref.index}] holds no media bytes")
     return bytes(value)
 
@@ -220,9 +237,11 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
     # Header first: a 3-hour file is refused before its samples are read.
     if row.path and hf_ref(row) is None:
         try:
-            info = _audio_info(row.path)
+            info = _audio_info(row)
         except FileNotFoundError:
             raise _fail(row, "read", "missing_file", "file not found") from None
+        except MediaError:  # an empty file
+            raise
         except StorageError:  # the store, not this sample: the job stops with the one-line reason
             raise
         except Exception as exc:  # noqa: BLE001 - libsndfile errors are RuntimeError/LibsndfileError
@@ -319,6 +338,30 @@ def load_image(row: ManifestRow, *, proc_size: int, limits: LimitsConfig) -> Loa
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
         raise _fail(row, "read", "undecodable_image", f"cannot decode image: {exc}") from None
     return LoadedMedia(data=arr, source_sha256=digest, info={"source_size": [int(size[0]), int(size[1])]})
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".aiff", ".aif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def media_kind(name: str | None, data: bytes | None) -> str | None:
+    """`audio`, `image` or None: what a file is, from its name's extension, else from its first bytes (the
+    formats the readers here decode). For media stored without a type, e.g. a plain {bytes, path} column."""
+    suffix = os.path.splitext(name or "")[1].lower()
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    head = bytes(data[:16]) if data else b""
+    if head[:4] == b"RIFF":
+        return {b"WAVE": "audio", b"WEBP": "image"}.get(head[8:12])
+    if head[4:8] == b"ftyp":  # ISO media: HEIF/AVIF stills, else (m4a, mp4) the audio track is read
+        return "image" if head[8:12] in (b"heic", b"heix", b"mif1", b"avif") else "audio"
+    if head.startswith((b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"FORM", b"\x1aE\xdf\xa3")):
+        return "audio"
+    if head.startswith((b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")):
+        return "image"
+    return None
 
 
 def audio_seconds(n_samples: int, rate: int) -> float:

@@ -7,6 +7,7 @@ OUT (a local path or an fsspec URL) holds
     shards/SPLIT/shard-NNNNNN.{tar,json}    the shards (sharding.format / sharding.writer)
     errors.jsonl                            the samples that could not be tokenized, rebuilt from the indexes
     job.json                                the finished run's summary (config, counts, timings)
+    lock.json                               while a job writes OUT: which one (host, pid, since, command)
 
 This module is the only one that knows these names or opens these files: the tokenize job writes them,
 verify and train read them, and the test fixtures write them through the same functions as the job, so a
@@ -16,16 +17,24 @@ object stores behave like local folders.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import posixpath
-from typing import Any, Iterable
+import secrets
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
-from sharding.format import SHARDS_DIR, ShardRef, is_local, list_shards, url_to_fs
+from sharding.format import SHARDS_DIR, ShardRef, is_local, list_shards, to_url, url_to_fs
 from sharding.plan import Plan, plan_from_bytes
 from sharding.storage import storage_errors
-from uti.atomic import atomic_write
+from uti.atomic import atomic_write, create_temp
 from uti.errors import TokenSpaceError, UTIError
 from uti.token_space import JSON_NAME, SHA_NAME, TokenSpace, require_same, sha256_hex
 
@@ -39,7 +48,8 @@ JOB_NAME = "job.json"
 __all__ = ["SPACE_NAME", "SPACE_SHA_NAME", "PLAN_NAME", "ERRORS_NAME", "JOB_NAME", "SHARDS_DIR", "OutDirError",
            "path_of", "read_bytes", "write_bytes", "exists", "load_space", "write_space", "claim_space", "load_plan",
            "write_plan", "claim_plan", "plan_matches", "errors_bytes", "write_errors", "merge_errors", "load_errors",
-           "job_bytes", "write_job", "load_job", "has_job", "completed_shards"]
+           "job_bytes", "write_job", "load_job", "has_job", "completed_shards", "LOCK_NAME", "OutLock", "OutLocked",
+           "acquire_lock", "release_lock", "hold_lock", "read_lock"]
 
 
 class OutDirError(UTIError):
@@ -154,10 +164,14 @@ def claim_plan(out: str | os.PathLike, plan: Plan) -> None:
         _claim_plan(out, plan)
 
 
+def _require_folder(fs: Any, root: str, out: str, flag: str = "--out") -> None:
+    if fs.exists(root) and not fs.isdir(root):
+        raise OutDirError(f"{flag} {out} is an existing file, not a folder; give a new or existing folder")
+
+
 def _claim_plan(out: str, plan: Plan) -> None:
     fs, root = url_to_fs(out)
-    if fs.exists(root) and not fs.isdir(root):
-        raise OutDirError(f"--out {out} is an existing file, not a folder; give a new or existing folder")
+    _require_folder(fs, root, out)
     existing_plan = read_bytes(out, PLAN_NAME, flag="--out")
     if existing_plan is None:
         write_plan(out, plan)
@@ -259,3 +273,296 @@ def completed_shards(out: str | os.PathLike, space: TokenSpace, plan: Plan) -> d
             continue
         done[(split, shard.name)] = ref
     return done
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+# A job that writes OUT (`uti tokenize`, `uti verify --clean-orphans`) holds OUT/lock.json while it runs:
+# who (host, pid, the process's start), since when, and the command. A second job refuses at once, naming
+# the first. A lock whose owner is gone (same host, pid not running, or now another process, or the host
+# rebooted) is taken over with a message; one from another host cannot be checked from here, so the
+# refusal says how to remove it. Local disks: the lock is created whole and atomically (a hard link of a
+# written temp file; O_EXCL where links are not supported). Object stores: a conditional PUT
+# (If-None-Match: *, s3fs mode="create"; S3 and S3-compatible servers that implement it), read back to
+# check it is ours; where the store has no conditional PUT, a check-then-PUT, read back the same way:
+# best effort, two jobs starting within the same round trip could both pass.
+
+LOCK_NAME = "lock.json"
+LOCK_FORMAT = "uti.lock"
+LOCK_VERSION = 1
+
+
+class OutLocked(OutDirError):
+    """OUT is held by another job (or by a lock that cannot be read); the message names it and the fix."""
+
+    def __init__(self, message: str, *, holder: "OutLock | None" = None):
+        super().__init__(message)
+        self.holder = holder
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutLock:
+    """The content of OUT/lock.json: which job holds OUT."""
+
+    job: str  # the command, e.g. "tokenize"
+    host: str
+    pid: int
+    since: str  # ISO 8601, UTC
+    command: str
+    token: str  # this acquisition's random ID: a release removes only its own lock
+    boot_id: str | None = None  # Linux: the host's boot; a different one means the owner died with the host
+    process_start: int | None = None  # Linux: the pid's start time in clock ticks; another value: a reused pid
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps({"format": LOCK_FORMAT, "version": LOCK_VERSION, **dataclasses.asdict(self)},
+                           indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "OutLock":
+        """Raises ValueError saying what is wrong with the content."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not UTF-8 JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
+            raise ValueError(f"not a {LOCK_FORMAT} object")
+        data = {k: v for k, v in data.items() if k not in ("format", "version")}
+        try:
+            lock = cls(**data)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if isinstance(lock.pid, bool) or not isinstance(lock.pid, int) or lock.pid <= 0 \
+                or not all(isinstance(v, str) for v in (lock.job, lock.host, lock.since, lock.command, lock.token)):
+            raise ValueError("malformed fields")
+        return lock
+
+    def describe(self) -> str:
+        return f"`{self.command}` (uti {self.job}, pid {self.pid} on host {self.host}, since {self.since})"
+
+    def on_this_host(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def gone(self) -> bool | None:
+        """True when the owner surely no longer runs, False when it does, None when this host cannot tell."""
+        if not self.on_this_host():
+            return None
+        boot = _boot_id()
+        if self.boot_id and boot and boot != self.boot_id:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # another user's process: it runs
+            pass
+        state, started = _process_state(self.pid)
+        if state == "Z":  # killed, not yet reaped by its parent
+            return True
+        return self.process_start is not None and started is not None and started != self.process_start
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _process_state(pid: int) -> tuple[str | None, int | None]:
+    """(state letter, start time in clock ticks since boot) of a Linux process; (None, None) elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None, None
+
+
+def _command_line() -> str:
+    argv = list(sys.argv) or ["python"]
+    if os.path.basename(argv[0]) == "uti":
+        argv[0] = "uti"
+    return shlex.join(argv)
+
+
+def _new_lock(job: str) -> OutLock:
+    return OutLock(job=job, host=socket.gethostname(), pid=os.getpid(),
+                   since=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command=_command_line(),
+                   token=secrets.token_hex(8), boot_id=_boot_id(), process_start=_process_state(os.getpid())[1])
+
+
+def _remove_command(fs: Any, path: str) -> str:
+    url = to_url(fs, path)
+    if is_local(fs):
+        return f"rm {shlex.quote(url)}"
+    tool = {"s3": "aws s3 rm", "s3a": "aws s3 rm", "gs": "gcloud storage rm", "gcs": "gcloud storage rm"}
+    prefix = tool.get(url.split("://", 1)[0])
+    return f"{prefix} {url}" if prefix else f"delete the object {url}"
+
+
+def read_lock(out: str | os.PathLike) -> OutLock | None:
+    """Who holds OUT now; None when nobody does. A lock that cannot be read is an OutLocked error."""
+    out = os.fspath(out)
+    with storage_errors(out, "OUT"):
+        fs, root = url_to_fs(out)
+        path = posixpath.join(root, LOCK_NAME)
+        return _read_lock(fs, path, out)
+
+
+def _read_lock(fs: Any, path: str, out: str) -> OutLock | None:
+    try:
+        raw = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        return OutLock.from_bytes(raw)
+    except ValueError as exc:
+        raise OutLocked(f"{to_url(fs, path)} exists but is not a lock uti can read ({exc}); if no job is writing "
+                        f"{out}, delete it (`{_remove_command(fs, path)}`) and rerun") from None
+
+
+def acquire_lock(out: str | os.PathLike, *, job: str, flag: str = "--out") -> OutLock:
+    """Take OUT's lock for this process, creating OUT if needed; returns it (give it to `release_lock`).
+    Raises OutLocked naming the job that holds it; a dead owner's lock is taken over with a warning."""
+    out = os.fspath(out)
+    mine = _new_lock(job)
+    with storage_errors(out, flag):
+        fs, root = url_to_fs(out)
+        _require_folder(fs, root, out, flag)
+        path = posixpath.join(root, LOCK_NAME)
+        replaced: OutLock | None = None
+        for _ in range(3):  # each round: create, or judge the holder (a lost race just goes round again)
+            if _create_lock(fs, path, mine.to_bytes()):
+                if replaced is not None:
+                    log.warning("%s: took over the lock of a job that is gone: %s no longer runs on this host",
+                                out, replaced.describe())
+                return mine
+            held = _read_lock(fs, path, out)
+            if held is None:
+                continue  # released meanwhile
+            gone = held.gone()
+            if gone is False:
+                raise OutLocked(f"{out} is in use: {held.describe()} is writing it; wait for it to finish or stop "
+                                f"it, or give another {flag}", holder=held)
+            if gone is None:
+                raise OutLocked(
+                    f"{out} is in use by {held.describe()}, on another host: uti cannot tell from here whether it "
+                    f"still runs. If it does, wait for it or give another {flag}; if that job is dead, delete its "
+                    f"lock (`{_remove_command(fs, path)}`) and rerun", holder=held)
+            if _remove_if_same(fs, path, held):
+                replaced = held
+        raise OutLocked(f"{out}: other jobs keep taking its lock ({to_url(fs, path)}); let them finish or give "
+                        f"another {flag}")
+
+
+def release_lock(out: str | os.PathLike, lock: OutLock) -> None:
+    """Remove OUT's lock if it is still `lock` (never another job's)."""
+    out = os.fspath(out)
+    with storage_errors(out, "OUT"):
+        fs, root = url_to_fs(out)
+        path = posixpath.join(root, LOCK_NAME)
+        try:
+            held = _read_lock(fs, path, out)
+        except OutLocked:
+            held = None
+        if held is None or held.token != lock.token:
+            log.warning("%s: the lock is no longer this job's (now %s); left in place", out,
+                        held.describe() if held else "none")
+            return
+        fs.rm(path)
+
+
+@contextlib.contextmanager
+def hold_lock(out: str | os.PathLike, *, job: str, flag: str = "--out") -> Iterator[OutLock]:
+    """OUT's lock for the duration of a block. A local OUT that the lock alone created (the job failed
+    before writing anything) is removed again, so a refused or failed start leaves no empty folder."""
+    out = os.fspath(out)
+    fs, root = url_to_fs(out)
+    new_folder = is_local(fs) and not fs.exists(root)
+    lock = acquire_lock(out, job=job, flag=flag)
+    try:
+        yield lock
+    finally:
+        release_lock(out, lock)
+        if new_folder:
+            with contextlib.suppress(OSError):
+                os.rmdir(root)  # only when empty
+
+
+def _create_lock(fs: Any, path: str, data: bytes) -> bool:
+    """Create the lock file or object with `data` unless one exists: whether this call created it."""
+    if is_local(fs):
+        return _create_local(path, data)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError, ValueError):  # this filesystem has no conditional create
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+    try:
+        return fs.cat_file(path) == data  # a store that ignored the condition: ours only if it holds our bytes
+    except FileNotFoundError:
+        return False
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = create_temp(directory, LOCK_NAME)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if the lock exists: it appears whole or not at all
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links
+            return _create_exclusive(path, data)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def _remove_if_same(fs: Any, path: str, held: OutLock) -> bool:
+    """Remove the lock if it still is `held` (judged gone); whether it was removed."""
+    if not is_local(fs):
+        try:
+            same = OutLock.from_bytes(fs.cat_file(path)) == held
+        except (FileNotFoundError, ValueError):
+            return False
+        if same:
+            fs.rm(path)
+        return same
+    # Moved aside first: of two jobs taking over at once, only one moves it, and checks what it moved.
+    aside = f"{path}.gone-{secrets.token_hex(6)}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        with open(aside, "rb") as fh:
+            moved = OutLock.from_bytes(fh.read())
+    except (OSError, ValueError):
+        moved = None
+    if moved != held:  # a new owner's lock, taken in between: put it back
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    os.unlink(aside)
+    return moved == held

@@ -6,6 +6,8 @@ and print one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class UTIError(Exception):
     """Base of every error the project raises on purpose."""
@@ -53,3 +55,14 @@ class MediaError(UTIError):
 
 class WeightsError(UTIError):
     """Codec weights cannot be found or loaded from the requested source."""
+
+
+_OBJECT_REPR = re.compile(r"<[A-Za-z_][\w.]* object at 0x[0-9a-fA-F]+>")
+
+
+def without_object_reprs(text: str, *, name: str = "the data") -> str:
+    """`text` with every `<module.Class object at 0x...>` replaced by `name`. Libraries name an in-memory
+    file by its repr (PIL: "cannot identify image file <_io.BytesIO object at 0x7f...>", libsndfile:
+    "Error opening <_io.BytesIO object at 0x7f...>"); a memory address means nothing to a user and makes
+    the same failure differ from run to run."""
+    return _OBJECT_REPR.sub(name, text)

@@ -150,9 +150,11 @@ def clean_orphans(out: str | os.PathLike) -> list:
     without index, a writer's temp file, an incomplete S3 multipart upload; sharding.orphans) and nothing else.
     Returns what was removed."""
     from sharding.orphans import find_orphan_objects, remove_orphan_objects
+    from sharding.outdir import hold_lock
 
     out = os.fspath(out)
-    with storage_errors(out, "OUT"):
+    # A running tokenize job's tar in flight looks like an orphan: never clean while one holds OUT.
+    with hold_lock(out, job="verify --clean-orphans", flag="OUT"), storage_errors(out, "OUT"):
         return remove_orphan_objects(out, find_orphan_objects(out))
 
 

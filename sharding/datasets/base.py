@@ -10,6 +10,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from sharding.manifest import (
     DEFAULT_SPLIT_FRACTIONS,
+    HASH_SPLITS_OPTION,
+    HashSplits,
     ManifestError,
     ManifestRow,
     Rejected,
@@ -89,6 +91,13 @@ def dataset_names() -> list[str]:
 def split_fractions_option(options: Mapping[str, Any]) -> dict[str, float]:
     value = options.get("split_fractions")
     return check_split_fractions(value if value is not None else DEFAULT_SPLIT_FRACTIONS)
+
+
+def hash_splits_option(options: Mapping[str, Any]) -> HashSplits:
+    """The hash split for rows without a split of their own: build_manifest's (which counts what it
+    assigns), or one of the --split-fractions option when an adapter is called on its own."""
+    given = options.get(HASH_SPLITS_OPTION)
+    return given if isinstance(given, HashSplits) else HashSplits(split_fractions_option(options))
 
 
 def size_hints(path: Path, modality: str) -> tuple[float | None, int | None]:

@@ -4,6 +4,10 @@ Media columns are read as raw storage (never decoded, so no audio/image backend 
 - a string, or a `{"path", "bytes"}` struct whose path is an existing file inside root: that file;
 - otherwise embedded bytes: the row points at the dataset folder and `extra` carries a reference
   `{"hf_source", "hf_index", "column"}` (+ `hf_split` / `hf_file`) to read the bytes later.
+The media column is the one typed `Audio` or `Image` in the stored features, else a plain struct column of
+`bytes` and `path` (how `datasets` stores media never cast to a type) whose first rows' paths or bytes are
+audio or images; several media columns, or a struct whose kind cannot be told, are named with the flags
+that choose one (--hf-audio-column, --hf-image-column).
 A DatasetDict keeps its split names; a single Dataset or parquet files get hash splits.
 Canonical key: `id_column` (default `id` when present), else the media file's path relative to
 root, else the SHA-256 of the media bytes (or of the text for text-only rows) - never row position.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +31,17 @@ from sharding.datasets.base import (
     clean_captions,
     register_dataset,
     size_hints,
-    split_fractions_option,
+    hash_splits_option,
 )
 from sharding.datasets.jsonl import dataset_name_option
-from sharding.manifest import ManifestError, ManifestRow, Rejected, hash_split
+from sharding.manifest import HashSplits, ManifestError, ManifestRow, Rejected
 from sharding.paths import PathEscapeError, resolve_inside
+
+log = logging.getLogger(__name__)
 
 BATCH = 256
 CAPTION_GUESSES = ("caption", "captions", "text")
+STRUCT_SAMPLE = 16  # rows looked at to tell what a plain {bytes, path} column holds
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,9 @@ class _Part:
     split: str | None
     ref: dict[str, Any]  # what a reader needs besides the row index to find the row again
     columns: list[str]
-    media_types: dict[str, str]  # column -> "Audio" | "Image" from the stored features
+    media_types: dict[str, str]  # column -> "Audio" | "Image": the stored features, and plain media structs
     batches: Any  # callable(columns) -> iterator of lists of row dicts
+    unknown_structs: tuple[str, ...] = ()  # {bytes, path} columns whose media kind could not be told
 
 
 @register_dataset
@@ -55,7 +64,7 @@ class HFDataset(DatasetAdapter):
     def rows(
         self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
     ) -> Iterator[Item]:
-        fractions = split_fractions_option(options)
+        hashing = hash_splits_option(options)
         dataset = dataset_name_option(options, self.name)
         if options.get("audio_column") and options.get("image_column"):
             raise ManifestError("hf: give --hf-audio-column or --hf-image-column, not both (one modality per manifest)")
@@ -64,10 +73,10 @@ class HFDataset(DatasetAdapter):
         for part in _open_parts(root):
             if splits is not None and part.split is not None and part.split not in splits:
                 continue
-            yield from self._part_rows(data_root, dataset, part, options, fractions, follow_symlinks)
+            yield from self._part_rows(data_root, dataset, part, options, hashing, follow_symlinks)
 
     def _part_rows(
-        self, root: Path, dataset: str, part: _Part, options: dict, fractions: dict, follow_symlinks: bool
+        self, root: Path, dataset: str, part: _Part, options: dict, hashing: HashSplits, follow_symlinks: bool
     ) -> Iterator[Item]:
         modality, media_col = _pick_media(part, options)
         caption_col = options.get("caption_column") or next((c for c in CAPTION_GUESSES if c in part.columns), None)
@@ -87,11 +96,11 @@ class HFDataset(DatasetAdapter):
         index = 0
         for batch in part.batches(wanted):
             for rec in batch:
-                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+                yield self._row(root, dataset, part, index, rec, modality, media_col, caption_col, id_col, hashing,
                                 follow_symlinks)
                 index += 1
 
-    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, fractions,
+    def _row(self, root, dataset, part, index, rec, modality, media_col, caption_col, id_col, hashing,
              follow_symlinks) -> Item:
         where = f"{part.ref.get('hf_file') or part.split or 'dataset'}[{index}]"
         captions = _captions(rec.get(caption_col)) if caption_col else []
@@ -115,7 +124,7 @@ class HFDataset(DatasetAdapter):
         else:
             return Rejected(item=where, reason="no id, media or caption to identify the row")
         item = f"{dataset}:{key}"
-        split = part.split or hash_split(item, fractions)
+        split = part.split or hashing(item)
         if modality == "text":
             if not captions:
                 return Rejected(item=item, reason=f"{where}: empty text in column {caption_col!r}")
@@ -137,6 +146,10 @@ def _pick_media(part: _Part, options: dict) -> tuple[str, str | None]:
     if options.get("image_column"):
         return "image", options["image_column"]
     found = sorted(part.media_types.items())
+    if not found and part.unknown_structs:
+        cols = ", ".join(repr(c) for c in part.unknown_structs)
+        log.warning("hf: %s: column(s) %s hold {bytes, path} structs of an unknown media kind and are not read; "
+                    "take one with --hf-audio-column COLUMN or --hf-image-column COLUMN", part.ref or "dataset", cols)
     if len(found) > 1:
         raise ManifestError(
             f"hf: {part.ref} has several media columns ({', '.join(c for c, _ in found)}); "
@@ -219,9 +232,41 @@ def _saved_parts(root: Path) -> list[_Part]:
             for start in range(0, len(table_ds), BATCH):
                 yield table_ds[start : start + BATCH].to_pylist()
 
+        def head(column: str, ds=ds) -> list:
+            return ds.select_columns([column]).with_format("arrow")[:STRUCT_SAMPLE].column(column).to_pylist()
+
+        structs, unknown = _media_structs(ds.data.schema, media, head)
         ref = {"hf_split": split} if split is not None else {}
-        parts.append(_Part(split=split, ref=ref, columns=list(ds.column_names), media_types=media, batches=batches))
+        parts.append(_Part(split=split, ref=ref, columns=list(ds.column_names), media_types={**media, **structs},
+                           batches=batches, unknown_structs=unknown))
     return parts
+
+
+def _media_structs(schema, typed: dict[str, str], head) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Untyped media columns: structs of `bytes` (binary) and `path` (string), as `datasets` stores audio and
+    images when the column was never cast to Audio/Image (or lost the type in a round trip). What one holds
+    is told from its first rows' paths or bytes (`head(column)` -> values); returns ({column: "Audio" |
+    "Image"}, columns whose kind could not be told)."""
+    import pyarrow as pa
+
+    from sharding.media import media_kind
+
+    found: dict[str, str] = {}
+    unknown: list[str] = []
+    for field in schema:
+        if field.name in typed or not pa.types.is_struct(field.type):
+            continue
+        sub = {field.type.field(i).name: field.type.field(i).type for i in range(field.type.num_fields)}
+        if not ({"bytes", "path"} <= set(sub) and (pa.types.is_binary(sub["bytes"])
+                                                    or pa.types.is_large_binary(sub["bytes"]))):
+            continue
+        kinds = {media_kind(v.get("path"), v.get("bytes")) for v in head(field.name) if isinstance(v, dict)}
+        kinds.discard(None)
+        if len(kinds) == 1:
+            found[field.name] = kinds.pop().capitalize()
+        else:
+            unknown.append(field.name)
+    return found, tuple(unknown)
 
 
 def _parquet_part(path: Path, base: Path) -> _Part:
@@ -247,5 +292,11 @@ def _parquet_part(path: Path, base: Path) -> _Part:
         for rb in pf.iter_batches(batch_size=BATCH, columns=columns):
             yield rb.to_pylist()
 
+    def head(column: str) -> list:
+        first = next(pf.iter_batches(batch_size=STRUCT_SAMPLE, columns=[column]), None)
+        return first.column(0).to_pylist() if first is not None else []
+
+    structs, unknown = _media_structs(schema, media, head)
     rel = os.path.relpath(path, base) if path != base else path.name
-    return _Part(split=None, ref={"hf_file": rel}, columns=list(schema.names), media_types=media, batches=batches)
+    return _Part(split=None, ref={"hf_file": rel}, columns=list(schema.names), media_types={**media, **structs},
+                 batches=batches, unknown_structs=unknown)

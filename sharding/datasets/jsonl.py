@@ -20,9 +20,10 @@ from sharding.datasets.base import (
     locate,
     media_row,
     register_dataset,
-    split_fractions_option,
+    hash_splits_option,
 )
-from sharding.manifest import MODALITIES, ManifestError, ManifestRow, Rejected, hash_split
+from sharding.datasets.sniff import json_document_hint
+from sharding.manifest import MODALITIES, HashSplits, ManifestError, ManifestRow, Rejected
 
 KNOWN_KEYS = {"id", "modality", "path", "caption", "captions", "split"}
 
@@ -60,9 +61,12 @@ class JSONLDataset(DatasetAdapter):
     def rows(
         self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
     ) -> Iterator[Item]:
-        fractions = split_fractions_option(options)
+        hashing = hash_splits_option(options)
         dataset = dataset_name_option(options, self.name)
         data_root, jsonl_path = find_jsonl(root, options.get("file"))
+        hint = json_document_hint(jsonl_path)
+        if hint:  # line 1 of a JSON document is no row: say what the file is and what reads it
+            raise ManifestError(f"jsonl: {hint}")
         with jsonl_path.open("rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 where = f"{jsonl_path.name} line {lineno}"
@@ -74,10 +78,10 @@ class JSONLDataset(DatasetAdapter):
                 except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, absurd nesting
                     # A broken line means a broken file (truncated copy, wrong format): stop, don't guess.
                     raise ManifestError(f"{jsonl_path} line {lineno}: not valid UTF-8 JSON ({exc})") from None
-                yield self._row(data_root, dataset, where, obj, fractions, follow_symlinks)
+                yield self._row(data_root, dataset, where, obj, hashing, follow_symlinks)
 
     def _row(
-        self, root: Path, dataset: str, where: str, obj: Any, fractions: dict[str, float], follow_symlinks: bool
+        self, root: Path, dataset: str, where: str, obj: Any, hashing: HashSplits, follow_symlinks: bool
     ) -> Item:
         if not isinstance(obj, dict):
             return Rejected(item=where, reason=f"expected a JSON object, got {type(obj).__name__}")
@@ -98,7 +102,7 @@ class JSONLDataset(DatasetAdapter):
         split = obj.get("split")
         if split is not None and (not isinstance(split, str) or not split):
             return Rejected(item=item, reason=f"{where}: 'split' must be a non-empty string")
-        split = split or hash_split(item, fractions)
+        split = split or hashing(item)
         extra = {k: v for k, v in obj.items() if k not in KNOWN_KEYS}
         rel = obj.get("path")
         if rel is None and modality == "text":

@@ -18,9 +18,9 @@ from sharding.datasets.base import (
     media_row,
     register_dataset,
     require_dir,
-    split_fractions_option,
+    hash_splits_option,
 )
-from sharding.manifest import ManifestError, Rejected, hash_split
+from sharding.manifest import HashSplits, ManifestError, Rejected
 
 DEFAULT_FILE = "blip_laion_cc_sbu_558k.json"
 
@@ -35,8 +35,8 @@ class LLaVAPretrain(DatasetAdapter):
         self, root: Path, *, splits: Sequence[str] | None = None, follow_symlinks: bool = False, **options: Any
     ) -> Iterator[Item]:
         require_dir(root, self.name)
-        fractions = split_fractions_option(options)
-        self.check_splits(splits, fractions)
+        hashing = hash_splits_option(options)
+        self.check_splits(splits, hashing.fractions)
         json_path = root / (options.get("file") or DEFAULT_FILE)  # an absolute --file replaces root here
         if not json_path.is_file():
             raise ManifestError(f"llava: {json_path} not found; put {DEFAULT_FILE} in --root or pass --file")
@@ -51,9 +51,9 @@ class LLaVAPretrain(DatasetAdapter):
                 "{id, image, conversations} objects"
             )
         for index, entry in enumerate(entries):
-            yield self._row(root, index, entry, fractions, follow_symlinks)
+            yield self._row(root, index, entry, hashing, follow_symlinks)
 
-    def _row(self, root: Path, index: int, entry: Any, fractions: dict[str, float], follow_symlinks: bool) -> Item:
+    def _row(self, root: Path, index: int, entry: Any, hashing: HashSplits, follow_symlinks: bool) -> Item:
         where = f"entry {index}"
         if not isinstance(entry, dict):
             return Rejected(item=where, reason=f"expected an object, got {type(entry).__name__}")
@@ -77,5 +77,5 @@ class LLaVAPretrain(DatasetAdapter):
             return problem
         return media_row(
             dataset=self.name, key=str(raw_id), modality="image", path=path, captions=captions[:1],
-            split=hash_split(item, fractions), extra={"image": image},
+            split=hashing(item), extra={"image": image},
         )
