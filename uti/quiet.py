@@ -2,7 +2,8 @@
 
 uti prints its own progress and summaries. Libraries it drives print theirs as well:
 * Ray Train's local mode logs at INFO that it runs, and every reported metrics dict in full
-  (`train.runner.quiet_local_mode` names those loggers, `quieter_loggers` lowers them);
+  (`train.runner.quiet_local_mode` names those loggers, `quieter_loggers` lowers them), and Ray repeats
+  notices while uti.ray_local resolves an address (lowered the same way);
 * transformers prints a tqdm bar for every model it loads ("Loading weights: 100%|...| 110/110"), and
   diffusers and huggingface_hub do the same for pipelines and files. Each codec actor loads its codec, so a
   tokenize job printed one bar per actor into the user's stderr (Ray passes actors' output on), and one

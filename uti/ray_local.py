@@ -30,6 +30,7 @@ import threading
 from typing import Any, Iterator
 
 from uti.errors import UTIError
+from uti.quiet import quieter_loggers
 
 
 @contextlib.contextmanager
@@ -227,17 +228,14 @@ def _gcs_address(address: str) -> str | None:
         return None
     if address != "auto":
         return address  # as given: Ray's canonical form swaps 127.0.0.1 for the routable IP
-    services = logging.getLogger("ray._private.services")
-    level = services.level
-    services.setLevel(logging.ERROR)  # its "multiple active Ray instances" notice comes again from ray.init
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
+    # Ray's "multiple active Ray instances" notice comes again from ray.init
+    with quieter_loggers(["ray._private.services"], logging.ERROR):
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
 
-        return canonicalize_bootstrap_address(address)
-    except Exception:  # noqa: BLE001 - an address Ray itself will refuse with its own message
-        return None
-    finally:
-        services.setLevel(level)
+            return canonicalize_bootstrap_address(address)
+        except Exception:  # noqa: BLE001 - an address Ray itself will refuse with its own message
+            return None
 
 
 def auth_problem(address: str, *, timeout: float = 3.0) -> str | None:
