@@ -6,8 +6,8 @@ uti prints its own progress and summaries. Libraries it drives print theirs as w
   notices while uti.ray_local resolves an address (lowered the same way);
 * transformers prints a tqdm bar for every model it loads ("Loading weights: 100%|...| 110/110"), and
   diffusers and huggingface_hub do the same for pipelines and files. Each codec actor loads its codec, so a
-  tokenize job printed one bar per actor into the user's stderr (Ray passes actors' output on), and one
-  more in the driver. `no_loading_bars` turns them off around every model load uti makes (codecs, text
+  tokenize job printed one bar per actor (on the console wherever Ray forwards actors' output, in the
+  actor's log otherwise), and one more in the driver. `no_loading_bars` turns them off around every model load uti makes (codecs, text
   tokenizers, `uti train --model FOLDER`), in whichever process loads: nothing needs to reach the actors'
   environment.
 
