@@ -12,11 +12,12 @@ process of its own: no Ray, no uti, only the standard library and the psutil Ray
 child, in a session of its own (Ctrl-C or a signal to the driver's process group does not reach it), and
 reads a pipe only the driver holds. Once a second it notes the descendants of the instance's processes
 (with their start times, so a reused pid is never taken for one). When the pipe closes or its parent
-changes (the driver is gone), it kills every noted process that is still running and those processes'
-descendants, and exits. When the instance's own processes are all gone while the driver lives
-(`ray.shutdown`), it stops whatever of the instance is left the same way and exits. Only processes
-descended from this instance's gcs_server, raylet and dashboard are ever signalled: other Ray instances on
-the machine are never touched.
+changes (the driver is gone), it kills every noted process that is still running, those processes'
+descendants, and the Ray processes of this instance's session started since its last look (see
+`_of_this_session`), and exits. When the instance's own processes are all gone while the driver lives
+(`ray.shutdown`), it stops whatever of the instance is left the same way and exits. Only processes of this
+instance are ever signalled (descended from its gcs_server, raylet and dashboard, or Ray's of its session
+folder, which is unique to it): other Ray instances on the machine are never touched.
 """
 
 from __future__ import annotations
