@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -295,6 +296,30 @@ def test_a_folder_missing_a_weight_is_refused_naming_it(toks, tmp_path):
     save_file(state, str(tmp_path / "dac" / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(WeightsError, match=f"missing_keys: .*{dropped}"):
         config_and_load(f"audio: {{kind: dac, weights: {json.dumps(str(tmp_path / 'dac'))}}}")
+
+
+def test_loading_a_folder_prints_no_progress_bar(toks, tmp_path):
+    """transformers draws a "Loading weights" bar on the process's real stderr (fd 2) for every model it
+    loads; uti's loader turns it off while it loads (in the driver and in every codec actor alike) and back
+    on afterwards: a direct from_pretrained in the same process still draws it, so the capture can see one."""
+    _save_hf(toks("mimi").audio, tmp_path / "mimi")
+    script = (
+        "import sys\n"
+        "from uti.config import config_from_yaml\n"
+        "from uti.tokenizer import UnifiedTokenizer\n"
+        "UnifiedTokenizer(config_from_yaml('text: {kind: byte}\\naudio: {kind: mimi, n_q: 4, weights: ' + sys.argv[1] + '}'))\n"
+        "sys.stderr.write('<uti loaded>')\n"
+        "sys.stderr.flush()\n"
+        "from transformers import MimiModel\n"
+        "MimiModel.from_pretrained(sys.argv[1], local_files_only=True)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "mimi")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_uti, after = proc.stderr.split("<uti loaded>")
+    assert "Loading weights" not in by_uti, by_uti[-2000:]
+    assert "Loading weights" in after, after[-2000:]  # the bars are the library's again after uti's load
 
 
 def config_and_load(line: str) -> UnifiedTokenizer:

@@ -203,3 +203,51 @@ def test_a_local_instance_starts_lean_and_its_workers_inherit_the_storage_enviro
     assert region == "test-region-1"  # the worker sees the driver's variable ...
     assert job_env_vars == "[]"  # ... without a job runtime env carrying it
     assert same_worker == "True"  # a shard's writer finds a worker waiting instead of starting one
+
+
+def test_a_local_instances_processes_die_with_its_driver_killed_by_sigkill(ray_session):
+    """A driver that started its local instance (connect(None), as `uti tokenize` does) is SIGKILLed: every
+    process of that instance, the raylet's agents included (they outlived such a driver by ~3 minutes), is
+    gone within 10 s; another instance on the machine (this session's) is untouched."""
+    import time
+
+    import psutil  # Ray's copy: ray is imported (ray_session)
+
+    code = ("import time, ray\nimport psutil\nfrom uti.ray_local import connect\nconnect(None, num_cpus=1)\n"
+            "for _ in range(300):  # the raylet starts its agents (and a first idle worker) as it comes up\n"
+            "    procs = psutil.Process().children(recursive=True)\n"
+            "    if sum(p.name().endswith(('DashboardAgent', 'RuntimeEnvAgent')) for p in procs) == 2: break\n"
+            "    time.sleep(0.1)\n"
+            "print(' '.join(str(p.pid) for p in procs), flush=True)\n"
+            "time.sleep(300)\n")
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = driver.stdout.readline()
+        assert line.strip(), driver.stderr.read()[-2000:] if driver.poll() is not None else "no pids printed"
+        procs = []
+        for pid in map(int, line.split()):
+            try:
+                procs.append(psutil.Process(pid))  # notes its start time: a reused pid is not this process
+            except psutil.NoSuchProcess:
+                pass
+        names = " ".join(p.name() for p in procs)
+        assert all(n in names for n in ("raylet", "gcs_server", "DashboardAgent", "RuntimeEnvAgent")), names
+    finally:
+        driver.kill()
+        driver.wait()
+    killed = time.monotonic()
+
+    def alive(proc) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    while time.monotonic() - killed < 10 and any(alive(p) for p in procs):
+        time.sleep(0.2)
+    left = [f"{p.pid} {p.name()}" for p in procs if alive(p)]
+    for proc in procs:  # never leave them behind, whatever the verdict
+        if alive(proc):
+            proc.kill()
+    assert not left, f"still running 10 s after the driver's SIGKILL: {left}"
+    assert ray_session.get(ray_session.remote(lambda: 7).remote()) == 7

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from train.config import TrainError
+from uti.quiet import no_loading_bars
 from uti.token_space import TokenSpace
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def _load_local(path: str, space: TokenSpace) -> tuple[torch.nn.Module, dict[str
         raise TrainError(f"--model {path!r}: not 'tiny' and not a local model directory (no downloads are made; "
                          "save the model with save_pretrained() and pass its folder)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        with no_loading_bars():
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise TrainError(f"--model {path}: cannot load a Hugging Face causal LM from it ({exc})") from None
     old_in = model.get_input_embeddings().weight.detach().clone()

@@ -45,6 +45,7 @@ from train.config import TrainConfig, TrainError, TrainInterrupted, absolute, fl
 from train.metrics import METRICS_NAME, plot_loss, read_metrics
 from train.model import local_model_vocab, vocab_warning
 from uti.errors import TokenSpaceError, UTIError
+from uti.quiet import quieter_loggers
 from uti.token_space import JSON_NAME, TokenSpace, require_same
 
 log = logging.getLogger(__name__)
@@ -291,18 +292,9 @@ def ray_train_env(*, local: bool) -> Iterator[None]:
 LOCAL_MODE_LOGGERS = ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils")
 
 
-@contextlib.contextmanager
-def quiet_local_mode(on: bool) -> Iterator[None]:
-    """While on: LOCAL_MODE_LOGGERS say warnings only; their levels are as before afterwards."""
-    loggers = [logging.getLogger(name) for name in LOCAL_MODE_LOGGERS] if on else []
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+def quiet_local_mode(on: bool) -> contextlib.AbstractContextManager[None]:
+    """While on: LOCAL_MODE_LOGGERS say warnings only (uti.quiet); their levels are as before afterwards."""
+    return quieter_loggers(LOCAL_MODE_LOGGERS if on else ())
 
 
 def ensure_ray(address: str | None, num_workers: int) -> bool:

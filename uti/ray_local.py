@@ -11,6 +11,9 @@ Ray also puts the driver's working directory (and its script's directory) at the
 worker's import path; `driver_paths_kept_off_workers` below stops that, so a `verify.py` or `train/`
 in the user's folder can never replace one of our packages inside a Ray task or actor.
 
+Processes: a local instance's processes die with the driver however it dies (`kill -9` too): Ray ties
+gcs_server, raylet and the dashboard to it, and uti.ray_watchdog stops the rest (the raylet's agents).
+
 SIGTERM: `ray.init` replaces the driver's SIGTERM handler (and its core worker then dumps a stack and
 aborts: "Aborted"), so a `kill` or a Kubernetes pod stop skipped every cleanup. `uti` makes SIGTERM
 raise `Terminated` (a KeyboardInterrupt) exactly where Ctrl-C would, and `connect` keeps that handler
@@ -27,6 +30,7 @@ import threading
 from typing import Any, Iterator
 
 from uti.errors import UTIError
+from uti.quiet import quieter_loggers
 
 
 @contextlib.contextmanager
@@ -224,17 +228,14 @@ def _gcs_address(address: str) -> str | None:
         return None
     if address != "auto":
         return address  # as given: Ray's canonical form swaps 127.0.0.1 for the routable IP
-    services = logging.getLogger("ray._private.services")
-    level = services.level
-    services.setLevel(logging.ERROR)  # its "multiple active Ray instances" notice comes again from ray.init
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
+    # Ray's "multiple active Ray instances" notice comes again from ray.init
+    with quieter_loggers(["ray._private.services"], logging.ERROR):
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
 
-        return canonicalize_bootstrap_address(address)
-    except Exception:  # noqa: BLE001 - an address Ray itself will refuse with its own message
-        return None
-    finally:
-        services.setLevel(level)
+            return canonicalize_bootstrap_address(address)
+        except Exception:  # noqa: BLE001 - an address Ray itself will refuse with its own message
+            return None
 
 
 def auth_problem(address: str, *, timeout: float = 3.0) -> str | None:
@@ -311,6 +312,10 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UTIError(f"cannot start or reach {where}: {exc}") from None
+    if not address:
+        from uti import ray_watchdog
+
+        ray_watchdog.start(ray._private.worker._global_node)  # its processes die with this one (see there)
     return True
 
 

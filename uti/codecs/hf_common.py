@@ -30,6 +30,7 @@ from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, check_clip, ch
 from uti.codecs.weights import WeightsSpec, cached_random_state, fingerprint_state_dict, round_to_half
 from uti.config import AudioSettings, ImageSettings
 from uti.errors import ConfigError, DecodeRefused, WeightsError
+from uti.quiet import no_loading_bars
 from uti.token_space import VERSION, CodecDescriptor, expected_audio_frames
 
 # HF config keys that say where/how a config was saved or what a training/generation API returns; none
@@ -175,7 +176,8 @@ def load_pretrained(model_cls: type, path: Path, *, where: str, attention: bool)
     if attention:
         kwargs["attn_implementation"] = ATTENTION
     try:
-        net, info = model_cls.from_pretrained(str(path), **kwargs)
+        with no_loading_bars():
+            net, info = model_cls.from_pretrained(str(path), **kwargs)
     except Exception as exc:  # noqa: BLE001 - every loader failure is one clear line
         raise WeightsError(f"{where}.weights: cannot load a {model_cls.__name__} from {path}: "
                            f"{type(exc).__name__}: {exc}") from None

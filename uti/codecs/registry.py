@@ -24,6 +24,7 @@ from typing import Any
 from uti.codecs.base import AudioCodec, ImageCodec, TextCodec
 from uti.config import AudioSettings, CodecSettings, ImageSettings, TextConfig
 from uti.errors import ConfigError
+from uti.quiet import no_loading_bars
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ def _build(modality: str, cfg: CodecSettings, device: str):
     if cls.modality != modality or not isinstance(cfg, cls.settings):
         raise ConfigError(f"{modality}.kind {cfg.kind!r}: settings {type(cfg).__name__} do not belong to "
                           f"{cls.__name__} ({cls.modality})")
-    return cls.from_settings(cfg, device=device)
+    with no_loading_bars():  # a plugin's own from_pretrained too (its library is imported with its module)
+        return cls.from_settings(cfg, device=device)
 
 
 def build_audio_codec(cfg: AudioSettings, *, device: str = "cpu") -> AudioCodec:

@@ -44,6 +44,7 @@ from uti.codecs.hf_common import (ATTENTION, SMALL, build_random, calibration_ve
 from uti.codecs.weights import WeightsSpec, fingerprint_state_dict, parse_weights, resolve_device
 from uti.config import ImageSettings
 from uti.errors import ConfigError, DecodeRefused, DecodeUnavailable, WeightsError
+from uti.quiet import no_loading_bars
 from uti.token_space import VERSION, CodecDescriptor, LayoutSpec
 
 WHERE = "image"
@@ -442,8 +443,9 @@ def load_unclip_pipeline(path: Path):
         raise WeightsError(f"{WHERE}.decoder: {path} is not a diffusers pipeline folder (no model_index.json); give "
                            "a local copy of stabilityai/stable-diffusion-2-1-unclip")
     try:
-        return StableUnCLIPImg2ImgPipeline.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
-                                                           torch_dtype=torch.float32)
+        with no_loading_bars():
+            return StableUnCLIPImg2ImgPipeline.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                               torch_dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - one clear line
         raise WeightsError(f"{WHERE}.decoder: cannot load StableUnCLIPImg2ImgPipeline from {path}: "
                            f"{type(exc).__name__}: {exc}") from None

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 from uti.codecs.base import TextCodec
 from uti.config import TextConfig
 from uti.errors import WeightsError
+from uti.quiet import no_loading_bars
 from uti.token_space import VERSION, CodecDescriptor, canonical_json
 
 
@@ -118,7 +119,8 @@ class HFTextCodec(TextCodec):
         if not path.is_dir():
             raise WeightsError(f"text.path: {path} is not a directory holding a Hugging Face tokenizer")
         try:
-            self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            with no_loading_bars():
+                self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
             raise WeightsError(f"text.path: cannot load a tokenizer from {path}: {exc}") from None
         self._folder_name = path.name  # version-1 descriptors only

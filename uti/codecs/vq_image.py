@@ -19,6 +19,7 @@ from uti.codecs.base import CodecVariant, ImageCodec, check_image
 from uti.codecs.weights import cached_random_state, fingerprint_state_dict, parse_weights, resolve_device
 from uti.config import ImageArch, ImageConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
+from uti.quiet import no_loading_bars
 from uti.strict import to_dict as strict_to_dict
 from uti.token_space import VERSION, CodecDescriptor
 
@@ -108,7 +109,8 @@ class VQImageCodec(ImageCodec):
                     "save one with VQModel.save_pretrained(DIR) or use random:SEED"
                 )
             try:
-                net = VQModel.from_pretrained(str(path), local_files_only=True)
+                with no_loading_bars():
+                    net = VQModel.from_pretrained(str(path), local_files_only=True)
             except Exception as exc:
                 raise WeightsError(f"image.weights: cannot load a VQModel from {path}: {exc}") from None
             self.name = "vqgan"  # not the folder name: a copy of the same model must give the same ID

@@ -24,6 +24,7 @@ from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwarg
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device, round_to_half
 from uti.errors import WeightsError
+from uti.quiet import no_loading_bars
 from uti.token_space import LayoutSpec
 
 VARIANTS: dict[str, dict[str, Any]] = {"xcodec2": {}}  # Xcodec2Config's defaults are HKUSTAudio/xcodec2's
@@ -79,7 +80,9 @@ class Xcodec2AudioCodec(OneClipAudioCodec):
                                    attention=True)
             if (self._weights.path / "preprocessor_config.json").is_file():
                 try:
-                    features = Xcodec2FeatureExtractor.from_pretrained(str(self._weights.path), local_files_only=True)
+                    with no_loading_bars():
+                        features = Xcodec2FeatureExtractor.from_pretrained(str(self._weights.path),
+                                                                           local_files_only=True)
                 except Exception as exc:  # noqa: BLE001
                     raise WeightsError(f"{WHERE}.weights: {self._weights.path}/preprocessor_config.json: {exc}") from None
             else:
