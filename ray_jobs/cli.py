@@ -69,8 +69,9 @@ def _run(args: argparse.Namespace) -> int:
             print(errors)
         return 0
     if c["shards"]["skipped_complete"]:  # a resumed run: what this run did, and what OUT holds now
+        written = c["shards"]["written"]
         print(f"tokenized {c['samples_this_run']} samples ({c['errors_this_run']} errors) this run into "
-              f"{c['shards']['written']} shards; {args.out} now holds {c['samples']} samples ({c['errors']} errors) "
+              f"{written} shard{'s' if written != 1 else ''}; {args.out} now holds {c['samples']} samples ({c['errors']} errors) "
               f"in {c['shards']['total']} shards ({c['shards']['skipped_complete']} were already complete)")
     else:
         print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards at {args.out}")

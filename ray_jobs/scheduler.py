@@ -417,6 +417,7 @@ class Waiting:
         self.since = time.time()
         self.last_reason: str | None = None
         self.loading_logged = False
+        self.shown = ""
         self._reads_seen = 0
 
     def progressed(self) -> None:
@@ -432,11 +433,7 @@ class Waiting:
         import ray
 
         loading, pending = self.starts.split(starting)
-        status = loading_status(len(loading), self.starts.loading_for(loading)) if loading and loading_shown else ""
         late = time.time() - self.since >= self.grace
-        if status and late and not self.loading_logged:
-            log.info("%s", status)
-            self.loading_logged = True
         reason = None
         if late and (pending or reads_pending):
             reason = waiting_reason(actors_pending=len(pending), reads_pending=reads_pending, request=self.request,
@@ -444,8 +441,18 @@ class Waiting:
             if reason and reason != self.last_reason:
                 log.warning("%s", reason)
             self.last_reason = reason
-        if show is not None:
-            show("; ".join(x for x in (reason, status) if x))
+        status = ""
+        if loading and loading_shown:
+            status = loading_status(len(loading), self.starts.loading_for(loading))
+            if pending and not reason:  # placed in a moment, or named with its shortage after the grace period
+                status += f", {len(pending)} not placed yet"
+            if late and not self.loading_logged:
+                log.info("%s", status)
+                self.loading_logged = True
+        text = "; ".join(x for x in (reason, status) if x)
+        if show is not None and (text or self.shown):  # clears only what it showed
+            show(text)
+        self.shown = text
 
 
 class _ActorPool:
@@ -524,6 +531,8 @@ class _TokenizeProgress:
         self.samples = self.images = self.tokens = 0
         self.audio = 0.0
         console.start(sum(shard.num_samples for _, shard in todo))
+        self._show()
+        console.note("the first chunks to encode")
 
     def _add(self, c: ChunkStats, sign: int) -> None:
         self.samples += sign * (c.num_samples + c.num_errors)

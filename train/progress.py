@@ -24,7 +24,7 @@ def follow_metrics(path: Path, *, start_step: int, last_step: int, interval: flo
 
     def poll() -> None:
         offset, step = 0, start_step
-        while not stop.wait(min(interval, every) if every > 0 else interval):
+        while not stop.wait(min(interval, max(every, 0.05))):
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offset)
@@ -33,20 +33,17 @@ def follow_metrics(path: Path, *, start_step: int, last_step: int, interval: flo
                 chunk = b""
             complete = chunk[: chunk.rfind(b"\n") + 1]  # never parse a half-written line
             offset += len(complete)
-            row = None
-            for line in complete.splitlines():
-                try:
-                    parsed = json.loads(line)
-                except ValueError:
-                    continue
-                if parsed.get("step", 0) > step:
-                    row, step = parsed, parsed["step"]
             with lock:
-                if row is not None:
-                    progress.update(step, [f"loss {row.get('loss', float('nan')):.3f}",
-                                           f"{row.get('tokens_per_s', 0):,.0f} tokens/s"])
-                else:
-                    progress.tick()
+                for line in complete.splitlines():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if row.get("step", 0) > step:
+                        step = row["step"]
+                        progress.update(step, [f"loss {row.get('loss', float('nan')):.3f}",
+                                               f"{row.get('tokens_per_s', 0):,.0f} tokens/s"])
+                progress.tick()
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()

@@ -70,7 +70,7 @@ class Progress:
         self.bar_on = enabled and terminal
         self.lines_on = enabled and not terminal and every > 0
         self.every = every
-        self.t0 = clock()
+        self.created = self.t0 = clock()  # elapsed counts from `created`, rates from `t0` (the total known)
         self.last_line = self.t0
         self.total: int | None = None
         self.initial = self.done = initial
@@ -150,7 +150,7 @@ class Progress:
             parts = [counted + share, *self.fields]
             eta = self.eta(now)
             parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA unknown")
-        parts.append(f"{duration(now - self.t0)} elapsed")
+        parts.append(f"{duration(now - self.created)} elapsed")
         text = ", ".join(parts)
         return f"uti {self.command}: {text}" + (f"; waiting: {self.waiting}" if self.waiting else "")
 

@@ -138,7 +138,7 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig, progress: Progress) -> Red
             except ray.exceptions.RayError as exc:
                 reducer.add_crash(task, exc)
             checked += 1
-        progress.update(checked)
+            progress.update(checked)
     return reducer
 
 
