@@ -134,8 +134,8 @@ class CodecWorker:
         ids = [r.id for r in rows]
         chunk = EncodedChunk(ids=ids, samples=samples, errors=[errors[x] for x in ids if x in errors])
         stats = ChunkStats(split=split, shard=shard, index=index, num_samples=len(samples), num_errors=len(errors),
-                           audio_seconds=audio_seconds, images=images, tokens=tokens_out, busy=time.perf_counter() - t1, wait=t1 - t0,
-                           pid=os.getpid(), started_at=started_at, finished_at=time.time())
+                           audio_seconds=audio_seconds, images=images, tokens=tokens_out, busy=time.perf_counter() - t1,
+                           wait=t1 - t0, pid=os.getpid(), started_at=started_at, finished_at=time.time())
         return stats, chunk
 
     def _encode(self, items: list[ReadResult], by_id: dict[str, ManifestRow], split: str, shard: str,

@@ -71,10 +71,12 @@ def _run(args: argparse.Namespace) -> int:
     if c["shards"]["skipped_complete"]:  # a resumed run: what this run did, and what OUT holds now
         written = c["shards"]["written"]
         print(f"tokenized {c['samples_this_run']} samples ({c['errors_this_run']} errors) this run into "
-              f"{written} shard{'s' if written != 1 else ''}; {args.out} now holds {c['samples']} samples ({c['errors']} errors) "
-              f"in {c['shards']['total']} shards ({c['shards']['skipped_complete']} were already complete)")
+              f"{written} shard{'s' if written != 1 else ''}; {args.out} now holds {c['samples']} samples "
+              f"({c['errors']} errors) in {c['shards']['total']} shards ({c['shards']['skipped_complete']} were "
+              "already complete)")
     else:
-        print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards at {args.out}")
+        print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards "
+              f"at {args.out}")
     rates = []  # each over the time its modality was being encoded; a modality this run did not touch is left out
     if t["audio_seconds"]:
         rates.append(f"{t['audio_seconds_per_second']:.1f} audio s/s")

@@ -202,7 +202,8 @@ def test_placed_actors_loading_their_codecs_are_not_taken_for_actors_waiting_for
         assert [r.getMessage() for r in caplog.records] == [
             "waiting for 1 CPU for 1 codec actor(s) (the cluster has 0 of 2 CPU free; an autoscaling cluster may "
             "be adding nodes)"]
-        assert re.fullmatch(r"waiting for 1 CPU for 1 codec actor\(s\) .*; 1 codec actor loading \(\d+ s\)", shown[-1]), shown
+        assert re.fullmatch(r"waiting for 1 CPU for 1 codec actor\(s\) .*; 1 codec actor loading \(\d+ s\)",
+                            shown[-1]), shown
 
         ray.kill(holder)  # its CPU goes to actor 1: both placed, loading, and every CPU is taken
         wait_for(lambda: actors.starts.split(range(2))[0] == [0, 1], timeout=120, what="codec actor 1 to be placed")
