@@ -565,3 +565,6 @@ class _TokenizeProgress:
             fields.append(f"{self.images:,} images")
         fields += [f"{self.tokens / elapsed:,.0f} tokens/s", f"shards {self.shards}/{self.shards_total} committed"]
         self.console.update(self.samples, fields)
+        left = self.shards_total - self.shards
+        if self.console.total and self.samples >= self.console.total and left:  # all encoded: the writers' turn
+            self.console.note(f"{left} shard{'s' if left != 1 else ''} being written")

@@ -92,6 +92,8 @@ def test_a_non_terminal_gets_progress_lines_that_rise_as_chunks_encode_before_th
     before_commit = [done for done, _, _, shards, _, _ in progress if shards == 0]
     assert before_commit == sorted(before_commit), before_commit
     assert len({done for done in before_commit if 0 < done < 15}) >= 2, before_commit  # moved chunk by chunk
+    assert any(line.startswith("uti tokenize: 15/15 samples encoded") and "shards 0/1 committed" in line
+               and line.endswith("; waiting: 1 shard being written") for line in console.splitlines()), console
     assert progress[-1][0] == 15 and progress[-1][3] == 1  # then the shard committed
     figures = progress[len(progress) // 2][2]
     assert re.search(r"\d+\.\d\d h audio", figures) and re.search(r"[\d,]+ tokens/s", figures), figures
