@@ -29,37 +29,57 @@ class CodecWorker:
         """Every actor loads only the codecs of `modalities` (those the job's rows need). With
         `token_space_json` None this is the job's first actor: its token space, which names every configured
         codec (the others described without loading them, uti.codecs.descriptors), becomes the job's (the
-        driver loads none). Every other actor is checked against that space."""
+        driver loads none). Every other actor is checked against that space.
+
+        The codecs load on the first call (`load`, which the driver sends at once), not here: an actor whose
+        `placed` answers is placed and only loading, so the driver never takes it for one waiting for CPU
+        (slow codecs load for minutes). A restarted actor loads again on its first call."""
+        self._args = (config, token_space_json, modalities, threads)
+        self.out = out
+        self.device = device
+        self.tok = None
+        self.space = None
+
+    def placed(self) -> dict[str, Any]:
+        """Answers as soon as Ray has placed this actor and started its process (before any codec loads)."""
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+    def load(self) -> None:
+        """Load the codecs (once; every other call loads them first if need be)."""
+        if self.tok is not None:
+            return
         import torch
 
         from uti.token_space import TokenSpace
         from uti.tokenizer import UnifiedTokenizer
 
+        cfg, token_space_json, modalities, threads = self._args  # the driver's UTIConfig itself (a frozen dataclass)
         torch.set_num_threads(max(1, threads))
-        cfg = config  # the driver's UTIConfig itself (a frozen dataclass: it pickles as it is)
         if token_space_json is None:
-            self.tok = UnifiedTokenizer(cfg, device=device, modalities=("text", *modalities),
-                                        describe=("image", "audio"))
+            tok = UnifiedTokenizer(cfg, device=self.device, modalities=("text", *modalities),
+                                   describe=("image", "audio"))
         else:
             space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
             # Loading against the job's token space: a worker whose codecs differ (other weights on this
             # node, another library version) refuses to start instead of writing foreign tokens.
-            self.tok = UnifiedTokenizer(cfg, device=device, token_space=space, modalities=("text", *modalities))
-        self.space = self.tok.space
-        self.out = out
-        self.device = device
+            tok = UnifiedTokenizer(cfg, device=self.device, token_space=space, modalities=("text", *modalities))
+        self.tok, self.space = tok, tok.space
 
     def info(self) -> dict[str, Any]:
         import ray
 
         import torch
 
+        self.load()
         return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id(),
                 "token_space_id": self.space.id, "torch": str(torch.__version__),  # a plain str: a TorchVersion unpickles by importing torch
                 "codecs": [m for m in ("text", "image", "audio") if getattr(self.tok, m) is not None]}
 
     def codec_facts(self) -> dict[str, Any]:
         """What the driver needs from the codecs: the token space and the read tasks' target formats."""
+        self.load()
         tok = self.tok
         return {"token_space_json": self.space.canonical_json(),
                 "sample_rate": tok.audio.sample_rate if tok.audio else 0,
@@ -76,6 +96,7 @@ class CodecWorker:
 
         from ray_jobs.chunks import ChunkStats, EncodedChunk
 
+        self.load()
         if token_space_id is not None and token_space_id != self.space.id:
             # The first actor, restarted by Ray (maybe on another node), built its space anew: it must be the job's.
             raise RuntimeError(f"this actor's codecs give token space {self.space.short_id}, not the job's "
@@ -97,7 +118,7 @@ class CodecWorker:
         errors: dict[str, dict] = {}
         self._encode(items, by_id, split, shard, encoded, errors)
         samples = []
-        audio_seconds, images = 0.0, 0
+        audio_seconds, images, tokens_out = 0.0, 0, 0
         for row in rows:  # plan order: the shard's bytes never depend on scheduling
             if row.id in errors:
                 continue
@@ -106,6 +127,7 @@ class CodecWorker:
             sample = build_sample(row, split=split, token_space_id=self.space.id, tokens=tokens, text=text,
                                   caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=sha, info=info)
             samples.append(sample)
+            tokens_out += int(sample.tokens.size) + int(sample.text.size)
             if row.modality == "audio":
                 audio_seconds += codec_meta["n_samples"] / codec_meta["sample_rate"]
             elif row.modality == "image":
@@ -113,8 +135,8 @@ class CodecWorker:
         ids = [r.id for r in rows]
         chunk = EncodedChunk(ids=ids, samples=samples, errors=[errors[x] for x in ids if x in errors])
         stats = ChunkStats(split=split, shard=shard, index=index, num_samples=len(samples), num_errors=len(errors),
-                           audio_seconds=audio_seconds, images=images, busy=time.perf_counter() - t1, wait=t1 - t0,
-                           pid=os.getpid(), started_at=started_at, finished_at=time.time())
+                           audio_seconds=audio_seconds, images=images, tokens=tokens_out, busy=time.perf_counter() - t1,
+                           wait=t1 - t0, pid=os.getpid(), started_at=started_at, finished_at=time.time())
         return stats, chunk
 
     def _encode(self, items: list[ReadResult], by_id: dict[str, ManifestRow], split: str, shard: str,

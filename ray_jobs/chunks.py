@@ -61,6 +61,7 @@ class ChunkStats:
     pid: int
     started_at: float
     finished_at: float
+    tokens: int = 0  # media and caption tokens of its samples
 
 
 @dataclass(kw_only=True, frozen=True)

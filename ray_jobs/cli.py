@@ -8,6 +8,7 @@ from ray_jobs.config import READ_IN
 from sharding.outdir import ERRORS_NAME, path_of
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command, add_config_flag
+from uti.progress import add_progress_every_flag
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "task's worker costs more CPU than the reads)")
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_progress_every_flag(p)
     add_storage_options_flag(p)
     # Ctrl-C and SIGTERM stop the same clean way (uti.cli.main): complete shards are kept.
     p.set_defaults(on_interrupt="rerun the same command to resume")
@@ -55,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         shard_samples=args.shard_samples, shard_seconds=args.shard_seconds, batch_seconds=args.batch_seconds,
         max_images_per_batch=args.max_images_per_batch, read_in=args.read_in,
         max_shard_failures=args.max_shard_failures, dashboard=args.dashboard, progress=not args.no_progress,
+        progress_every=args.progress_every,
     )
     job = run_tokenize(cfg)
     c, t = job["counts"], job["throughput"]
@@ -65,8 +68,15 @@ def _run(args: argparse.Namespace) -> int:
         if errors:
             print(errors)
         return 0
-    print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards "
-          f"({c['shards']['written']} written, {c['shards']['skipped_complete']} already complete) at {args.out}")
+    if c["shards"]["skipped_complete"]:  # a resumed run: what this run did, and what OUT holds now
+        written = c["shards"]["written"]
+        print(f"tokenized {c['samples_this_run']} samples ({c['errors_this_run']} errors) this run into "
+              f"{written} shard{'s' if written != 1 else ''}; {args.out} now holds {c['samples']} samples "
+              f"({c['errors']} errors) in {c['shards']['total']} shards ({c['shards']['skipped_complete']} were "
+              "already complete)")
+    else:
+        print(f"tokenized {c['samples']} samples ({c['errors']} errors) into {c['shards']['total']} shards "
+              f"at {args.out}")
     rates = []  # each over the time its modality was being encoded; a modality this run did not touch is left out
     if t["audio_seconds"]:
         rates.append(f"{t['audio_seconds_per_second']:.1f} audio s/s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from uti.errors import ConfigError
+from uti.progress import DEFAULT_EVERY, check_every
 
 READ_IN = ("auto", "actors", "tasks")  # `--read-in`: see ray_jobs.resources
 
@@ -26,7 +27,8 @@ class TokenizeConfig:
     read_cpus: float = 0.5  # logical CPUs per read task: reading is light next to encoding
     read_in: str = "auto"  # who reads the media: "actors", "tasks", or auto (CPU actors read, GPU actors get tasks)
     dashboard: bool = False
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, else a line every progress_every seconds (uti.progress)
+    progress_every: float = DEFAULT_EVERY
 
     def __post_init__(self) -> None:
         if not self.manifests:
@@ -49,5 +51,6 @@ class TokenizeConfig:
             raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
         if self.read_in not in READ_IN:
             raise ConfigError(f"--read-in must be one of {', '.join(READ_IN)}, got {self.read_in!r}")
+        check_every(self.progress_every)
         if self.max_shard_failures < 1:
             raise ConfigError(f"--max-shard-failures must be >= 1, got {self.max_shard_failures}")

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
 from ray_jobs.resources import Request, local_num_cpus, resolve
-from ray_jobs.scheduler import ChunkScheduler, RunResult, Waiting, peak_rss_mb, short_error
+from ray_jobs.scheduler import ActorStarts, ChunkScheduler, RunResult, Waiting, peak_rss_mb, short_error
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
 from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
@@ -36,6 +36,7 @@ from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
 from uti.doctor import doctor_hint
+from uti.progress import Progress
 from uti.strict import to_dict
 from uti.token_space import missing_modality_message
 
@@ -228,6 +229,7 @@ class _CodecActors:
     actors: list
     request: Request
     modalities: tuple[str, ...]  # the media codecs they load
+    starts: ActorStarts = dataclasses.field(default_factory=ActorStarts)  # which of them Ray has placed
     facts: CodecFacts | None = None  # actor 0's, once wait_ready returned
     _new: Any = None  # actor index -> a new actor of this request (for launch_rest)
 
@@ -246,7 +248,7 @@ class _CodecActors:
         launched._new = lambda i: _new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
                                              max_restarts=max_restarts)
         try:
-            launched.actors.append(launched._new(0))
+            launched._add(0)
             if not only_first:
                 launched.launch_rest()
         except BaseException:
@@ -256,7 +258,17 @@ class _CodecActors:
 
     def launch_rest(self) -> None:
         while len(self.actors) < self.request.num_actors:
-            self.actors.append(self._new(len(self.actors)))
+            self._add(len(self.actors))
+
+    def _add(self, index: int) -> None:
+        import ray
+
+        actor = self._new(index)
+        self.actors.append(actor)
+        # `placed` first: it answers once Ray has placed the actor, before its codecs load (`load`, sent now so
+        # every actor loads at once; each later call waits for it).
+        self.starts.add(actor.placed.remote())
+        actor.load.remote()
 
     @classmethod
     def for_plan(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan,
@@ -265,17 +277,20 @@ class _CodecActors:
         return cls.launch(cfg, ucfg, chunks=count_chunks(cfg, plan.shards(), by_id), modalities=media_modalities(by_id),
                           max_restarts=cfg.max_shard_failures * max(1, plan.num_shards))
 
-    def wait_ready(self) -> "_CodecActors":
-        """Wait for actor 0's codecs (saying what it waits for after a grace period): its token space and
-        formats are the job's."""
+    def wait_ready(self, progress: Progress | None = None) -> "_CodecActors":
+        """Wait for actor 0's codecs (saying what it waits for: the actors loading, or after a grace period
+        the resources of those Ray has not placed): its token space and formats are the job's."""
         import ray
         from ray.exceptions import RayError
 
         try:
             ref = self.actors[0].codec_facts.remote()
-            waiting = Waiting(self.request)
+            waiting = Waiting(self.request, self.starts)
             while not ray.wait([ref], timeout=1.0)[0]:
-                waiting.check(actors_pending=len(self.actors), reads_pending=False, show=None)
+                waiting.check(starting=range(len(self.actors)), reads_pending=False,
+                              show=progress.note if progress else None, loading_shown=True)
+                if progress:
+                    progress.tick()
             self.facts = CodecFacts.from_dict(ray.get(ref))
             return self
         except RayError as exc:
@@ -352,6 +367,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         first = None
     started = time.time()
     run: RunResult | None = None
+    progress = Progress("tokenize", unit="sample", done_word="encoded", every=cfg.progress_every,
+                        enabled=cfg.progress)
     try:
         claim_plan(cfg.out, plan)  # a wrong --out fails before any codec starts
         if _looks_complete(cfg.out, plan):
@@ -360,7 +377,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         else:
             # The driver loads no codec: the first actor (on a GPU where there is one) fixes the token space.
             ray_state.start()
-            first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready()
+            first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready(progress)
             space = first.facts.space
             log.info("the first codec actor is ready, %.1f s after the command started", time.time() - command_started)
         claim_space(cfg.out, space)
@@ -370,20 +387,23 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         done = completed_shards(cfg.out, space, plan)
         todo = [(split, shard) for split, shard in plan.shards() if (split, shard.name) not in done]
         orphans = _remove_orphans_of(cfg.out, todo)
+        if done and todo:
+            progress.say(resuming_message(plan, done))
 
         if todo:
             ray_state.start()
             if first is None:  # the guess "complete" was wrong
-                first = _CodecActors.for_plan(cfg, ucfg, plan, by_id).wait_ready()
+                first = _CodecActors.for_plan(cfg, ucfg, plan, by_id).wait_ready(progress)
                 if first.facts.space.id != space.id:
                     raise JobError(f"the codec actor's token space {first.facts.space.short_id} differs from the "
                                    f"driver's {space.short_id}: the codec weights or libraries differ between nodes")
             codec_actors, first = first, None  # _run_chunks owns them now (and kills them when done)
             run = _run_chunks(cfg, space, plan, todo, by_id, read_args=_read_args(codec_actors.facts, ucfg),
-                              codec_actors=codec_actors, command_started=command_started)
+                              codec_actors=codec_actors, command_started=command_started, progress=progress)
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)
     finally:
+        progress.close()
         if first is not None:
             first.kill()
         ray_state.stop()
@@ -409,6 +429,15 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     if job["counts"]["samples"] == 0:
         raise JobError(_nothing_tokenized(cfg.out, errors))
     return job
+
+
+def resuming_message(plan: Plan, done) -> str:
+    """What a rerun finds: "resuming: 1 of 4 shards complete (1,000 samples), 3 to do (3,000 samples)"."""
+    shards = list(plan.shards())
+    kept = [shard for split, shard in shards if (split, shard.name) in done]
+    rest = [shard for split, shard in shards if (split, shard.name) not in done]
+    return (f"resuming: {len(kept)} of {len(shards)} shards complete ({sum(s.num_samples for s in kept):,} samples), "
+            f"{len(rest)} to do ({sum(s.num_samples for s in rest):,} samples)")
 
 
 def _read_args(facts: CodecFacts, ucfg: UTIConfig) -> dict[str, Any]:
@@ -477,7 +506,7 @@ def actor_name(out: str, index: int) -> str:
 
 
 def _run_chunks(cfg, space, plan: Plan, todo, by_id: dict[str, ManifestRow], *, read_args,
-                codec_actors: _CodecActors, command_started: float) -> RunResult:
+                codec_actors: _CodecActors, command_started: float, progress: Progress) -> RunResult:
     """Runs the chunk scheduler on the started actors (actor 0 loaded already), and kills them when done."""
     import ray
     from ray.exceptions import RayError
@@ -492,7 +521,8 @@ def _run_chunks(cfg, space, plan: Plan, todo, by_id: dict[str, ManifestRow], *, 
         # after a grace period).
         scheduler = ChunkScheduler(cfg=cfg, plan=plan, todo=todo, row_of=by_id.__getitem__, space=space,
                                    read_args=read_args, request=codec_actors.request, actors=codec_actors.actors,
-                                   first_info=first_info, command_started=command_started)
+                                   starts=codec_actors.starts, first_info=first_info,
+                                   command_started=command_started, progress=progress)
         return scheduler.run()
     finally:
         # Stopped early (Ctrl-C, SIGTERM, a failed shard) or done: no actor keeps running on a cluster.
@@ -560,6 +590,9 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
         "counts": {
             "planned": plan.num_samples, "samples": sum(v["samples"] for v in by_split.values()),
             "errors": len(errors), "by_split": by_split,
+            # this run's share (a resumed run tokenized only the shards it wrote)
+            "samples_this_run": sum(s.num_samples for s in run.shards),
+            "errors_this_run": sum(s.num_errors for s in run.shards),
             "by_modality_this_run": dict(by_modality), "error_reasons_this_run": dict(reasons),
             "shards": {"total": plan.num_shards, "skipped_complete": skipped, "written": len(run.shards)},
             "chunks_encoded": len(run.chunks),

@@ -24,14 +24,16 @@ import dataclasses
 import logging
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+from ray_jobs import resources
 from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, prepare_writer, shard_chunks, write_shard_task
 from ray_jobs.outputs import JobError
-from uti.doctor import doctor_hint
-from ray_jobs.resources import PENDING_GRACE_SECONDS, Request, waiting_reason
+from ray_jobs.resources import Request, waiting_reason
 from sharding.manifest import ManifestRow
 from sharding.outdir import PLAN_NAME, path_of
+from uti.doctor import doctor_hint
+from uti.progress import Progress
 
 log = logging.getLogger(__name__)
 QUEUE_PER_ACTOR = 2  # one chunk encoding, the next one queued (its media read ahead by a read task, if any)
@@ -76,7 +78,8 @@ class ChunkScheduler:
     `first_info` known); the others join once their first ping answers."""
 
     def __init__(self, *, cfg, plan, todo, row_of, space, read_args: dict, request: Request, actors: list,
-                 first_info: dict, command_started: float):
+                 first_info: dict, command_started: float, starts: "ActorStarts | None" = None,
+                 progress: Progress | None = None):
         self.cfg = cfg
         self.plan = plan
         self.todo = todo
@@ -86,6 +89,9 @@ class ChunkScheduler:
         self.request = request
         self.inline_reads = request.reads_in_actors
         self.actors = actors
+        self.starts = starts if starts is not None else ActorStarts()  # None: every actor counts as placed
+        self.console = progress if progress is not None else Progress(
+            "tokenize", unit="sample", done_word="encoded", every=cfg.progress_every, enabled=cfg.progress)
         self.first_info = first_info
         self.command_started = command_started
         self.pending: collections.deque[ChunkRef] = collections.deque()
@@ -162,8 +168,8 @@ class ChunkScheduler:
         self.actor_info = [self.first_info]
         processing_started = time.time()
         self.pool = _ActorPool(self.actors, starting=range(1, len(self.actors)))
-        self.progress = _Progress(self.todo, enabled=self.cfg.progress)
-        self.waiting = Waiting(self.request)
+        self.progress = _TokenizeProgress(self.todo, self.console)
+        self.waiting = Waiting(self.request, self.starts)
         try:
             while not self.exhausted or self.pending or self.open or self.writing:
                 self._refill()
@@ -183,8 +189,8 @@ class ChunkScheduler:
                 else:
                     reads_done, reads_left = _read_counts(self.reading)
                     self.waiting.reads_finished(reads_done)
-                    self.waiting.check(actors_pending=len(self.pool.starting), reads_pending=reads_left > 0,
-                                       show=self.progress.note)
+                    self.waiting.check(starting=self.pool.starting, reads_pending=reads_left > 0,
+                                       show=self.console.note)
                 for ref in ready:
                     if ref in self.writing:
                         self._on_written(ref)
@@ -193,8 +199,9 @@ class ChunkScheduler:
                 if self.pool.all_dead():
                     raise JobError("every codec actor died and could not be restarted; see the Ray logs "
                                    "(`ray logs`) for the cause, then rerun the same command")
+                self.console.tick()
         finally:
-            self.progress.close()
+            self.console.close()
         return RunResult(shards=self.shards, chunks=self.chunk_stats, failures_by_shard=dict(self.failures),
                          chunk_retries=self.chunk_retries, writer_retries=self.writer_retries,
                          actor_info=self.actor_info, actors_started=len(self.actors),
@@ -252,6 +259,7 @@ class ChunkScheduler:
             self.chunk_stats.append(outcome)
             shard = self.open[chunk.shard_key]
             shard.encoded[chunk.index] = encoded_ref
+            self.progress.encoded(chunk, outcome)
             if shard.complete:
                 self.to_write.append(shard.key)
                 self._write_ready()
@@ -299,6 +307,7 @@ class ChunkScheduler:
             self._failed(key, "writing", exc)
             if isinstance(exc, ObjectLostError):  # an encoded chunk is gone (its node died): encode them again
                 shard.encoded.clear()
+                self.progress.lost(shard.chunks)
                 self.pending.extendleft(reversed(shard.chunks))
             else:
                 self.to_write.appendleft(key)
@@ -306,7 +315,7 @@ class ChunkScheduler:
             return
         del self.open[key]  # its encoded chunks are released from the object store with their refs
         self.shards.append(result)
-        self.progress.update(result)
+        self.progress.committed(result)
         self._write_ready()
 
     def _cancel(self) -> None:
@@ -362,16 +371,53 @@ def short_error(exc: BaseException) -> str:
     return (cause[-1] if cause else (text[-1] if text else type(exc).__name__))[:300]
 
 
-class Waiting:
-    """Shows why nothing has progressed (no chunk encoded, no read task finished, an actor still not up) for
-    PENDING_GRACE_SECONDS: on the progress line and once in the log (progress bars are off in CI logs).
-    Resources are read only once the grace period is over."""
+class ActorStarts:
+    """Which starting codec actors Ray has placed: an actor's `placed` call answers once its process runs,
+    before its codecs load (ray_jobs.actor), so a placed actor is loading, not waiting for resources."""
 
-    def __init__(self, request: Request, *, grace: float = PENDING_GRACE_SECONDS):
+    def __init__(self) -> None:
+        self.refs: list = []  # by actor index: the ref of its `placed` call
+        self.placed_at: dict[int, float] = {}
+
+    def add(self, placed_ref) -> None:
+        self.refs.append(placed_ref)
+
+    def split(self, starting: Iterable[int]) -> tuple[list[int], list[int]]:
+        """(loading, not placed) of these actor indices."""
+        import ray
+
+        loading, pending = [], []
+        for i in sorted(starting):
+            if i not in self.placed_at and i < len(self.refs) and ray.wait([self.refs[i]], timeout=0)[0]:
+                self.placed_at[i] = time.time()  # an actor that failed to start answers too: its ping says why
+            (loading if i in self.placed_at or i >= len(self.refs) else pending).append(i)
+        return loading, pending
+
+    def loading_for(self, loading: list[int]) -> float:
+        """Seconds the longest-loading of these actors has been loading."""
+        now = time.time()
+        return max((now - self.placed_at.get(i, now) for i in loading), default=0.0)
+
+
+def loading_status(n: int, seconds: float) -> str:
+    return f"{n} codec actor{'s' if n != 1 else ''} loading ({seconds:.0f} s)"
+
+
+class Waiting:
+    """Shows why nothing has progressed (no chunk encoded, no read task finished, an actor still not up):
+    actors placed and loading their codecs say so (when `loading_shown`: the job waits for them); actors
+    Ray has not placed and read tasks not started get their resource shortage after PENDING_GRACE_SECONDS,
+    on the progress line and once in the log (progress bars are off in CI logs). Resources are read only
+    once the grace period is over."""
+
+    def __init__(self, request: Request, starts: ActorStarts, *, grace: float | None = None):
         self.request = request
-        self.grace = grace
+        self.starts = starts
+        self.grace = resources.PENDING_GRACE_SECONDS if grace is None else grace
         self.since = time.time()
         self.last_reason: str | None = None
+        self.loading_logged = False
+        self.shown = ""
         self._reads_seen = 0
 
     def progressed(self) -> None:
@@ -383,18 +429,30 @@ class Waiting:
             self._reads_seen = count
             self.progressed()
 
-    def check(self, *, actors_pending: int, reads_pending: bool, show) -> None:
+    def check(self, *, starting: Iterable[int], reads_pending: bool, show, loading_shown: bool = False) -> None:
         import ray
 
-        if time.time() - self.since < self.grace or not (actors_pending or reads_pending):
-            return
-        reason = waiting_reason(actors_pending=actors_pending, reads_pending=reads_pending, request=self.request,
-                                available=ray.available_resources(), total=ray.cluster_resources())
-        if reason and reason != self.last_reason:
-            log.warning("%s", reason)
-        self.last_reason = reason
-        if show is not None:
-            show(reason or "")
+        loading, pending = self.starts.split(starting)
+        late = time.time() - self.since >= self.grace
+        reason = None
+        if late and (pending or reads_pending):
+            reason = waiting_reason(actors_pending=len(pending), reads_pending=reads_pending, request=self.request,
+                                    available=ray.available_resources(), total=ray.cluster_resources())
+            if reason and reason != self.last_reason:
+                log.warning("%s", reason)
+            self.last_reason = reason
+        status = ""
+        if loading and loading_shown:
+            status = loading_status(len(loading), self.starts.loading_for(loading))
+            if pending and not reason:  # placed in a moment, or named with its shortage after the grace period
+                status += f", {len(pending)} not placed yet"
+            if late and not self.loading_logged:
+                log.info("%s", status)
+                self.loading_logged = True
+        text = "; ".join(x for x in (reason, status) if x)
+        if show is not None and (text or self.shown):  # clears only what it showed
+            show(text)
+        self.shown = text
 
 
 class _ActorPool:
@@ -461,36 +519,52 @@ class _ActorPool:
         return kind, i, payload, outcome
 
 
-class _Progress:
-    def __init__(self, todo, *, enabled: bool):
-        from tqdm import tqdm
+class _TokenizeProgress:
+    """The tokenize figures on the console (uti.progress): samples as their chunks finish encoding, shards
+    as they commit."""
 
-        total = sum(shard.num_samples for _, shard in todo)
+    def __init__(self, todo, console: Progress):
+        self.console = console
         self.shards_total = len(todo)
         self.shards = 0
+        self.open: dict[str, dict[int, ChunkStats]] = collections.defaultdict(dict)  # uncommitted shard -> chunks
+        self.samples = self.images = self.tokens = 0
         self.audio = 0.0
-        self.images = 0
-        self.tokens = 0
-        self.t0 = time.time()
-        self.postfix = ""
-        # disable=None: a bar on a terminal, nothing in CI logs.
-        self.bar = tqdm(total=total, unit="sample", desc="tokenize", disable=None if enabled else True,
-                        dynamic_ncols=True)
+        console.start(sum(shard.num_samples for _, shard in todo))
+        self._show()
+        console.note("the first chunks to encode")
 
-    def update(self, r: ShardResult) -> None:
+    def _add(self, c: ChunkStats, sign: int) -> None:
+        self.samples += sign * (c.num_samples + c.num_errors)
+        self.audio += sign * c.audio_seconds
+        self.images += sign * c.images
+        self.tokens += sign * c.tokens
+
+    def encoded(self, chunk: ChunkRef, stats: ChunkStats) -> None:
+        self.open[chunk.shard_key][chunk.index] = stats
+        self._add(stats, 1)
+        self._show()
+
+    def lost(self, chunks: list[ChunkRef]) -> None:
+        """Encoded chunks lost before their shard was written: encoded again, counted again then."""
+        for chunk in chunks:
+            stats = self.open[chunk.shard_key].pop(chunk.index, None)
+            if stats is not None:
+                self._add(stats, -1)
+        self._show()
+
+    def committed(self, result: ShardResult) -> None:
+        self.open.pop(f"{result.split}/{result.shard}", None)
         self.shards += 1
-        self.audio += r.audio_seconds
-        self.images += r.images
-        self.tokens += r.media_tokens + r.text_tokens
-        rate = self.tokens / max(time.time() - self.t0, 1e-9)
-        self.postfix = (f"shards {self.shards}/{self.shards_total} audio {self.audio / 3600:.2f} h "
-                        f"images {self.images} {rate:,.0f} tok/s")
-        self.bar.set_postfix_str(self.postfix, refresh=False)
-        self.bar.update(r.num_samples + r.num_errors)
+        self._show()
 
-    def note(self, text: str) -> None:
-        """A reason for waiting on the progress line (empty: clear it)."""
-        self.bar.set_postfix_str(text or self.postfix, refresh=True)
-
-    def close(self) -> None:
-        self.bar.close()
+    def _show(self) -> None:
+        elapsed = max(self.console.clock() - self.console.t0, 1e-9)
+        fields = [f"{self.audio / 3600:.2f} h audio"] if self.audio else []
+        if self.images:
+            fields.append(f"{self.images:,} images")
+        fields += [f"{self.tokens / elapsed:,.0f} tokens/s", f"shards {self.shards}/{self.shards_total} committed"]
+        self.console.update(self.samples, fields)
+        left = self.shards_total - self.shards
+        if self.console.total and self.samples >= self.console.total and left:  # all encoded: the writers' turn
+            self.console.note(f"{left} shard{'s' if left != 1 else ''} being written")

@@ -77,15 +77,31 @@ def test_tokens_equal_a_direct_encode(clean_run, default_tokenizer):
 # of the same inputs was merged into it), and the rerun below redoes a shard with one actor.
 
 
-def test_rerun_skips_complete_shards_and_redoes_the_rest(clean_run, manifests, tmp_path):
+def test_rerun_skips_complete_shards_and_redoes_the_rest(clean_run, manifests, tmp_path, capsys):
+    """Through the CLI: the rerun says it resumes (how much is complete, how much to do), and its summary gives
+    this run's count next to the total (it said `tokenized 10 samples` when this run had tokenized 3)."""
+    from uti.cli import main as cli_main
+
     out, _ = clean_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     victim = sorted((copy / "shards").rglob("shard-*.json"))[1]
+    index = json.loads(victim.read_text())
+    redone, redone_errors = index["num_samples"], len(index.get("errors", []))
     victim.unlink()  # index gone: the shard no longer exists, even though its tar is there
     (copy / "shards" / "development" / ".shard-000000.tar.tmp-dead").write_bytes(b"left by a killed writer")
-    job = run_tokenize(_cfg(manifests, copy, num_actors=1))
-    assert job["counts"]["shards"]["written"] == 1 and job["counts"]["shards"]["skipped_complete"] == job["counts"]["shards"]["total"] - 1
+    code = cli_main(["tokenize", *[a for m in manifests for a in ("--manifest", m)], "--out", str(copy),
+                     "--shard-samples", "3", "--num-actors", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    job = json.loads((copy / "job.json").read_text())
+    total = job["counts"]["shards"]["total"]
+    assert job["counts"]["shards"]["written"] == 1 and job["counts"]["shards"]["skipped_complete"] == total - 1
+    assert f"uti tokenize: resuming: {total - 1} of {total} shards complete (" in captured.err, captured.err
+    assert "), 1 to do (" in captured.err, captured.err
+    assert job["counts"]["samples_this_run"] == redone < job["counts"]["samples"] == 10
+    assert (f"tokenized {redone} samples ({redone_errors} errors) this run into 1 shard; {copy} now holds 10 samples "
+            f"(3 errors) in {total} shards ({total - 1} were already complete)") in captured.out, captured.out
     assert shard_bytes(copy) == shard_bytes(out)
     again = run_tokenize(_cfg(manifests, copy, num_actors=1))
     assert again["counts"]["shards"]["written"] == 0

@@ -7,7 +7,10 @@ mid-run costs only its chunks, and the shard is still byte-identical.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import re
 import threading
 
 import pytest
@@ -48,7 +51,7 @@ def manifest(tmp_path_factory):
 
 
 def _cfg(manifest, out, **kw) -> TokenizeConfig:
-    return TokenizeConfig(manifests=(manifest,), out=str(out), progress=False, **kw)
+    return TokenizeConfig(manifests=(manifest,), out=str(out), **{"progress": False, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +68,41 @@ TWO = {"num_actors": 2, "batch_seconds": 3.0, "max_images_per_batch": 2}
 
 @pytest.fixture(scope="module")
 def two_actors(ray_session, manifest, tmp_path_factory):
+    """Two actors on small chunks, with the console a stderr that is not a terminal gets (ray job submit, CI):
+    progress lines at most 1 us apart, so every event the job reports prints one."""
     out = tmp_path_factory.mktemp("two") / "out"
-    return out, run_tokenize(_cfg(manifest, out, **TWO))
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        job = run_tokenize(_cfg(manifest, out, progress=True, progress_every=1e-6, **TWO))
+    return out, job, console.getvalue()
+
+
+LINE = re.compile(r"^uti tokenize: (\d+)/(\d+) samples encoded \(\d+%\), (.*), shards (\d+)/(\d+) committed, "
+                  r"ETA (\S+), \S+ elapsed")
+
+
+def test_a_non_terminal_gets_progress_lines_that_rise_as_chunks_encode_before_the_shard_commits(two_actors):
+    """One shard of several chunks: the count rises chunk by chunk while the shard is still uncommitted (the
+    bar and the lines used to move only when a shard committed: 0/N for minutes), then the shard commits."""
+    _, job, console = two_actors
+    lines = [LINE.match(line) for line in console.splitlines() if line.startswith("uti tokenize: ")]
+    progress = [(int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5]), m[6]) for m in lines if m]
+    assert progress, console
+    assert {(total, shards_total) for _, total, _, _, shards_total, _ in progress} == {(15, 1)}
+    before_commit = [done for done, _, _, shards, _, _ in progress if shards == 0]
+    assert before_commit == sorted(before_commit), before_commit
+    assert len({done for done in before_commit if 0 < done < 15}) >= 2, before_commit  # moved chunk by chunk
+    assert any(line.startswith("uti tokenize: 15/15 samples encoded") and "shards 0/1 committed" in line
+               and line.endswith("; waiting: 1 shard being written") for line in console.splitlines()), console
+    assert progress[-1][0] == 15 and progress[-1][3] == 1  # then the shard committed
+    figures = progress[len(progress) // 2][2]
+    assert re.search(r"\d+\.\d\d h audio", figures) and re.search(r"[\d,]+ tokens/s", figures), figures
+    assert any(re.fullmatch(r"\d+s|\d+m\d\ds|\d+h\d\dm", eta) for *_, eta in progress), progress
 
 
 def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, two_actors, manifest, tmp_path):
     ref, _ = one_actor
-    out, two = two_actors
+    out, two, _ = two_actors
     # Before issue 12 a shard went to one actor: a one-shard plan kept the second one idle (or never started it).
     assert two["actors"]["count"] == 2 and two["counts"]["chunks_encoded"] >= 6, two["counts"]
     assert len(two["actors"]["busy_seconds_by_pid"]) == 2, two["actors"]

@@ -5,6 +5,7 @@ space has no range for is a per-sample error, not a crashed shard."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ray_jobs.config import TokenizeConfig
 from ray_jobs.job import run_tokenize
 from ray_jobs.outputs import JobError
 from ray_jobs.resources import Request, default_actors, waiting_reason
-from tokenize_helpers import shard_bytes
+from tokenize_helpers import shard_bytes, wait_for
 
 # Its own Ray: the scheduling tests need a 2-CPU instance (the shared one has 3), and the first test checks
 # that a job which started Ray stops it again, so no Ray may be running when this module starts.
@@ -166,3 +167,54 @@ def test_driver_peak_rss_is_its_own_not_its_parents(tmp_path):
     del ballast
     assert 1 < float(out.stdout) < 300, out.stdout  # a bare python with numpy: tens of MB
 
+
+
+def test_placed_actors_loading_their_codecs_are_not_taken_for_actors_waiting_for_cpu(ray_two_cpus, tmp_path, caplog):
+    """On `ray start --num-cpus 2` two 1-CPU codec actors hold every CPU while they load their codecs (13-190 s
+    for slow codecs): that is loading, not waiting for a CPU (the job warned `waiting for 1 CPU for 2 codec
+    actor(s)`). Only an actor Ray has not placed waits for resources, and only it is named. A 1-CPU holder
+    keeps the second actor unplaced, then lets it go; the checks run with no grace period."""
+    import logging
+
+    import ray
+
+    from ray_jobs.job import _CodecActors
+    from ray_jobs.scheduler import Waiting
+    from uti.config import load_config
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ping.remote())
+    cfg = TokenizeConfig(manifests=("m.jsonl",), out=str(tmp_path / "out"), progress=False)
+    actors = _CodecActors.launch(cfg, load_config(None), chunks=None, modalities=("audio",), max_restarts=0)
+    shown: list[str] = []
+    try:
+        assert len(actors.actors) == 2  # the default: one per CPU of the cluster (the holder's CPU included)
+        wait_for(lambda: actors.starts.split(range(2))[0] == [0], timeout=120, what="codec actor 0 to be placed")
+        with caplog.at_level(logging.WARNING, logger="ray_jobs.scheduler"):
+            Waiting(actors.request, actors.starts, grace=0.0).check(starting=range(2), reads_pending=False,
+                                                                    show=shown.append, loading_shown=True)
+        assert actors.starts.split(range(2)) == ([0], [1])  # the holder has the CPU actor 1 needs
+        assert [r.getMessage() for r in caplog.records] == [
+            "waiting for 1 CPU for 1 codec actor(s) (the cluster has 0 of 2 CPU free; an autoscaling cluster may "
+            "be adding nodes)"]
+        assert re.fullmatch(r"waiting for 1 CPU for 1 codec actor\(s\) .*; 1 codec actor loading \(\d+ s\)",
+                            shown[-1]), shown
+
+        ray.kill(holder)  # its CPU goes to actor 1: both placed, loading, and every CPU is taken
+        wait_for(lambda: actors.starts.split(range(2))[0] == [0, 1], timeout=120, what="codec actor 1 to be placed")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ray_jobs.scheduler"):
+            Waiting(actors.request, actors.starts, grace=0.0).check(starting=range(2), reads_pending=False,
+                                                                    show=shown.append, loading_shown=True)
+        assert ray.available_resources().get("CPU", 0.0) == 0.0  # what the old check took for a shortage
+        assert caplog.records == [] and re.fullmatch(r"2 codec actors loading \(\d+ s\)", shown[-1]), shown
+        actors.wait_ready()  # and they do load: actor 0's token space is the job's
+        assert actors.facts is not None and actors.facts.space.has_modality("audio")
+    finally:
+        actors.kill()
+        ray.kill(holder)

@@ -401,6 +401,51 @@ def test_zero_workers_train_and_resume_in_this_process_without_ray(data, tmp_pat
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
 
 
+class _Console:
+    """A stderr that is not a terminal (ray job submit, nohup, CI), noting for each line whether RUN had a
+    checkpoint when it was written."""
+
+    def __init__(self, run: Path):
+        self.run = run
+        self.lines: list[tuple[str, bool]] = []
+        self._part = ""
+
+    def write(self, text: str) -> int:
+        *whole, self._part = (self._part + text).split("\n")
+        self.lines += [(line, bool(list_checkpoints(self.run))) for line in whole]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_zero_workers_print_progress_lines_before_the_first_checkpoint(data, tmp_path, monkeypatch):
+    """`--num-workers 0` and Ray Train workers are followed by the same driver code (train.progress): rising
+    step lines with the loss, tokens/s and an ETA while the run has no checkpoint yet (it makes one at the end)."""
+    import re
+
+    from uti.cli import main
+
+    run = tmp_path / "RUN"
+    console = _Console(run)
+    monkeypatch.setattr(sys, "stderr", console)
+    assert main(["train", "--data", str(data), "--out", str(run), "--num-workers", "0", "--steps", "3",
+                 "--seq-len", "512", "--batch-size", "2", "--progress-every", "0.000001"]) == 0
+    pattern = re.compile(r"uti train: (\d+)/3 steps \(\d+%\)(, loss \d+\.\d{3}, [\d,]+ tokens/s)?, ETA (\S+), "
+                         r"\S+ elapsed(; waiting: the workers' first step)?$")
+    before = [m for m in (pattern.match(line) for line, ckpt in console.lines if not ckpt and line.startswith("uti train"))]
+    assert before and all(before), [line for line, _ in console.lines]  # every line in the format
+    steps = [int(m[1]) for m in before]
+    assert steps == sorted(steps) and {0, 1, 2} <= set(steps), steps  # rising, while RUN has no checkpoint yet
+    assert all(m[2] for m in before if int(m[1]) > 0)  # the loss and tokens/s once a step is done
+    assert all(re.fullmatch(r"\d+s|\d+m\d\ds|\d+h\d\dm", m[3]) for m in before if int(m[1]) > 0), steps
+    assert before[0][4] and int(before[0][1]) == 0  # the first lines say what they wait for
+    assert [s for s, _ in list_checkpoints(run)] == [3]  # the run's only checkpoint: the lines above came before it
+
+
 def test_zero_workers_refuse_what_needs_ray_or_a_gpu(data, tmp_path, capsys):
     from uti.cli import main
 

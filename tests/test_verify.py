@@ -6,8 +6,11 @@ One small dataset per module (one codec load) and one Ray instance per module ke
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,12 +37,21 @@ def good(tmp_path_factory, default_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def good_run(good, ray_address, tmp_path_factory):
-    """The full run on the good dataset: every sample decoded and re-encoded, and a baseline written."""
+def good_run_console(good, ray_address, tmp_path_factory):
+    """The full run on the good dataset: every sample decoded and re-encoded, and a baseline written; and what
+    it printed on a stderr that is not a terminal (as under ray job submit or CI), with progress lines at most
+    1 us apart (every event prints one)."""
     base = tmp_path_factory.mktemp("baseline") / "baseline.json"
-    result = run_verify(VerifyConfig(out=str(good.out), decode_fraction=1.0, retokenize_fraction=1.0,
-                                     max_seq_len=4096, write_baseline=str(base)))
-    return result, base
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        result = run_verify(VerifyConfig(out=str(good.out), decode_fraction=1.0, retokenize_fraction=1.0,
+                                         max_seq_len=4096, write_baseline=str(base)), progress_every=1e-6)
+    return result, base, console.getvalue()
+
+
+@pytest.fixture(scope="module")
+def good_run(good_run_console):
+    return good_run_console[:2]
 
 
 def copy_of(good, tmp_path: Path) -> Path:
@@ -96,6 +108,21 @@ def test_report_html_embeds_the_plots(good_run):
     for title in ("Codebook utilization per level", "Length histograms per modality", "Errors per shard"):
         assert title in page
     assert "token_ranges" in page and "PASS" in page
+
+
+def test_a_non_terminal_gets_progress_lines_shard_by_shard_and_what_the_checks_wait_for(good_run_console):
+    result, _, console = good_run_console
+    lines = [line for line in console.splitlines() if line.startswith("uti verify: ")]
+    shards = result.report["summary"]["shards"]
+    counted = [(int(m[1]), int(m[2])) for m in (re.match(r"uti verify: (\d+)/(\d+) shards checked \(\d+%\), ETA \S+, "
+                                                         r"\S+ elapsed", line) for line in lines) if m]
+    assert {total for _, total in counted} == {shards} and shards >= 3, console
+    done = [d for d, _ in counted]
+    assert done == sorted(done) and set(range(1, shards + 1)) <= set(done), done  # one line per shard checked
+    assert any(re.search(r"ETA \d+s", line) for line in lines if f"{shards}/{shards}" not in line), lines
+    # The codec checks load the codecs for seconds: the lines then say that the run waits for them.
+    assert any(line.endswith(("; waiting: codec checks (0/1 tasks done) and the loader smoke test",
+                              "; waiting: codec checks (0/1 tasks done)")) for line in lines), lines
 
 
 # ---- damaged copies: each fails its own check only ------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
+from uti.progress import add_progress_every_flag
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +71,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shuffle-buffer", type=int, default=None, metavar="N",
                    help="samples per input and modality that each worker shuffles among, on top of the seeded "
                         "shard order per epoch (default 128; 1 = shard order only). Kept in checkpoints")
+    add_progress_every_flag(p)  # the console's, not the run's: never in run_config.json
     add_storage_options_flag(p)
 
 
@@ -94,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = TrainConfig(**given)
     try:
-        result = train(cfg)
+        result = train(cfg, progress_every=args.progress_every)
     except TrainInterrupted as exc:
         print(f"uti train: {exc}", file=sys.stderr)
         return 128 + exc.signum

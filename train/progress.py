@@ -1,6 +1,7 @@
-"""A driver-side progress bar for `uti train`: rank 0 appends a line per step to RUN/metrics.jsonl, so
-the driver follows that file from a thread while `TorchTrainer.fit()` blocks, with no extra channel
-between workers and driver."""
+"""The driver-side progress of `uti train` (uti.progress: a bar on a terminal, else a line every
+`--progress-every` seconds): rank 0 appends a line per step to RUN/metrics.jsonl, so the driver follows
+that file from a thread while `TorchTrainer.fit()` blocks, with no extra channel between workers and
+driver. The same code follows a Ray Train run and a --num-workers 0 run in this process."""
 
 from __future__ import annotations
 
@@ -10,35 +11,39 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from uti.progress import DEFAULT_EVERY, Progress
+
 
 @contextlib.contextmanager
-def follow_metrics(path: Path, *, start_step: int, last_step: int, interval: float = 0.5) -> Iterator[None]:
-    from tqdm import tqdm
-
-    # disable=None: a bar on a terminal, nothing in logs and CI.
-    bar = tqdm(total=last_step, initial=start_step, unit="step", desc="train", disable=None, dynamic_ncols=True)
+def follow_metrics(path: Path, *, start_step: int, last_step: int, interval: float = 0.5,
+                   every: float = DEFAULT_EVERY) -> Iterator[None]:
+    progress = Progress("train", unit="step", total=last_step, initial=start_step, every=every)
+    progress.note("the workers' first step")
     stop = threading.Event()
+    lock = threading.Lock()  # the bar is closed by the caller's thread once the poller has stopped
 
     def poll() -> None:
         offset, step = 0, start_step
-        while not stop.wait(interval):
+        while not stop.wait(min(interval, max(every, 0.05))):
             try:
                 with open(path, "rb") as fh:
                     fh.seek(offset)
                     chunk = fh.read()
             except FileNotFoundError:
-                continue
+                chunk = b""
             complete = chunk[: chunk.rfind(b"\n") + 1]  # never parse a half-written line
             offset += len(complete)
-            for line in complete.splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if row.get("step", 0) > step:
-                    bar.update(row["step"] - step)
-                    step = row["step"]
-                    bar.set_postfix_str(f"loss {row.get('loss', float('nan')):.3f}", refresh=False)
+            with lock:
+                for line in complete.splitlines():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if row.get("step", 0) > step:
+                        step = row["step"]
+                        progress.update(step, [f"loss {row.get('loss', float('nan')):.3f}",
+                                               f"{row.get('tokens_per_s', 0):,.0f} tokens/s"])
+                progress.tick()
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
@@ -47,4 +52,5 @@ def follow_metrics(path: Path, *, start_step: int, last_step: int, interval: flo
     finally:
         stop.set()
         thread.join(timeout=2)
-        bar.close()
+        with lock:
+            progress.close()

@@ -45,6 +45,7 @@ from train.config import TrainConfig, TrainError, TrainInterrupted, absolute, fl
 from train.metrics import METRICS_NAME, plot_loss, read_metrics
 from train.model import local_model_vocab, vocab_warning
 from uti.errors import TokenSpaceError, UTIError
+from uti.progress import DEFAULT_EVERY, check_every
 from uti.quiet import quieter_loggers
 from uti.token_space import JSON_NAME, TokenSpace, require_same
 
@@ -321,13 +322,15 @@ def owns_local_instance() -> bool:
     return bool(node is not None and node.head)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, *, progress_every: float = DEFAULT_EVERY) -> TrainResult:
     """Run `uti train`: returns where it ended; raises TrainError (naming the fix) on any refusal and
-    TrainInterrupted on Ctrl-C."""
+    TrainInterrupted on Ctrl-C. `progress_every`: seconds between two progress lines when stderr is not a
+    terminal (uti.progress)."""
     import ray
 
     from train.progress import follow_metrics
 
+    check_every(progress_every)
     cfg = cfg.resolved()
     loop_config = prepare_run(cfg)
     run = Path(loop_config["run"])
@@ -347,7 +350,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         try:
             with quiet_local_mode(in_process):  # Ray Train logs both when the trainer is made and in fit()
                 trainer = _make_trainer(cfg, loop_config, run, own_instance=owns_local_instance())
-                with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps),
+                with (follow_metrics(run / METRICS_NAME, start_step=start_step, last_step=cfg.steps,
+                                     every=progress_every),
                       ray_train_env(local=started and not cfg.address)):
                     trainer.fit()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (uti.ray_local.Terminated carries signum)

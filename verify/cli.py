@@ -8,6 +8,7 @@ import sys
 
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command
+from uti.progress import add_progress_every_flag
 from verify.config import VerifyConfig
 
 # flag attribute -> VerifyConfig field, for the flags that map one to one
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first delete what interrupted writers left under OUT/shards (tars without index, temp "
                         "files, incomplete S3 multipart uploads; nothing else), then verify. Only while no "
                         "`uti tokenize` is writing to OUT: its unfinished shards look the same")
+    add_progress_every_flag(p)
     add_storage_options_flag(p)
 
 
@@ -86,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         data["baseline_limits"] = {"sample_count_rel_drop": args.baseline_tolerance}
     cfg = from_flags(VerifyConfig, data, flags=_FLAGS, where="uti verify")
     _orphans(args.out, clean=args.clean_orphans)
-    result = run_verify(cfg)
+    result = run_verify(cfg, progress_every=args.progress_every)
     print(format_summary(result.report))
     # Warnings that change how to read the result (a baseline from another token space) go to the
     # console in full, not only into the report.

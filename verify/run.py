@@ -19,6 +19,7 @@ import numpy as np
 import uti
 from sharding.format import ShardRef, is_local, url_to_fs
 from uti.errors import UTIError
+from uti.progress import DEFAULT_EVERY, Progress, check_every
 from verify.baseline import compare, load_baseline, metrics_from, write_baseline
 from verify.checks import scan_shard
 from uti.ray_local import connect
@@ -55,17 +56,20 @@ class VerifyResult:
         return next(c for c in self.report["checks"] if c["name"] == name)
 
 
-def run_verify(cfg: VerifyConfig) -> VerifyResult:
+def run_verify(cfg: VerifyConfig, *, progress_every: float = DEFAULT_EVERY) -> VerifyResult:
+    """`progress_every`: seconds between two progress lines when stderr is not a terminal (uti.progress)."""
     t0 = time.perf_counter()
+    progress = Progress("verify", unit="shard", done_word="checked", every=check_every(progress_every))
     report_dir = _report_dir(cfg)
     files = load_dataset(cfg.out, token_space=cfg.token_space)
     baseline = load_baseline(cfg.baseline) if cfg.baseline else None  # a bad file fails before any work
     report_dir.mkdir(parents=True, exist_ok=True)  # so does a report folder that cannot be made
     owned = connect(cfg.address, num_cpus=cfg.num_cpus)
     try:
-        reducer = _scan_all(files, cfg)
-        reduced = _second_phase(files, cfg, reducer)
+        reducer = _scan_all(files, cfg, progress)
+        reduced = _second_phase(files, cfg, reducer, progress)
     finally:
+        progress.close()
         if owned:
             import ray
 
@@ -98,7 +102,7 @@ def _report_dir(cfg: VerifyConfig) -> Path:
 
 
 # ---- phase 1: one task per shard -----------------------------------------------------------------------
-def _scan_all(files: DatasetFiles, cfg: VerifyConfig) -> Reducer:
+def _scan_all(files: DatasetFiles, cfg: VerifyConfig, progress: Progress) -> Reducer:
     import ray
 
     reducer = Reducer(files, cfg)
@@ -110,13 +114,11 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig) -> Reducer:
             todo.append(task)
         else:
             reducer.add_unscannable(task)
-    from tqdm import tqdm
-
     window = max(8, IN_FLIGHT_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[Any, Any] = {}
     queue = iter(todo)
-    # disable=None: a bar on a terminal, nothing in logs and CI.
-    bar = tqdm(total=len(todo), unit="shard", desc="verify", disable=None, dynamic_ncols=True)
+    progress.start(len(todo))
+    checked = 0
     while True:
         for task in queue:
             pending[remote.remote(task, space_ref, max_seq_len=cfg.max_seq_len, max_examples=cfg.max_examples,
@@ -125,15 +127,18 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig) -> Reducer:
                 break
         if not pending:
             break
-        done, _ = ray.wait(list(pending), num_returns=min(len(pending), 16), timeout=0.5)
+        # Wake at the first shard checked, then take every one ready by then: the count moves shard by shard.
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        if done:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
         for ref in done:
             task = pending.pop(ref)
             try:
                 reducer.add(task, ray.get(ref))
             except ray.exceptions.RayError as exc:
                 reducer.add_crash(task, exc)
-            bar.update(1)
-    bar.close()
+            checked += 1
+            progress.update(checked)
     return reducer
 
 
@@ -167,7 +172,7 @@ def _pick(reducer: Reducer, cfg: VerifyConfig) -> tuple[list[Pick], int]:
     return picks, n
 
 
-def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer):
+def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer, progress: Progress):
     import ray
 
     picks, population = _pick(reducer, cfg)
@@ -198,6 +203,7 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer):
         remote = ray.remote(num_cpus=1, max_retries=cfg.max_retries)(loader_smoke)
         loader_ref = remote.remote(refs, files.expected.id, batches=cfg.loader_batches,
                                    batch_size=cfg.loader_batch_size, pad_id=files.expected.special("<pad>"))
+    _wait_for_tasks([ref for _, ref in codec_refs], loader_ref, progress)
     codec: list[CodecSummary] = []
     for chunk, ref in codec_refs:
         try:
@@ -218,6 +224,21 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer):
                   "exact_retokenize": exact}
     reduced = reducer.finish(codec=codec, codec_plan=codec_plan, loader=loader, loader_note=loader_note, exact=exact)
     return reduced.checks, reduced.stats
+
+
+def _wait_for_tasks(codec_refs: list, loader_ref, progress: Progress) -> None:
+    """Wait for the codec checks and the loader smoke test, saying which of them the run waits for."""
+    import ray
+
+    loader = {loader_ref.hex()} if loader_ref is not None else set()
+    refs = [*codec_refs, *([loader_ref] if loader_ref is not None else [])]
+    while refs:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=0.5)
+        codec_left = sum(r.hex() not in loader for r in refs)
+        what = [f"codec checks ({len(codec_refs) - codec_left}/{len(codec_refs)} tasks done)"] if codec_left else []
+        if any(r.hex() in loader for r in refs):
+            what.append("the loader smoke test")
+        progress.note(" and ".join(what))
 
 
 # ---- report -----------------------------------------------------------------------------------------------
