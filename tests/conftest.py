@@ -153,3 +153,21 @@ def reference_run(_shared_ray, tokenize_manifests, tmp_path_factory):
         return runs[shard_samples]
 
     return get
+
+
+# ---- a real S3 endpoint on 127.0.0.1 (moto's server), one per module that asks ----------------------------
+@pytest.fixture(scope="module")
+def s3():
+    from s3_helpers import start_s3_server, stop_s3_server
+
+    server = start_s3_server()
+    yield server
+    stop_s3_server(server)
+
+
+@pytest.fixture
+def s3_env(s3, monkeypatch):
+    """The AWS_* variables that point s3fs (and Ray workers started now) at the test server."""
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    return s3

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from s3_helpers import FAKE_SECRET, start_s3_server, stop_s3_server
+from s3_helpers import FAKE_SECRET
 from uti.assets import synth_audio
 
 # Its own Ray: a cluster whose processes never saw the AWS_* variables (the shared instance might have).
@@ -53,20 +53,6 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_s3_server()
-    yield server
-    stop_s3_server(server)
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
-    return s3
 
 
 @pytest.fixture(scope="module")

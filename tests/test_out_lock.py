@@ -205,22 +205,6 @@ def test_verify_clean_orphans_waits_for_no_writer(tmp_path):
 
 
 # ---- object stores --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def s3():
-    from s3_helpers import start_s3_server, stop_s3_server
-
-    server = start_s3_server()
-    yield server
-    stop_s3_server(server)
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch):
-    for k, v in s3.env.items():
-        monkeypatch.setenv(k, v)
-    return s3
-
-
 def test_on_s3_a_second_writer_is_refused_and_a_dead_owner_taken_over(s3_env, caplog):
     out = s3_env.url("locked/out")
     first = acquire_lock(out, job="tokenize")
