@@ -4,6 +4,7 @@ Ray costs seconds too, so every module that needs a local Ray shares one instanc
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -14,6 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every Ray of the suite is local: Ray Train's preemption watcher (one more process per training run, as
 # train.runner leaves out on the local instances `uti train` starts itself) has no node to watch.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored (POSIX), and every
+# `uti` it starts would too: the Ctrl-C tests need what a terminal gives a command.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def compile_our_packages() -> None:

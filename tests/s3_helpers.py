@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,10 @@ def start_s3_server(bucket: str = "uti-test") -> S3Server:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    # moto keeps its buckets in process-wide state, shared by every server this process starts: a module's
+    # server starts from nothing, whatever an earlier module's left behind.
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"),
+                           timeout=30).close()
     s3 = S3Server(port=port, bucket=bucket, server=server)
     s3.fs().mkdir(bucket)
     return s3

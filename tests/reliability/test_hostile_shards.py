@@ -127,8 +127,10 @@ KINDS: dict[str, tuple[str, str, str]] = {
 
 
 def craft(kind: str, *, out: Path, split: str, shard: str, space: TokenSpace, samples: list[dict],
-          sentinel: Path) -> tuple[Path, dict]:
-    """Write OUT/shards/{split}/{shard}.tar of `kind` and an index that describes it exactly."""
+          sentinel: Path, current_index: bool = False) -> tuple[Path, dict]:
+    """Write OUT/shards/{split}/{shard}.tar of `kind` and an index that describes it exactly: a version 1
+    index, or with `current_index` the writer's own version (member offsets and sample modalities), which
+    lets a reader skip straight to the samples it needs."""
     claimed = space.id
     if kind == "other_token_space":
         space = claimed_space = _other_space(space)
@@ -180,9 +182,19 @@ def craft(kind: str, *, out: Path, split: str, shard: str, space: TokenSpace, sa
         shard=shard, split=split, token_space_id=claimed, keys=[sample_key(s["id"]) for s in samples],
         ids=[s["id"] for s in samples], token_counts=[int(s["tokens"].size) for s in samples],
         text_token_counts=[int(s["text"].size) for s in samples], tar_bytes=len(raw),
-        tar_sha256=hashlib.sha256(raw).hexdigest(), errors=[], extra={})
+        tar_sha256=hashlib.sha256(raw).hexdigest(), errors=[], extra={},
+        **(_offsets_and_modalities(raw, samples) if current_index else {}))
     (directory / f"{shard}.json").write_bytes(canonical_json(index))
     return tar, index
+
+
+def _offsets_and_modalities(raw: bytes, samples: list[dict]) -> dict:
+    firsts: dict[str, int] = {}
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        for member in tf.getmembers():
+            firsts.setdefault(member.name.split(".", 1)[0], member.offset)
+    return {"offsets": [firsts[sample_key(s["id"])] for s in samples],
+            "modalities": [s["meta"]["modality"] for s in samples]}
 
 
 # ---- a small synthetic token space for the fast reader tests --------------------------------------------------
@@ -346,7 +358,8 @@ def test_uti_train_surfaces_a_hostile_shard_as_a_clear_error(ray_session, hostil
     out, run, sentinel = base / "OUT", base / "RUN", base / "pwned"
     shutil.copytree(hostile_out["out"], out, ignore=shutil.ignore_patterns("shard-0009*"))
     tar, _ = craft("object_npy", out=out, split="evil", shard="shard-000000", space=space,
-                   samples=_real_samples(hostile_out["clean"], space, "object_npy", "evil"), sentinel=sentinel)
+                   samples=_real_samples(hostile_out["clean"], space, "object_npy", "evil"), sentinel=sentinel,
+                   current_index=True)  # the census reads what it needs from the index: the worker meets the shard
     before = snapshot(base)
     cfg = TrainConfig(data=(str(out),), out=str(run), split="evil", num_workers=1, steps=3, seq_len=1024,
                       batch_size=1, eval_texts=0)
