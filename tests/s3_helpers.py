@@ -71,8 +71,18 @@ class S3Server:
         return {p[len(root) + 1:]: hashlib.sha256(fs.cat_file(p)).hexdigest() for p in sorted(fs.find(root))}
 
 
+def _forget_clients() -> None:
+    """fsspec keeps one s3fs client per set of arguments; one made from AWS_ENDPOINT_URL would still point
+    at an earlier module's server (stopped, on another port) when the next module's starts."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def start_s3_server(bucket: str = "uti-test") -> S3Server:
     from moto.server import ThreadedMotoServer
+
+    _forget_clients()
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -88,3 +98,4 @@ def start_s3_server(bucket: str = "uti-test") -> S3Server:
 
 def stop_s3_server(s3: S3Server) -> None:
     s3.server.stop()
+    _forget_clients()

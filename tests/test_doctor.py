@@ -102,65 +102,75 @@ def _run(code: str, *, pythonpath: Path | None = None, env: dict[str, str] | Non
                           env=full, cwd=ROOT, timeout=300)
 
 
-UTI_MAIN = "from uti.cli import main; sys.exit(main({argv!r}))"
-
-
-def test_a_hidden_package_is_named_with_its_fix_and_fails():
-    res = _run("import sys; sys.modules['snac'] = None\n" + UTI_MAIN.format(argv=["doctor"]))
+def test_a_hidden_package_is_named_with_its_fix_and_fails(monkeypatch):
+    monkeypatch.setitem(sys.modules, "snac", None)  # `import snac` now raises ImportError, as when it is missing
+    res = uti_in_process("doctor")
     assert res.returncode == 1, res.stdout + res.stderr
     line = next(ln for ln in res.stdout.splitlines() if ln.split()[1:2] == ["snac:"])
     assert line.startswith("FAIL") and "python3 -m pip install -c constraints.txt snac" in line, line
     assert "problem(s) the main job cannot run with: snac" in res.stdout
 
 
-def _fake_torchaudio(root: Path, *, init: str, extension: str = "") -> Path:
+def _fake_torchaudio(root: Path, *, init: str) -> Path:
     pkg = root / "torchaudio"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(init)
-    if extension:
-        (pkg / "_extension.py").write_text(extension)
     return root
 
 
 def test_a_torchaudio_that_does_not_load_names_the_pair_and_every_command_points_at_doctor(tmp_path):
+    """A fresh process whose torchaudio raises what a mismatched build raises at import: `uti doctor`, a
+    command that needs the torch stack, and the demo, one after the other in that process."""
     fake = _fake_torchaudio(tmp_path / "site", init=f"raise OSError({BROKEN_LIB!r})\n")
-    res = _run("import sys\n" + UTI_MAIN.format(argv=["doctor"]), pythonpath=fake)
-    assert res.returncode == 1
+    runs = [["doctor"], ["tokenspace", "build", "--out", str(tmp_path / "ts")], ["demo", "--out", str(tmp_path / "demo")]]
+    code = ("import sys\nfrom uti.cli import main\n"
+            f"for argv in {runs!r}:\n"
+            "    rc = main(argv)\n"
+            "    sys.stdout.flush(); sys.stderr.flush()\n"
+            "    print(f'@@rc {rc}', flush=True); print('@@end', file=sys.stderr, flush=True)\n")
+    res = _run(code, pythonpath=fake)
+    outs, errs = res.stdout.split("@@rc ")[1:], res.stderr.split("@@end")[:3]
+    rcs = [int(o.split()[0]) for o in outs]
+    assert rcs == [1, 2, 2], (rcs, res.stdout[-2000:], res.stderr[-2000:])
     line = next(ln for ln in res.stdout.splitlines() if "torch + torchaudio:" in ln)
     assert line.startswith("FAIL") and "undefined symbol" in line
     assert re.search(r"fix: python3 -m pip install torch==[\d.]+ torchaudio==[\d.]+", line), line
-    # A command that needs the torch stack: one line naming the failure and `uti doctor`, no traceback.
-    cmd = _run("import sys\n" + UTI_MAIN.format(argv=["tokenspace", "build", "--out", str(tmp_path / "ts")]),
-               pythonpath=fake)
-    assert cmd.returncode == 2
-    assert "Traceback" not in cmd.stderr and len(cmd.stderr.strip().splitlines()) == 1, cmd.stderr
-    assert "libtorchaudio.so" in cmd.stderr and "run `uti doctor`" in cmd.stderr
-    demo = _run("import sys\n" + UTI_MAIN.format(argv=["demo", "--out", str(tmp_path / "demo")]), pythonpath=fake)
-    assert demo.returncode == 2 and "Traceback" not in demo.stderr, demo.stderr
-    assert "cannot run the demo: torch + torchaudio" in demo.stderr and "uti doctor" in demo.stderr
+    # a command that needs the torch stack: one line naming the failure and `uti doctor`, no traceback
+    build_err = errs[1].strip()
+    assert "Traceback" not in build_err and len(build_err.splitlines()) == 1, build_err
+    assert "libtorchaudio.so" in build_err and "run `uti doctor`" in build_err
+    demo_err = errs[2].strip()
+    assert "Traceback" not in demo_err and "cannot run the demo: torch + torchaudio" in demo_err, demo_err
+    assert "uti doctor" in demo_err
     assert not (tmp_path / "demo").exists(), "the demo must stop before it writes anything"
 
 
-def test_a_torchaudio_of_another_release_is_refused_by_version(tmp_path):
+def test_a_torchaudio_of_another_release_is_refused_by_version(monkeypatch):
+    import types
+
     import torch
 
-    fake = _fake_torchaudio(tmp_path / "site", init="import torch\n__version__ = '9.9.1'\n",
-                            extension="_IS_TORCHAUDIO_EXT_AVAILABLE = True\n")
-    res = _run("import sys\n" + UTI_MAIN.format(argv=["doctor"]), pythonpath=fake)
-    line = next(ln for ln in res.stdout.splitlines() if "torch + torchaudio:" in ln)
+    fake = types.ModuleType("torchaudio")
+    fake.__version__ = "9.9.1"
+    ext = types.ModuleType("torchaudio._extension")
+    ext._IS_TORCHAUDIO_EXT_AVAILABLE = True
+    monkeypatch.setitem(sys.modules, "torchaudio", fake)
+    monkeypatch.setitem(sys.modules, "torchaudio._extension", ext)
+    check = doctor.check_torch_pair()
     base = torch.__version__.split("+")[0]
-    assert line.startswith("FAIL") and f"torch {base} with torchaudio 9.9.1: not a matched pair" in line, line
-    assert res.returncode == 1
+    assert check.broken and f"torch {base} with torchaudio 9.9.1: not a matched pair" in check.detail, check
+    assert check.fix == f"python3 -m pip install torch=={base} torchaudio=={base}"
 
 
-def test_a_command_whose_module_does_not_import_says_so_in_one_line():
-    res = _run("import sys; sys.modules['verify.cli'] = None\n" + UTI_MAIN.format(argv=["verify", "somewhere"]))
+def test_a_command_whose_module_does_not_import_says_so_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "verify.cli", None)
+    res = uti_in_process("verify", "somewhere")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("uti verify: error: cannot load this command (verify.cli:register)")
-    assert "run `uti doctor`" in res.stderr
-    # The other commands still work.
-    ok = _run("import sys; sys.modules['verify.cli'] = None\n" + UTI_MAIN.format(argv=["doctor", "--json"]))
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "run `uti doctor`" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    # the other commands still work
+    ok = uti_in_process("tokenspace", "codecs", "--json")
+    assert ok.returncode == 0 and '"kind": "encodec"' in ok.stdout, ok.stderr
 
 
 def test_credentials_are_found_by_source_and_never_printed(monkeypatch):
