@@ -82,8 +82,8 @@ class ShardResult:
 
 
 # A shard's last chunks get smaller (guided self-scheduling): the actor that takes the final chunk of a
-# job no longer encodes a full --batch-seconds while the others wait (issue 12: two actors on a one-shard
-# job were busy 90% of the time, the idle tenth at the end). Each chunk of the tail takes 1/(2 x
+# job does not encode a full --batch-seconds while the others wait (with equal chunks, two actors on a
+# one-shard job were busy 90% of the time, the idle tenth at the end). Each chunk of the tail takes 1/(2 x
 # TAPER_ACTORS) of the work left in the shard, never less than TAPER_FLOOR of a full chunk. The
 # constants, not the cluster's size, set the cut, so a shard's chunks depend only on its rows.
 TAPER_ACTORS = 2

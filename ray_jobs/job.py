@@ -355,7 +355,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     rows, plan, first = _plan_while_ray_starts(cfg, ucfg, ray_state)
     log.info("planned %d rows into %d shards, %.1f s after the command started", plan.num_samples, plan.num_shards,
              time.time() - command_started)
-    # The driver keeps each row once (no dict copies of every row, issue 12: ~2 GB and 9 s more at 600k
+    # The driver keeps each row once (dict copies of every row cost ~2 GB and 9 s more at 600k
     # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
@@ -415,12 +415,12 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
     errors = merge_errors(cfg.out, refs.values())
     job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=len(done))
-    # Each timing named for what it measures (until issue 12, `wall_seconds` held the processing time).
+    # Each timing named for what it measures.
     job["throughput"].update({
         "wall_seconds": finished - command_started,  # the whole command: manifests, plan, Ray, codecs, work
         # command start -> first chunk sent to a loaded codec actor (None: nothing to do)
         "startup_seconds": run.startup_seconds if run else None,
-        "total_seconds_with_startup": finished - started,  # Ray start (after planning) -> end, as before
+        "total_seconds_with_startup": finished - started,  # Ray start (after planning) -> end
     })
     job["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
     job["orphans_removed"] = [{"url": o.url, "kind": o.kind} for o in orphans]  # leftovers of an interrupted run

@@ -276,7 +276,7 @@ LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 @contextlib.contextmanager
 def ray_train_env(*, local: bool) -> Iterator[None]:
     """RAY_TRAIN_ENV (and LOCAL_RAY_TRAIN_ENV on a local instance this run started) in this process's
-    environment while the trainer runs; a value the user set wins, and the environment is as before
+    environment while the trainer runs; a value the user set wins, and the environment is restored
     afterwards (a library caller's process is left unchanged)."""
     wanted = RAY_TRAIN_ENV | (LOCAL_RAY_TRAIN_ENV if local else {})
     added = {k: v for k, v in wanted.items() if k not in os.environ}
@@ -294,7 +294,7 @@ LOCAL_MODE_LOGGERS = ("ray.train.v2.api.config", "ray.train.v2._internal.executi
 
 
 def quiet_local_mode(on: bool) -> contextlib.AbstractContextManager[None]:
-    """While on: LOCAL_MODE_LOGGERS say warnings only (uti.quiet); their levels are as before afterwards."""
+    """While on: LOCAL_MODE_LOGGERS say warnings only (uti.quiet); their levels are restored afterwards."""
     return quieter_loggers(LOCAL_MODE_LOGGERS if on else ())
 
 

@@ -11,7 +11,7 @@ uti prints its own progress and summaries. Libraries it drives print theirs as w
   tokenizers, `uti train --model FOLDER`), in whichever process loads: nothing needs to reach the actors'
   environment.
 
-Both are scoped: the libraries are as before afterwards, so a program that uses uti as a library keeps its
+Both are scoped: each library's setting is restored afterwards, so a program that uses uti as a library keeps its
 own settings. HF_HUB_DISABLE_PROGRESS_BARS=0 in the environment (huggingface_hub's switch, which it gives
 priority) keeps the bars on.
 """
@@ -32,7 +32,7 @@ _before: dict[str, bool] = {}  # library -> whether its bars were on, for each l
 
 @contextlib.contextmanager
 def quieter_loggers(names: Iterable[str], level: int = logging.WARNING) -> Iterator[None]:
-    """While open: the named loggers say `level` and above only; their levels are as before afterwards."""
+    """While open: the named loggers say `level` and above only; their levels are restored afterwards."""
     loggers = [logging.getLogger(name) for name in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
