@@ -407,14 +407,21 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         if first is not None:
             first.kill()
         ray_state.stop()
-    finished = time.time()
+    return _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
+                   times=(command_started, started, time.time()))
 
+
+def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunResult | None, *, skipped: int,
+            wrote: bool, orphans, times: tuple[float, float, float]) -> dict[str, Any]:
+    """After the work: every planned shard is there, job.json summarizes the run (a rerun with nothing to
+    do keeps the summary of the run that did the work), and a run that tokenized nothing is an error."""
+    command_started, started, finished = times
     refs = completed_shards(cfg.out, space, plan)
     missing = [f"{s}/{sh.name}" for s, sh in plan.shards() if (s, sh.name) not in refs]
     if missing:
         raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
     errors = merge_errors(cfg.out, refs.values())
-    job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=len(done))
+    job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=skipped)
     # Each timing named for what it measures.
     job["throughput"].update({
         "wall_seconds": finished - command_started,  # the whole command: manifests, plan, Ray, codecs, work
@@ -424,8 +431,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     })
     job["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
     job["orphans_removed"] = [{"url": o.url, "kind": o.kind} for o in orphans]  # leftovers of an interrupted run
-    if todo or not has_job(cfg.out, flag="--out"):
-        write_job(cfg.out, job)  # a rerun with nothing to do keeps the summary of the run that did the work
+    if wrote or not has_job(cfg.out, flag="--out"):
+        write_job(cfg.out, job)
     if job["counts"]["samples"] == 0:
         raise JobError(_nothing_tokenized(cfg.out, errors))
     return job
