@@ -1,4 +1,4 @@
-"""The uti shard format, version 1: names, header, index and listing. This module is an ABI.
+"""The uti shard format: names, header (version 2), index and listing. This module is an ABI.
 
 Once shards exist on a cluster, changing anything below breaks users: change it only with a
 version bump, and keep a reader for version 1.
@@ -16,9 +16,16 @@ USTAR format, no extension headers) so that the same inputs give byte-identical 
 
 1. ``__header__.json`` -- canonical JSON (`uti.token_space.canonical_json`)::
 
-     {"format": "uti.shard", "version": 1, "token_space_id": <hex>,
+     {"format": "uti.shard", "version": 2, "token_space_id": <hex>,
       "token_space": <TokenSpace.to_dict()>, "codec_fingerprints": {modality: fingerprint},
+      "encode_policy": {modality: <uti.codecs.batching.EncodePolicy.to_dict()>},
       "shard": "shard-000042", "split": "train", "producer": "uti <version>"}
+
+   Version 2 adds ``encode_policy``: the numerics that made each media modality's tokens (device type,
+   dtype, TF32, items per forward pass, padding rule, where media were prepared, torch version). It
+   is not part of the token-space ID (it changes numerics, not what a token means): verify re-encodes
+   with it. A version 1 header (no policy: written before it was recorded, or by a caller of
+   `write_shard` that gives none) is still read; its policy is unknown.
 
    (Plain USTAR headers only: no pax, GNU long-name or sparse headers. The archive ends with two
    zero blocks and is padded to a 10240-byte record, as the stdlib tarfile writes it.)
@@ -75,7 +82,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "uti.shard"
 INDEX_FORMAT = "uti.shard_index"
-VERSION = 1  # of the tar (its header); the index has its own version since it gained member offsets
+VERSION = 2  # of the tar (its header); the index has its own version since it gained member offsets
+HEADER_VERSIONS = (1, 2)  # 1: no encode_policy
 # Index version 2 adds "offsets" (where each sample's first member starts in the tar) so a reader
 # can seek to any sample; version 3 adds "modalities" (each sample's meta modality). Older indexes
 # stay readable (readers skip by streaming, and read modalities from the sample metas).
@@ -246,11 +254,13 @@ def _check_format(obj: dict, fmt: str, versions: Sequence[int], *, what: str, wh
 
 
 # ---- header -------------------------------------------------------------------------------------
-def build_header(*, token_space: Any, shard: str, split: str, producer: str) -> dict:
-    """The `__header__.json` payload for a shard (token_space: a uti.token_space.TokenSpace)."""
-    return {
+def build_header(*, token_space: Any, shard: str, split: str, producer: str,
+                 encode_policy: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+    """The `__header__.json` payload for a shard (token_space: a uti.token_space.TokenSpace). With
+    `encode_policy` ({modality: EncodePolicy.to_dict()}) a version 2 header, else version 1."""
+    header = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if encode_policy is not None else 1,
         "token_space_id": token_space.id,
         "token_space": token_space.to_dict(),
         "codec_fingerprints": {m: c.fingerprint for m, c in sorted(token_space.codecs.items())},
@@ -258,12 +268,25 @@ def build_header(*, token_space: Any, shard: str, split: str, producer: str) -> 
         "split": split,
         "producer": producer,
     }
+    if encode_policy is not None:
+        header["encode_policy"] = {m: dict(p) for m, p in sorted(encode_policy.items())}
+    return header
+
+
+def header_policy(header: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """{modality: encode policy dict} of a version 2 header; None for version 1 (not recorded)."""
+    return header.get("encode_policy") if header.get("version", 1) >= 2 else None
 
 
 def validate_header(header: Any, where: str) -> dict:
     """Structural checks of a parsed header (the token-space checks are the reader's)."""
     require_keys(header, HEADER_KEYS, what=HEADER_MEMBER, where=where)
-    _check_format(header, FORMAT, (VERSION,), what="shard", where=where)
+    _check_format(header, FORMAT, HEADER_VERSIONS, what="shard", where=where)
+    if header["version"] >= 2:
+        policy = header.get("encode_policy")
+        if not isinstance(policy, dict) or not all(isinstance(m, str) and isinstance(p, dict) for m, p in policy.items()):
+            raise ShardError(f"{where}: a version 2 header needs encode_policy, an object of one policy object per "
+                             f"modality; {REGENERATE}")
     if not is_hex64(header["token_space_id"]):
         raise ShardError(f"{where}: header token_space_id {header['token_space_id']!r} is not a SHA-256 hex digest")
     if not isinstance(header["token_space"], dict) or not isinstance(header["codec_fingerprints"], dict):

@@ -108,6 +108,7 @@ class ShardWriter:
         shard: str,
         token_space: TokenSpace,
         extra: Mapping[str, Any] | None = None,
+        encode_policy: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         if not isinstance(token_space, TokenSpace):
             raise ShardWriteError(f"token_space must be a uti.token_space.TokenSpace, got {type(token_space).__name__}")
@@ -147,7 +148,8 @@ class ShardWriter:
             self._sink = _HashingSink(self._file)
             # Stream mode ("w|") never seeks; USTAR has no per-file extension headers to vary.
             self._tar = tarfile.open(fileobj=self._sink, mode="w|", format=tarfile.USTAR_FORMAT, encoding="utf-8")
-            header = build_header(token_space=token_space, shard=shard, split=split, producer=PRODUCER)
+            header = build_header(token_space=token_space, shard=shard, split=split, producer=PRODUCER,
+                                  encode_policy=encode_policy)
             self._add_member(HEADER_MEMBER, canonical_json(header))
         except BaseException:
             self.abort()
@@ -325,11 +327,14 @@ def write_shard(
     samples: Iterable[Mapping[str, Any]],
     errors: Iterable[Mapping[str, Any]] = (),
     extra: Mapping[str, Any] | None = None,
+    encode_policy: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
-    """Write a whole shard from dicts with keys id, tokens, text, meta (and optionally key)."""
+    """Write a whole shard from dicts with keys id, tokens, text, meta (and optionally key);
+    `encode_policy`: what the header records of the numerics that made the tokens (uti.codecs.batching)."""
     required = {"id", "tokens", "text", "meta"}
     allowed = required | {"key"}
-    with ShardWriter(out_dir, split=split, shard=shard, token_space=token_space, extra=extra) as writer:
+    with ShardWriter(out_dir, split=split, shard=shard, token_space=token_space, extra=extra,
+                     encode_policy=encode_policy) as writer:
         for i, sample in enumerate(samples):
             unknown, missing = set(sample) - allowed, required - set(sample)
             if unknown or missing:

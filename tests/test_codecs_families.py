@@ -101,7 +101,7 @@ def test_token_space_is_built_from_the_sizes_the_model_reports(toks, kind, tmp_p
     layout = tok.space.layout(modality)
     assert (layout.kind, layout.tokens_per_frame) == LAYOUT[kind] and desc.layout.kind == LAYOUT[kind][0]
     write_token_space(tok.space, tmp_path)
-    assert TokenSpace.load(tmp_path).id == tok.space.id and TokenSpace.load(tmp_path).version == 3
+    assert TokenSpace.load(tmp_path).id == tok.space.id and TokenSpace.load(tmp_path).version == 4
 
 
 def test_tokenspace_build_cli_with_new_kinds(tmp_path):

@@ -162,7 +162,7 @@ def test_version_1_token_space_still_loads_and_compares(tmp_path, hf_tokenizer):
     tok = UnifiedTokenizer(cfg, token_space=old)  # the same tokenizer matches the version-1 record
     assert tok.space.id == old.id and tok.encode_text("a dog")[0] >= old.range("text").start
     new = UnifiedTokenizer(cfg).space
-    assert new.version == 3 and new.id != old.id and "version: 1 -> 3" in diff(old, new)
+    assert new.version == 4 and new.id != old.id and "version: 1 -> 4" in diff(old, new)
     other = tmp_path / "other" / hf_tokenizer.name  # another vocabulary: refused even by the version-1 recipe
     shutil.copytree(hf_tokenizer, other)
     edit_json(other / "tokenizer.json", lambda d: d["model"]["vocab"].update({"zzz": len(d["model"]["vocab"])}))
@@ -170,7 +170,7 @@ def test_version_1_token_space_still_loads_and_compares(tmp_path, hf_tokenizer):
         UnifiedTokenizer(UTIConfig(text=TextConfig(kind="hf", path=str(other))), token_space=old)
     new.write(tmp_path / "new")
     shown = uti("tokenspace", "diff", str(old_dir), str(tmp_path / "new"))
-    assert shown.returncode == 1 and "version: 1 -> 3" in shown.stdout
+    assert shown.returncode == 1 and "version: 1 -> 4" in shown.stdout
 
 
 # ---- item 15: build never silently replaces a different token space ------------------------------------

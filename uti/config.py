@@ -27,6 +27,9 @@ class CodecSettings:
     keys are that adapter's settings. Each adapter names its own subclass (`AudioCodec.settings`)."""
 
     kind: str
+    # Items per forward pass (uti.codecs.batching); None: 1 on a CPU, the GPU default elsewhere. It changes
+    # numerics, not what a token means, so it is not in the token-space ID (the shard header records it).
+    encode_batch: int | None = None
 
     def promised_sizes(self) -> dict[str, Any]:
         """Sizes this config fixes (e.g. n_q, proc_size), compared with what the loaded model reports."""

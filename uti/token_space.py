@@ -31,9 +31,13 @@ FORMAT = "uti.token_space"
 # as frame-major; the one global `level_order` of versions 1 and 2 is gone. Versions 1 and 2 are still
 # read (their layout is frame-major audio and a row-major image grid), and codecs are compared with
 # them by their own version's recipe (see CodecDescriptor and UnifiedTokenizer). Spaces of different
-# versions never have the same ID.
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# versions never have the same ID. Version 4 takes the encode batching out of the codec descriptors (the
+# Hugging Face adapters' `batching` param): how many items a forward pass takes changes numerics, not what
+# a token means, so it is the shard header's encode policy (uti.codecs.batching); version 3 spaces are
+# compared with the descriptor they recorded, `batching` included.
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+BATCHING_IN_DESCRIPTOR_UNTIL = 3  # the last version whose descriptors record `batching`
 JSON_NAME = "token_space.json"
 SHA_NAME = "token_space.sha256"
 LEVEL_ORDER = "frame_major"  # versions 1 and 2: frame 0 levels 0..n_q-1, then frame 1, ...

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
+from uti.codecs.batching import (PADDING_BUCKETS, PADDING_IMAGES, PADDING_NONE, EncodePolicy, PassLog,
+                                 check_encode_batch)
 from uti.errors import DecodeRefused
 from uti.token_space import VERSION, CodecDescriptor, LayoutSpec, recorded_descriptor
 
@@ -43,11 +45,44 @@ class EncodedAudio:
 
 
 class _Codec(ABC):
-    """What every modality's base shares: registration attributes and the token-space descriptor."""
+    """What every modality's base shares: registration attributes, the token-space descriptor and the
+    encode policy (uti.codecs.batching: items per forward pass, set after construction)."""
 
     modality: ClassVar[str]
     kind: ClassVar[str]  # the `kind:` that selects this adapter in uti.yaml
     settings: ClassVar[type]  # its uti.yaml section: a frozen kw-only dataclass (uti.config.*Settings)
+    _encode_batch: int = 1
+    _pass_log: PassLog | None = None
+
+    @property
+    def encode_batch(self) -> int:
+        """Items per forward pass (uti.codecs.batching): 1 encodes each item alone at its own length."""
+        return self._encode_batch
+
+    def set_encode_batch(self, n: int) -> None:
+        self._encode_batch = check_encode_batch(n, where=f"{self.modality}.encode_batch") or 1
+
+    @property
+    def pass_log(self) -> PassLog:
+        """The forward passes since the caller last took the log (the actor's busy and batch figures)."""
+        if self._pass_log is None:
+            self._pass_log = PassLog()
+        return self._pass_log
+
+    def padding_rule(self) -> str:
+        """How items are padded for a pass: recorded in the encode policy (an adapter with its own rule,
+        e.g. segments, says so here)."""
+        if self.encode_batch == 1:
+            return PADDING_NONE
+        return PADDING_BUCKETS if self.modality == "audio" else PADDING_IMAGES
+
+    def encode_policy(self, *, prepare_on: str | None = None) -> EncodePolicy:
+        """The numerics this codec encodes with, as shard headers and job.json record them."""
+        device = str(getattr(getattr(self, "device", None), "type", None) or getattr(self, "device", "cpu"))
+        return EncodePolicy(device_type=device.split(":")[0], encode_batch=self.encode_batch,
+                            padding=self.padding_rule(), prepare_on=prepare_on or "cpu",
+                            tf32=bool(device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32),
+                            torch=str(torch.__version__))
 
     @classmethod
     @abstractmethod
@@ -110,7 +145,8 @@ class AudioCodec(_Codec):
 
     @abstractmethod
     def encode(self, clips: Sequence[torch.Tensor]) -> list[EncodedAudio]:
-        """Encode clips of shape (channels, n_samples) at `sample_rate`. Batching never changes the codes."""
+        """Encode clips of shape (channels, n_samples) at `sample_rate`, in passes of `encode_batch` items
+        (uti.codecs.batching.plan_passes): which clips share the call never changes a clip's codes."""
 
     @abstractmethod
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
@@ -147,7 +183,8 @@ class ImageCodec(_Codec):
 
     @abstractmethod
     def encode(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """uint8 (H, W, 3) images at `proc_size` -> (grid_h, grid_w) local code indices each."""
+        """uint8 (H, W, 3) images at `proc_size` -> (grid_h, grid_w) local code indices each, in passes of
+        exactly `encode_batch` images (dummies fill the last): the call's other images never change a code."""
 
     @abstractmethod
     def decode(self, codes: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from uti.codecs.weights import WeightsSpec, cached_random_state, fingerprint_sta
 from uti.config import AudioSettings, ImageSettings
 from uti.errors import ConfigError, DecodeRefused, WeightsError
 from uti.quiet import no_loading_bars
-from uti.token_space import VERSION, CodecDescriptor, expected_audio_frames
+from uti.token_space import BATCHING_IN_DESCRIPTOR_UNTIL, VERSION, CodecDescriptor, expected_audio_frames
 
 # HF config keys that say where/how a config was saved or what a training/generation API returns; none
 # changes what encode or decode compute.
@@ -284,10 +284,11 @@ class OneClipAudioCodec(AudioCodec):
         return len(self.layout_spec().pattern)
 
     def describe(self, version: int = VERSION) -> CodecDescriptor:
+        params = {**self.runtime_sizes(), **self._params(), "framing": self.framing(), "attention": ATTENTION}
+        if version <= BATCHING_IN_DESCRIPTOR_UNTIL:  # what those versions recorded (see uti.token_space)
+            params["batching"] = "one clip per forward pass"
         return CodecDescriptor(modality="audio", kind=self.kind, name=self.name, weights=self._weights.label,
-                               fingerprint=self._fingerprint,
-                               params={**self.runtime_sizes(), **self._params(), "framing": self.framing(),
-                                       "attention": ATTENTION, "batching": "one clip per forward pass"})
+                               fingerprint=self._fingerprint, params=params)
 
     @torch.inference_mode()
     def encode(self, clips) -> list[EncodedAudio]:

@@ -22,6 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from uti.codecs.base import AudioCodec, ImageCodec, TextCodec
+from uti.codecs.batching import check_encode_batch, default_encode_batch, exact_numerics
 from uti.config import AudioSettings, CodecSettings, ImageSettings, TextConfig
 from uti.errors import ConfigError
 from uti.quiet import no_loading_bars
@@ -142,8 +143,13 @@ def _build(modality: str, cfg: CodecSettings, device: str):
     if cls.modality != modality or not isinstance(cfg, cls.settings):
         raise ConfigError(f"{modality}.kind {cfg.kind!r}: settings {type(cfg).__name__} do not belong to "
                           f"{cls.__name__} ({cls.modality})")
+    batch = check_encode_batch(getattr(cfg, "encode_batch", None), where=f"{modality}.encode_batch")
+    exact_numerics()  # float32, TF32 off: before any weights reach a GPU
     with no_loading_bars():  # a plugin's own from_pretrained too (its library is imported with its module)
-        return cls.from_settings(cfg, device=device)
+        codec = cls.from_settings(cfg, device=device)
+    dev = getattr(codec, "device", device)
+    codec.set_encode_batch(batch if batch is not None else default_encode_batch(str(getattr(dev, "type", dev)).split(":")[0]))
+    return codec
 
 
 def build_audio_codec(cfg: AudioSettings, *, device: str = "cpu") -> AudioCodec:

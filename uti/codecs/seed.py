@@ -45,7 +45,7 @@ from uti.codecs.weights import WeightsSpec, fingerprint_state_dict, parse_weight
 from uti.config import ImageSettings
 from uti.errors import ConfigError, DecodeRefused, DecodeUnavailable, WeightsError
 from uti.quiet import no_loading_bars
-from uti.token_space import VERSION, CodecDescriptor, LayoutSpec
+from uti.token_space import BATCHING_IN_DESCRIPTOR_UNTIL, VERSION, CodecDescriptor, LayoutSpec
 
 WHERE = "image"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -566,12 +566,13 @@ class SeedImageCodec(ImageCodec):
         return LayoutSpec.causal1d()
 
     def describe(self, version: int = VERSION) -> CodecDescriptor:
+        params = {**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop",
+                  "pixels": "uint8 / 255, CLIP mean/std", "attention": ATTENTION,
+                  "quantizer": "nearest by euclidean distance, float64", "arch": self._arch.to_dict()}
+        if version <= BATCHING_IN_DESCRIPTOR_UNTIL:  # what those versions recorded (see uti.token_space)
+            params["batching"] = "one image per forward pass"
         return CodecDescriptor(modality="image", kind=self.kind, name=self.name, weights=self._weights.label,
-                               fingerprint=self._fingerprint,
-                               params={**self.runtime_sizes(), "channels": 3, "resize": "short_side_center_crop",
-                                       "pixels": "uint8 / 255, CLIP mean/std", "attention": ATTENTION,
-                                       "quantizer": "nearest by euclidean distance, float64",
-                                       "batching": "one image per forward pass", "arch": self._arch.to_dict()})
+                               fingerprint=self._fingerprint, params=params)
 
     def decode_info(self) -> dict[str, Any]:
         """What a decode uses (for reports; not part of the token space: tokens never depend on it)."""
