@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from uti.codecs.batching import (PADDING_BUCKETS, PADDING_IMAGES, PADDING_NONE, EncodePolicy, PassLog,
-                                 check_encode_batch)
+from uti.codecs.batching import (PADDING_BUCKETS, PADDING_IMAGES, PADDING_NONE, PREPARE_READER, EncodePolicy,
+                                 PassLog, check_encode_batch)
 from uti.errors import DecodeRefused
 from uti.token_space import VERSION, CodecDescriptor, LayoutSpec, recorded_descriptor
 
@@ -80,7 +80,7 @@ class _Codec(ABC):
         """The numerics this codec encodes with, as shard headers and job.json record them."""
         device = str(getattr(getattr(self, "device", None), "type", None) or getattr(self, "device", "cpu"))
         return EncodePolicy(device_type=device.split(":")[0], encode_batch=self.encode_batch,
-                            padding=self.padding_rule(), prepare_on=prepare_on or "cpu",
+                            padding=self.padding_rule(), prepare_on=prepare_on or PREPARE_READER,
                             tf32=bool(device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32),
                             torch=str(torch.__version__))
 

@@ -40,6 +40,8 @@ PADDING_BUCKETS = ("time: zero-padded to its bucket (frames rounded up to a mult
 PADDING_IMAGES = "batch: filled with all-zero images to encode_batch (images share one size)"
 DEFAULT_GPU_ENCODE_BATCH = 16  # a documented guess until bench_gpu has measured the best value on a GPU
 MAX_ENCODE_BATCH = 1024
+PREPARE_READER, PREPARE_DEVICE = "reader", "device"
+PREPARE_ON = (PREPARE_READER, PREPARE_DEVICE)
 
 
 class BatchDependenceError(UTIError):
@@ -69,7 +71,10 @@ class EncodePolicy:
     tf32: bool = False
     encode_batch: int = 1
     padding: str = PADDING_NONE
-    prepare_on: str = "cpu"  # where resampling, channel mixing and image resizing ran (a device type)
+    # Where resampling, channel mixing and image resizing ran: "reader" (CPU read tasks: torchaudio on the
+    # CPU, PIL for images) or "device" (the codec actor, on device_type; uti.preprocess). They are
+    # different numerics (an image resized by torch on a GPU is not PIL's), so verify prepares the same way.
+    prepare_on: str = PREPARE_READER
     torch: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +93,8 @@ class EncodePolicy:
             raise ConfigError(f"{where}: unknown encode policy field(s) {unknown}")
         policy = cls(**{k: v for k, v in data.items() if k in names})
         check_encode_batch(policy.encode_batch, where=f"{where}.encode_batch")
+        if policy.prepare_on not in PREPARE_ON:
+            raise ConfigError(f"{where}.prepare_on: {policy.prepare_on!r} is not one of {', '.join(PREPARE_ON)}")
         return policy
 
     def numerics(self) -> dict[str, Any]:
