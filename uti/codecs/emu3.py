@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (SMALL as SMALL_NAME, HFImageSettings, OneImageCodec, arch_kwargs, architecture,
+from uti.codecs.hf_common import (SMALL as SMALL_NAME, HFImageSettings, ImagePassCodec, arch_kwargs, architecture,
                                   build_config, build_random, calibration_vectors, check_kind,
                                   fingerprint, load_local_model, pick_variant, random_cache_key,
                                   require_random_or_folder, seed_codebook)
@@ -41,7 +41,7 @@ class Emu3Settings(HFImageSettings):
             raise ConfigError(f"image.proc_size: must be positive, got {self.proc_size}")
 
 
-class Emu3ImageCodec(OneImageCodec):
+class Emu3ImageCodec(ImagePassCodec):
     kind = "emu3"
     settings = Emu3Settings
 
@@ -100,11 +100,11 @@ class Emu3ImageCodec(OneImageCodec):
     def _vectors(self, x: torch.Tensor, net=None) -> torch.Tensor:
         net = net or self._net
         frames = x.unsqueeze(1).repeat(1, net.config.temporal_downsample_factor, 1, 1, 1).to(net.dtype)
-        hidden = net.encoder(frames)  # (1, t, c, h, w)
-        latent = net.quant_conv(hidden.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (1, t, embed_dim, h, w)
+        hidden = net.encoder(frames)  # (B, t, c, h, w)
+        latent = net.quant_conv(hidden.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)  # (B, t, embed_dim, h, w)
         if latent.shape[1] != 1:
             raise ConfigError(f"{self.name}: an image gives {latent.shape[1]} latent frames, expected 1")
-        return latent[0, 0].permute(1, 2, 0).reshape(-1, latent.shape[2])
+        return latent[:, 0].permute(0, 2, 3, 1).reshape(latent.shape[0], -1, latent.shape[2])
 
     def _book(self) -> torch.Tensor:
         return self._net.quantize.embedding.weight

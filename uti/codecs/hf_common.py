@@ -21,12 +21,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, check_clip, check_codes, check_image
+from uti.codecs.batching import Pass, plan_passes, timed_passes
 from uti.codecs.weights import WeightsSpec, cached_random_state, fingerprint_state_dict, round_to_half
 from uti.config import AudioSettings, ImageSettings
 from uti.errors import ConfigError, DecodeRefused, WeightsError
@@ -321,19 +322,66 @@ class OneClipAudioCodec(AudioCodec):
 
 
 # ---- the image adapter skeleton ------------------------------------------------------------------------
-class OneImageCodec(ImageCodec):
-    """Encode and decode one image per forward pass, nearest codes searched in float64 (a code can never
-    depend on the rest of a batch or on a BLAS kernel's summation order). A subclass sets `name`,
-    `device`, `_net`, `_weights`, `_fingerprint`, `_proc`, `_grid` and implements `_vectors`, `_book`,
-    `_decode_codes`, `_params` and `codebook_size`; `_cosine` says whether the quantizer compares
-    l2-normalized vectors."""
+# Why passes have one fixed shape: measured on CPU (1 thread, 4 synthetic images), the quantizer inputs of
+# an image encoded in a pass of 4 differ from the same image alone by up to 2.2e-6 (the default VQGAN),
+# 1.1e-5 (Emu3 small) and 2.5e-7 (Janus small), enough to flip a code near a decision boundary. Within one
+# pass shape, replacing the other images changed an image's inputs by exactly 0: the kernels follow the
+# shape, not the neighbours. So with encode_batch B every pass is (B, 3, S, S), and an image's codes are a
+# function of the image, B and the device alone (batching.self_check verifies it at actor start).
+def padded_images(images: Sequence[np.ndarray], p: Pass, *, size: int) -> np.ndarray:
+    """uint8 (p.batch, size, size, 3): the pass's images in its first rows, all-zero dummy images after
+    them (PADDING_IMAGES), so the last pass of a call has the shape of a full one."""
+    batch = np.zeros((p.batch, size, size, 3), dtype=np.uint8)
+    for j, i in enumerate(p.members):
+        batch[j] = images[i]
+    return batch
+
+
+def from_uint8_images(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> (B, 3, H, W) float32 in [-1, 1]: for B = 1 the same numbers and memory
+    layout as from_uint8_image (a layout change can change the convolution kernel, and so codes)."""
+    return torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def encode_image_passes(codec: ImageCodec, images: Sequence[np.ndarray], *, size: int,
+                        vectors: Callable[[torch.Tensor], torch.Tensor],
+                        nearest_of: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Encode uint8 (size, size, 3) images in the passes of codec.encode_batch (uti.codecs.batching): with
+    1 each image alone, else every pass exactly (encode_batch, 3, size, size), the last one filled with
+    dummies. `vectors` maps a (B, 3, size, size) pass in [-1, 1] to its quantizer inputs (B, n, dim);
+    `nearest_of` maps (B * n, dim) to codebook indices, one float64 matmul for the whole pass (each row's
+    argmin is over the codebook axis alone, so no row depends on another). Each image's codes come back
+    in `shape`; every pass is timed into codec.pass_log."""
+    for i, im in enumerate(images):
+        check_image(im, i, size=size)
+    passes = plan_passes([size] * len(images), encode_batch=codec.encode_batch, bucket=lambda n: n)
+
+    def run(p: Pass) -> np.ndarray:
+        v = vectors(from_uint8_images(padded_images(images, p, size=size), codec.device))
+        codes = nearest_of(v.reshape(-1, v.shape[-1])).reshape(p.batch, -1)
+        return codes[: len(p.members)].cpu().numpy()
+
+    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(images)
+    for p, codes in timed_passes(passes, codec.pass_log, run, device=codec.device):
+        for j, i in enumerate(p.members):
+            out[i] = codes[j].reshape(shape).astype(np.int64)
+    return out
+
+
+class ImagePassCodec(ImageCodec):
+    """Encode in fixed-shape passes of `encode_batch` images (see encode_image_passes), nearest codes
+    searched in float64 (a code never depends on a BLAS kernel's summation order, and with the pass
+    shape fixed never on which images share the pass); decode one image at a time. A subclass sets
+    `name`, `device`, `_net`, `_weights`, `_fingerprint`, `_proc`, `_grid` and implements `_vectors`,
+    `_book`, `_decode_codes`, `_params` and `codebook_size`; `_cosine` says whether the quantizer
+    compares l2-normalized vectors."""
 
     name: str
     device: torch.device
     _cosine: bool = False
 
     def _vectors(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> the quantizer's input vectors (grid_h * grid_w, dim), row-major."""
+        """(B, 3, H, W) in [-1, 1] -> the quantizer's input vectors (B, grid_h * grid_w, dim), row-major."""
         raise NotImplementedError
 
     def _book(self) -> torch.Tensor:
@@ -370,13 +418,15 @@ class OneImageCodec(ImageCodec):
     def _probe_grid(self) -> tuple[int, int]:
         """The grid read from the model: encode a blank image (runtime introspection)."""
         with torch.inference_mode():
-            n = self._vectors(torch.zeros(1, 3, self._proc, self._proc, device=self.device)).shape[0]
+            n = self._vectors(torch.zeros(1, 3, self._proc, self._proc, device=self.device)).shape[1]
         side = int(round(n ** 0.5))
         if side * side != n:
             raise WeightsError(f"{self.name}: a {self._proc}px image gives {n} codes, not a square grid")
         return (side, side)
 
     def _nearest(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, dim) quantizer inputs -> (N,) codes. The cosine path normalizes each row by its own norm, so
+        a row's code still depends on that row alone."""
         book = self._book()
         if self._cosine:
             vectors = torch.nn.functional.normalize(vectors.double(), dim=1)
@@ -385,13 +435,8 @@ class OneImageCodec(ImageCodec):
 
     @torch.inference_mode()
     def encode(self, images) -> list[np.ndarray]:
-        for i, im in enumerate(images):
-            check_image(im, i, size=self._proc)
-        out = []
-        for im in images:
-            codes = self._nearest(self._vectors(from_uint8_image(im, self.device)))
-            out.append(codes.reshape(self._grid).cpu().numpy().astype(np.int64))
-        return out
+        return encode_image_passes(self, images, size=self._proc, vectors=self._vectors, nearest_of=self._nearest,
+                                   shape=self._grid)
 
     @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -406,10 +451,16 @@ class OneImageCodec(ImageCodec):
         return img
 
 
+OneImageCodec = ImagePassCodec  # the name adapters outside this repository may import
+
+
 def calibration_vectors(vectors_of: Callable[[torch.Tensor], torch.Tensor], size: int, seed: int) -> torch.Tensor:
-    """Quantizer-input vectors (float64) of 8 fixed synthetic `size` px scenes, to seed a random codebook from."""
+    """Quantizer-input vectors (N, dim) float64 of 8 fixed synthetic `size` px scenes, to seed a random
+    codebook from. `vectors_of` maps (1, 3, size, size) to (1, n, dim); one scene per call, so the seeded
+    codebook (and the weights fingerprint) never depends on a batch."""
     from uti.codecs.vq_image import calibration_images
 
     images = calibration_images(size, 8, seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 127.5 - 1.0
-    return torch.cat([vectors_of(x[i: i + 1]) for i in range(len(images))]).double()
+    vectors = [vectors_of(x[i: i + 1]) for i in range(len(images))]
+    return torch.cat([v.reshape(-1, v.shape[-1]) for v in vectors]).double()

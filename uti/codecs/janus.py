@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFImageSettings, OneImageCodec, arch_kwargs, architecture, build_config,
+from uti.codecs.hf_common import (HFImageSettings, ImagePassCodec, arch_kwargs, architecture, build_config,
                                   build_random, calibration_vectors, check_kind, fingerprint,
                                   load_local_model, pick_variant, random_cache_key, require_random_or_folder,
                                   seed_codebook)
@@ -41,7 +41,7 @@ class JanusSettings(HFImageSettings):
         check_kind(self, "janus")
 
 
-class JanusImageCodec(OneImageCodec):
+class JanusImageCodec(ImagePassCodec):
     kind = "janus"
     settings = JanusSettings
     _cosine = True
@@ -99,8 +99,8 @@ class JanusImageCodec(OneImageCodec):
 
     def _vectors(self, x: torch.Tensor, net=None) -> torch.Tensor:
         net = net or self._net
-        z = net.quant_conv(net.encoder(x.to(net.dtype)))  # (1, embed_dim, h, w)
-        return z[0].permute(1, 2, 0).reshape(-1, z.shape[1])
+        z = net.quant_conv(net.encoder(x.to(net.dtype)))  # (B, embed_dim, h, w)
+        return z.permute(0, 2, 3, 1).reshape(z.shape[0], -1, z.shape[1])
 
     def _book(self) -> torch.Tensor:
         return self._net.quantize.embedding.weight

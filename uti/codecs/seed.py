@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from uti.codecs.base import CodecVariant, ImageCodec, check_image
-from uti.codecs.hf_common import (ATTENTION, SMALL, build_random, calibration_vectors, check_kind, fingerprint,
-                                  nearest, seed_codebook)
+from uti.codecs.base import CodecVariant, ImageCodec
+from uti.codecs.hf_common import (ATTENTION, SMALL, build_random, calibration_vectors, check_kind,
+                                  encode_image_passes, fingerprint, nearest, seed_codebook)
 from uti.codecs.weights import WeightsSpec, fingerprint_state_dict, parse_weights, resolve_device
 from uti.config import ImageSettings
 from uti.errors import ConfigError, DecodeRefused, DecodeUnavailable, WeightsError
@@ -324,10 +324,13 @@ class SeedTokenizerNet(nn.Module):
         self.distill_image_proj = nn.Linear(a.n_query * a.down_dims[-1], a.image_features_dim)
 
     def query_vectors(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1, 3, S, S) CLIP-normalized pixels -> (n_query, codebook_dim) quantizer inputs, in query order."""
+        """(B, 3, S, S) CLIP-normalized pixels -> (B, n_query, codebook_dim) quantizer inputs, in query
+        order. Every step is per image along the batch axis (patch convolution, token-wise linears and
+        layer norms, attention as batched matmuls with one causal mask for all images), so the whole
+        pass, the causal Q-Former included, is batched; no part needs to run per item."""
         image = self.ln_vision(self.visual_encoder(pixels))
         q = self.Qformer(self.query_tokens.expand(pixels.shape[0], -1, -1), image)
-        return self.encode_task_layer(q)[0]
+        return self.encode_task_layer(q)
 
     def image_embedding(self, codes: torch.Tensor) -> torch.Tensor:
         """(n_query,) long codes -> (1, image_features_dim) unCLIP image embedding."""
@@ -582,25 +585,22 @@ class SeedImageCodec(ImageCodec):
 
     # ---- encode ----
     def _pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> CLIP-normalized."""
+        """(B, 3, H, W) in [-1, 1] -> CLIP-normalized."""
         return ((x + 1) / 2 - self._mean.to(x.dtype)) / self._std.to(x.dtype)
+
+    def _vectors(self, x: torch.Tensor) -> torch.Tensor:
+        return self._net.query_vectors(self._pixels(x))
 
     def _nearest(self, vectors: torch.Tensor) -> torch.Tensor:
         return nearest(vectors, self._net.quantize.embedding.weight)
 
     @torch.inference_mode()
     def encode(self, images) -> list[np.ndarray]:
-        """uint8 (S, S, 3) images -> (n_tokens,) codes each, in the queries' causal order. One image per
-        forward pass: a code can never depend on the rest of a batch."""
-        size = self._arch.img_size
-        for i, im in enumerate(images):
-            check_image(im, i, size=size)
-        out = []
-        for im in images:
-            x = torch.from_numpy(np.ascontiguousarray(im)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-            codes = self._nearest(self._net.query_vectors(self._pixels(x)))
-            out.append(codes.cpu().numpy().astype(np.int64))
-        return out
+        """uint8 (S, S, 3) images -> (n_tokens,) codes each, in the queries' causal order, in passes of
+        exactly `encode_batch` images (the last filled with all-zero images; hf_common.encode_image_passes):
+        with the pass shape fixed, which images share a call never changes a code."""
+        return encode_image_passes(self, images, size=self._arch.img_size, vectors=self._vectors,
+                                   nearest_of=self._nearest, shape=(self.n_tokens,))
 
     # ---- decode ----
     def check_codes(self, codes: Any) -> np.ndarray:

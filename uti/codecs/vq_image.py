@@ -1,8 +1,10 @@
 """A VQGAN-family image tokenizer on `diffusers.VQModel`: deterministic encode/decode on a fixed grid.
 
 Images are brought to `proc_size` (short side resized, then center-cropped) before encoding; the grid
-is read from the model by encoding a blank image (runtime introspection). Nearest-code search runs
-per image in float64 so that batching can never flip a code.
+is read from the model by encoding a blank image (runtime introspection). Images are encoded in passes
+of exactly `encode_batch` (uti.codecs.batching: the last pass filled with all-zero images), the
+nearest-code search in float64 for the whole pass at once (hf_common.encode_image_passes), so which
+images share a call never changes a code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from uti.codecs.base import CodecVariant, ImageCodec, check_image
+from uti.codecs.base import CodecVariant, ImageCodec
+from uti.codecs.hf_common import encode_image_passes, nearest
 from uti.codecs.weights import cached_random_state, fingerprint_state_dict, parse_weights, resolve_device
 from uti.config import ImageArch, ImageConfig
 from uti.errors import ConfigError, DecodeRefused, WeightsError
@@ -185,25 +188,18 @@ class VQImageCodec(ImageCodec):
         return CodecDescriptor(modality="image", kind="vqgan", name=self.name, weights=self._weights.label,
                                fingerprint=self._fingerprint, params={**params, "arch": self.arch})
 
-    def _latents(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return self._net.encode(x).latents
+    def _vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> the quantizer's inputs (B, grid_h * grid_w, vq_embed_dim), row-major."""
+        latents = self._net.encode(x).latents
+        return latents.permute(0, 2, 3, 1).reshape(latents.shape[0], -1, latents.shape[1])
+
+    def _nearest(self, vectors: torch.Tensor) -> torch.Tensor:
+        return nearest(vectors, self._net.quantize.embedding.weight)
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if not len(images):
-            return []
-        for i, im in enumerate(images):
-            check_image(im, i, size=self._proc)
-        latents = self._latents(np.stack(images))
-        book = self._net.quantize.embedding.weight.double()
-        book_sq = book.pow(2).sum(1)
-        out = []
-        for lat in latents:
-            z = lat.permute(1, 2, 0).reshape(-1, lat.shape[0]).double()
-            dist = z.pow(2).sum(1, keepdim=True) - 2 * z @ book.T + book_sq[None]
-            out.append(dist.argmin(dim=1).reshape(self._grid).cpu().numpy().astype(np.int64))
-        return out
+        return encode_image_passes(self, images, size=self._proc, vectors=self._vectors, nearest_of=self._nearest,
+                                   shape=self._grid)
 
     @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
