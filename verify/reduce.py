@@ -371,15 +371,7 @@ class Reducer:
         if compared:
             result.counts["agreement_rate"] = counts.get("retokenize.tokens_agree", 0) / compared
         used = [groups[k] for k in sorted(groups) if groups[k].items]
-        modes = sorted({g.mode.mode for g in used})
-        text_only = not used and counts.get("retokenize.text.exact", 0) > 0
-        mode = EXACT if text_only else (modes[0] if len(modes) == 1 else ("mixed" if modes else "none"))
-        made = sorted({g.mode.tokenized_on for g in used})
-        here = sorted({g.mode.re_encoded_on for g in used})
-        result.counts.update(
-            mode=mode, exact=mode == EXACT, threshold=threshold,
-            devices={"tokenized_on": made, "re_encoded_on": here, "differ": made != here},
-            policies=[g.to_dict(threshold) for g in used])
+        result.counts.update(_retokenize_mode(used, counts, threshold))
         if counts.get("retokenize.source_missing"):
             result.warnings.append(f"{counts['retokenize.source_missing']} sampled source file(s) missing: not compared")
         for g in used:
@@ -387,8 +379,12 @@ class Reducer:
                 result.warnings.append(g.note(threshold))
             elif g.mode.mode == UNVERIFIABLE:
                 result.warnings.append(f"{g.unverifiable_items} {g.mode.modality} item(s) not re-encoded: {g.mode.reason}")
-        if mode == EXACT and not result.skipped:
-            result.note = "exact: every item re-encoded with the numerics its shard records"
+        if result.counts["exact"] and not result.skipped:
+            sources = {g.mode.source for g in used}
+            result.note = ("exact: re-encoded with the numerics the shard headers record" if sources == {"header"} else
+                           "exact: re-encoded on the device job.json names (shard headers of version 1 record no "
+                           "encode policy)" if sources == {"job.json"} else
+                           "exact: re-encoded with the numerics the shard headers (or job.json, version 1) record")
         return result
 
     def _codebook_check(self, codebooks: dict[str, dict]) -> CheckResult:
@@ -449,6 +445,22 @@ def _note_unavailable_decoders(result: CheckResult, counts: dict) -> None:
         result.skipped, result.note = True, reason
     else:
         result.warnings.append(reason)
+
+
+def _retokenize_mode(used: list[GroupTally], counts: dict, threshold: float) -> dict[str, Any]:
+    """The retokenize counts that say how the comparison ran: `mode` (exact, agreement, unverifiable, mixed
+    or none), `exact` (true only when something was compared and every policy exactly), the devices and
+    one entry per modality and recorded policy."""
+    modes = sorted({g.mode.mode for g in used})
+    text_only = not used and counts.get("retokenize.text.exact", 0) > 0
+    mode = EXACT if text_only else (modes[0] if len(modes) == 1 else ("mixed" if modes else "none"))
+    made = sorted({g.mode.tokenized_on for g in used})
+    here = sorted({g.mode.re_encoded_on for g in used})
+    # Exact means compared exactly: a run whose sampled sources were all missing compared nothing.
+    exact = mode == EXACT and (counts.get("retokenize.tokens_compared", 0) > 0 or text_only)
+    return {"mode": mode, "exact": exact, "threshold": threshold,
+            "devices": {"tokenized_on": made, "re_encoded_on": here, "differ": made != here},
+            "policies": [g.to_dict(threshold) for g in used]}
 
 
 def _merge_tallies(codec: list[CodecSummary]) -> dict[str, GroupTally]:
