@@ -264,3 +264,19 @@ def test_version_1_headers_still_decide_from_job_json(good, ray_address, tmp_pat
     assert "retokenize.audio.exact" not in c and c["retokenize.audio.identical"] == 4
     assert any(w.startswith("audio: tokenized on cuda (job.json actors.device; no encode policy recorded), re-encoded "
                             "on cpu: agreement 1.00") for w in retok["warnings"])
+
+
+def test_a_version_2_header_without_the_modality_is_compared_by_agreement(good, default_tokenizer, tmp_path):
+    """A header that records policies, but none for audio: nobody says which numerics made those codes."""
+    out = copy_of(good, tmp_path)
+    split, shard, s = shard_with(out, "audio")
+    policy = RecordedPolicy.of(2, {"image": cpu_policies(default_tokenizer)["image"]}, "audio")
+    index = json.loads((out / "shards" / split / f"{shard}.json").read_text())
+    pick = Pick(split=split, shard=shard, key=s.key, id=s.meta["id"], modality="audio", decode=False, retokenize=True,
+                policy=policy)
+    summary = run_codec_checks([pick], {pick.label: (str(out / "shards" / split / f"{shard}.tar"), index)},
+                               space=good.space, config=None, tokenizer=default_tokenizer)
+    (tally,) = summary.retokenize.values()
+    assert tally.mode.mode == "agreement" and tally.mode.source == "unrecorded" and tally.agreement == 1.0
+    assert "records no encode policy for audio" in tally.mode.reason
+    assert summary.findings.counts == {} and summary.counts["retokenize.audio.identical"] == 1
