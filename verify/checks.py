@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sharding.format import index_modalities, is_hex64, sample_key, url_to_fs
+from sharding.format import header_policy, index_modalities, is_hex64, sample_key, url_to_fs
 from sharding.parser import ShardProblem, TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids
 from sharding.tario import TrackingReader
 from uti.errors import TokenSpaceError
@@ -84,6 +84,10 @@ class ShardSummary:
     counts: dict[str, int] = field(default_factory=dict)
     codebooks: dict[str, np.ndarray] = field(default_factory=dict)
     lengths: dict[str, LengthStats] = field(default_factory=dict)
+    header_version: int | None = None  # None when the header was unusable
+    # The header's encode_policy ({modality: policy dict}, sharding.format.header_policy); None: version 1.
+    # Carried here so the retokenize picks know their shard's policy without reading the tar again.
+    encode_policy: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -170,6 +174,8 @@ class _Scan:
         self.lengths: dict[str, LengthStats] = {}
         self.counts: dict[str, int] = {"samples": 0}
         self.header_id: str | None = None
+        self.header_version: int | None = None
+        self.encode_policy: dict[str, Any] | None = None
 
     def fail(self, check: str, detail: str, key: str | None = None, id: str | None = None) -> None:
         self.log.add(check, detail, shard=self.label, key=key, id=id)
@@ -190,6 +196,8 @@ class _Scan:
             self.fail("token_space", f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
                                      "tokens of another codec/weights must never be mixed in")
         self.header_id = claimed
+        self.header_version = header["version"]
+        self.encode_policy = header_policy(header)
         if header["shard"] != self.task.name or header["split"] != self.task.split:
             self.fail("shard_integrity", f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
         return True
@@ -557,6 +565,7 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
         split=task.split, name=task.name, index_ids=list(index.get("ids") or []), index_error_ids=errors,
         samples=scan.samples, findings=scan.log, clean=not structural, tar_bytes=src.pos if src else 0,
         seconds=time.perf_counter() - t0, counts=scan.counts, codebooks=scan.codebooks(), lengths=scan.lengths,
+        header_version=scan.header_version, encode_policy=scan.encode_policy,
     )
 
 

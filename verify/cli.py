@@ -13,7 +13,8 @@ from verify.config import VerifyConfig
 
 # flag attribute -> VerifyConfig field, for the flags that map one to one
 _FIELDS = ("address", "num_cpus", "token_space", "decode_fraction", "retokenize_fraction", "seed", "max_seq_len",
-           "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device")
+           "loader_batches", "loader_batch_size", "baseline", "write_baseline", "report_dir", "max_examples", "device",
+           "cross_device_agreement")
 # VerifyConfig field -> what the user typed, so a config error names the flag (uti.strict.from_flags)
 _FLAGS = {**{f: "--" + f.replace("_", "-") for f in (*_FIELDS, "fail_on_truncation", "allow_token_space_mismatch")},
           "out": "OUT", "plots": "--no-plots", "baseline_limits.sample_count_rel_drop": "--baseline-tolerance"}
@@ -53,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-examples", type=int, default=_DEFAULT["max_examples"], metavar="N",
                    help="failure examples kept per check in report.json (the counts are always complete)")
     p.add_argument("--device", default=_DEFAULT["device"], help="device of the decode/retokenize tasks")
+    p.add_argument("--cross-device-agreement", type=float, default=_DEFAULT["cross_device_agreement"], metavar="A",
+                   help="retokenize of shards made with other numerics than this run's (another device type, media "
+                        "prepared on the device, no policy recorded): the share of equal codes that passes; never "
+                        "reported as exact (docs/VERIFY.md)")
     p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
     p.add_argument("--allow-token-space-mismatch", action="store_true",
                    help="run the decode/retokenize checks even when the codecs loaded from job.json's config differ "

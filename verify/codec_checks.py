@@ -14,6 +14,8 @@ import numpy as np
 
 from uti.captions import split_captions
 from verify.findings import FindingLog
+from verify.policy import (EXACT, UNVERIFIABLE, GroupTally, RecordedPolicy, RetokenizeMode, decide, encoding_with,
+                           group_key, level_names, levels_of)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class Pick:
     modality: str
     decode: bool
     retokenize: bool
+    # What the item's shard header records of the numerics that made its modality's tokens; None: a
+    # version 1 header (or a caller that does not say), where job.json's device decides (`exact`).
+    policy: RecordedPolicy | None = None
 
     @property
     def label(self) -> str:
@@ -58,6 +63,8 @@ class CodecSummary:
     seconds: float = 0.0
     # With allow_mismatch: each loaded codec that differs from the dataset's token space (require_same records)
     overrides: list[dict[str, Any]] = field(default_factory=list)
+    # Retokenize per modality and recorded encode policy (verify.policy.group_key -> tally)
+    retokenize: dict[str, GroupTally] = field(default_factory=dict)
 
 
 MISMATCH_FIX = ("The codecs of job.json's config load differently here than when the dataset was tokenized: give "
@@ -81,9 +88,12 @@ def run_codec_checks(
     max_member_bytes: int = 256 * 1024 * 1024,
     tokenizer: Any = None,
     allow_mismatch: bool = False,
+    job_device: str | None = None,
 ) -> CodecSummary:
-    """Decode and/or retokenize `picks`. exact=True: a retokenize difference is a failure; else it is
-    only measured (token agreement rate), since another device class may legitimately differ.
+    """Decode and/or retokenize `picks`. Retokenize re-encodes each item with the encode policy its
+    shard header records (`Pick.policy`; verify.policy says when that comparison is exact, measured as
+    agreement, or not possible). For items of version 1 headers (no policy) `exact` decides, from
+    job.json's device (`job_device`): True, a difference is a failure; else agreement is measured.
     `config` is job.json's UTIConfig dict (None: the `default` preset). Codecs that load differently from
     the dataset's token space make every item unverifiable, unless `allow_mismatch` (--allow-token-space-
     mismatch): then the checks run with them and the differences are returned in `overrides`."""
@@ -113,6 +123,7 @@ def run_codec_checks(
         return CodecSummary(findings=log, counts={"tokenizer_error": 1}, seconds=time.perf_counter() - t0)
     load = time.perf_counter() - t0
 
+    retok = _Retokenizer(tok, cfg, log, counts, legacy_exact=exact, job_device=job_device)
     by_shard: dict[str, dict[str, Pick]] = {}
     for p in picks:
         by_shard.setdefault(p.label, {})[p.key] = p
@@ -122,7 +133,7 @@ def run_codec_checks(
             for s in read_shard(tar_path, expected_token_space=space.id, index=index, max_member_bytes=max_member_bytes):
                 p = wanted.pop(s.key, None)
                 if p is not None:
-                    _one(tok, cfg, p, s, log, counts, exact)
+                    _one(tok, p, s, log, counts, retok)
                 if not wanted:
                     break  # the rest of the shard was scanned already; no need to read it again
         except UTIError as exc:
@@ -130,11 +141,12 @@ def run_codec_checks(
             continue
         unverifiable(wanted.values(), "sample not found in its shard on the second read (shard changed during verify?)",
                      log)
+    tallies = retok.finish()
     return CodecSummary(findings=log, counts=counts, load_seconds=load, seconds=time.perf_counter() - t0,
-                        overrides=list(getattr(tok, "mismatches", [])))
+                        overrides=list(getattr(tok, "mismatches", [])), retokenize=tallies)
 
 
-def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> None:
+def _one(tok, p: Pick, s, log: FindingLog, counts: dict, retok: "_Retokenizer") -> None:
     what = f"{p.label} {p.key} ({p.id})"
     if p.decode:
         _bump(counts, "decode.items")
@@ -142,8 +154,7 @@ def _one(tok, cfg, p: Pick, s, log: FindingLog, counts: dict, exact: bool) -> No
         _text_roundtrip(tok, s, counts)
     if p.retokenize:
         _bump(counts, "retokenize.items")
-        _guarded(p, log, "retokenize", "re-encode",
-                 lambda: _retokenize(tok, cfg, p, s, counts, lambda check, detail: p.fail(log, check, detail), exact))
+        _guarded(p, log, "retokenize", "re-encode", lambda: retok.add(p, s))
 
 
 def _guarded(p: Pick, log: FindingLog, check: str, action: str, run: Callable[[], None]) -> None:
@@ -207,48 +218,145 @@ def _text_roundtrip(tok, s, counts: dict) -> None:
             _bump(counts, "decode.caption_roundtrip_differs")
 
 
-def _retokenize(tok, cfg, p: Pick, s, counts: dict, fail, exact: bool) -> None:
-    """Make the sample again from its source, as the tokenize job does (`build_sample`), and compare."""
-    from sharding.format import build_sample
-    from sharding.media import source_label, source_row
+# ---- retokenize: re-encode with the policy each item's shard records ------------------------------------
+@dataclass
+class _Pending:
+    """An item whose source loaded and still hashes as it did, waiting for its group's next pass."""
 
-    meta = s.meta
-    # Text first: the text tokenizer is deterministic on every device, so this is always exact.
-    text, lengths = tok.encode_captions(meta.get("captions") or [])
-    if not np.array_equal(text, s.text):
-        fail("retokenize", f"captions re-encode to {text.size} IDs that differ from text.npy ({s.text.size} IDs)")
-        return
-    if meta["modality"] == "text":
-        _bump(counts, "retokenize.text.exact")
-        return
-    # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset).
-    row = source_row(meta)
-    media = _load_source(row, meta, cfg, counts, fail)
-    if media is None:
-        return
-    if media.source_sha256 != meta.get("source_sha256"):
-        fail("retokenize", f"source {source_label(row)} now hashes to {media.source_sha256[:16]}, the sample was made from "
-                           f"{str(meta.get('source_sha256'))[:16]} (the source changed after tokenizing)")
-        return
-    encode = tok.encode_audios if meta["modality"] == "audio" else tok.encode_images
-    ids, codec_meta = encode([media.data])[0]
-    again = build_sample(row, split=meta["split"], token_space_id=tok.space.id, tokens=ids, text=text,
-                         caption_token_lengths=lengths, codec_meta=codec_meta, source_sha256=media.source_sha256,
-                         info=media.info)
-    if meta["modality"] == "audio":
-        for k in ("n_frames", "n_samples"):
-            if again.meta.codec[k] != meta.get(k):
-                fail("retokenize", f"re-encoding gives {k}={again.meta.codec[k]}, the sample says {meta.get(k)}")
-                return
-    _compare_tokens(tok, p, again.tokens, s.tokens, counts, fail, exact)
+    pick: Pick
+    sample: Any  # the stored sample (sharding.reader.Sample)
+    row: Any
+    media: Any  # sharding.media.LoadedMedia
+    text: np.ndarray
+    lengths: list[int]
 
 
-def _load_source(row, meta: dict, cfg, counts: dict, fail):
-    """The source media, loaded by the function the job's read tasks use, at the sizes this sample was
-    encoded at; None when it cannot be (a missing file is counted, not failed)."""
+@dataclass
+class _Group:
+    """The items of one recorded policy in this task: how they are compared, and those not yet encoded."""
+
+    mode: RetokenizeMode
+    tally: GroupTally
+    pending: list[_Pending] = field(default_factory=list)
+
+
+class _Retokenizer:
+    """Re-encodes the sampled items group by group: one group per modality and recorded encode policy,
+    decided once (verify.policy.decide), encoded up to the policy's encode_batch items per call with the
+    codec set to it. With a fixed pass shape the items sharing a call never change an item's codes
+    (uti.codecs.batching), and batching keeps a GPU-made policy of 16 from costing 16 passes per item."""
+
+    def __init__(self, tok, cfg, log: FindingLog, counts: dict, *, legacy_exact: bool, job_device: str | None):
+        self.tok, self.cfg, self.log, self.counts = tok, cfg, log, counts
+        self.legacy_exact, self.job_device = legacy_exact, job_device
+        self.groups: dict[str, _Group] = {}
+
+    def add(self, p: Pick, s) -> None:
+        """Check the captions, load the source and queue the item (or count it unverifiable)."""
+        from sharding.media import source_label, source_row
+
+        tok, meta, counts = self.tok, s.meta, self.counts
+
+        def fail(detail: str) -> None:
+            p.fail(self.log, "retokenize", detail)
+
+        # Text first: the text tokenizer is deterministic on every device, so this is always exact.
+        text, lengths = tok.encode_captions(meta.get("captions") or [])
+        if not np.array_equal(text, s.text):
+            fail(f"captions re-encode to {text.size} IDs that differ from text.npy ({s.text.size} IDs)")
+            return
+        if meta["modality"] == "text":
+            _bump(counts, "retokenize.text.exact")
+            return
+        group = self._group(p)
+        group.tally.items += 1
+        if group.mode.mode == UNVERIFIABLE:
+            group.tally.unverifiable_items += 1
+            _bump(counts, "retokenize.unverifiable")
+            return
+        # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset).
+        row = source_row(meta)
+        media = reprepare_media(row, meta, self.cfg, counts, fail, prepare_on=(group.mode.recorded or {}).get("prepare_on"))
+        if media is None:
+            return
+        if media.source_sha256 != meta.get("source_sha256"):
+            fail(f"source {source_label(row)} now hashes to {media.source_sha256[:16]}, the sample was made from "
+                 f"{str(meta.get('source_sha256'))[:16]} (the source changed after tokenizing)")
+            return
+        group.pending.append(_Pending(pick=p, sample=s, row=row, media=media, text=text, lengths=lengths))
+        if len(group.pending) >= group.mode.encode_batch:
+            self.flush(group)
+
+    def _group(self, p: Pick) -> _Group:
+        key = group_key(p.modality, p.policy)
+        if key not in self.groups:
+            codec = self._codec(p.modality)
+            configured = getattr(getattr(self.cfg, p.modality, None), "encode_batch", None)
+            mode = decide(p.policy, codec, legacy_exact=self.legacy_exact, job_device=self.job_device,
+                          legacy_encode_batch=configured or 1, where=p.label)
+            self.groups[key] = _Group(mode=mode, tally=GroupTally(mode=mode, levels=level_names(self.tok.space, p.modality)))
+        return self.groups[key]
+
+    def _codec(self, modality: str):
+        return self.tok.audio if modality == "audio" else self.tok.image
+
+    def finish(self) -> dict[str, GroupTally]:
+        for group in self.groups.values():
+            self.flush(group)
+        return {k: g.tally for k, g in self.groups.items()}
+
+    def flush(self, group: _Group) -> None:
+        """Encode the group's queued items in one call with the codec at the policy's encode_batch."""
+        from uti.errors import UTIError
+
+        items, group.pending = group.pending, []
+        if not items:
+            return
+        modality = group.mode.modality
+        encode = self.tok.encode_audios if modality == "audio" else self.tok.encode_images
+        try:
+            with encoding_with(self._codec(modality), group.mode.encode_batch):
+                encoded = encode([it.media.data for it in items])
+        except UTIError as exc:
+            for it in items:
+                it.pick.fail(self.log, "retokenize", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a codec crash on a stored item's source is a finding
+            for it in items:
+                it.pick.fail(self.log, "retokenize", f"re-encode crashed: {type(exc).__name__}: {exc}")
+            return
+        for it, (ids, codec_meta) in zip(items, encoded):
+            _guarded(it.pick, self.log, "retokenize", "re-encode", lambda: self._compare(group, it, ids, codec_meta))
+
+    def _compare(self, group: _Group, it: _Pending, ids: np.ndarray, codec_meta: dict) -> None:
+        """Make the sample again as the tokenize job does (`build_sample`) and compare its tokens."""
+        from sharding.format import build_sample
+
+        p, meta = it.pick, it.sample.meta
+        again = build_sample(it.row, split=meta["split"], token_space_id=self.tok.space.id, tokens=ids, text=it.text,
+                             caption_token_lengths=it.lengths, codec_meta=codec_meta,
+                             source_sha256=it.media.source_sha256, info=it.media.info)
+        if meta["modality"] == "audio":
+            for k in ("n_frames", "n_samples"):
+                if again.meta.codec[k] != meta.get(k):
+                    p.fail(self.log, "retokenize", f"re-encoding gives {k}={again.meta.codec[k]}, the sample says {meta.get(k)}")
+                    return
+        _compare_tokens(self.tok, group, p, again.tokens, it.sample.tokens, self.counts,
+                        lambda detail: p.fail(self.log, "retokenize", detail))
+
+
+def reprepare_media(row, meta: dict, cfg, counts: dict, fail, *, prepare_on: str | None = None):
+    """The source media prepared again at the sizes this sample was encoded at; None when it cannot be
+    (a missing file is counted, not failed).
+
+    Always the function the job's CPU read tasks use (sharding.media.load_media). A policy that prepared
+    media on the device (prepare_on "device": uti.preprocess on the codec actor) is compared in agreement
+    mode, as other numerics (verify.policy.decide); this is the one place to switch to the device
+    preparation once verify runs it, after which such items on the same device can be compared exactly."""
     from sharding.media import AudioSpec, load_media
     from uti.errors import MediaError
 
+    del prepare_on  # every policy is prepared as the reader does (see above)
     try:
         audio = meta["modality"] == "audio"
         return load_media(row, limits=cfg.limits,
@@ -259,25 +367,52 @@ def _load_source(row, meta: dict, cfg, counts: dict, fail):
             # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.
             _bump(counts, "retokenize.source_missing")
             return None
-        fail("retokenize", f"source no longer loads: {exc}")
+        fail(f"source no longer loads: {exc}")
         return None
 
 
-def _compare_tokens(tok, p: Pick, ids: np.ndarray, stored: np.ndarray, counts: dict, fail, exact: bool) -> None:
-    """Token agreement of a re-encoding with the stored tokens; a difference fails only when exact."""
-    n = max(ids.size, stored.size)
-    m = min(ids.size, stored.size)
+def _compare_tokens(tok, group: _Group, p: Pick, ids: np.ndarray, stored: np.ndarray, counts: dict, fail) -> None:
+    """Token agreement of a re-encoding with the stored tokens, per level into the group's tally. In exact
+    mode a difference fails, naming the first differing position and its level; in agreement mode the
+    group's agreement is gated in the reduce (an item of all-equal codes is "identical", never "exact")."""
+    n, m = max(ids.size, stored.size), min(ids.size, stored.size)
+    level_of = levels_of(tok.space, p.modality, n)
+    group.tally.add(level_of, ids, stored, shard=p.label, key=p.key, id=p.id)
     agree = int((ids[:m] == stored[:m]).sum())
     _bump(counts, "retokenize.tokens_compared", n)
     _bump(counts, "retokenize.tokens_agree", agree)
     _bump(counts, f"retokenize.{p.modality}.compared")
+    exact = group.mode.mode == EXACT
     if agree == n:
-        _bump(counts, f"retokenize.{p.modality}.exact")
+        _bump(counts, f"retokenize.{p.modality}.{'exact' if exact else 'identical'}")
         return
     _bump(counts, "retokenize.differs")
+    if not exact:
+        return
     first = int(np.argmax(ids[:m] != stored[:m])) if agree < m else m
-    detail = (f"re-encoded tokens differ from the stored ones: {n - agree} of {n} differ, first at position {first}"
-              + (f" (level {tok.space.layout('audio').level_of_position(first)})"
-                 if p.modality == "audio" and tok.audio else ""))
-    if exact:
-        fail("retokenize", detail)
+    fail(f"re-encoded tokens differ from the stored ones: {n - agree} of {n} differ, first at position {first} "
+         f"({_where_in_media(tok.space, p.modality, first)}); {_exact_basis(group.mode)}")
+
+
+def _where_in_media(space, modality: str, position: int) -> str:
+    """'level 3' for audio; the grid cell for an image (its one level)."""
+    layout = space.layout(modality)
+    if modality == "audio":
+        return f"level {layout.level_of_position(position)}"
+    if layout.grid:
+        return f"image level, grid row {position // layout.grid[1]} column {position % layout.grid[1]}"
+    return "image level"
+
+
+def _exact_basis(mode: RetokenizeMode) -> str:
+    """Why the comparison was exact, so a reader of the failure knows which numerics were expected."""
+    here = mode.here or {}
+    if mode.recorded is None:
+        return (f"compared exactly: the shard header records no encode policy and job.json's device "
+                f"{mode.tokenized_on} is verify's, re-encoded at encode_batch {mode.encode_batch}")
+    torch_made, torch_here = mode.recorded.get("torch"), here.get("torch")
+    release = (f"; tokenized with torch {torch_made}, re-encoded with torch {torch_here}: a kernel change between "
+               "releases also shows as a difference" if torch_made and torch_here and torch_made != torch_here else "")
+    return (f"compared exactly: re-encoded with the shard's recorded encode policy ({mode.tokenized_on} "
+            f"{mode.recorded.get('dtype')}, TF32 {'on' if mode.recorded.get('tf32') else 'off'}, encode_batch "
+            f"{mode.encode_batch}){release}")

@@ -12,6 +12,7 @@ fail on it. Decode, retokenize and the loader only sample shards the scan found 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from verify.codec_checks import CodecSummary
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, ShardTask, manifest_paths
 from verify.findings import CHECKS, CheckResult, Finding, FindingLog
+from verify.policy import AGREEMENT, EXACT, UNVERIFIABLE, GroupTally, RecordedPolicy
 from verify.stats import LengthStats, codebook_metrics
 
 
@@ -60,11 +62,13 @@ class Reducer:
         self.counts: dict[str, int] = {}
         self.per_shard: dict[str, dict[str, Any]] = {}
         self.disk_shards: set[str] = set()
+        self.headers: dict[str, tuple[int | None, dict | None]] = {}  # label -> (header version, encode_policy)
 
     # ---- intake ------------------------------------------------------------------------------------
     def add(self, task: ShardTask, s: ShardSummary) -> None:
         self.disk_shards.add(task.label)
         self.log.merge(s.findings)
+        self.headers[task.label] = (s.header_version, s.encode_policy)
         for id_ in s.index_ids:
             self.claims.setdefault(id_, []).append((s.split, s.name))
         self.index_errors.extend((task.label, e) for e in s.index_error_ids)
@@ -109,6 +113,23 @@ class Reducer:
                      shard=task.label)
         self.per_shard[task.label] = {"shard": task.label, "samples": 0, "bytes": 0, "seconds": 0.0,
                                       "failures": {"shard_integrity": 1}, "clean": False}
+
+    def policy_of(self, label: str, modality: str) -> RecordedPolicy | None:
+        """The encode policy shard `label`'s header records for `modality` (None: a version 1 header)."""
+        version, policy = self.headers.get(label, (None, None))
+        return RecordedPolicy.of(version, policy, modality)
+
+    def policy_groups(self) -> list[dict[str, Any]]:
+        """The scanned shards grouped by the encode policy their headers record, largest group first
+        (report.json `encode_policies`): one line per distinct policy, so a mixed dataset shows."""
+        groups: dict[str, dict[str, Any]] = {}
+        for label in sorted(self.headers):
+            version, policy = self.headers[label]
+            key = json.dumps([version, policy], sort_keys=True)
+            g = groups.setdefault(key, {"header_version": version, "encode_policy": policy, "shards": 0,
+                                        "first_shard": label})
+            g["shards"] += 1
+        return sorted(groups.values(), key=lambda g: (-g["shards"], g["first_shard"]))
 
     # ---- dataset-level checks ---------------------------------------------------------------------------
     def _token_space(self) -> None:
@@ -256,7 +277,7 @@ class Reducer:
                            counts=counts or {}, examples=list(self.log.examples.get(name, [])))
 
     def finish(self, *, codec: list[CodecSummary], codec_plan: dict[str, Any], loader: dict[str, Any] | None,
-               loader_note: str, exact: bool) -> Reduced:
+               loader_note: str) -> Reduced:
         cfg, f = self.cfg, self.files
         self._token_space()
         self._split_integrity()
@@ -287,8 +308,13 @@ class Reducer:
                 codec_counts[k] = codec_counts.get(k, 0) + v
         overrides = _unique_overrides(codec)
         checks.append(self._codec_check("decode", codec_log, codec_counts, codec_plan, fraction=cfg.decode_fraction))
-        checks.append(self._codec_check("retokenize", codec_log, codec_counts, codec_plan,
-                                        fraction=cfg.retokenize_fraction, hard=exact))
+        groups = _merge_tallies(codec)
+        retokenize = self._retokenize_check(codec_log, codec_counts, codec_plan, groups)
+        checks.append(retokenize)
+        # What the codec tasks really did, not what job.json's device suggested: exact only when every
+        # re-encoded group was compared exactly.
+        codec_plan = {**codec_plan, "exact_retokenize": retokenize.counts["exact"],
+                      "retokenize_mode": retokenize.counts["mode"]}
         for check in (c for c in checks[-2:] if not c.skipped):
             for o in overrides:
                 check.warnings.append(f"--allow-token-space-mismatch: ran with a {o['what']} of token space "
@@ -309,6 +335,7 @@ class Reducer:
                       "seconds": [round(c.seconds, 2) for c in codec], **codec_plan},
             "loader": loader or {},
             "overrides": overrides,
+            "encode_policies": self.policy_groups(),
         }
         return Reduced(checks=checks, stats=stats)
 
@@ -326,18 +353,38 @@ class Reducer:
             result.skipped, result.note = True, "no clean sample to pick from"
         elif name == "decode":
             _note_unavailable_decoders(result, mine)
-        if name == "retokenize":
-            compared = counts.get("retokenize.tokens_compared", 0)
-            if compared:
-                result.counts["agreement_rate"] = counts.get("retokenize.tokens_agree", 0) / compared
-            if counts.get("retokenize.source_missing"):
-                result.warnings.append(f"{counts['retokenize.source_missing']} sampled source file(s) missing: not compared")
-            if not hard:
-                result.note = ("the dataset was tokenized on another device class (or it is unknown): tokens are "
-                               "compared and the agreement rate reported, not gated")
-                if counts.get("retokenize.differs"):
-                    result.warnings.append(f"{counts['retokenize.differs']} re-encoded item(s) differ; agreement "
-                                           f"{result.counts.get('agreement_rate', 0):.4f}")
+        return result
+
+    def _retokenize_check(self, log: FindingLog, counts: dict, plan: dict, groups: dict[str, GroupTally]) -> CheckResult:
+        """Exact groups failed item by item in the codec tasks; an agreement group (other numerics than
+        the shard's, or no policy recorded) fails here when its share of equal codes is below
+        --cross-device-agreement, as one finding naming its lowest item. The counts and notes say which
+        mode ran, so a measured agreement can never be read as an exact pass."""
+        threshold = self.cfg.cross_device_agreement
+        for key in sorted(groups):
+            g = groups[key]
+            if g.mode.mode == AGREEMENT and g.agreement is not None and g.agreement < threshold:
+                rate, shard, k, id_ = g.worst
+                log.add("retokenize", f"{g.note(threshold)}; lowest item agreement {rate:.2f}", shard=shard, key=k, id=id_)
+        result = self._codec_check("retokenize", log, counts, plan, fraction=self.cfg.retokenize_fraction)
+        compared = counts.get("retokenize.tokens_compared", 0)
+        if compared:
+            result.counts["agreement_rate"] = counts.get("retokenize.tokens_agree", 0) / compared
+        used = [groups[k] for k in sorted(groups) if groups[k].items]
+        result.counts.update(_retokenize_mode(used, counts, threshold))
+        if counts.get("retokenize.source_missing"):
+            result.warnings.append(f"{counts['retokenize.source_missing']} sampled source file(s) missing: not compared")
+        for g in used:
+            if g.mode.mode == AGREEMENT and g.compared_items and (g.agreement or 0) >= threshold:
+                result.warnings.append(g.note(threshold))
+            elif g.mode.mode == UNVERIFIABLE:
+                result.warnings.append(f"{g.unverifiable_items} {g.mode.modality} item(s) not re-encoded: {g.mode.reason}")
+        if result.counts["exact"] and not result.skipped:
+            sources = {g.mode.source for g in used}
+            result.note = ("exact: re-encoded with the numerics the shard headers record" if sources == {"header"} else
+                           "exact: re-encoded on the device job.json names (shard headers of version 1 record no "
+                           "encode policy)" if sources == {"job.json"} else
+                           "exact: re-encoded with the numerics the shard headers (or job.json, version 1) record")
         return result
 
     def _codebook_check(self, codebooks: dict[str, dict]) -> CheckResult:
@@ -398,6 +445,37 @@ def _note_unavailable_decoders(result: CheckResult, counts: dict) -> None:
         result.skipped, result.note = True, reason
     else:
         result.warnings.append(reason)
+
+
+def _retokenize_mode(used: list[GroupTally], counts: dict, threshold: float) -> dict[str, Any]:
+    """The retokenize counts that say how the comparison ran: `mode` (exact, agreement, unverifiable, mixed
+    or none), `exact` (true only when something was compared and every policy exactly), the devices and
+    one entry per modality and recorded policy."""
+    modes = sorted({g.mode.mode for g in used})
+    text_only = not used and counts.get("retokenize.text.exact", 0) > 0
+    mode = EXACT if text_only else (modes[0] if len(modes) == 1 else ("mixed" if modes else "none"))
+    made = sorted({g.mode.tokenized_on for g in used})
+    here = sorted({g.mode.re_encoded_on for g in used})
+    # Exact means compared exactly: a run whose sampled sources were all missing compared nothing.
+    exact = mode == EXACT and (counts.get("retokenize.tokens_compared", 0) > 0 or text_only)
+    return {"mode": mode, "exact": exact, "threshold": threshold,
+            "devices": {"tokenized_on": made, "re_encoded_on": here, "differ": made != here},
+            "policies": [g.to_dict(threshold) for g in used]}
+
+
+def _merge_tallies(codec: list[CodecSummary]) -> dict[str, GroupTally]:
+    """Every task's retokenize tallies, merged per modality and recorded policy (copies: a task's own
+    summary is left as it came)."""
+    import copy
+
+    merged: dict[str, GroupTally] = {}
+    for c in codec:
+        for key, tally in c.retokenize.items():
+            if key in merged:
+                merged[key].merge(tally)
+            else:
+                merged[key] = copy.deepcopy(tally)
+    return merged
 
 
 def _unique_overrides(codec: list[CodecSummary]) -> list[dict[str, Any]]:

@@ -142,6 +142,7 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
             f"<td><details><summary>counts</summary><pre>{_e(json.dumps(c['counts'], indent=1, default=str))}</pre>"
             f"</details></td></tr>"
         )
+    policies = _policies_html(report)
     figs = "\n".join(f"<h2>{_e(t)}</h2><img alt='{_e(t)}' src=\"data:image/png;base64,{b}\">" for t, b in images.items())
     s = report["summary"]
     verdict = "PASS" if report["ok"] else "FAIL"
@@ -157,9 +158,41 @@ in {s['seconds']:.1f} s; created {_e(report['created'])}</p>
 <h2>Checks</h2>
 <table><tr><th>#</th><th>check</th><th>status</th><th>kind</th><th>failures</th><th>first failure / notes</th><th></th></tr>
 {''.join(rows)}</table>
+{policies}
 {figs}
 </body></html>
 """
+
+
+def _policies_html(report: dict[str, Any]) -> str:
+    """The shards per distinct encode policy their headers record, and how retokenize compared each."""
+    from verify.policy import policy_summary
+
+    groups = report.get("encode_policies") or []  # older reports have none
+    if not groups:
+        return ""
+    rows = []
+    for g in groups:
+        policy = g.get("encode_policy")
+        what = ("not recorded (shard header version 1: job.json's device decides)" if policy is None else
+                "<br>".join(f"{_e(m)}: {_e(policy_summary(p))}" for m, p in sorted(policy.items())) or "none")
+        rows.append(f"<tr><td>{g['shards']}</td><td>{_e(g.get('header_version'))}</td><td>{what}</td>"
+                    f"<td>{_e(g.get('first_shard'))}</td></tr>")
+    retok = next((c for c in report["checks"] if c["name"] == "retokenize"), {"counts": {}})
+    counts = retok["counts"]
+    modes = "".join(
+        f"<li>{_e(p['modality'])}: <b>{_e(p['mode'])}</b>, tokenized on {_e(p['tokenized_on'])}, re-encoded on "
+        f"{_e(p['re_encoded_on'])} at encode_batch {_e(p['encode_batch'])}"
+        + (f", agreement {p['agreement']:.4f}" if p.get("agreement") is not None else "")
+        + (f" (threshold {p['threshold']:.2f})" if p.get("threshold") is not None else "")
+        + (f"; {_e(p['reason'])}" if p.get("reason") else "") + "</li>"
+        for p in counts.get("policies") or [])
+    mode = counts.get("mode")
+    return (f"<h2>Encode policies</h2><p>retokenize mode: <b>{_e(mode or 'not run')}</b>"
+            f"{' (not exact)' if mode and mode != 'exact' and mode != 'none' else ''}</p>"
+            f"{'<ul>' + modes + '</ul>' if modes else ''}"
+            "<table><tr><th>shards</th><th>header version</th><th>encode policy</th><th>first shard</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def write_html(report: dict[str, Any], directory: Path, *, with_plots: bool = True) -> Path:

@@ -143,15 +143,20 @@ def _scan_all(files: DatasetFiles, cfg: VerifyConfig, progress: Progress) -> Red
 
 
 # ---- phase 2: codec checks and loader on clean samples ---------------------------------------------------
-def _same_device_class(job: dict | None, device: str) -> bool:
-    """Exact retokenize comparison only when the job ran on the device class the checks run on."""
+def _job_device(job: dict | None) -> str | None:
+    """The device the job's codec actors really used (actors.device; the config may say "auto"); None
+    when job.json does not say."""
     job = job or {}
-    # The job records the device its codec actors really used (actors.device); the config may say "auto".
     actors = job.get("actors") if isinstance(job.get("actors"), dict) else {}
     produced = actors.get("device") or job.get("device") or (job_config_dict(job) or {}).get("device")
-    if not isinstance(produced, str) or produced == "auto":
-        return False  # unknown: measure agreement, do not gate
-    return produced.split(":")[0] == device.split(":")[0]
+    return produced if isinstance(produced, str) and produced != "auto" else None
+
+
+def _same_device_class(job: dict | None, device: str) -> bool:
+    """For shards whose header records no encode policy (version 1): an exact retokenize comparison only
+    when the job ran on the device class the checks run on (unknown: agreement is measured)."""
+    produced = _job_device(job)
+    return produced is not None and produced.split(":")[0] == device.split(":")[0]
 
 
 def _pick(reducer: Reducer, cfg: VerifyConfig) -> tuple[list[Pick], int]:
@@ -167,7 +172,7 @@ def _pick(reducer: Reducer, cfg: VerifyConfig) -> tuple[list[Pick], int]:
 
     dec, ret = choose(cfg.decode_fraction), choose(cfg.retokenize_fraction)
     picks = [Pick(split=s.split, shard=s.shard, key=s.key, id=s.id, modality=s.modality,
-                  decode=i in dec, retokenize=i in ret)
+                  decode=i in dec, retokenize=i in ret, policy=reducer.policy_of(f"{s.split}/{s.shard}", s.modality))
              for i, s in enumerate(population) if i in dec or i in ret]
     return picks, n
 
@@ -191,7 +196,7 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer, prog
             codec_refs.append((chunk, remote.remote(
                 chunk, paths, space=space_ref, config=job_config_dict(files.job), device=cfg.device, exact=exact,
                 max_examples=cfg.max_examples, max_member_bytes=cfg.max_member_bytes,
-                allow_mismatch=cfg.allow_token_space_mismatch)))
+                allow_mismatch=cfg.allow_token_space_mismatch, job_device=_job_device(files.job))))
     loader_ref, loader_note = None, ""
     if cfg.loader_batches == 0:
         loader_note = "--loader-batches 0"
@@ -222,7 +227,7 @@ def _second_phase(files: DatasetFiles, cfg: VerifyConfig, reducer: Reducer, prog
     codec_plan = {"population": population, "decode_picked": sum(p.decode for p in picks),
                   "retokenize_picked": sum(p.retokenize for p in picks), "tasks": len(codec_refs),
                   "exact_retokenize": exact}
-    reduced = reducer.finish(codec=codec, codec_plan=codec_plan, loader=loader, loader_note=loader_note, exact=exact)
+    reduced = reducer.finish(codec=codec, codec_plan=codec_plan, loader=loader, loader_note=loader_note)
     return reduced.checks, reduced.stats
 
 
@@ -279,7 +284,8 @@ def _assemble(files: DatasetFiles, cfg: VerifyConfig, checks: list[CheckResult],
         },
         "checks": [c.to_dict() for c in checks],
         "errors_per_shard": errors_per_shard,
-        **{k: stats[k] for k in ("codebooks", "lengths", "per_split", "per_shard", "codec", "loader", "overrides")},
+        **{k: stats[k] for k in ("codebooks", "lengths", "per_split", "per_shard", "codec", "loader", "overrides",
+                                  "encode_policies")},
     }
     return report
 
