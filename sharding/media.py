@@ -4,6 +4,9 @@ Every problem becomes a MediaError with a stage and a short machine-readable rea
 errors.jsonl), never a crash: unreadable or truncated files, zero-length audio, NaN/inf samples, too
 many channels, absurd sample rates, files over the configured maximum duration (refused from the
 header, without reading the file whole), decompression bombs and undecodable images.
+
+Loading is decode (every check above) then prepare (resample and mix, or resize). `load_media(prepare=False)`
+stops after the decode, for preparation on the codec actor's device (`prepare_loaded`, prepare_on "device").
 """
 
 from __future__ import annotations
