@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -156,31 +156,136 @@ class CodecWorker:
                 ok.append(item)
         for modality, encode in (("audio", self._encode_audio), ("image", self._encode_image)):
             group = [it for it in ok if by_id[it.id].modality == modality]
-            if not group:
-                continue
-            try:
-                results = encode([it.data for it in group])
-            except Exception:  # noqa: BLE001 - isolate the sample that breaks the codec, keep the rest
-                results = []
-                for it in group:
-                    try:
-                        results.append(encode([it.data])[0])
-                    except Exception as exc:  # noqa: BLE001
-                        results.append(exc)
-            for it, res in zip(group, results):
-                if isinstance(res, Exception):
-                    fail(it.id, "encode", "codec_error", f"{type(res).__name__}: {res}")
-                else:
-                    ids, meta = res
-                    encoded[it.id] = (ids, meta, it.source_sha256, it.info)
+            for part, data in self._staged(modality, group, by_id, fail):
+                self._encode_part(part, data, encode, fail, encoded)
         for it in ok:
             if by_id[it.id].modality == "text":
                 encoded[it.id] = (np.zeros(0, np.uint32), {}, None, {})
 
-    def _encode_audio(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
+    @staticmethod
+    def _encode_part(part: list[ReadResult], data: list, encode, fail, encoded: dict) -> None:
+        """Encode one part's media (its items' `data`, prepared), isolating the sample that breaks the codec."""
+        try:
+            results = encode(data)
+        except Exception:  # noqa: BLE001 - isolate the sample that breaks the codec, keep the rest
+            results = []
+            for x in data:
+                try:
+                    results.append(encode([x])[0])
+                except Exception as exc:  # noqa: BLE001
+                    results.append(exc)
+        for it, res in zip(part, results):
+            if isinstance(res, Exception):
+                fail(it.id, "encode", "codec_error", f"{type(res).__name__}: {res}")
+            else:
+                ids, meta = res
+                encoded[it.id] = (ids, meta, it.source_sha256, it.info)
+
+    def _staged(self, modality: str, group: list[ReadResult], by_id: dict[str, ManifestRow], fail):
+        """(items, their codec-ready media) parts of one modality's items. Media the read task prepared
+        (prepare_on "reader") is one part, as it comes. Raw media (prepare_on "device") is prepared here, on
+        this actor's device, in parts of `prepare_group` items, each prepared on a background thread (on a
+        GPU: a side CUDA stream) while the caller encodes the one before; a sample that cannot be prepared
+        is a per-sample error of stage "prepare"."""
+        ready = [it for it in group if it.prepared]
+        if ready:
+            yield ready, [it.data for it in ready]
+        raw = [it for it in group if not it.prepared]
+        if not raw:
+            return
+        codec = getattr(self.tok, modality)
+        size = prepare_group(int(getattr(codec, "encode_batch", 1) or 1))
+        parts = [raw[a: a + size] for a in range(0, len(raw), size)]
+        device = _device_of(codec, self.device)
+        for part, prepared in prepared_ahead(parts, lambda p: self._prepare(modality, p, by_id), device=device):
+            good = [(it, x) for it, x in zip(part, prepared) if not isinstance(x, Exception)]
+            for it, x in zip(part, prepared):
+                if isinstance(x, Exception):
+                    fail(it.id, getattr(x, "stage", "prepare"), getattr(x, "reason", "prepare_error"), str(x))
+            if good:
+                yield [it for it, _ in good], [x for _, x in good]
+
+    def _prepare(self, modality: str, part: list[ReadResult], by_id: dict[str, ManifestRow]) -> list:
+        """Each raw item of `part` prepared on this actor's device by sharding.media.prepare_loaded (the
+        function verify re-prepares with), or its MediaError."""
+        from sharding.media import AudioSpec, LoadedMedia, prepare_loaded
+        from uti.errors import MediaError
+
+        codec = getattr(self.tok, modality)
+        if codec is None:  # no codec for it here: encode refuses each sample (codec_error), as for prepared media
+            return [it.data for it in part]
+        audio = modality == "audio"
+        spec = AudioSpec(sample_rate=codec.sample_rate, channels=codec.channels) if audio else None
+        device = _device_of(codec, self.device)
+        out: list = []
+        for it in part:
+            raw = LoadedMedia(data=it.data, source_sha256=it.source_sha256 or "", info=it.info, prepared=False)
+            try:
+                data = prepare_loaded(by_id[it.id], raw, device=device, spec=spec,
+                                      proc_size=None if audio else codec.proc_size[0]).data
+            except MediaError as exc:
+                out.append(exc)
+                continue
+            # The image adapters take uint8 numpy (uti.codecs.base.ImageCodec.encode): back to the host.
+            out.append(data if audio else data.cpu().numpy())
+        return out
+
+    def _encode_audio(self, arrays: list) -> list[tuple[np.ndarray, dict]]:
         import torch
 
-        return self.tok.encode_audios([torch.from_numpy(a) for a in arrays])
+        return self.tok.encode_audios([a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in arrays])
 
     def _encode_image(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, dict]]:
         return self.tok.encode_images(arrays)
+
+
+def prepare_group(encode_batch: int) -> int:
+    """Raw items prepared together on the device: about 4 forward passes' worth (at least 8), so a part
+    fills its passes while the next one is prepared. Which items share a part never changes a code (the
+    codecs' passes have fixed shapes, uti.codecs.batching), only how many passes a chunk takes."""
+    return max(8, 4 * encode_batch)
+
+
+def _device_of(codec: Any, fallback: str):
+    import torch
+
+    return torch.device(str(getattr(codec, "device", None) or fallback))
+
+
+def prepared_ahead(parts: list[list], prepare, *, device) -> Iterator[tuple[list, Any]]:
+    """(part, prepare(part)) in order, each part prepared on one background thread while the caller works
+    on the part before it: one part ahead, so at most two parts' media are held at once. On a GPU each
+    part runs on a side CUDA stream, so its host-to-device copies and kernels overlap the encode's on the
+    default stream; on a CPU the thread shares the actor's cores (the same work, interleaved)."""
+    import concurrent.futures
+
+    if not parts:
+        return
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="uti-prepare")
+    try:
+        future = pool.submit(_prepare_on_stream, prepare, parts[0], device)
+        for k, part in enumerate(parts):
+            result = future.result()
+            if k + 1 < len(parts):
+                future = pool.submit(_prepare_on_stream, prepare, parts[k + 1], device)
+            yield part, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare_on_stream(prepare, part: list, device) -> Any:
+    if device.type != "cuda":
+        return prepare(part)
+    import torch
+
+    stream = torch.cuda.Stream(device=device)
+    with torch.cuda.stream(stream):
+        out = prepare(part)
+    stream.synchronize()  # this thread waits for its part, the encoding one never does
+    consumer = torch.cuda.default_stream(device)
+    for x in out:
+        # Allocated on the side stream, read on the encode's: the allocator must not hand the memory to the
+        # next part before the encode's kernels are done with it.
+        if isinstance(x, torch.Tensor) and x.is_cuda:
+            x.record_stream(consumer)
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ray_jobs.config import READ_IN
+from ray_jobs.config import PREPARE_ON, READ_IN
 from sharding.outdir import ERRORS_NAME, path_of
 from sharding.storage import add_storage_options_flag, configure_storage_options
 from uti.cli import add_command, add_config_flag
@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="who decodes and resamples the media: CPU read tasks feeding the actors, or the codec actors "
                         "themselves; auto: tasks for GPU actors (decoding overlaps the GPU), the actors on CPU (a read "
                         "task's worker costs more CPU than the reads)")
+    p.add_argument("--prepare-on", choices=PREPARE_ON, default="auto",
+                   help="where resampling, channel mixing and image resizing run: the CPU read path (reader) or "
+                        "the codec actor's device (read tasks then only decode); auto: the device for GPU actors, "
+                        "the reader on CPU. Recorded in each shard's encode policy (images resized on the device "
+                        "are not PIL's pixels, so their tokens differ)")
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -55,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         manifests=tuple(args.manifest), out=args.out, config=args.config, address=args.address,
         num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_samples=args.shard_samples, shard_seconds=args.shard_seconds, batch_seconds=args.batch_seconds,
-        max_images_per_batch=args.max_images_per_batch, read_in=args.read_in,
+        max_images_per_batch=args.max_images_per_batch, read_in=args.read_in, prepare_on=args.prepare_on,
         max_shard_failures=args.max_shard_failures, dashboard=args.dashboard, progress=not args.no_progress,
         progress_every=args.progress_every,
     )

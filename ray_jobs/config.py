@@ -8,6 +8,11 @@ from uti.errors import ConfigError
 from uti.progress import DEFAULT_EVERY, check_every
 
 READ_IN = ("auto", "actors", "tasks")  # `--read-in`: see ray_jobs.resources
+# `--prepare-on`: where resampling, channel mixing and image resizing run (ray_jobs.resources.prepare_on).
+# "reader" and "device" are uti.codecs.batching.PREPARE_READER/PREPARE_DEVICE, spelled out here so the
+# driver reads its config without importing torch.
+PREPARE_READER, PREPARE_DEVICE = "reader", "device"
+PREPARE_ON = ("auto", PREPARE_READER, PREPARE_DEVICE)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -26,6 +31,7 @@ class TokenizeConfig:
     max_shard_failures: int = 3  # a chunk (or shard writer) failing this often stops the job, naming the shard
     read_cpus: float = 0.5  # logical CPUs per read task: reading is light next to encoding
     read_in: str = "auto"  # who reads the media: "actors", "tasks", or auto (CPU actors read, GPU actors get tasks)
+    prepare_on: str = "auto"  # who prepares it: "reader", "device", or auto (the device for GPU actors)
     dashboard: bool = False
     progress: bool = True  # a bar on a terminal, else a line every progress_every seconds (uti.progress)
     progress_every: float = DEFAULT_EVERY
@@ -51,6 +57,8 @@ class TokenizeConfig:
             raise ConfigError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
         if self.read_in not in READ_IN:
             raise ConfigError(f"--read-in must be one of {', '.join(READ_IN)}, got {self.read_in!r}")
+        if self.prepare_on not in PREPARE_ON:
+            raise ConfigError(f"--prepare-on must be one of {', '.join(PREPARE_ON)}, got {self.prepare_on!r}")
         check_every(self.progress_every)
         if self.max_shard_failures < 1:
             raise ConfigError(f"--max-shard-failures must be >= 1, got {self.max_shard_failures}")

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
-from ray_jobs.resources import Request, local_num_cpus, resolve
+from ray_jobs.read import prepare_args
+from ray_jobs.resources import Request, local_num_cpus, prepare_on, resolve
 from ray_jobs.scheduler import ActorStarts, ChunkScheduler, RunResult, Waiting, peak_rss_mb, short_error
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
@@ -398,7 +399,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
                     raise JobError(f"the codec actor's token space {first.facts.space.short_id} differs from the "
                                    f"driver's {space.short_id}: the codec weights or libraries differ between nodes")
             codec_actors, first = first, None  # _run_chunks owns them now (and kills them when done)
-            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=_read_args(codec_actors.facts, ucfg),
+            read_args = {**_read_args(codec_actors.facts, ucfg), **prepare_args(prepare_on(cfg, codec_actors.request))}
+            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args,
                               codec_actors=codec_actors, command_started=command_started, progress=progress)
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-from ray_jobs.config import TokenizeConfig
+from ray_jobs.config import PREPARE_DEVICE, PREPARE_READER, TokenizeConfig
 from ray_jobs.outputs import JobError
 
 PENDING_GRACE_SECONDS = 15.0  # an actor or read task waiting longer than this gets its reason shown
@@ -65,6 +65,15 @@ def reads_in_actors(cfg: TokenizeConfig, gpus_per_actor: float) -> bool:
     if cfg.read_in == "auto":
         return gpus_per_actor == 0
     return cfg.read_in == "actors"
+
+
+def prepare_on(cfg: TokenizeConfig, request: Request) -> str:
+    """`--prepare-on auto`: on the device for GPU actors (the read tasks then only decode, and the GPU
+    resamples and resizes in a fraction of the CPU's time), in the reader on CPU actors (the same work
+    on the same cores either way, and the tokens of the shards made before: PIL's images)."""
+    if cfg.prepare_on != "auto":
+        return cfg.prepare_on
+    return PREPARE_DEVICE if request.gpus_per_actor > 0 else PREPARE_READER
 
 
 def default_actors(cpus: float, gpus: float, *, gpus_per_actor: float, cpus_per_actor: float,

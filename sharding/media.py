@@ -4,6 +4,9 @@ Every problem becomes a MediaError with a stage and a short machine-readable rea
 errors.jsonl), never a crash: unreadable or truncated files, zero-length audio, NaN/inf samples, too
 many channels, absurd sample rates, files over the configured maximum duration (refused from the
 header, without reading the file whole), decompression bombs and undecodable images.
+
+Loading is decode (every check above) then prepare (resample and mix, or resize). `load_media(prepare=False)`
+stops after the decode, for preparation on the codec actor's device (`prepare_loaded`, prepare_on "device").
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class LoadedMedia:
     data: Any  # torch.Tensor (channels, samples) at the codec rate, or uint8 (H, W, 3) at proc_size
     source_sha256: str
     info: dict[str, Any] = field(default_factory=dict)
+    # False: raw, as load_media(prepare=False) leaves it (audio float32 numpy (channels, samples) at
+    # info["source_sample_rate"], images uint8 (H, W, 3) at source size): prepare_loaded makes it codec-ready.
+    prepared: bool = True
 
 
 def _fail(row: ManifestRow, stage: str, reason: str, detail: str) -> MediaError:
@@ -213,26 +219,65 @@ def _hf_bytes(ref: HFRef, row: ManifestRow) -> bytes:
 
 
 def load_media(row: ManifestRow, *, limits: LimitsConfig, spec: AudioSpec | None = None,
-               proc_size: int | None = None) -> LoadedMedia | None:
+               proc_size: int | None = None, prepare: bool = True) -> LoadedMedia | None:
     """The one entry point from a row to codec-ready media (None for a text row): the tokenize read
     tasks and verify's retokenize check both call it, so they can never load a row differently.
-    `spec` is needed for audio rows, `proc_size` for image rows."""
+    `spec` is needed for audio rows, `proc_size` for image rows.
+
+    prepare=False: decoded and checked alike (limits, NaN, truncation, empty, too short, source sha256),
+    but left raw (LoadedMedia.prepared False): audio float32 (channels, samples) at its source rate,
+    images uint8 RGB (H, W, 3) at their source size; `prepare_loaded` prepares them on a device."""
     if row.modality == "audio":
-        if spec is None:
+        if prepare and spec is None:
             raise ValueError(f"{row.id}: loading audio needs the codec's AudioSpec")
-        return load_audio(row, spec=spec, limits=limits)
+        return load_audio(row, spec=spec, limits=limits) if prepare else decode_audio(row, limits=limits)
     if row.modality == "image":
-        if proc_size is None:
+        if prepare and proc_size is None:
             raise ValueError(f"{row.id}: loading an image needs the codec's proc_size")
-        return load_image(row, proc_size=proc_size, limits=limits)
+        return load_image(row, proc_size=proc_size, limits=limits, prepare=prepare)
     return None
 
 
-def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> LoadedMedia:
-    """Decode, check and resample one audio row to the codec's rate and channel count."""
-    import soundfile as sf
+def prepare_loaded(row: ManifestRow, media: LoadedMedia, *, device: Any, spec: AudioSpec | None = None,
+                   proc_size: int | None = None) -> LoadedMedia:
+    """Raw media (load_media(prepare=False)) prepared on `device`, as prepare_on "device" does: by
+    uti.preprocess.prepare_media, the function the codec actor runs (verify re-prepares a device-prepared
+    sample with it too). `spec` for audio, `proc_size` for images; prepared media is returned as it is."""
+    if media.prepared:
+        return media
+    from uti.preprocess import prepare_media
 
+    audio = row.modality == "audio"
+    return _prepared(row, media, lambda: prepare_media(
+        row.modality, media.data, media.info.get("source_sample_rate"), target_rate=spec.sample_rate if audio else None,
+        channels=spec.channels if audio else None, proc_size=proc_size, device=device))
+
+
+def _prepared(row: ManifestRow, media: LoadedMedia, prepare) -> LoadedMedia:
+    """`prepare()` as media of this row: a failure is a MediaError of stage "prepare" (a per-sample error,
+    not a crashed chunk), a clip resampled to nothing one of stage "validate"."""
+    try:
+        data = prepare()
+    except Exception as exc:  # noqa: BLE001 - a bad array, a device error: this sample's, the rest go on
+        raise _fail(row, "prepare", "prepare_error", f"cannot prepare the {row.modality}: {type(exc).__name__}: {exc}") from None
+    if row.modality == "audio" and data.shape[-1] < 1:
+        raise _fail(row, "validate", "too_short", "no samples left after resampling")
+    return LoadedMedia(data=data, source_sha256=media.source_sha256, info=media.info)
+
+
+def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> LoadedMedia:
+    """Decode, check and resample one audio row to the codec's rate and channel count (in the reader:
+    uti.preprocess.prepare_waveform on the CPU)."""
     from uti.preprocess import prepare_waveform
+
+    media = decode_audio(row, limits=limits)
+    return _prepared(row, media, lambda: prepare_waveform(media.data, media.info["source_sample_rate"],
+                                                          target_rate=spec.sample_rate, channels=spec.channels))
+
+
+def decode_audio(row: ManifestRow, *, limits: LimitsConfig) -> LoadedMedia:
+    """Decode and check one audio row: raw float32 (channels, samples) at its source rate (not prepared)."""
+    import soundfile as sf
 
     # Header first: a 3-hour file is refused before its samples are read.
     if row.path and hf_ref(row) is None:
@@ -267,10 +312,8 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise _fail(row, "validate", "nan_or_inf", f"{bad} NaN/inf samples")
-    wav = prepare_waveform(data.T, rate, target_rate=spec.sample_rate, channels=spec.channels)
-    if wav.shape[-1] < 1:
-        raise _fail(row, "validate", "too_short", "no samples left after resampling")
-    return LoadedMedia(data=wav, source_sha256=digest, info={
+    # data.T: a (channels, samples) view of the decoder's (samples, channels) buffer, as the reader mixes it.
+    return LoadedMedia(data=data.T, source_sha256=digest, prepared=False, info={
         "source_sample_rate": int(rate), "source_channels": int(data.shape[1]), "source_frames": int(data.shape[0]),
         "duration": data.shape[0] / rate,
     })
@@ -308,11 +351,12 @@ def _check_header(row: ManifestRow, rate: int, channels: int, frames: int, limit
                     f"= {limits.max_audio_seconds:g}; raise it in the config or drop the file")
 
 
-def load_image(row: ManifestRow, *, proc_size: int, limits: LimitsConfig) -> LoadedMedia:
-    """Decode, check and bring one image row to (proc_size, proc_size, 3) uint8."""
+def load_image(row: ManifestRow, *, proc_size: int | None, limits: LimitsConfig, prepare: bool = True) -> LoadedMedia:
+    """Decode, check and bring one image row to (proc_size, proc_size, 3) uint8; prepare=False: uint8 RGB
+    (H, W, 3) at its source size, after the same mode conversion (uti.preprocess.to_rgb)."""
     from PIL import Image
 
-    from uti.preprocess import to_rgb_array
+    from uti.preprocess import to_rgb, to_rgb_array
 
     raw = read_source_bytes(row)
     digest = hashlib.sha256(raw).hexdigest()
@@ -328,7 +372,7 @@ def load_image(row: ManifestRow, *, proc_size: int, limits: LimitsConfig) -> Loa
                         raise _fail(row, "validate", "too_large", f"{size[0]}x{size[1]} pixels exceeds "
                                     f"limits.max_image_pixels = {limits.max_image_pixels}")
                     im.load()
-                    arr = to_rgb_array(im, proc_size)
+                    arr = to_rgb_array(im, proc_size) if prepare else np.asarray(to_rgb(im), dtype=np.uint8).copy()
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except MediaError:
@@ -337,7 +381,8 @@ def load_image(row: ManifestRow, *, proc_size: int, limits: LimitsConfig) -> Loa
         raise _fail(row, "validate", "decompression_bomb", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
         raise _fail(row, "read", "undecodable_image", f"cannot decode image: {exc}") from None
-    return LoadedMedia(data=arr, source_sha256=digest, info={"source_size": [int(size[0]), int(size[1])]})
+    return LoadedMedia(data=arr, source_sha256=digest, prepared=prepare,
+                       info={"source_size": [int(size[0]), int(size[1])]})
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm", ".aiff", ".aif")

@@ -31,6 +31,15 @@ log = logging.getLogger(__name__)
 
 def to_rgb_array(img: Image.Image, size: int) -> np.ndarray:
     """Any PIL mode (CMYK, palette, 16-bit, alpha) -> uint8 RGB (size, size, 3), short side resized."""
+    img = to_rgb(img)
+    nw, nh, left, top = resize_geometry(*img.size, size)
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (CMYK, palette, 16-bit, alpha) -> RGB at its own size: 16-bit scaled to 8, alpha
+    composited on white. The mode half of to_rgb_array, shared by preparation on the device."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -39,13 +48,14 @@ def to_rgb_array(img: Image.Image, size: int) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")
-    w, h = img.size
+    return img.convert("RGB")
+
+
+def resize_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(new_w, new_h, left, top): the short side resized to `size`, then a centred size x size crop."""
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
 
 
 def calibration_images(size: int, count: int, seed: int) -> np.ndarray:
