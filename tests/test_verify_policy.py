@@ -206,12 +206,10 @@ def test_cuda_shards_checked_on_cpu_report_agreement_per_level_and_pass_or_fail_
 
 
 # ---- policies verify cannot reproduce, and version 1 headers ------------------------------------------------
-def test_a_policy_verify_cannot_reproduce_is_unverifiable_and_device_preparation_is_agreement(
-        good, default_tokenizer, ray_address, tmp_path):
+def test_a_policy_verify_cannot_reproduce_is_unverifiable(good, default_tokenizer, ray_address, tmp_path):
     out = copy_of(good, tmp_path)
     cpu = cpu_policies(default_tokenizer)
-    record(out, {"audio": {**cpu["audio"], "padding": "time: mirrored to a power of two"},
-                 "image": {**cpu["image"], "prepare_on": "device"}})
+    record(out, {"audio": {**cpu["audio"], "padding": "time: mirrored to a power of two"}, "image": cpu["image"]})
     result, _ = verify(out)
     retok = result.check("retokenize")
     c = retok["counts"]
@@ -220,11 +218,22 @@ def test_a_policy_verify_cannot_reproduce_is_unverifiable_and_device_preparation
     groups = {p["modality"]: p for p in c["policies"]}
     assert groups["audio"]["mode"] == "unverifiable" and groups["audio"]["unverifiable_items"] == 4
     assert "padding rule 'time: mirrored to a power of two'" in groups["audio"]["reason"]
-    assert groups["image"]["mode"] == "agreement" and groups["image"]["agreement"] == 1.0
-    assert "prepare_on: 'device' != 'reader'" in groups["image"]["reason"]
+    assert groups["image"]["mode"] == "exact"
     assert any(w.startswith("4 audio item(s) not re-encoded: ") for w in retok["warnings"])
-    assert any(w.startswith("image: tokenized on cpu (encode_batch 1), re-encoded on cpu: agreement 1.00")
-               and "not exact" in w for w in retok["warnings"])
+
+
+def test_an_edited_preparation_fails_exactly(good, default_tokenizer, ray_address, tmp_path):
+    """The header says the images were resized on the device (torch) but they were resized by the reader (PIL):
+    verify prepares them as the header says, on the same device type, so the comparison is exact and fails."""
+    out = copy_of(good, tmp_path)
+    cpu = cpu_policies(default_tokenizer)
+    record(out, {"audio": cpu["audio"], "image": {**cpu["image"], "prepare_on": "device"}})
+    result, _ = verify(out)
+    retok = result.check("retokenize")
+    groups = {p["modality"]: p for p in retok["counts"]["policies"]}
+    assert groups["image"]["mode"] == "exact" and groups["audio"]["mode"] == "exact"
+    assert not result.ok and retok["failures"] >= 1, retok
+    assert any("re-encoded tokens differ" in e["detail"] for e in retok["examples"]), retok["examples"]
 
 
 @pytest.mark.parametrize("edit, why", [

@@ -6,6 +6,7 @@ load per task, not per item. Only the modalities present in the batch are loaded
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -276,7 +277,9 @@ class _Retokenizer:
             return
         # The row as the tokenize job saw it (file, or bytes inside a Hugging Face dataset).
         row = source_row(meta)
-        media = reprepare_media(row, meta, self.cfg, counts, fail, prepare_on=(group.mode.recorded or {}).get("prepare_on"))
+        codec = getattr(self.tok, meta["modality"])
+        media = reprepare_media(row, meta, self.cfg, counts, fail, prepare_on=(group.mode.recorded or {}).get("prepare_on"),
+                                device=getattr(codec, "device", "cpu"))
         if media is None:
             return
         if media.source_sha256 != meta.get("source_sha256"):
@@ -345,23 +348,25 @@ class _Retokenizer:
                         lambda detail: p.fail(self.log, "retokenize", detail))
 
 
-def reprepare_media(row, meta: dict, cfg, counts: dict, fail, *, prepare_on: str | None = None):
-    """The source media prepared again at the sizes this sample was encoded at; None when it cannot be
-    (a missing file is counted, not failed).
-
-    Always the function the job's CPU read tasks use (sharding.media.load_media). A policy that prepared
-    media on the device (prepare_on "device": uti.preprocess on the codec actor) is compared in agreement
-    mode, as other numerics (verify.policy.decide); this is the one place to switch to the device
-    preparation once verify runs it, after which such items on the same device can be compared exactly."""
-    from sharding.media import AudioSpec, load_media
+def reprepare_media(row, meta: dict, cfg, counts: dict, fail, *, prepare_on: str | None = None, device: Any = "cpu"):
+    """The source media prepared again at the sizes this sample was encoded at, the way its shard's policy
+    says: as the CPU read tasks do (sharding.media.load_media), or, for prepare_on "device", decoded raw and
+    prepared on verify's codec device by the function the codec actor ran (sharding.media.prepare_loaded).
+    None when it cannot be (a missing file is counted, not failed)."""
+    from sharding.media import AudioSpec, load_media, prepare_loaded
+    from uti.codecs.batching import PREPARE_DEVICE
     from uti.errors import MediaError
 
-    del prepare_on  # every policy is prepared as the reader does (see above)
     try:
         audio = meta["modality"] == "audio"
-        return load_media(row, limits=cfg.limits,
-                          spec=AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]) if audio else None,
-                          proc_size=None if audio else int(meta["proc_size"][0]))
+        spec = AudioSpec(sample_rate=meta["sample_rate"], channels=meta["channels"]) if audio else None
+        proc_size = None if audio else int(meta["proc_size"][0])
+        if prepare_on == PREPARE_DEVICE:
+            raw = load_media(row, limits=cfg.limits, spec=spec, proc_size=proc_size, prepare=False)
+            media = prepare_loaded(row, raw, device=device, spec=spec, proc_size=proc_size)
+            # Image codecs take uint8 arrays: the codec actor hands them the resized image back the same way.
+            return media if audio else dataclasses.replace(media, data=media.data.cpu().numpy())
+        return load_media(row, limits=cfg.limits, spec=spec, proc_size=proc_size)
     except MediaError as exc:
         if exc.reason == "missing_file":
             # Sources often stay behind when a dataset moves to the cluster: unverifiable, not wrong.

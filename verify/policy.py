@@ -102,7 +102,7 @@ def decide(recorded: RecordedPolicy | None, codec: Any, *, legacy_exact: bool, j
            legacy_encode_batch: int, where: str) -> RetokenizeMode:
     """The mode for items whose shard records `recorded` (None: a version 1 header), re-encoded by `codec`
     on verify's device. Called once per distinct policy of a task."""
-    from uti.codecs.batching import PREPARE_DEVICE, PREPARE_READER, EncodePolicy
+    from uti.codecs.batching import PREPARE_READER, EncodePolicy
     from uti.errors import ConfigError
 
     modality = codec.modality
@@ -130,7 +130,8 @@ def decide(recorded: RecordedPolicy | None, codec: Any, *, legacy_exact: bool, j
                               here=None, source="header", tokenized_on=str(raw.get("device_type", "unknown")),
                               reason=f"this uti cannot reproduce the recorded encode policy: {exc}")
     with encoding_with(codec, policy.encode_batch):
-        here = codec.encode_policy(prepare_on=PREPARE_READER)
+        # Verify prepares media where the shard says they were (verify.codec_checks.reprepare_media).
+        here = codec.encode_policy(prepare_on=policy.prepare_on)
     base = dict(mode=AGREEMENT, modality=modality, encode_batch=policy.encode_batch, recorded=policy.to_dict(),
                 here=here.to_dict(), source="header", tokenized_on=policy.device_type)
     if here.padding != policy.padding:
@@ -141,9 +142,6 @@ def decide(recorded: RecordedPolicy | None, codec: Any, *, legacy_exact: bool, j
     if not differences:
         return RetokenizeMode(**{**base, "mode": EXACT})
     why = "; ".join(differences)
-    if policy.prepare_on == PREPARE_DEVICE:
-        why += (" (media were prepared on the device; verify prepares them as CPU read tasks do, "
-                "verify.codec_checks.reprepare_media)")
     return RetokenizeMode(**base, differences=differences, reason=f"other numerics than the shard's: {why}")
 
 
