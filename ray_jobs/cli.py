@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "uti.yaml's per-codec encode_batch:. Passes have a fixed shape (length buckets, dummy items), "
                         "so a sample's tokens never depend on its batch neighbours; each actor checks that at start "
                         "and refuses a codec whose codes change with the batch. Larger keeps a GPU busy; on a CPU "
-                        "batching measured no gain. Default: the yaml's value, else 1 on CPU and on GPU the GPU default "
-                        "(DEFAULT_GPU_ENCODE_BATCH in uti/codecs/batching.py); job.json's encode_policy records the value used")
+                        "batching measured no gain. Default: the yaml's value, else 1 on CPU and on GPU the GPU "
+                        "default (DEFAULT_GPU_ENCODE_BATCH in uti/codecs/batching.py); job.json's encode_policy "
+                        "records the value used")
     p.add_argument("--read-in", choices=READ_IN, default="auto",
                    help="who decodes and resamples the media: CPU read tasks feeding the actors, or the codec actors "
                         "themselves; auto: tasks for GPU actors (decoding overlaps the GPU), the actors on CPU (a read "
@@ -98,8 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         rates.append(f"{t['images_per_second']:.1f} images/s")
     rates.append(f"{t['tokens_per_second']:,.0f} tokens/s")
     print(f"  {', '.join(rates)}; actors busy {job['actors']['busy_fraction']:.0%}")
-    idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"], reads_in_actors=job["actors"]["reads_in"] == "actors",
-                        read_cpus=cfg.read_cpus)
+    idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"],
+                        reads_in_actors=job["actors"]["reads_in"] == "actors", read_cpus=cfg.read_cpus)
     if idle:  # over the whole run (the progress line said it for its last interval)
         print(f"  {idle}")
     if errors:

@@ -87,10 +87,10 @@ class TokenizeConfig:
     def sized(self, *, audio_batch: int, image_batch: int) -> "TokenizeConfig":
         """This config with the chunk sizes it leaves open filled in for the actors' encode batches (what
         job.json's "arguments" records). Chunk bounds still depend only on the rows and the config."""
+        seconds, images = self.batch_seconds, self.max_images_per_batch
         return dataclasses.replace(
-            self, batch_seconds=self.batch_seconds if self.batch_seconds is not None else default_chunk_seconds(audio_batch),
-            max_images_per_batch=self.max_images_per_batch if self.max_images_per_batch is not None
-            else default_chunk_images(image_batch))
+            self, batch_seconds=seconds if seconds is not None else default_chunk_seconds(audio_batch),
+            max_images_per_batch=images if images is not None else default_chunk_images(image_batch))
 
     @property
     def chunk_seconds(self) -> float:

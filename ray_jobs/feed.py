@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 IDLE_WARN = 0.10  # the progress line and the job's end say so when actors wait for reads more than this
-MIN_WINDOW = 5.0  # seconds: the progress line's idle share is over at least this much (a share of one chunk says little)
+MIN_WINDOW = 5.0  # seconds the progress line's idle share covers at least (one chunk's share says little)
 UNITS = {"audio": "audio_seconds", "image": "images"}
 
 
@@ -88,6 +88,7 @@ class ActorFigures:
     items: int = 0
     dummies: int = 0
     sizes: collections.Counter = field(default_factory=collections.Counter)  # real items per pass -> passes
+    estimated: bool = False  # some passes counted from the codec contract (an adapter without a pass log)
 
     def to_dict(self) -> dict[str, Any]:
         wall = self.wall_seconds
@@ -100,6 +101,7 @@ class ActorFigures:
             "items_per_pass": {"mean": self.items / self.passes if self.passes else 0.0,
                                "histogram": {str(k): v for k, v in sorted(self.sizes.items())}},
             "dummy_items": self.dummies,
+            "passes_estimated": self.estimated,
             "idle_waiting_for_reads": min(1.0, self.wait_seconds / wall) if wall > 0 else 0.0,
         }
 
@@ -123,6 +125,7 @@ def actor_figures(run: Any) -> list[ActorFigures]:
             a.items += p.items
             a.dummies += p.dummies
             a.sizes.update(p.sizes)
+            a.estimated = a.estimated or not p.logged
     for a in by_pid.values():
         if a.wall_seconds <= 0 and a.chunks:
             spans = [(c.started_at, c.finished_at) for c in run.chunks if c.pid == a.pid]

@@ -72,7 +72,8 @@ def test_encode_batch_4_gives_the_same_bytes_for_any_actors_and_chunks_and_recor
         (modality, policy), = header["encode_policy"].items()  # a shard records the media its rows hold
         assert modality == ("audio" if "development" in name else "image")
         assert policy == one["encode_policy"][modality]
-        assert (policy["encode_batch"], policy["device_type"], policy["dtype"], policy["tf32"]) == (4, "cpu", "float32", False)
+        assert (policy["encode_batch"], policy["device_type"], policy["dtype"], policy["tf32"]) == \
+            (4, "cpu", "float32", False)
         assert policy["padding"] == (PADDING_BUCKETS if modality == "audio" else PADDING_IMAGES)
 
 
@@ -88,6 +89,7 @@ def test_busy_and_feed_figures_are_there_and_add_up(batched):
     for a in per:
         assert 0 < a["busy_fraction"] <= 1 and 0 <= a["idle_waiting_for_reads"] <= 1, a
         assert a["device"] == "cpu" and a["node"] and a["wall_seconds"] > 0
+        assert isinstance(a["passes_estimated"], bool)  # true while an adapter keeps no pass log
         histogram = {int(k): v for k, v in a["items_per_pass"]["histogram"].items()}
         assert sum(histogram.values()) == a["passes"] > 0
         assert max(histogram) <= 4  # never more real items than the encode batch
