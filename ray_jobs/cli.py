@@ -61,7 +61,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ray_jobs.config import TokenizeConfig
-    from ray_jobs.feed import idle_message
     from ray_jobs.job import run_tokenize
 
     configure_storage_options(args.storage_options)  # environment only: never part of the config or job.json
@@ -99,10 +98,6 @@ def _run(args: argparse.Namespace) -> int:
         rates.append(f"{t['images_per_second']:.1f} images/s")
     rates.append(f"{t['tokens_per_second']:,.0f} tokens/s")
     print(f"  {', '.join(rates)}; actors busy {job['actors']['busy_fraction']:.0%}")
-    idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"],
-                        reads_in_actors=job["actors"]["reads_in"] == "actors", read_cpus=cfg.read_cpus)
-    if idle:  # over the whole run (the progress line said it for its last interval)
-        print(f"  {idle}")
     if errors:
         print(errors)
     return 0

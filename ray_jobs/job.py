@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
-from ray_jobs.feed import actors_summary
+from ray_jobs.feed import actors_summary, idle_message
 from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.resources import Request, local_num_cpus, resolve
 from ray_jobs.scheduler import (ActorStarts, ChunkScheduler, RunResult, Waiting, actor_start_error, peak_rss_mb,
@@ -450,8 +450,15 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         if first is not None:
             first.kill()
         ray_state.stop()
-    return _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
-                   times=(command_started, started, time.time()), earlier=earlier)
+    job = _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
+                  times=(command_started, started, time.time()), earlier=earlier)
+    # Over the whole run, as the progress line said it for its last interval (every caller: CLI, demo, bench).
+    if run is not None:
+        idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"], reads_in_actors=bool(run.reads_in_actors),
+                            read_cpus=cfg.read_cpus)
+        if idle:
+            progress.say(idle)
+    return job
 
 
 def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunResult | None, *, skipped: int,
