@@ -153,7 +153,9 @@ def test_the_self_check_stops_a_job_whose_codec_codes_depend_on_the_batch(tokeni
 def test_the_flag_is_checked_and_old_arguments_still_load():
     from ray_jobs import config as tcfg
     from ray_jobs.config import TokenizeConfig
+    from ray_jobs.job import with_encode_batch
     from uti.codecs import batching
+    from uti.config import config_from_yaml
     from uti.errors import ConfigError
     from uti.strict import from_dict
 
@@ -170,6 +172,11 @@ def test_the_flag_is_checked_and_old_arguments_still_load():
            "read_in": "auto", "dashboard": False, "progress": True, "progress_every": 15.0}
     cfg = from_dict(TokenizeConfig, old, where="job.json arguments")
     assert (cfg.chunk_seconds, cfg.chunk_images, cfg.encode_batch) == (60.0, 64, None)
+    # The flag wins over uti.yaml's encode_batch; without it the yaml's value stays.
+    yaml_cfg = config_from_yaml("text: {kind: byte}\naudio: {kind: encodec, encode_batch: 2}\nimage: {kind: vqgan}\n")
+    flagged = with_encode_batch(yaml_cfg, 4)
+    assert (flagged.audio.encode_batch, flagged.image.encode_batch) == (4, 4)
+    assert with_encode_batch(yaml_cfg, None) is yaml_cfg and yaml_cfg.image.encode_batch is None
     sized = TokenizeConfig(manifests=("m",), out="o").sized(audio_batch=16, image_batch=32)
     assert (sized.batch_seconds, sized.max_images_per_batch) == (480.0, 128)
     kept = TokenizeConfig(manifests=("m",), out="o", batch_seconds=5.0).sized(audio_batch=16, image_batch=1)
