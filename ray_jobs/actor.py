@@ -25,7 +25,7 @@ class CodecWorker:
     """Plain class; ray_jobs.job wraps it with ray.remote(...) and the resources of this run."""
 
     def __init__(self, *, config: UTIConfig, token_space_json: bytes | None, out: str, device: str, threads: int,
-                 modalities: tuple[str, ...] = ("audio", "image")):
+                 modalities: tuple[str, ...] = ("audio", "image"), prepare_on: str = "reader"):
         """Every actor loads only the codecs of `modalities` (those the job's rows need). With
         `token_space_json` None this is the job's first actor: its token space, which names every configured
         codec (the others described without loading them, uti.codecs.descriptors), becomes the job's (the
@@ -35,6 +35,7 @@ class CodecWorker:
         `placed` answers is placed and only loading, so the driver never takes it for one waiting for CPU
         (slow codecs load for minutes). A restarted actor loads again on its first call."""
         self._args = (config, token_space_json, modalities, threads)
+        self.prepare_on = prepare_on  # where media are resampled/resized: part of the encode policy it reports
         self.out = out
         self.device = device
         self.tok = None
@@ -65,6 +66,7 @@ class CodecWorker:
             # Loading against the job's token space: a worker whose codecs differ (other weights on this
             # node, another library version) refuses to start instead of writing foreign tokens.
             tok = UnifiedTokenizer(cfg, device=self.device, token_space=space, modalities=("text", *modalities))
+        _check_batching(tok)
         self.tok, self.space = tok, tok.space
 
     def info(self) -> dict[str, Any]:
@@ -75,7 +77,15 @@ class CodecWorker:
         self.load()
         return {"pid": os.getpid(), "device": self.device, "node": ray.get_runtime_context().get_node_id(),
                 "token_space_id": self.space.id, "torch": str(torch.__version__),  # a plain str: a TorchVersion unpickles by importing torch
-                "codecs": [m for m in ("text", "image", "audio") if getattr(self.tok, m) is not None]}
+                "codecs": [m for m in ("text", "image", "audio") if getattr(self.tok, m) is not None],
+                "encode_policy": self.encode_policy()}
+
+    def encode_policy(self) -> dict[str, dict[str, Any]]:
+        """{modality: EncodePolicy.to_dict()} of the loaded media codecs: the numerics of the tokens this
+        actor writes (every actor of a job must report the same: ray_jobs.policy)."""
+        self.load()
+        return {m: codec.encode_policy(prepare_on=self.prepare_on).to_dict()
+                for m, codec in (("audio", self.tok.audio), ("image", self.tok.image)) if codec is not None}
 
     def codec_facts(self) -> dict[str, Any]:
         """What the driver needs from the codecs: the token space and the read tasks' target formats."""
@@ -84,7 +94,8 @@ class CodecWorker:
         return {"token_space_json": self.space.canonical_json(),
                 "sample_rate": tok.audio.sample_rate if tok.audio else 0,
                 "channels": tok.audio.channels if tok.audio else 0,
-                "proc_size": tok.image.proc_size[0] if tok.image else 0}
+                "proc_size": tok.image.proc_size[0] if tok.image else 0,
+                "encode_policy": self.encode_policy()}
 
     def encode_chunk(self, *, split: str, shard: str, index: int, rows: list[ManifestRow], media: list,
                      read_args: dict[str, Any] | None = None, token_space_id: str | None = None):
@@ -116,7 +127,9 @@ class CodecWorker:
         by_id = {r.id: r for r in rows}
         encoded: dict[str, tuple[np.ndarray, dict, str | None, dict]] = {}
         errors: dict[str, dict] = {}
+        t_encode = time.perf_counter()
         self._encode(items, by_id, split, shard, encoded, errors)
+        encode_seconds = time.perf_counter() - t_encode
         samples = []
         audio_seconds, images, tokens_out = 0.0, 0, 0
         for row in rows:  # plan order: the shard's bytes never depend on scheduling
@@ -136,8 +149,22 @@ class CodecWorker:
         chunk = EncodedChunk(ids=ids, samples=samples, errors=[errors[x] for x in ids if x in errors])
         stats = ChunkStats(split=split, shard=shard, index=index, num_samples=len(samples), num_errors=len(errors),
                            audio_seconds=audio_seconds, images=images, tokens=tokens_out, busy=time.perf_counter() - t1,
-                           wait=t1 - t0, pid=os.getpid(), started_at=started_at, finished_at=time.time())
+                           wait=t1 - t0, pid=os.getpid(), started_at=started_at, finished_at=time.time(),
+                           passes=self._chunk_passes(rows, samples, errors, encode_seconds))
         return stats, chunk
+
+    def _chunk_passes(self, rows: list[ManifestRow], samples: list, errors: dict, encode_seconds: float) -> dict:
+        """The chunk's forward passes per media modality, from each codec's pass log (ray_jobs.chunks)."""
+        from ray_jobs.chunks import chunk_pass_figures
+
+        codecs = {m: c for m, c in (("audio", self.tok.audio), ("image", self.tok.image)) if c is not None}
+        modality_of = {r.id: r.modality for r in rows}
+        items = dict.fromkeys(codecs, 0)  # what each codec was given: the samples, and the codec's own errors
+        for x in [s.id for s in samples] + [e["id"] for e in errors.values() if e["reason"] == "codec_error"]:
+            if modality_of[x] in items:
+                items[modality_of[x]] += 1
+        return chunk_pass_figures({m: c.pass_log.take() for m, c in codecs.items()}, items=items,
+                                  batches={m: c.encode_batch for m, c in codecs.items()}, encode_seconds=encode_seconds)
 
     def _encode(self, items: list[ReadResult], by_id: dict[str, ManifestRow], split: str, shard: str,
                 encoded: dict, errors: dict) -> None:
@@ -289,3 +316,21 @@ def _prepare_on_stream(prepare, part: list, device) -> Any:
         if isinstance(x, torch.Tensor) and x.is_cuda:
             x.record_stream(consumer)
     return out
+
+
+def _check_batching(tok: Any) -> None:
+    """uti.codecs.batching.self_check of each loaded media codec on this actor's own device: a codec whose
+    codes change with the batch an item shares is refused before it encodes anything (BatchDependenceError,
+    one line: codec, device, the flag to change; the driver stops the job with it, ray_jobs.policy)."""
+    from uti.codecs.batching import BatchDependenceError, self_check
+
+    for modality in ("audio", "image"):
+        codec = getattr(tok, modality)
+        if codec is None:
+            continue
+        try:
+            self_check(codec)
+        except BatchDependenceError as exc:
+            raise BatchDependenceError(f"{modality} codec kind {codec.kind!r}: {exc}") from None
+        finally:
+            codec.pass_log.take()  # the probes' passes are not the job's work

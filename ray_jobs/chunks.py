@@ -46,6 +46,54 @@ class EncodedChunk:
 
 
 @dataclass(kw_only=True, frozen=True)
+class PassFigures:
+    """One media modality's forward passes in one chunk: what the codec's uti.codecs.batching.PassLog
+    recorded (real items per pass -> passes in `sizes`, dummy items, seconds in forward passes).
+
+    `logged` False: the adapter keeps no pass log (a plugin that does not use timed_passes), so its
+    passes are counted as the codec contract says (encode_batch items a pass, the last one filled with
+    dummies; one item a pass at encode_batch 1) and timed as its share of the encode calls."""
+
+    passes: int
+    items: int
+    dummies: int
+    seconds: float
+    sizes: dict[int, int] = field(default_factory=dict)
+    logged: bool = True
+
+
+def chunk_pass_figures(logs: dict[str, Any], *, items: dict[str, int], batches: dict[str, int],
+                       encode_seconds: float) -> dict[str, PassFigures]:
+    """{modality: PassFigures} of a chunk from each codec's taken pass log (`logs`), the items each codec
+    was given and its encode batch; `encode_seconds` (the whole encode of the chunk) times the passes of
+    codecs that log none, shared by their items."""
+    out: dict[str, PassFigures] = {}
+    unlogged = [m for m, log in logs.items() if not log.passes and items.get(m, 0)]
+    logged_seconds = sum(log.seconds for m, log in logs.items() if m not in unlogged)
+    unlogged_items = sum(items[m] for m in unlogged)
+    for m, log in logs.items():
+        if m in unlogged:
+            seconds = max(0.0, encode_seconds - logged_seconds) * items[m] / unlogged_items
+            out[m] = contract_passes(items[m], batches.get(m, 1), seconds)
+        elif log.passes:
+            out[m] = PassFigures(passes=log.passes, items=log.items, dummies=log.dummies, seconds=log.seconds,
+                                 sizes=dict(log.sizes))
+    return out
+
+
+def contract_passes(items: int, encode_batch: int, seconds: float) -> PassFigures:
+    """The passes a codec's contract implies for `items` items: full passes of encode_batch, the last one
+    filled with dummies (at encode_batch 1, one item a pass)."""
+    full, rest = divmod(items, encode_batch)
+    sizes = {encode_batch: full} if full else {}
+    if rest:
+        sizes[rest] = 1
+    passes = full + (1 if rest else 0)
+    return PassFigures(passes=passes, items=items, dummies=passes * encode_batch - items, seconds=seconds,
+                       sizes=sizes, logged=False)
+
+
+@dataclass(kw_only=True, frozen=True)
 class ChunkStats:
     """The small part of an encoded chunk the driver reads: timings for the summary and the progress."""
 
@@ -62,6 +110,7 @@ class ChunkStats:
     started_at: float
     finished_at: float
     tokens: int = 0  # media and caption tokens of its samples
+    passes: dict[str, PassFigures] = field(default_factory=dict)  # its forward passes, per media modality
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -171,8 +220,9 @@ def prepare_writer() -> None:
 
 
 def write_shard_task(out: str, split: str, shard: str, ids: list[str], token_space_json: bytes, extra: dict,
-                     *chunks: EncodedChunk) -> ShardResult:
-    """Commit one shard from its encoded chunks (a Ray task; the chunks arrive resolved, in chunk order)."""
+                     *chunks: EncodedChunk, encode_policy: dict[str, dict] | None = None) -> ShardResult:
+    """Commit one shard from its encoded chunks (a Ray task; the chunks arrive resolved, in chunk order).
+    `encode_policy`: {modality: EncodePolicy dict} of the media its rows hold, for the header (version 2)."""
     from sharding.writer import write_shard
     from uti.token_space import TokenSpace
 
@@ -180,7 +230,7 @@ def write_shard_task(out: str, split: str, shard: str, ids: list[str], token_spa
     space = TokenSpace.from_json_bytes(token_space_json, where="job token space")
     samples, errors = assemble(ids, chunks, where=f"{split}/{shard}")
     index = write_shard(out, split=split, shard=shard, token_space=space, samples=[s.to_dict() for s in samples],
-                        errors=errors, extra=extra)
+                        errors=errors, extra=extra, encode_policy=encode_policy)
     modalities: dict[str, int] = {}
     reasons: dict[str, int] = {}
     audio_seconds = 0.0

@@ -30,9 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--shard-samples", type=int, default=None, help="samples per shard (default 1000)")
     size.add_argument("--shard-seconds", type=float, default=None, help="seconds of audio per shard")
-    p.add_argument("--batch-seconds", type=float, default=60.0,
-                   help="seconds of audio per chunk (the unit of work: any actor encodes any chunk of any shard)")
-    p.add_argument("--max-images-per-batch", type=int, default=64, help="images per chunk")
+    p.add_argument("--batch-seconds", type=float, default=None,
+                   help="seconds of audio per chunk (the unit of work: any actor encodes any chunk of any shard); "
+                        "default: max(60, 30 x the audio encode batch), so a chunk holds several full forward passes")
+    p.add_argument("--max-images-per-batch", type=int, default=None,
+                   help="images per chunk; default: max(64, 4 x the image encode batch)")
+    p.add_argument("--encode-batch", type=int, default=None, metavar="N",
+                   help="items (clips or images) one forward pass of the audio and image codecs takes; wins over "
+                        "uti.yaml's per-codec encode_batch:. Passes have a fixed shape (length buckets, dummy items), "
+                        "so a sample's tokens never depend on its batch neighbours; each actor checks that at start "
+                        "and refuses a codec whose codes change with the batch. Larger keeps a GPU busy; on a CPU "
+                        "batching measured no gain. Default: the yaml's value, else 1 on CPU and on GPU the GPU "
+                        "default (DEFAULT_GPU_ENCODE_BATCH in uti/codecs/batching.py); job.json's encode_policy "
+                        "records the value used")
     p.add_argument("--read-in", choices=READ_IN, default="auto",
                    help="who decodes and resamples the media: CPU read tasks feeding the actors, or the codec actors "
                         "themselves; auto: tasks for GPU actors (decoding overlaps the GPU), the actors on CPU (a read "
@@ -42,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the codec actor's device (read tasks then only decode); auto: the device for GPU actors, "
                         "the reader on CPU. Recorded in each shard's encode policy (images resized on the device "
                         "are not PIL's pixels, so their tokens differ)")
+    p.add_argument("--read-cpus", type=float, default=0.5,
+                   help="logical CPUs each read task reserves (default 0.5); lower lets more read tasks run at once "
+                        "beside the actors when the actors wait for their media")
     p.add_argument("--max-shard-failures", type=int, default=3, help="stop after this many failures of one chunk (or of one shard's writer)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (bound to 127.0.0.1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -60,7 +73,8 @@ def _run(args: argparse.Namespace) -> int:
         manifests=tuple(args.manifest), out=args.out, config=args.config, address=args.address,
         num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         shard_samples=args.shard_samples, shard_seconds=args.shard_seconds, batch_seconds=args.batch_seconds,
-        max_images_per_batch=args.max_images_per_batch, read_in=args.read_in, prepare_on=args.prepare_on,
+        max_images_per_batch=args.max_images_per_batch, encode_batch=args.encode_batch, read_in=args.read_in,
+        read_cpus=args.read_cpus, prepare_on=args.prepare_on,
         max_shard_failures=args.max_shard_failures, dashboard=args.dashboard, progress=not args.no_progress,
         progress_every=args.progress_every,
     )

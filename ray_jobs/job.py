@@ -25,9 +25,12 @@ from typing import Any, Iterable
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
+from ray_jobs.feed import actors_summary, idle_message
+from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.read import prepare_args
 from ray_jobs.resources import Request, local_num_cpus, prepare_on, resolve
-from ray_jobs.scheduler import ActorStarts, ChunkScheduler, RunResult, Waiting, peak_rss_mb, short_error
+from ray_jobs.scheduler import (ActorStarts, ChunkScheduler, RunResult, Waiting, actor_start_error, peak_rss_mb,
+                                short_error)
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
 from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
@@ -36,7 +39,6 @@ from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_sha
 from sharding.plan import Plan, make_plan
 from uti import __version__
 from uti.config import UTIConfig, load_config
-from uti.doctor import doctor_hint
 from uti.progress import Progress
 from uti.strict import to_dict
 from uti.token_space import missing_modality_message
@@ -182,6 +184,24 @@ def absolute_paths(cfg: TokenizeConfig, ucfg: UTIConfig) -> tuple[TokenizeConfig
     return dataclasses.replace(cfg, out=absolute(cfg.out)), ucfg
 
 
+def with_encode_batch(ucfg: UTIConfig, encode_batch: int | None) -> UTIConfig:
+    """The codec config with --encode-batch set on its audio and image codecs (it wins over uti.yaml's
+    per-codec `encode_batch:`), so the actors build them so and job.json's "config" records it. None
+    keeps the yaml's value (or, where it has none, the device's default: uti.codecs.registry)."""
+    if encode_batch is None:
+        return ucfg
+    changes = {m: dataclasses.replace(part, encode_batch=encode_batch)
+               for m in MEDIA_MODALITIES if (part := getattr(ucfg, m, None)) is not None}
+    return dataclasses.replace(ucfg, **changes) if changes else ucfg
+
+
+def sized_for(cfg: TokenizeConfig, facts: "CodecFacts") -> TokenizeConfig:
+    """`cfg` with the chunk sizes it leaves open set for the encode batches the actors use (actor 0's
+    policy: the flag, uti.yaml, or the device's default), as job.json's "arguments" records them."""
+    batch = {m: int(p.get("encode_batch", 1)) for m, p in facts.encode_policy.items()}
+    return cfg.sized(audio_batch=batch.get("audio", 1), image_batch=batch.get("image", 1))
+
+
 @dataclasses.dataclass(kw_only=True, frozen=True)
 class CodecFacts:
     """What the driver needs to know of the codecs: the token space and the read tasks' target formats."""
@@ -190,13 +210,15 @@ class CodecFacts:
     sample_rate: int
     channels: int
     proc_size: int
+    encode_policy: dict[str, dict] = dataclasses.field(default_factory=dict)  # {modality: EncodePolicy dict}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CodecFacts":
         from uti.token_space import TokenSpace
 
         return cls(space=TokenSpace.from_json_bytes(data["token_space_json"], where="first codec actor's token space"),
-                   sample_rate=data["sample_rate"], channels=data["channels"], proc_size=data["proc_size"])
+                   sample_rate=data["sample_rate"], channels=data["channels"], proc_size=data["proc_size"],
+                   encode_policy=data.get("encode_policy") or {})
 
 
 def _space_on_driver(ucfg: UTIConfig):
@@ -233,6 +255,9 @@ class _CodecActors:
     starts: ActorStarts = dataclasses.field(default_factory=ActorStarts)  # which of them Ray has placed
     facts: CodecFacts | None = None  # actor 0's, once wait_ready returned
     _new: Any = None  # actor index -> a new actor of this request (for launch_rest)
+    # Each actor's `load` call, kept: a load that failed (e.g. the batching self-check) and whose ref was
+    # dropped unread made Ray print its traceback beside the job's one-line error (`kill` reads them).
+    loads: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def launch(cls, cfg: TokenizeConfig, ucfg: UTIConfig, *, chunks: int | None, modalities: tuple[str, ...],
@@ -269,7 +294,7 @@ class _CodecActors:
         # `placed` first: it answers once Ray has placed the actor, before its codecs load (`load`, sent now so
         # every actor loads at once; each later call waits for it).
         self.starts.add(actor.placed.remote())
-        actor.load.remote()
+        self.loads.append(actor.load.remote())
 
     @classmethod
     def for_plan(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan,
@@ -296,12 +321,21 @@ class _CodecActors:
             return self
         except RayError as exc:
             self.kill()
-            raise JobError(f"the first codec actor failed to start: {short_error(exc)}{doctor_hint(exc)}") from None
+            raise JobError(f"the first codec actor failed to start: {actor_start_error(exc)}") from None
         except BaseException:
             self.kill()
             raise
 
     def kill(self) -> None:
+        import ray
+
+        for ref in self.loads:  # read, so a failed load is handled (its error was reported once already)
+            try:
+                if ray.wait([ref], timeout=0)[0]:
+                    ray.get(ref)
+            except Exception:  # noqa: BLE001
+                pass
+        self.loads.clear()
         for actor in self.actors:
             _kill(actor)
 
@@ -326,7 +360,8 @@ def _new_actor(cfg: TokenizeConfig, ucfg: UTIConfig, request: Request, index: in
         max_restarts=max_restarts, max_task_retries=0,
         scheduling_strategy="SPREAD",  # one node going away takes as few actors with it as possible
     ).remote(config=ucfg, token_space_json=space_json, out=cfg.out, device=request.device,
-             threads=max(1, int(request.cpus_per_actor)), modalities=modalities)
+             threads=max(1, int(request.cpus_per_actor)), modalities=modalities,
+             prepare_on=prepare_on(cfg, request))
 
 
 def _looks_complete(out: str, plan: Plan) -> bool:
@@ -352,6 +387,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
 def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     command_started = time.time()
     cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
+    ucfg = with_encode_batch(ucfg, cfg.encode_batch)
     ray_state = _RayState(cfg)
     rows, plan, first = _plan_while_ray_starts(cfg, ucfg, ray_state)
     log.info("planned %d rows into %d shards, %.1f s after the command started", plan.num_samples, plan.num_shards,
@@ -368,6 +404,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         first = None
     started = time.time()
     run: RunResult | None = None
+    earlier: EarlierShards | None = None
     progress = Progress("tokenize", unit="sample", done_word="encoded", every=cfg.progress_every,
                         enabled=cfg.progress)
     try:
@@ -380,6 +417,7 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
             ray_state.start()
             first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready(progress)
             space = first.facts.space
+            cfg = sized_for(cfg, first.facts)
             log.info("the first codec actor is ready, %.1f s after the command started", time.time() - command_started)
         claim_space(cfg.out, space)
         removed = remove_stale_temp_files(cfg.out)
@@ -398,7 +436,12 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
                 if first.facts.space.id != space.id:
                     raise JobError(f"the codec actor's token space {first.facts.space.short_id} differs from the "
                                    f"driver's {space.short_id}: the codec weights or libraries differ between nodes")
+                cfg = sized_for(cfg, first.facts)
             codec_actors, first = first, None  # _run_chunks owns them now (and kills them when done)
+            earlier = earlier_shards(done, ((split, shard.name) for split, shard in plan.shards()),
+                                     codec_actors.facts.encode_policy)
+            if earlier is not None and earlier.message():
+                progress.say(earlier.message())
             read_args = {**_read_args(codec_actors.facts, ucfg), **prepare_args(prepare_on(cfg, codec_actors.request))}
             run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args,
                               codec_actors=codec_actors, command_started=command_started, progress=progress)
@@ -409,12 +452,20 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         if first is not None:
             first.kill()
         ray_state.stop()
-    return _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
-                   times=(command_started, started, time.time()))
+    job = _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
+                  times=(command_started, started, time.time()), earlier=earlier)
+    # Over the whole run, as the progress line said it for its last interval (every caller: CLI, demo, bench).
+    if run is not None:
+        idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"], reads_in_actors=bool(run.reads_in_actors),
+                            read_cpus=cfg.read_cpus)
+        if idle:
+            progress.say(idle)
+    return job
 
 
 def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunResult | None, *, skipped: int,
-            wrote: bool, orphans, times: tuple[float, float, float]) -> dict[str, Any]:
+            wrote: bool, orphans, times: tuple[float, float, float],
+            earlier: EarlierShards | None = None) -> dict[str, Any]:
     """After the work: every planned shard is there, job.json summarizes the run (a rerun with nothing to
     do keeps the summary of the run that did the work), and a run that tokenized nothing is an error."""
     command_started, started, finished = times
@@ -424,6 +475,9 @@ def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunRes
         raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
     errors = merge_errors(cfg.out, refs.values())
     job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=skipped)
+    if earlier is not None and earlier.differences:
+        # The complete shards this run kept record another policy (their tokens mean the same): the first one's.
+        job["encode_policy_of_earlier_shards"] = earlier.policy
     # Each timing named for what it measures.
     job["throughput"].update({
         "wall_seconds": finished - command_started,  # the whole command: manifests, plan, Ray, codecs, work
@@ -542,8 +596,8 @@ def count_chunks(cfg: TokenizeConfig, shards, by_id: dict[str, ManifestRow], *, 
     """How many chunks these shards make (counting stops at `at_most`: it only caps the number of actors)."""
     total = 0
     for split, shard in shards:
-        total += len(shard_chunks(split, shard, by_id.__getitem__, batch_seconds=cfg.batch_seconds,
-                                  max_images=cfg.max_images_per_batch))
+        total += len(shard_chunks(split, shard, by_id.__getitem__, batch_seconds=cfg.chunk_seconds,
+                                  max_images=cfg.chunk_images))
         if total >= at_most:
             break
     return max(1, total)
@@ -596,6 +650,9 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
         "manifests": [{"path": os.path.abspath(p), "sha256": manifest_sha256(p)} for p in cfg.manifests],
         "manifest_sha256": plan.manifest_sha256, "plan_sha256": plan.sha256,
         "config": to_dict(ucfg), "arguments": to_dict(cfg),
+        # {modality: uti.codecs.batching.EncodePolicy dict}: the numerics of this run's tokens, as every shard
+        # header it wrote records them (every actor's: ray_jobs.policy); None: nothing was encoded
+        "encode_policy": run.encode_policy,
         "counts": {
             "planned": plan.num_samples, "samples": sum(v["samples"] for v in by_split.values()),
             "errors": len(errors), "by_split": by_split,
@@ -625,6 +682,8 @@ def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skip
             # who read the media (--read-in), and the actors' time not encoding: waiting for read tasks, or reading
             "reads_in": None if run.reads_in_actors is None else "actors" if run.reads_in_actors else "tasks",
             "read_wait_seconds": sum(c.wait for c in run.chunks),
+            # forward_busy_fraction, per_actor, feed (each defined in ray_jobs.feed and docs/FORMAT.md)
+            **actors_summary(run, processing=processing),
         },
         # Work sent again: chunks (an actor killed or restarting, a chunk's error) and shard writers.
         "retries": run.chunk_retries + run.writer_retries,

@@ -28,7 +28,9 @@ from typing import Any, Iterable, Iterator
 
 from ray_jobs import resources
 from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, prepare_writer, shard_chunks, write_shard_task
+from ray_jobs.feed import IdleWindow
 from ray_jobs.outputs import JobError
+from ray_jobs.policy import check_actor_policy, shard_policy
 from ray_jobs.resources import Request, waiting_reason
 from sharding.manifest import ManifestRow
 from sharding.outdir import PLAN_NAME, path_of
@@ -53,6 +55,11 @@ class RunResult:
     processing_seconds: float  # first codec actor ready -> last shard committed
     startup_seconds: float | None  # command start -> first chunk sent to a loaded codec actor
     reads_in_actors: bool | None  # the actors read their chunks' media themselves (no read tasks); None: no run
+    # The figures of job.json's actors.per_actor and feed (ray_jobs.feed), all on the driver's clock:
+    actors_by_pid: dict[int, dict] = dataclasses.field(default_factory=dict)  # info + "ready_at" (codecs loaded)
+    last_chunk_at: float | None = None  # the job's last chunk came back
+    chunk_read_seconds: list[float] = dataclasses.field(default_factory=list)  # by `chunks`: time spent reading it
+    encode_policy: dict[str, dict] | None = None  # {modality: policy} of actor 0, the same as every actor's
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -62,6 +69,7 @@ class _OpenShard:
     split: str
     shard: Any  # sharding.plan shard: name, ids
     chunks: list[ChunkRef]
+    modalities: frozenset[str] = frozenset()  # of its rows: the encode policies its header records
     encoded: dict[int, Any] = dataclasses.field(default_factory=dict)  # chunk index -> EncodedChunk ref
 
     @property
@@ -93,6 +101,8 @@ class ChunkScheduler:
         self.console = progress if progress is not None else Progress(
             "tokenize", unit="sample", done_word="encoded", every=cfg.progress_every, enabled=cfg.progress)
         self.first_info = first_info
+        # {modality: encode policy} of actor 0, which every actor must report too (None: not reported)
+        self.policy: dict[str, dict] | None = first_info.get("encode_policy")
         self.command_started = command_started
         self.pending: collections.deque[ChunkRef] = collections.deque()
         self.shard_iter: Iterator = iter(todo)
@@ -101,6 +111,7 @@ class ChunkScheduler:
         self.open: dict[str, _OpenShard] = {}
         self.prefetched: dict[ChunkRef, list] = {}  # reads started before their chunk went to an actor
         self.reading: dict[ChunkRef, list] = {}  # reads of the chunks sent to actors
+        self.read_timers: dict[ChunkRef, list] = {}  # each read task's own run time (its second return)
         self.to_write: collections.deque[str] = collections.deque()
         self.writing: dict[Any, str] = {}  # writer task ref -> shard key
         self.max_writers = max(2, len(actors))
@@ -111,11 +122,12 @@ class ChunkScheduler:
         self.shards: list[ShardResult] = []
         self.chunk_stats: list[ChunkStats] = []
         self.startup: float | None = None
+        self.chunk_read_seconds: list[float] = []
+        self.actors_by_pid: dict[int, dict] = {}
+        self.last_chunk_at: float | None = None
         import ray
 
-        from ray_jobs.read import read_rows
-
-        self.reader = ray.remote(read_rows)
+        self.reader = ray.remote(num_returns=2)(timed_read_rows)
         self.writer = ray.remote(write_shard_task)
         self.space_json = space.canonical_json()
 
@@ -125,9 +137,10 @@ class ChunkScheduler:
         while len(self.pending) < window and self.next_shard is not None:
             split, shard = self.next_shard
             self.next_shard = next(self.shard_iter, None)
-            chunks = shard_chunks(split, shard, self.row_of, batch_seconds=self.cfg.batch_seconds,
-                                  max_images=self.cfg.max_images_per_batch)
-            opened = _OpenShard(split=split, shard=shard, chunks=chunks)
+            chunks = shard_chunks(split, shard, self.row_of, batch_seconds=self.cfg.chunk_seconds,
+                                  max_images=self.cfg.chunk_images)
+            opened = _OpenShard(split=split, shard=shard, chunks=chunks,
+                                modalities=frozenset(self.row_of(x).modality for x in shard.ids))
             self.open[opened.key] = opened
             self.pending.extend(chunks)
         self.exhausted = self.next_shard is None
@@ -137,8 +150,8 @@ class ChunkScheduler:
         shard = self.open[chunk.shard_key].shard
         return [self.row_of(x) for x in shard.ids[chunk.start: chunk.end]]
 
-    def _read(self, rows: list[ManifestRow], node: str | None) -> list:
-        """The read task refs of these rows; none when the actors read their own chunks."""
+    def _read(self, chunk: ChunkRef, node: str | None) -> list:
+        """The read task refs of this chunk's rows; none when the actors read their own chunks."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         if self.inline_reads:
@@ -147,7 +160,21 @@ class ChunkScheduler:
         opts: dict[str, Any] = {"num_cpus": self.cfg.read_cpus, "max_retries": 3}
         if node is not None:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
-        return [self.reader.options(**opts).remote(rows, **self.read_args)]
+        media, seconds = self.reader.options(**opts).remote(self._rows(chunk), **self.read_args)
+        self.read_timers[chunk] = [seconds]
+        return [media]
+
+    def _read_seconds(self, chunk: ChunkRef, stats: ChunkStats) -> float:
+        """Seconds spent reading an encoded chunk's media: the actor's own read, or its read tasks' run time."""
+        import ray
+
+        timers = self.read_timers.pop(chunk, [])
+        if self.inline_reads or not timers:
+            return stats.wait
+        try:
+            return float(sum(ray.get(timers, timeout=10)))  # done already: the actor had their media
+        except Exception:  # noqa: BLE001 - a figure of job.json only; the wait is the best there is
+            return stats.wait
 
     # ---- the run --------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -163,12 +190,14 @@ class ChunkScheduler:
         self._refill()
         if not self.inline_reads:  # the first chunks' reads start now, while the other actors still load codecs
             for chunk in list(self.pending)[: len(self.actors) * QUEUE_PER_ACTOR]:
-                self.prefetched[chunk] = self._read(self._rows(chunk), None)
+                self.prefetched[chunk] = self._read(chunk, None)
         self.nodes: list[str | None] = [self.first_info["node"]] + [None] * (len(self.actors) - 1)
-        self.actor_info = [self.first_info]
         processing_started = time.time()
+        self.actor_info = [{**self.first_info, "ready_at": processing_started}]
+        self.actors_by_pid[self.first_info["pid"]] = self.actor_info[0]
         self.pool = _ActorPool(self.actors, starting=range(1, len(self.actors)))
-        self.progress = _TokenizeProgress(self.todo, self.console)
+        self.progress = _TokenizeProgress(self.todo, self.console, window=self.cfg.progress_every,
+                                          reads_in_actors=self.inline_reads, read_cpus=self.cfg.read_cpus)
         self.waiting = Waiting(self.request, self.starts)
         try:
             while not self.exhausted or self.pending or self.open or self.writing:
@@ -206,7 +235,9 @@ class ChunkScheduler:
                          chunk_retries=self.chunk_retries, writer_retries=self.writer_retries,
                          actor_info=self.actor_info, actors_started=len(self.actors),
                          processing_seconds=time.time() - processing_started, startup_seconds=self.startup,
-                         reads_in_actors=self.inline_reads)
+                         reads_in_actors=self.inline_reads, actors_by_pid=self.actors_by_pid,
+                         last_chunk_at=self.last_chunk_at, chunk_read_seconds=self.chunk_read_seconds,
+                         encode_policy=self.policy)
 
     def _in_tail(self) -> bool:
         return self.exhausted
@@ -221,7 +252,7 @@ class ChunkScheduler:
             chunk = self.pending.popleft()
             rows = self._rows(chunk)
             # The chunk's read starts now (if not already), while actor i still encodes its previous chunk.
-            media = self.prefetched.pop(chunk, None) or self._read(rows, self.nodes[i])
+            media = self.prefetched.pop(chunk, None) or self._read(chunk, self.nodes[i])
             self.reading[chunk] = media
             stats_ref, encoded_ref = self.actors[i].encode_chunk.options(num_returns=2).remote(
                 split=chunk.split, shard=chunk.shard, index=chunk.index, rows=rows, media=media,
@@ -234,7 +265,7 @@ class ChunkScheduler:
         if tail and not self.inline_reads:  # the next chunks' media is read ahead, whichever actor takes them
             for chunk in list(self.pending)[: len(self.actors)]:
                 if chunk not in self.prefetched:
-                    self.prefetched[chunk] = self._read(self._rows(chunk), None)
+                    self.prefetched[chunk] = self._read(chunk, None)
         self._write_ready()
 
     def _on_actor_event(self, kind: str, i: int, payload, outcome) -> None:
@@ -245,18 +276,24 @@ class ChunkScheduler:
                 if outcome["token_space_id"] != self.space.id:
                     raise JobError(f"codec actor {i} gives token space {outcome['token_space_id'][:12]}, not the "
                                    f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
+                # Its tokens go into shards whose headers record actor 0's policy: other numerics are refused.
+                check_actor_policy(i, outcome, self.policy)
                 self.nodes[i] = outcome["node"]  # a restarted actor may live on another node now
+                joined = {**outcome, "ready_at": time.time()}
+                self.actors_by_pid.setdefault(outcome["pid"], joined)  # a restarted actor is a new process
                 if i in self.pool.starting:
                     self.pool.starting.discard(i)
-                    self.actor_info.append(outcome)
+                    self.actor_info.append(joined)
             elif i in self.pool.starting and not isinstance(outcome, ActorUnavailableError):
                 # e.g. its codecs differ from the first actor's: refused, not silently dropped.
-                raise JobError(f"codec actor {i} failed to start: {short_error(outcome)}{doctor_hint(outcome)}")
+                raise JobError(f"codec actor {i} failed to start: {actor_start_error(outcome)}")
             return
         chunk, encoded_ref = payload
         self.reading.pop(chunk, None)
         if not isinstance(outcome, Exception):
             self.chunk_stats.append(outcome)
+            self.chunk_read_seconds.append(self._read_seconds(chunk, outcome))
+            self.last_chunk_at = time.time()
             shard = self.open[chunk.shard_key]
             shard.encoded[chunk.index] = encoded_ref
             self.progress.encoded(chunk, outcome)
@@ -265,6 +302,7 @@ class ChunkScheduler:
                 self._write_ready()
             return
         # Only this chunk is redone, first in line (its shard is the oldest open one), on any actor.
+        self.read_timers.pop(chunk, None)
         self.pending.appendleft(chunk)
         self.chunk_retries += 1
         if isinstance(outcome, ActorUnavailableError):
@@ -291,7 +329,8 @@ class ChunkScheduler:
             # A light task: no CPU reserved, so it never waits behind the reads or the actors' CPUs.
             ref = self.writer.options(num_cpus=0, max_retries=3).remote(
                 self.cfg.out, shard.split, shard.shard.name, list(shard.shard.ids), self.space_json,
-                {"plan_sha256": self.plan.sha256}, *[shard.encoded[k] for k in range(len(shard.chunks))])
+                {"plan_sha256": self.plan.sha256}, *[shard.encoded[k] for k in range(len(shard.chunks))],
+                encode_policy=shard_policy(self.policy, shard.modalities))
             self.writing[ref] = shard.key
 
     def _on_written(self, ref) -> None:
@@ -363,6 +402,28 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def timed_read_rows(rows: list[ManifestRow], **read_args) -> tuple[list, float]:
+    """ray_jobs.read.read_rows and the seconds it ran: a read task's two returns (the media go to the actor,
+    the seconds to the driver, for job.json's feed rate)."""
+    from ray_jobs.read import read_rows
+
+    t0 = time.perf_counter()
+    media = read_rows(rows, **read_args)
+    return media, time.perf_counter() - t0
+
+
+def actor_start_error(exc: BaseException) -> str:
+    """Why a codec actor could not start, in one line: a refusal of ours (e.g. uti.codecs.batching's
+    BatchDependenceError: codec, device, the flag to change) as its message alone, anything else as the
+    last error line of Ray's report, with `uti doctor` for installation failures."""
+    from uti.errors import UTIError
+
+    cause = getattr(exc, "cause", None)  # a RayTaskError carries the exception the actor raised
+    if isinstance(cause, UTIError):
+        return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"{short_error(exc)}{doctor_hint(exc)}"
 
 
 def short_error(exc: BaseException) -> str:
@@ -521,10 +582,13 @@ class _ActorPool:
 
 class _TokenizeProgress:
     """The tokenize figures on the console (uti.progress): samples as their chunks finish encoding, shards
-    as they commit."""
+    as they commit, and the actors' idle share while it is above ray_jobs.feed.IDLE_WARN."""
 
-    def __init__(self, todo, console: Progress):
+    def __init__(self, todo, console: Progress, *, window: float = 15.0, reads_in_actors: bool = False,
+                 read_cpus: float = 0.5):
         self.console = console
+        self.idle = IdleWindow(seconds=window, reads_in_actors=reads_in_actors, read_cpus=read_cpus,
+                               clock=console.clock)
         self.shards_total = len(todo)
         self.shards = 0
         self.open: dict[str, dict[int, ChunkStats]] = collections.defaultdict(dict)  # uncommitted shard -> chunks
@@ -542,6 +606,7 @@ class _TokenizeProgress:
 
     def encoded(self, chunk: ChunkRef, stats: ChunkStats) -> None:
         self.open[chunk.shard_key][chunk.index] = stats
+        self.idle.add(stats)
         self._add(stats, 1)
         self._show()
 
@@ -563,7 +628,11 @@ class _TokenizeProgress:
         fields = [f"{self.audio / 3600:.2f} h audio"] if self.audio else []
         if self.images:
             fields.append(f"{self.images:,} images")
-        fields += [f"{self.tokens / elapsed:,.0f} tokens/s", f"shards {self.shards}/{self.shards_total} committed"]
+        fields.append(f"{self.tokens / elapsed:,.0f} tokens/s")
+        idle = self.idle.message()
+        if idle:
+            fields.append(idle)
+        fields.append(f"shards {self.shards}/{self.shards_total} committed")
         self.console.update(self.samples, fields)
         left = self.shards_total - self.shards
         if self.console.total and self.samples >= self.console.total and left:  # all encoded: the writers' turn
