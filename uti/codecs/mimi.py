@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, build_config, build_random,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, build_config, build_random,
                                   check_kind, fingerprint, load_local_model, nearest, pick_variant,
                                   random_cache_key, require_random_or_folder, seed_codebook, architecture)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device
@@ -46,7 +46,7 @@ class MimiSettings(HFAudioSettings):
         return {"n_q": self.n_q}
 
 
-class MimiAudioCodec(OneClipAudioCodec):
+class MimiAudioCodec(BatchedAudioCodec):
     kind = "mimi"
     settings = MimiSettings
 
@@ -120,9 +120,10 @@ class MimiAudioCodec(OneClipAudioCodec):
         return {"arch": architecture(self._net.config)}
 
     # ---- codes --------------------------------------------------------------------------------------
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        codes = self._net.encode(x, num_quantizers=self._n_q).audio_codes  # (1, n_q, frames)
-        return codes[0].T.cpu().numpy()
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        # No padding mask: the pass's rows are whole items (a clip and its zero padding), all one length.
+        codes = self._net.encode(x, num_quantizers=self._n_q).audio_codes  # (batch, n_q, frames)
+        return codes.transpose(1, 2).cpu().numpy()
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(codes.T.copy())[None].to(self.device)  # (1, n_q, frames)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, architecture, build_config,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, architecture, build_config,
                                   build_random, check_kind, fingerprint, load_local_model, pick_variant,
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device, round_to_half
@@ -49,7 +49,7 @@ class Xcodec2Settings(HFAudioSettings):
         check_kind(self, "xcodec2")
 
 
-class Xcodec2AudioCodec(OneClipAudioCodec):
+class Xcodec2AudioCodec(BatchedAudioCodec):
     kind = "xcodec2"
     settings = Xcodec2Settings
 
@@ -143,12 +143,15 @@ class Xcodec2AudioCodec(OneClipAudioCodec):
                 "fsq_levels": [int(v) for v in self._net.config.quantization_levels]}
 
     def _inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self._features(audio=x[0, 0].cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
-        return {"input_values": f["input_values"].to(self.device), "input_features": f["input_features"].to(self.device)}
+        """The extractor's inputs for a (batch, 1, length) pass, row by row: its mel features are normalized
+        over the whole row, so each row's features are those of that item (with its padding) alone."""
+        rows = [self._features(audio=x[j, 0].cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
+                for j in range(x.shape[0])]
+        return {key: torch.cat([f[key] for f in rows]).to(self.device) for key in ("input_values", "input_features")}
 
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        codes = self._net.encode(**self._inputs(x)).audio_codes  # (1, 1, frames)
-        return codes[0].T.cpu().numpy().astype(np.int64)
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        codes = self._net.encode(**self._inputs(x)).audio_codes  # (batch, 1, frames)
+        return codes.transpose(1, 2).cpu().numpy().astype(np.int64)
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(codes.T.copy())[None].to(self.device)  # (1, 1, frames)
