@@ -1,7 +1,8 @@
 """DAC (Descript Audio Codec; `transformers.DacModel`) as the audio codec: 44.1, 24 or 16 kHz mono, one
 frame per 512 (44 kHz) or 320 samples, 9 / 32 / 12 levels of 1024 codes (factorized, l2-normalized
 codebooks); `n_q` may use fewer levels. Frame-major layout. Clips are zero-padded on the right to whole
-frames, as DAC's own `preprocess` does.
+frames, as DAC's own `preprocess` does (with encode_batch > 1: to their bucket of frames; DAC is
+non-causal, so the tail frames see that padding, a function of the clip's length alone).
 
 Weights: a local copy of descript/dac_44khz (dac_24khz, dac_16khz) in the transformers format, or
 `random:SEED` (+ `arch: small`).

@@ -193,7 +193,11 @@ class EncodecAudioCodec(AudioCodec):
         """Frames the encoder gives an input of n_samples (a whole clip at 24 kHz, one segment at 48 kHz)."""
         return -(-int(n_samples) // self.hop_length)
 
-    def _segment_bucket(self, n_samples: int) -> int:
+    def bucket_length(self, n_samples: int) -> int:
+        """The samples an item (24 kHz: a clip; 48 kHz: a segment) of n_samples is padded to at
+        encode_batch > 1: its frames rounded up to their bucket (a segment: at most a full one)."""
+        if self.segment_length is None:
+            return bucket_samples(n_samples, pad_to=self.hop_length)
         full = self._frames(self.segment_length)
         return min(bucket_frames(self._frames(n_samples)), full) * self.hop_length
 
@@ -218,8 +222,8 @@ class EncodecAudioCodec(AudioCodec):
         return self._encode_pass(x)
 
     def _encode_whole(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
-        codes = encode_in_passes(self, clips, bucket=lambda n: bucket_samples(n, pad_to=self.hop_length),
-                                 frames_of=self._frames, run=self._encode_frames_pass, tokens_per_frame=self.n_q)
+        codes = encode_in_passes(self, clips, bucket=self.bucket_length, frames_of=self._frames,
+                                 run=self._encode_frames_pass, tokens_per_frame=self.n_q)
         return [EncodedAudio(codes=c, n_samples=int(clip.shape[1])) for c, clip in zip(codes, clips)]
 
     def _encode_segmented(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
@@ -233,7 +237,7 @@ class EncodecAudioCodec(AudioCodec):
                 segments.append(x)
                 scales.append(scale)
             spans.append(range(start, len(segments)))
-        codes = encode_in_passes(self, segments, bucket=self._segment_bucket, frames_of=self._frames,
+        codes = encode_in_passes(self, segments, bucket=self.bucket_length, frames_of=self._frames,
                                  run=self._encode_pass, tokens_per_frame=self.n_q)
         out = []
         for clip, mine in zip(clips, spans):

@@ -1,6 +1,7 @@
 """Mimi (Kyutai's codec of Moshi; `transformers.MimiModel`) as the audio codec: 24 kHz mono, 12.5 Hz
 frames, up to 32 levels of 2048 codes (level 0 semantic, distilled from WavLM); `n_q` of them are
-used (Moshi uses 8). Frame-major layout.
+used (Moshi uses 8). Frame-major layout. With encode_batch > 1 a clip is zero-padded to its bucket of
+frames and passes carry no padding mask: the padded clip is the item, every row of a pass one length.
 
 Weights: a local copy of kyutai/mimi (`weights: /models/mimi`), or `random:SEED` (+ `arch: small`).
 Random weights leave Mimi's codebooks at zero (every code would be 0), so they are seeded from encoder

@@ -4,7 +4,9 @@ levels of 4096 codes at different time rates (24 kHz: 3 levels at about 12, 23 a
 of level 1 in that span, then the 4 of level 2 (...), so a sequence is whole frames of 7 (or 15) tokens.
 
 The model pads a clip on the right to a whole number of its padding unit (hop * lcm(coarsest stride,
-attention window)), so every level's code count is a whole multiple of the coarsest's. SNAC's decoder
+attention window)), so every level's code count is a whole multiple of the coarsest's. With
+encode_batch > 1 a clip's padding units (not frames) are rounded up to their bucket (`padding_rule`):
+a pass's length must be whole units, or SNAC would pad it further itself. SNAC's decoder
 adds noise (`NoiseBlock`, `torch.randn`): decode runs it under a fixed seed, recorded in the token space.
 
 Weights: a local copy of hubertsiuzdak/snac_24khz (snac_32khz, snac_44khz): config.json with

@@ -2,7 +2,10 @@
 scalar quantizer (FSQ) code per frame, 4^8 = 65,536 codes. FSQ layout (a single level). The model
 fuses a semantic encoder (Wav2Vec2-BERT over log-mel features) with an acoustic one; the features come
 from `Xcodec2FeatureExtractor`, whose settings are recorded in the token space. The extractor pads a
-clip by one sample and then to whole frames, so a clip of n samples has n // 320 + 1 frames.
+clip by one sample and then to whole frames, so a clip of n samples has n // 320 + 1 frames. With
+encode_batch > 1 a clip of u frames is zero-padded to bucket(u) * 320 - 1 samples first (the extractor
+then frames it as bucket(u) frames); its mel features are normalized over the padded clip, so the
+padding changes them, but only as a function of the clip's own length: `padding_rule` states it.
 
 Weights: a local copy of HKUSTAudio/xcodec2 in the transformers format (config.json,
 model.safetensors, preprocessor_config.json), or `random:SEED` (+ `arch: small`). With random
