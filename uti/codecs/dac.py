@@ -1,7 +1,8 @@
 """DAC (Descript Audio Codec; `transformers.DacModel`) as the audio codec: 44.1, 24 or 16 kHz mono, one
 frame per 512 (44 kHz) or 320 samples, 9 / 32 / 12 levels of 1024 codes (factorized, l2-normalized
 codebooks); `n_q` may use fewer levels. Frame-major layout. Clips are zero-padded on the right to whole
-frames, as DAC's own `preprocess` does.
+frames, as DAC's own `preprocess` does (with encode_batch > 1: to their bucket of frames; DAC is
+non-causal, so the tail frames see that padding, a function of the clip's length alone).
 
 Weights: a local copy of descript/dac_44khz (dac_24khz, dac_16khz) in the transformers format, or
 `random:SEED` (+ `arch: small`).
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, architecture, build_config,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, architecture, build_config,
                                   build_random, check_kind, fingerprint, load_local_model, pick_variant,
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import parse_weights, resolve_device
@@ -54,7 +55,7 @@ class DacSettings(HFAudioSettings):
         return out
 
 
-class DacAudioCodec(OneClipAudioCodec):
+class DacAudioCodec(BatchedAudioCodec):
     kind = "dac"
     settings = DacSettings
 
@@ -133,11 +134,11 @@ class DacAudioCodec(OneClipAudioCodec):
     def _params(self) -> dict[str, Any]:
         return {"arch": architecture(self._net.config), "padding": "right zeros to whole frames"}
 
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        frames = self.expected_frames(int(x.shape[-1]))
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        frames = self.expected_frames(int(x.shape[-1]))  # a bucket length is whole frames already
         x = torch.nn.functional.pad(x, (0, frames * self.hop_length - x.shape[-1]))
-        codes = self._net.encode(x, n_quantizers=self._n_q).audio_codes  # (1, n_q, frames)
-        return codes[0].T.cpu().numpy()
+        codes = self._net.encode(x, n_quantizers=self._n_q).audio_codes  # (batch, n_q, frames)
+        return codes.transpose(1, 2).cpu().numpy()
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(codes.T.copy())[None].to(self.device)

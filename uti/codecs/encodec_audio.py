@@ -1,15 +1,21 @@
 """EnCodec (the `encodec` package) as the audio codec: 24 kHz mono (causal) and 48 kHz stereo
 (non-causal, 1 s segments with per-segment normalization).
 
-Batching rule: a clip's codes never depend on what else is in its batch, bit for bit. Measured on
-CPU: the convolutions give identical floats for any batch size at the same input length but not for
-other lengths (oneDNN picks kernels by shape), and the LSTM differs between batch sizes; a 3e-8
-difference is enough to flip codes in the deep RVQ levels. So:
-* only inputs of the same length share a batch (24 kHz: clips zero-padded to whole frames, grouped by
-  frame count; 48 kHz: the model's own segments, grouped by segment length, full 1 s segments nearly
-  always), and the LSTM and the quantizer run per item, with the shapes of a single-clip encode.
-On CPU batching buys nothing measurable for convolutions over long sequences; equal-length datasets
-(AudioCaps: 10 s clips) still batch fully on GPU.
+Batching rule (uti.codecs.batching): a clip's codes never depend on what else is in its batch, bit for
+bit. Measured on CPU: the convolutions give identical floats for any batch size at the same input
+length but not for other lengths (oneDNN picks kernels by shape), and the LSTM differs between batch
+sizes; a 3e-8 difference is enough to flip codes in the deep RVQ levels. So a pass's shape is fixed
+by the policy, never by its items:
+* encode_batch 1: each item alone at its own length (24 kHz: a clip zero-padded to whole frames;
+  48 kHz: each of the model's segments as it is);
+* encode_batch B > 1: passes of exactly (B, channels, bucket length), the encoder (LSTM included) and
+  the quantizer over the whole pass, dummy rows all zero. 24 kHz: a clip is zero-padded to its bucket
+  of frames (batching.bucket_frames). 48 kHz: the items are the segments, each normalized by the RMS of
+  its own samples first; a full 1 s segment runs at its own length, a clip's shorter last segment is
+  zero-padded to its bucket (at most a full segment). The model is non-causal, so padding changes the
+  tail frames of a padded item: that is why the rule is recorded (`padding_rule`).
+On CPU batching buys nothing measurable for convolutions over long sequences (encode_batch 1 is the
+CPU default); on GPU the passes of a bucket keep the device busy.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import numpy as np
 import torch
 
 from uti.codecs.base import AudioCodec, CodecVariant, EncodedAudio, check_clip
+from uti.codecs.batching import bucket_frames
+from uti.codecs.hf_common import bucket_rule, bucket_samples, encode_in_passes
 from uti.codecs.weights import (WeightsSpec, cached_random_state, calibration_signal, fingerprint_state_dict,
                                 parse_weights, resolve_device, round_to_half)
 from uti.config import AudioConfig
@@ -170,6 +178,29 @@ class EncodecAudioCodec(AudioCodec):
     def _check_clip(self, clip: torch.Tensor, index: int) -> torch.Tensor:
         return check_clip(clip, index, channels=self.channels, name=self.name, device=self.device)
 
+    def padding_rule(self) -> str:
+        if self.encode_batch == 1:
+            return super().padding_rule()
+        if self.segment_length is None:
+            return bucket_rule(self.hop_length, 0, self.hop_length)
+        hop, full = self.hop_length, self._frames(self.segment_length)
+        return (f"segments: each clip cut into segments of {self.segment_length} samples every {self.segment_stride}, "
+                f"each divided by 1e-8 + the RMS of its own channel mean; a segment of f frames of {hop} samples is "
+                f"zero-padded to min(f rounded up to a multiple of 2^(bit_length(f)-3), {full}) frames (a full "
+                "segment: its own length); batch: filled with all-zero segments to encode_batch")
+
+    def _frames(self, n_samples: int) -> int:
+        """Frames the encoder gives an input of n_samples (a whole clip at 24 kHz, one segment at 48 kHz)."""
+        return -(-int(n_samples) // self.hop_length)
+
+    def bucket_length(self, n_samples: int) -> int:
+        """The samples an item (24 kHz: a clip; 48 kHz: a segment) of n_samples is padded to at
+        encode_batch > 1: its frames rounded up to their bucket (a segment: at most a full one)."""
+        if self.segment_length is None:
+            return bucket_samples(n_samples, pad_to=self.hop_length)
+        full = self._frames(self.segment_length)
+        return min(bucket_frames(self._frames(n_samples)), full) * self.hop_length
+
     @torch.inference_mode()
     def encode(self, clips: Sequence[torch.Tensor]) -> list[EncodedAudio]:
         clips = [self._check_clip(c, i) for i, c in enumerate(clips)]
@@ -179,67 +210,55 @@ class EncodecAudioCodec(AudioCodec):
             return self._encode_whole(clips)
         return self._encode_segmented(clips)
 
-    def _quantize(self, emb: torch.Tensor) -> np.ndarray:
-        """emb (dim, frames) of ONE clip/segment -> (frames, n_q) codes."""
-        codes = self._net.quantizer.encode(emb[None], self._net.frame_rate, self.bandwidth)  # (n_q, 1, T)
-        return codes[:, 0, :].T.contiguous().cpu().numpy().astype(np.int64)
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        """(batch, channels, length) -> (batch, frames, n_q) codes: the encoder and the quantizer over the pass."""
+        emb = self._net.encoder(x)  # (batch, dim, frames)
+        codes = self._net.quantizer.encode(emb, self._net.frame_rate, self.bandwidth)  # (n_q, batch, frames)
+        return codes.permute(1, 2, 0).cpu().numpy()
 
-    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
-        """SEANet encoder over a batch of equal-length inputs, the LSTM per item (see module doc)."""
-        from encodec.modules.lstm import SLSTM
-
-        for layer in self._net.encoder.model:
-            if isinstance(layer, SLSTM) and x.shape[0] > 1:
-                x = torch.cat([layer(x[i: i + 1]) for i in range(x.shape[0])])
-            else:
-                x = layer(x)
-        return x
+    def _encode_frames_pass(self, x: torch.Tensor) -> np.ndarray:
+        """A pass zero-padded to whole frames first (a bucket length is whole frames already)."""
+        x = torch.nn.functional.pad(x, (0, self._frames(x.shape[-1]) * self.hop_length - x.shape[-1]))
+        return self._encode_pass(x)
 
     def _encode_whole(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
-        hop = self.hop_length
-        groups: dict[int, list[int]] = {}
-        for i, clip in enumerate(clips):
-            groups.setdefault(-(-clip.shape[1] // hop), []).append(i)
-        out: list[EncodedAudio | None] = [None] * len(clips)
-        for frames, members in groups.items():
-            batch = torch.zeros(len(members), self.channels, frames * hop, device=self.device)
-            for j, i in enumerate(members):
-                batch[j, :, : clips[i].shape[1]] = clips[i]
-            emb = self._run_encoder(batch)
-            for j, i in enumerate(members):
-                out[i] = EncodedAudio(codes=self._quantize(emb[j]), n_samples=int(clips[i].shape[1]))
-        return out  # type: ignore[return-value]
+        codes = encode_in_passes(self, clips, bucket=self.bucket_length, frames_of=self._frames,
+                                 run=self._encode_frames_pass, tokens_per_frame=self.n_q)
+        return [EncodedAudio(codes=c, n_samples=int(clip.shape[1])) for c, clip in zip(codes, clips)]
 
     def _encode_segmented(self, clips: list[torch.Tensor]) -> list[EncodedAudio]:
-        # (clip index, segment index, tensor); grouped by exact length so nothing is padded.
-        pieces: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
-        per_clip: list[list[Any]] = []
-        for ci, clip in enumerate(clips):
-            segs = self._segments(clip.shape[1])
-            per_clip.append([None] * len(segs))
-            for si, (off, length) in enumerate(segs):
-                pieces.setdefault(length, []).append((ci, si, clip[:, off: off + length]))
-        for length in sorted(pieces):
-            group = pieces[length]
-            x = torch.stack([t for _, _, t in group])
-            scale = None
-            if self._net.normalize:
-                mono = x.mean(dim=1, keepdim=True)
-                scale = 1e-8 + mono.pow(2).mean(dim=2, keepdim=True).sqrt()
-                x = x / scale
-            emb = self._run_encoder(x)
-            for j, (ci, si, _) in enumerate(group):
-                s = float(scale[j].item()) if scale is not None else 1.0
-                per_clip[ci][si] = (self._quantize(emb[j]), s)
+        segments: list[torch.Tensor] = []
+        scales: list[float] = []
+        spans: list[range] = []  # each clip's segments, in time order
+        for clip in clips:
+            start = len(segments)
+            for off, length in self._segments(clip.shape[1]):
+                x, scale = self._normalized(clip[:, off: off + length])
+                segments.append(x)
+                scales.append(scale)
+            spans.append(range(start, len(segments)))
+        codes = encode_in_passes(self, segments, bucket=self.bucket_length, frames_of=self._frames,
+                                 run=self._encode_pass, tokens_per_frame=self.n_q)
         out = []
-        for ci, clip in enumerate(clips):
-            codes = np.concatenate([c for c, _ in per_clip[ci]], axis=0)
+        for clip, mine in zip(clips, spans):
             out.append(EncodedAudio(
-                codes=codes, n_samples=int(clip.shape[1]),
-                extra={"segment_frames": [int(c.shape[0]) for c, _ in per_clip[ci]],
-                       "scales": [s for _, s in per_clip[ci]]},
+                codes=np.concatenate([codes[k] for k in mine], axis=0), n_samples=int(clip.shape[1]),
+                extra={"segment_frames": [int(codes[k].shape[0]) for k in mine], "scales": [scales[k] for k in mine]},
             ))
         return out
+
+    def _normalized(self, segment: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """A (channels, n) segment divided by its scale (1e-8 + RMS of the channel mean, on its own samples:
+        padding added later never changes it), and the scale (1.0 without normalization)."""
+        x = segment.contiguous()[None]
+        if not self._net.normalize:
+            return x[0], 1.0
+        power = x.mean(dim=1, keepdim=True).pow(2)  # (1, 1, n)
+        # Reduced with a zero row beside it: a CPU reduction to one output of 32768 or more elements is
+        # split across threads (its float then depends on the thread count); to two outputs, each is
+        # summed by one thread in order, as with one thread.
+        scale = 1e-8 + torch.cat([power, torch.zeros_like(power)]).mean(dim=2, keepdim=True)[:1].sqrt()
+        return (x / scale)[0], float(scale.item())
 
     # ---- decode ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -10,9 +10,12 @@ Weights come from one of:
 The token space records the weights fingerprint and the loaded model's whole architecture config
 (`params.arch`), so any change to either changes the token-space ID.
 
-Encoding runs one clip (image) at a time. Measured on CPU: at equal input length, a batch of 3 through
-Mimi's encoder gives latents 2e-5 away from the same clips alone, a small DAC 3e-10; a code near a
-decision boundary then flips. One item per forward pass makes "batch == single" hold by construction.
+Encoding runs in forward passes of `encode_batch` items (uti.codecs.batching). Measured on CPU: at equal
+input length, a batch of 3 through Mimi's encoder gives latents 2e-5 away from the same clips alone, a
+small DAC 3e-10; a code near a decision boundary then flips. So a pass never takes the shape of its
+items: with encode_batch 1 each item goes alone at its own length; with B > 1 every pass of a bucket
+has the one shape (B, channels, bucket length), filled up with all-zero dummy items, so an item's codes
+are a function of the item alone, whichever items share its pass.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, check_clip, check_codes, check_image
-from uti.codecs.batching import Pass, plan_passes, timed_passes
+from uti.codecs.batching import PADDING_BUCKETS, Pass, bucket_frames, padded_batch, plan_passes, timed_passes
 from uti.codecs.weights import WeightsSpec, cached_random_state, fingerprint_state_dict, round_to_half
 from uti.config import AudioSettings, ImageSettings
 from uti.errors import ConfigError, DecodeRefused, WeightsError
@@ -247,14 +250,65 @@ def from_uint8_image(image: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---- the audio adapter skeleton ------------------------------------------------------------------------
+def bucket_rule(pad_to: int, extra: int, hop_length: int) -> str:
+    """The time-padding rule of `bucket_samples` in words (a shard header records it): the generic
+    batching.PADDING_BUCKETS where the padding unit is one frame, else the exact rule in samples."""
+    if pad_to == hop_length and extra == 0:
+        return PADDING_BUCKETS
+    minus = f" - {extra}" if extra else ""
+    plus = f" + {extra}" if extra else ""
+    return (f"time: u = ceil((samples{plus}) / {pad_to}) padding units, rounded up to a multiple of "
+            f"2^(bit_length(u)-3) (4 buckets per octave), zero-padded to u * {pad_to}{minus} samples; "
+            "batch: filled with all-zero items to encode_batch")
 
-class OneClipAudioCodec(AudioCodec):
-    """Encode and decode one clip per forward pass (see the module doc). A subclass sets `name`,
-    `device`, `_net`, `_weights`, `_fingerprint` and implements `_encode_one`, `_decode_codes`,
-    `_params` and the size properties."""
+
+def bucket_samples(n_samples: int, *, pad_to: int, extra: int = 0) -> int:
+    """The pass length (samples) of an item of n_samples at encode_batch > 1: its padding units (the model
+    pads n + extra samples to a multiple of pad_to) rounded up to their bucket, less `extra`. The model
+    takes that length without padding it further and gives at least the item's frames from it."""
+    units = -(-(int(n_samples) + extra) // pad_to)
+    return bucket_frames(units) * pad_to - extra
+
+
+def encode_in_passes(codec: AudioCodec, items: Sequence[torch.Tensor], *, bucket: Callable[[int], int],
+                     frames_of: Callable[[int], int], run: Callable[[torch.Tensor], np.ndarray],
+                     tokens_per_frame: int) -> list[np.ndarray]:
+    """The codes (frames_of(n), tokens_per_frame) of each (channels, n) item, in the passes plan_passes
+    gives for codec.encode_batch: 1, each item alone at its own length; B > 1, passes of exactly B items
+    at `bucket(n)` samples (zero-padded in time, dummy rows all zero), codes trimmed back to the item's
+    frames. `run` maps a (batch, channels, length) pass to (batch, frames_of(length), tokens_per_frame)
+    codes. Every pass is timed into codec.pass_log."""
+    lengths = [int(t.shape[-1]) for t in items]
+    passes = plan_passes(lengths, encode_batch=codec.encode_batch, bucket=bucket)
+
+    def one(p: Pass) -> np.ndarray:
+        return run(padded_batch(items, p, channels=codec.channels, device=codec.device))
+
+    out: list[np.ndarray] = [np.empty(0)] * len(items)
+    for p, codes in timed_passes(passes, codec.pass_log, one, device=codec.device):
+        want = (p.batch, frames_of(p.length), tokens_per_frame)
+        if tuple(codes.shape) != want:
+            raise RuntimeError(f"{codec.name}: a pass of {p.batch} x {p.length} samples (items {list(p.members)}) gave "
+                               f"codes {tuple(codes.shape)}, the frame rule says {want}; the model does not frame "
+                               "audio as this adapter assumes")
+        for j, i in enumerate(p.members):
+            out[i] = np.ascontiguousarray(codes[j, : frames_of(lengths[i])], dtype=np.int64)
+    return out
+
+
+class BatchedAudioCodec(AudioCodec):
+    """Encode in fixed-shape forward passes (see the module doc and `encode_in_passes`), decode one clip
+    at a time. A subclass sets `name`, `device`, `_net`, `_weights`, `_fingerprint` and implements
+    `_encode_pass` (a batched forward) or `_encode_one` (one row at a time), `_decode_codes`, `_params`
+    and the size properties."""
 
     name: str
     device: torch.device
+
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        """(batch, channels, length) -> local codes (batch, frames, tokens_per_frame) in layout order. By
+        default each row through `_encode_one`: still exact, each row is a function of its item alone."""
+        return np.stack([np.asarray(self._encode_one(x[j: j + 1])) for j in range(x.shape[0])])
 
     def _encode_one(self, x: torch.Tensor) -> np.ndarray:
         """(1, channels, n_samples) -> local codes (n_frames, tokens_per_frame) in layout order."""
@@ -276,6 +330,17 @@ class OneClipAudioCodec(AudioCodec):
     def expected_frames(self, n_samples: int, extra: dict[str, Any] | None = None) -> int:
         return expected_audio_frames({"hop_length": self.hop_length, "framing": self.framing()}, n_samples)
 
+    def padding_rule(self) -> str:
+        if self.encode_batch == 1:
+            return super().padding_rule()
+        framing = self.framing()
+        return bucket_rule(int(framing["pad_to"]), int(framing.get("extra", 0)), self.hop_length)
+
+    def bucket_length(self, n_samples: int) -> int:
+        """The samples a clip of n_samples is padded to at encode_batch > 1 (a length of whole padding units)."""
+        framing = self.framing()
+        return bucket_samples(n_samples, pad_to=int(framing["pad_to"]), extra=int(framing.get("extra", 0)))
+
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -294,16 +359,9 @@ class OneClipAudioCodec(AudioCodec):
     @torch.inference_mode()
     def encode(self, clips) -> list[EncodedAudio]:
         clips = [check_clip(c, i, channels=self.channels, name=self.name, device=self.device) for i, c in enumerate(clips)]
-        out = []
-        for i, clip in enumerate(clips):
-            codes = self._encode_one(clip[None])
-            expected = self.expected_frames(int(clip.shape[1]))
-            if codes.shape != (expected, self.tokens_per_frame):
-                raise RuntimeError(f"{self.name}: clip {i} of {clip.shape[1]} samples gave codes {codes.shape}, the "
-                                   f"frame rule says ({expected}, {self.tokens_per_frame}); the model does not frame "
-                                   "audio as this adapter assumes")
-            out.append(EncodedAudio(codes=codes.astype(np.int64), n_samples=int(clip.shape[1])))
-        return out
+        codes = encode_in_passes(self, clips, bucket=self.bucket_length, frames_of=self.expected_frames,
+                                 run=self._encode_pass, tokens_per_frame=self.tokens_per_frame)
+        return [EncodedAudio(codes=c, n_samples=int(clip.shape[1])) for c, clip in zip(codes, clips)]
 
     @torch.inference_mode()
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
@@ -319,6 +377,9 @@ class OneClipAudioCodec(AudioCodec):
             raise DecodeRefused(f"{self.name}: decoded {tuple(wav.shape)}, need ({self.channels}, "
                                 f">= {encoded.n_samples} - one frame of {self.hop_length})")
         return wav[:, : encoded.n_samples]
+
+
+OneClipAudioCodec = BatchedAudioCodec  # the skeleton's earlier name: plugins subclass it
 
 
 # ---- the image adapter skeleton ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Mimi (Kyutai's codec of Moshi; `transformers.MimiModel`) as the audio codec: 24 kHz mono, 12.5 Hz
 frames, up to 32 levels of 2048 codes (level 0 semantic, distilled from WavLM); `n_q` of them are
-used (Moshi uses 8). Frame-major layout.
+used (Moshi uses 8). Frame-major layout. With encode_batch > 1 a clip is zero-padded to its bucket of
+frames and passes carry no padding mask: the padded clip is the item, every row of a pass one length.
 
 Weights: a local copy of kyutai/mimi (`weights: /models/mimi`), or `random:SEED` (+ `arch: small`).
 Random weights leave Mimi's codebooks at zero (every code would be 0), so they are seeded from encoder
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, build_config, build_random,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, build_config, build_random,
                                   check_kind, fingerprint, load_local_model, nearest, pick_variant,
                                   random_cache_key, require_random_or_folder, seed_codebook, architecture)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device
@@ -46,7 +47,7 @@ class MimiSettings(HFAudioSettings):
         return {"n_q": self.n_q}
 
 
-class MimiAudioCodec(OneClipAudioCodec):
+class MimiAudioCodec(BatchedAudioCodec):
     kind = "mimi"
     settings = MimiSettings
 
@@ -120,9 +121,10 @@ class MimiAudioCodec(OneClipAudioCodec):
         return {"arch": architecture(self._net.config)}
 
     # ---- codes --------------------------------------------------------------------------------------
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        codes = self._net.encode(x, num_quantizers=self._n_q).audio_codes  # (1, n_q, frames)
-        return codes[0].T.cpu().numpy()
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        # No padding mask: the pass's rows are whole items (a clip and its zero padding), all one length.
+        codes = self._net.encode(x, num_quantizers=self._n_q).audio_codes  # (batch, n_q, frames)
+        return codes.transpose(1, 2).cpu().numpy()
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(codes.T.copy())[None].to(self.device)  # (1, n_q, frames)

@@ -4,7 +4,9 @@ levels of 4096 codes at different time rates (24 kHz: 3 levels at about 12, 23 a
 of level 1 in that span, then the 4 of level 2 (...), so a sequence is whole frames of 7 (or 15) tokens.
 
 The model pads a clip on the right to a whole number of its padding unit (hop * lcm(coarsest stride,
-attention window)), so every level's code count is a whole multiple of the coarsest's. SNAC's decoder
+attention window)), so every level's code count is a whole multiple of the coarsest's. With
+encode_batch > 1 a clip's padding units (not frames) are rounded up to their bucket (`padding_rule`):
+a pass's length must be whole units, or SNAC would pad it further itself. SNAC's decoder
 adds noise (`NoiseBlock`, `torch.randn`): decode runs it under a fixed seed, recorded in the token space.
 
 Weights: a local copy of hubertsiuzdak/snac_24khz (snac_32khz, snac_44khz): config.json with
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, build_random, check_kind,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, build_random, check_kind,
                                   fingerprint, nearest, pick_variant, require_random_or_folder, seed_codebook)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device
 from uti.errors import ConfigError, WeightsError
@@ -81,7 +83,7 @@ def _sizes(kwargs: dict[str, Any]) -> dict[str, Any]:
             "codes_per_frame": [strides[0] // s for s in strides], "layout": "multirate"}
 
 
-class SnacAudioCodec(OneClipAudioCodec):
+class SnacAudioCodec(BatchedAudioCodec):
     kind = "snac"
     settings = SnacSettings
 
@@ -177,11 +179,11 @@ class SnacAudioCodec(OneClipAudioCodec):
         return {"arch": self._arch, "decode_noise_seed": DECODE_NOISE_SEED}
 
     # ---- codes --------------------------------------------------------------------------------------
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        levels = self._net.encode(x)  # per level (1, frames * codes_per_frame[k])
-        n_frames = int(levels[0].shape[-1])
-        cols = [lvl[0].reshape(n_frames, per).cpu().numpy() for lvl, per in zip(levels, self.codes_per_frame)]
-        return np.concatenate(cols, axis=1)  # (n_frames, sum(codes_per_frame)): level 0, then 1, ...
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        levels = self._net.encode(x)  # per level (batch, frames * codes_per_frame[k])
+        batch, n_frames = int(x.shape[0]), int(levels[0].shape[-1])
+        cols = [lvl.reshape(batch, n_frames, per).cpu().numpy() for lvl, per in zip(levels, self.codes_per_frame)]
+        return np.concatenate(cols, axis=2)  # (batch, n_frames, sum(codes_per_frame)): level 0, then 1, ...
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         levels, col = [], 0

@@ -2,7 +2,10 @@
 scalar quantizer (FSQ) code per frame, 4^8 = 65,536 codes. FSQ layout (a single level). The model
 fuses a semantic encoder (Wav2Vec2-BERT over log-mel features) with an acoustic one; the features come
 from `Xcodec2FeatureExtractor`, whose settings are recorded in the token space. The extractor pads a
-clip by one sample and then to whole frames, so a clip of n samples has n // 320 + 1 frames.
+clip by one sample and then to whole frames, so a clip of n samples has n // 320 + 1 frames. With
+encode_batch > 1 a clip of u frames is zero-padded to bucket(u) * 320 - 1 samples first (the extractor
+then frames it as bucket(u) frames); its mel features are normalized over the padded clip, so the
+padding changes them, but only as a function of the clip's own length: `padding_rule` states it.
 
 Weights: a local copy of HKUSTAudio/xcodec2 in the transformers format (config.json,
 model.safetensors, preprocessor_config.json), or `random:SEED` (+ `arch: small`). With random
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 from uti.codecs.base import CodecVariant
-from uti.codecs.hf_common import (HFAudioSettings, OneClipAudioCodec, arch_kwargs, architecture, build_config,
+from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, architecture, build_config,
                                   build_random, check_kind, fingerprint, load_local_model, pick_variant,
                                   random_cache_key, require_random_or_folder)
 from uti.codecs.weights import calibration_signal, parse_weights, resolve_device, round_to_half
@@ -49,7 +52,7 @@ class Xcodec2Settings(HFAudioSettings):
         check_kind(self, "xcodec2")
 
 
-class Xcodec2AudioCodec(OneClipAudioCodec):
+class Xcodec2AudioCodec(BatchedAudioCodec):
     kind = "xcodec2"
     settings = Xcodec2Settings
 
@@ -143,12 +146,15 @@ class Xcodec2AudioCodec(OneClipAudioCodec):
                 "fsq_levels": [int(v) for v in self._net.config.quantization_levels]}
 
     def _inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self._features(audio=x[0, 0].cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
-        return {"input_values": f["input_values"].to(self.device), "input_features": f["input_features"].to(self.device)}
+        """The extractor's inputs for a (batch, 1, length) pass, row by row: its mel features are normalized
+        over the whole row, so each row's features are those of that item (with its padding) alone."""
+        rows = [self._features(audio=x[j, 0].cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
+                for j in range(x.shape[0])]
+        return {key: torch.cat([f[key] for f in rows]).to(self.device) for key in ("input_values", "input_features")}
 
-    def _encode_one(self, x: torch.Tensor) -> np.ndarray:
-        codes = self._net.encode(**self._inputs(x)).audio_codes  # (1, 1, frames)
-        return codes[0].T.cpu().numpy().astype(np.int64)
+    def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
+        codes = self._net.encode(**self._inputs(x)).audio_codes  # (batch, 1, frames)
+        return codes.transpose(1, 2).cpu().numpy().astype(np.int64)
 
     def _decode_codes(self, codes: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(codes.T.copy())[None].to(self.device)  # (1, 1, frames)
