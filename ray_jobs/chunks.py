@@ -28,10 +28,19 @@ class ChunkRef:
     start: int
     end: int
     cost: float = 1.0  # its work in full chunks (audio seconds / --batch-seconds + images / --max-images-per-batch)
+    # The shard positions of its rows when the shard's rows were put in length-bucket order (bucket_order);
+    # None: the plan-order rows [start, end).
+    positions: tuple[int, ...] | None = None
 
     @property
     def shard_key(self) -> str:
         return f"{self.split}/{self.shard}"
+
+    def row_ids(self, shard_ids: Sequence[str]) -> list[str]:
+        """The IDs of this chunk's rows, from its shard's IDs in plan order."""
+        if self.positions is not None:
+            return [shard_ids[i] for i in self.positions]
+        return list(shard_ids[self.start: self.end])
 
 
 @dataclass(kw_only=True)
@@ -180,14 +189,43 @@ def _share(left: float) -> float:
     return min(1.0, max(TAPER_FLOOR, left / (2 * TAPER_ACTORS)))
 
 
+def bucket_order(rows: Sequence[Any]) -> list[int]:
+    """Shard positions with audio rows grouped by length bucket (uti.buckets, from the manifest's duration),
+    then images, then text, each group in plan order.
+
+    With an encode batch B > 1 every forward pass holds B items of one bucket, the rest dummies; chunks cut
+    from plan order would hold a few items of each of ~20 buckets (clips of 1-30 s), so most rows of most
+    passes would be dummies. Cut from this order, a chunk holds runs of one bucket. Which rows share a
+    chunk never changes a code (the passes have fixed shapes), and the shard is written in plan order."""
+    from uti.buckets import duration_bucket
+
+    def key(i: int) -> tuple:
+        row = rows[i]
+        group = {"audio": 0, "image": 1}.get(row.modality, 2)
+        return (group, duration_bucket(row.duration) if group == 0 else 0, i)
+
+    return sorted(range(len(rows)), key=key)
+
+
+def bucketed_chunks(encode_policy: dict[str, dict[str, Any]]) -> bool:
+    """Whether chunks are cut in bucket order: when a codec's passes take more than one item (the actors'
+    encode policy; a job's chunks then depend on the rows, the config and the device type, as its tokens do)."""
+    return any(int(p.get("encode_batch", 1)) > 1 for p in encode_policy.values())
+
+
 def shard_chunks(split: str, shard: Any, row_of: Callable[[str], Any], *, batch_seconds: float,
-                 max_images: int) -> list[ChunkRef]:
-    """The chunks of one planned shard (`shard.ids` in plan order; `row_of` maps an ID to its ManifestRow)."""
+                 max_images: int, bucketed: bool = False) -> list[ChunkRef]:
+    """The chunks of one planned shard (`shard.ids` in plan order; `row_of` maps an ID to its ManifestRow).
+    `bucketed` (an encode batch above 1): cut from the rows in bucket_order, not plan order."""
     rows = [row_of(x) for x in shard.ids]
+    order = bucket_order(rows) if bucketed else None
+    if order is not None:
+        rows = [rows[i] for i in order]
     durations, modalities = [r.duration for r in rows], [r.modality for r in rows]
     bounds = chunk_bounds(durations, modalities, batch_seconds=batch_seconds, max_images=max_images)
     left = work_left(durations, modalities, batch_seconds=batch_seconds, max_images=max_images)
-    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b, cost=left[a] - left[b])
+    return [ChunkRef(split=split, shard=shard.name, index=i, count=len(bounds), start=a, end=b, cost=left[a] - left[b],
+                     positions=tuple(order[a:b]) if order is not None else None)
             for i, (a, b) in enumerate(bounds)]
 
 
@@ -197,7 +235,8 @@ def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) 
     samples = [s for c in chunks for s in c.samples]
     errors = [e for c in chunks for e in c.errors]
     covered = [x for c in chunks for x in c.ids]
-    if covered != list(ids):
+    # In plan order, or in bucket order (bucket_order): the same rows, each once.
+    if len(covered) != len(ids) or set(covered) != set(ids):
         raise RuntimeError(f"{where}: the encoded chunks cover {len(covered)} rows, the plan has {len(ids)} "
                            "(exactly-once violated before writing)")
     written = [s.id for s in samples]
@@ -206,7 +245,7 @@ def assemble(ids: Sequence[str], chunks: Sequence[EncodedChunk], *, where: str) 
         lost = sorted(set(ids) - set(written) - failed)
         raise RuntimeError(f"{where}: exactly-once violated before writing (lost {lost[:3]})")
     order = {x: i for i, x in enumerate(ids)}
-    samples.sort(key=lambda s: order[s.id])  # already in plan order; sorting makes that a guarantee
+    samples.sort(key=lambda s: order[s.id])  # the shard's bytes follow the plan, whatever order its chunks took
     return samples, sorted(errors, key=lambda e: e["id"])
 
 

@@ -27,7 +27,8 @@ import time
 from typing import Any, Iterable, Iterator
 
 from ray_jobs import resources
-from ray_jobs.chunks import ChunkRef, ChunkStats, ShardResult, prepare_writer, shard_chunks, write_shard_task
+from ray_jobs.chunks import (ChunkRef, ChunkStats, ShardResult, bucketed_chunks, prepare_writer, shard_chunks,
+                             write_shard_task)
 from ray_jobs.feed import IdleWindow
 from ray_jobs.outputs import JobError
 from ray_jobs.policy import check_actor_policy, shard_policy
@@ -130,6 +131,8 @@ class ChunkScheduler:
         self.reader = ray.remote(num_returns=2)(timed_read_rows)
         self.writer = ray.remote(write_shard_task)
         self.space_json = space.canonical_json()
+        # Passes of more than one item: chunks are cut from the rows in length-bucket order (chunks.bucket_order).
+        self.bucketed = bucketed_chunks(first_info.get("encode_policy") or {})
 
     # ---- the plan, cut into chunks lazily (the driver holds O(shards) state, never every chunk's rows) ----
     def _refill(self) -> None:
@@ -138,7 +141,7 @@ class ChunkScheduler:
             split, shard = self.next_shard
             self.next_shard = next(self.shard_iter, None)
             chunks = shard_chunks(split, shard, self.row_of, batch_seconds=self.cfg.chunk_seconds,
-                                  max_images=self.cfg.chunk_images)
+                                  max_images=self.cfg.chunk_images, bucketed=self.bucketed)
             opened = _OpenShard(split=split, shard=shard, chunks=chunks,
                                 modalities=frozenset(self.row_of(x).modality for x in shard.ids))
             self.open[opened.key] = opened
@@ -148,7 +151,7 @@ class ChunkScheduler:
     def _rows(self, chunk: ChunkRef) -> list[ManifestRow]:
         """The chunk's rows as the driver holds them: ManifestRows pickle as they are (no dict copy each way)."""
         shard = self.open[chunk.shard_key].shard
-        return [self.row_of(x) for x in shard.ids[chunk.start: chunk.end]]
+        return [self.row_of(x) for x in chunk.row_ids(shard.ids)]
 
     def _read(self, chunk: ChunkRef, node: str | None) -> list:
         """The read task refs of this chunk's rows; none when the actors read their own chunks."""

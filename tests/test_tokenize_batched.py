@@ -8,6 +8,7 @@ job.json says how busy the actors' forward passes kept them and whether the read
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -235,3 +236,40 @@ def test_the_idle_share_names_the_flags_that_help_and_covers_the_last_interval()
     assert (figures["image"].passes, figures["image"].dummies, figures["image"].sizes, figures["image"].logged) == \
         (3, 1, {2: 2, 1: 1}, False)
     assert figures["image"].seconds == pytest.approx(0.75)  # the encode time the logged passes leave
+
+
+def test_chunks_of_a_batched_job_are_cut_in_bucket_order_and_written_in_plan_order():
+    """With passes of several items, a chunk holds runs of one length bucket (its passes fill up) and the
+    shard is still assembled in plan order; encode batch 1 keeps plan-order chunks."""
+    from types import SimpleNamespace
+
+    from ray_jobs.chunks import EncodedChunk, assemble, bucketed_chunks, shard_chunks
+    from sharding.format import Sample  # noqa: F401 - the samples below only need an id
+    from uti.buckets import duration_bucket
+
+    durations = [1.0, 30.0, 2.0, 13.0, 1.0, 30.0, 2.0, 13.0] * 8  # plan order mixes ~4 buckets
+    rows = {f"r{i:03d}": SimpleNamespace(id=f"r{i:03d}", modality="audio", duration=d) for i, d in enumerate(durations)}
+    shard = SimpleNamespace(name="shard-000000", ids=sorted(rows))
+    assert bucketed_chunks({"audio": {"encode_batch": 4}}) and not bucketed_chunks({"audio": {"encode_batch": 1}})
+
+    plain = shard_chunks("train", shard, rows.__getitem__, batch_seconds=120.0, max_images=64)
+    bucketed = shard_chunks("train", shard, rows.__getitem__, batch_seconds=120.0, max_images=64, bucketed=True)
+    assert all(c.positions is None for c in plain)
+
+    def dummies(chunks, batch=4):  # the all-zero items that fill each bucket's last pass of each chunk
+        total = 0
+        for c in chunks:
+            counts = collections.Counter(duration_bucket(rows[x].duration) for x in c.row_ids(shard.ids))
+            total += sum(-(-n // batch) * batch - n for n in counts.values())
+        return total
+
+    assert dummies(bucketed) * 3 <= dummies(plain), (dummies(bucketed), dummies(plain))
+    covered = [x for c in bucketed for x in c.row_ids(shard.ids)]
+    assert sorted(covered) == shard.ids and len(covered) == len(set(covered))  # every row once
+    # The writer puts the samples back in plan order, whatever order the chunks hold them in.
+    encoded = [EncodedChunk(ids=c.row_ids(shard.ids), samples=[SimpleNamespace(id=x) for x in c.row_ids(shard.ids)],
+                            errors=[]) for c in bucketed]
+    samples, errors = assemble(shard.ids, encoded, where="train/shard-000000")
+    assert [s.id for s in samples] == shard.ids and errors == []
+    with pytest.raises(RuntimeError, match="exactly-once"):
+        assemble(shard.ids, encoded[:-1], where="train/shard-000000")

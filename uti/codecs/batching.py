@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from uti.buckets import bucket_frames  # noqa: F401 - the rule's owner is uti.buckets (torch-free: the driver uses it)
 from uti.errors import ConfigError, UTIError
 
 POLICY_FORMAT = "uti.encode_policy"
@@ -120,15 +121,6 @@ def exact_numerics() -> None:
 
 
 # ---- buckets and fixed-shape passes ------------------------------------------------------------------
-def bucket_frames(frames: int) -> int:
-    """The bucket of an item of `frames` frames: rounded up to a multiple of 2^(bit_length - 3), so each
-    octave holds 4 buckets and padding is under 25% (under 3% for 10 s of 75 Hz EnCodec frames)."""
-    if frames < 1:
-        raise ValueError(f"an item needs at least one frame, got {frames}")
-    step = 1 << max(0, frames.bit_length() - 3)
-    return -(-frames // step) * step
-
-
 @dataclass(frozen=True, kw_only=True)
 class Pass:
     """One forward pass: `members` (indices into the items, at most encode_batch) at `length` (in the
