@@ -273,3 +273,38 @@ def test_chunks_of_a_batched_job_are_cut_in_bucket_order_and_written_in_plan_ord
     assert [s.id for s in samples] == shard.ids and errors == []
     with pytest.raises(RuntimeError, match="exactly-once"):
         assemble(shard.ids, encoded[:-1], where="train/shard-000000")
+
+
+def test_verify_re_encodes_with_the_recorded_policy_and_fails_when_it_is_edited(batched, tmp_path):
+    """`uti verify` on the --encode-batch 4 output: every sample re-encoded at encode batch 4, exactly (same
+    device type). Then the image shard's header is made to claim the images were resized on the device:
+    verify prepares them as claimed, and the tokens (made from PIL's resize) no longer match."""
+    from verify import VerifyConfig, run_verify
+    from verify_helpers import rewrite_shard
+
+    src, job, _ = batched["one"]
+    out = tmp_path / "out"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("verify", "lock.json"))
+
+    def verify():
+        result = run_verify(VerifyConfig(out=str(out), decode_fraction=0.0, retokenize_fraction=1.0, plots=False,
+                                         loader_batches=1, report_dir=str(tmp_path / f"report{len(list(tmp_path.iterdir()))}")))
+        return result, json.loads(result.json_path.read_text())
+
+    result, report = verify()
+    retok = result.check("retokenize")
+    assert result.ok and retok["counts"]["mode"] == "exact" and retok["counts"]["exact"] is True, retok
+    assert {p["modality"]: p["encode_batch"] for p in retok["counts"]["policies"]} == {"audio": 4, "image": 4}
+    assert retok["counts"]["retokenize.items"] == job["counts"]["samples"]
+
+    def claim_device_resize(header, samples):
+        policy = header["encode_policy"]
+        header = {**header, "encode_policy": {m: {**p, "prepare_on": "device"} for m, p in policy.items()}}
+        return header, samples
+
+    rewrite_shard(out, "train", "shard-000000", claim_device_resize)  # the image shard
+    result, _ = verify()
+    retok = result.check("retokenize")
+    assert not result.ok and retok["failures"] >= 1, retok
+    assert all(e["shard"] == "train/shard-000000" and "re-encoded tokens differ" in e["detail"]
+               for e in retok["examples"]), retok["examples"]
