@@ -44,7 +44,7 @@ def _with(space: TokenSpace, mutate) -> dict:
     (lambda d: d["specials"].update({"<bos>": 0}), "share ID"),
     (lambda d: d["codecs"]["image"]["params"].update(codebook_size=65), "its codec says"),
     (lambda d: d["codecs"]["audio"]["params"].update(n_q=3), "n_q=3"),
-    (lambda d: d.update(version=4), "version 4"),
+    (lambda d: d.update(version=5), "version 5"),
         (lambda d: d.update(version=True), "version True"),
 ])
 def test_validation_catches_malformed_spaces(mutate, message):

@@ -185,7 +185,7 @@ def test_help_shows_every_default(capsys):
 
     from uti.cli import HelpFormatter, build_parser
 
-    for argv, expected in ((["tokenize", "--help"], ("(default: 60.0)", "(default: 3)")),
+    for argv, expected in ((["tokenize", "--help"], ("default: max(60, 30 x the audio encode batch)", "(default: 3)")),
                            (["generate", "--help"], ("(default: 1.0)",))):
         with pytest.raises(SystemExit) as exc:
             cli_main(argv)

@@ -28,6 +28,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from sharding.outdir import JOB_NAME
+
 EXACT, AGREEMENT, UNVERIFIABLE = "exact", "agreement", "unverifiable"
 
 
@@ -89,7 +91,7 @@ class RetokenizeMode:
         """'cuda (encode_batch 16)', as the notes and failures say it."""
         if self.recorded is not None:
             return f"{self.tokenized_on} (encode_batch {self.recorded.get('encode_batch')})"
-        return f"{self.tokenized_on} ({'job.json actors.device; ' if self.source == 'job.json' else ''}no encode policy recorded)"
+        return f"{self.tokenized_on} ({'job.json actors.device; ' if self.source == JOB_NAME else ''}no encode policy recorded)"
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "modality": self.modality, "encode_batch": self.encode_batch,
@@ -112,9 +114,9 @@ def decide(recorded: RecordedPolicy | None, codec: Any, *, legacy_exact: bool, j
         made = (job_device or "unknown").split(":")[0]
         if legacy_exact:
             return RetokenizeMode(mode=EXACT, modality=modality, encode_batch=legacy_encode_batch, recorded=None,
-                                  here=here.to_dict(), source="job.json", tokenized_on=made)
+                                  here=here.to_dict(), source=JOB_NAME, tokenized_on=made)
         return RetokenizeMode(mode=AGREEMENT, modality=modality, encode_batch=legacy_encode_batch, recorded=None,
-                              here=here.to_dict(), source="job.json", tokenized_on=made,
+                              here=here.to_dict(), source=JOB_NAME, tokenized_on=made,
                               reason=f"the shard header (version 1) records no encode policy and job.json's device is "
                                      f"{job_device or 'not recorded'}, verify's {here.device_type}")
     raw = recorded.raw()

@@ -21,6 +21,7 @@ import numpy as np
 
 from sharding.format import sample_key
 from sharding.manifest import ManifestError, manifests_sha256, read_manifests
+from sharding.outdir import JOB_NAME
 from uti.token_space import diff
 from verify.checks import ShardSummary
 from verify.codec_checks import CodecSummary
@@ -383,7 +384,7 @@ class Reducer:
             sources = {g.mode.source for g in used}
             result.note = ("exact: re-encoded with the numerics the shard headers record" if sources == {"header"} else
                            "exact: re-encoded on the device job.json names (shard headers of version 1 record no "
-                           "encode policy)" if sources == {"job.json"} else
+                           "encode policy)" if sources == {JOB_NAME} else
                            "exact: re-encoded with the numerics the shard headers (or job.json, version 1) record")
         return result
 
