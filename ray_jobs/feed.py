@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 IDLE_WARN = 0.10  # the progress line and the job's end say so when actors wait for reads more than this
 MIN_WINDOW = 5.0  # seconds the progress line's idle share covers at least (one chunk's share says little)
+IDLE_MIN_SECONDS = 20.0  # the end-of-run idle line needs a run at least this long (see ray_jobs.job)
 UNITS = {"audio": "audio_seconds", "image": "images"}
 
 

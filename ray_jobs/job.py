@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
-from ray_jobs.feed import actors_summary, idle_message
+from ray_jobs.feed import IDLE_MIN_SECONDS, actors_summary, idle_message
 from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.read import prepare_args
 from ray_jobs.resources import Request, local_num_cpus, prepare_on, resolve
@@ -455,7 +455,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     job = _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
                   times=(command_started, started, time.time()), earlier=earlier)
     # Over the whole run, as the progress line said it for its last interval (every caller: CLI, demo, bench).
-    if run is not None:
+    # Not for a run of a few seconds: there the first read's imports are most of the wait, and no flag helps.
+    if run is not None and run.processing_seconds >= IDLE_MIN_SECONDS:
         idle = idle_message(job["actors"]["feed"]["actors_idle_fraction"], reads_in_actors=bool(run.reads_in_actors),
                             read_cpus=cfg.read_cpus)
         if idle:

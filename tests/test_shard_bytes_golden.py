@@ -1,10 +1,10 @@
 """Byte-identity guard: the shards the real job writes (and the verify fixture's) for fixed inputs.
 
-The SHA-256 constants below were computed by running this file on the code before issue 16's
-refactor (one typed sample, the verify loop written once); the index constants again when index
-version 3 added each sample's modality (the tars stayed byte-identical): a refactor that changes any
-byte of a tar, an index or token_space.json fails here. A deliberate format change updates them together
-with a version bump (sharding.format).
+The SHA-256 constants below are the bytes of the current formats (shard header version 2 with the
+encode policy, index version 3, token space version 4), recorded on the machine RECORDED_ON names: a
+refactor that changes any byte of a tar, an index or token_space.json fails here. A deliberate format
+change updates them together with a version bump (sharding.format); the tokens themselves were checked
+unchanged across that bump by running the old and the new code side by side on that machine.
 
 Sample meta records the absolute source path (`source`), so the inputs are written to one fixed
 folder; a lock keeps two concurrent runs of this file from sharing it.
@@ -28,32 +28,32 @@ ROOT = Path("/tmp/uti-shard-bytes-golden")
 # The real job (Ray, the default preset's fixed-seed random codecs), 1 actor, 3 samples a shard:
 # 6 clips + a corrupt and a NaN WAV (clotho layout), 4 images + a truncated PNG (llava layout).
 JOB_SHA256 = {
-    "shards/development/shard-000000.json": "78fd0c827970c3d1693727d3891af0b09894f540a010fd87f578daf1162134d2",
-    "shards/development/shard-000000.tar": "8143c303c32ed6c83c2d6bacf6697875762142ab8493162f63b78bf47f27e6ea",
-    "shards/development/shard-000001.json": "a0f937a3cd0a5eaa943cdbce5ccdf823bd0b88a1399c549166b07184a2f8e6ab",
-    "shards/development/shard-000001.tar": "28376eac85ee209f8040d36ae1d7c68921f949cc9ac6dab32e6a6b9d9e1db2d2",
-    "shards/development/shard-000002.json": "b4dd43e11cfa442ba848a8ee9db9dfd1f98f9f15dd2780cfb2a308376317b5ba",
-    "shards/development/shard-000002.tar": "31d48e0545aeb01d00f22aa6b126a98871846f4bda1a1ce3fb673c76585ae05f",
-    "shards/train/shard-000000.json": "a73e1e0cc526f0f57e5b52f9f09ba63ee126b4d7bb990ad26fb1c10d1bfe252c",
-    "shards/train/shard-000000.tar": "edada245abdbeaf501af984994da07d63c2b5f6066e179b302744c9532bf25e3",
-    "shards/train/shard-000001.json": "cef30c59b552dfbc6fbe12d2bb1b5091dee588319e54bdbb07b4c2d9ca9e547a",
-    "shards/train/shard-000001.tar": "4e46862f3d916407a0786490fde424ac1965c4e8e5b969dd262f88af854f173a",
-    "token_space.json": "ff6aff2c9ff615791f9c49e9354b9e93b8bbf227814f33a4c9752e7d3eb83e40",
+    "shards/development/shard-000000.json": "96b691916492e5c16a3cf3bcd1bed19022366068987c67f649ffed24abc169ed",
+    "shards/development/shard-000000.tar": "04ca350f1d861d26cf9e78ab4465ffe99e8104800ab5de27c21d4971cd5ff86b",
+    "shards/development/shard-000001.json": "998ca54a12044d36e858807905985a368b7009d4ee28baf8129d5b36ad78fac6",
+    "shards/development/shard-000001.tar": "f0444872b8905948b05ce481fa526660bf1b6fcf23d28240bb92fee3928ee392",
+    "shards/development/shard-000002.json": "ae9d12544861db7c32eed87efa9204ab6bf46ea58ad9abe8f305cc49c90c9548",
+    "shards/development/shard-000002.tar": "da404e06f43e2b2d9ce616c0945e7c82be76836287749589cdac352b46d22706",
+    "shards/train/shard-000000.json": "700344a7a855ab6fc9de1e11421a2aea580d92913773cc1f385dacfdb5a7b8ed",
+    "shards/train/shard-000000.tar": "7e7a94877fe09fc7c352184bef85beaef6b6ad54d9a9bce6a1eed5cc887b57be",
+    "shards/train/shard-000001.json": "4fd9366321ed1a8c4016079f199be27ea6633697a8d416377fdb1cdb11999587",
+    "shards/train/shard-000001.tar": "887f6cb73934a754982bfdd3644c8f70d42442ad9f0985cecd1dc5ca0b07a31e",
+    "token_space.json": "4c4f3d4c5043ff449cee5300eacf2bd3d793b26ec0cedf535ae6fc0586c435ec",
 }
 
 # tests/verify_helpers.build_dataset (the verify tests' in-process fixture), default sizes.
 FIXTURE_SHA256 = {
-    "shards/train/shard-000000.json": "dbfea626260e1ff7a8e61925834e358f8ce3c4356d0651769fc696642ea1ba92",
-    "shards/train/shard-000000.tar": "a3bb1c295d9ff8b5522ee334e85ab6cfcb7bcbc3eaf9e910c4c6b1dcf7db0910",
-    "shards/train/shard-000001.json": "bfa8b41a2d86bb64df341742be012ca329693580cc1aae05b015105f5592a17a",
-    "shards/train/shard-000001.tar": "c06d60978d09e407ea14663c4df1e1667b819a574bc9474d104d99a676db5507",
-    "shards/train/shard-000002.json": "b5ababd7c32ef869bf8d4c8039262158b85edd3f45c498de8799885734bd5920",
-    "shards/train/shard-000002.tar": "d8fbc297e9e5cae0c06a286e543ae58beafd7dfa8359a6d4ac979a69456d4886",
-    "shards/val/shard-000000.json": "d98c497d42a701be5840f9862a74f1459022835969c69f060bdc651a63d75109",
-    "shards/val/shard-000000.tar": "f6da9665c34906f00c954a85f7a74fb8884b940dc1bd31122e7f89ff37c6322c",
-    "shards/val/shard-000001.json": "5260e4de263e4e2503e5b9102ef388c7682f733b897f42d6dd8b7d99998c68c8",
-    "shards/val/shard-000001.tar": "feb241dc17c9dc886dc81c2433c62878521175a2549ce20b108e6e84799955bd",
-    "token_space.json": "ff6aff2c9ff615791f9c49e9354b9e93b8bbf227814f33a4c9752e7d3eb83e40",
+    "shards/train/shard-000000.json": "cc25fad27e9f07edfb1c21d405f332367052d4ab7e875f57b5bc6239f59aab98",
+    "shards/train/shard-000000.tar": "a72b43575bc8b66acb20d9ea2ff7800118090ed79f5386aab58e726fd2e2ea88",
+    "shards/train/shard-000001.json": "9642e668fcc55eee2c7c62b304ebaf85db373ff5874b8c2663070514c31dc9b1",
+    "shards/train/shard-000001.tar": "e639caca21b7fc81cd72881ccdb7914e082e0b5a14121ed0c717dd009b42fc36",
+    "shards/train/shard-000002.json": "28486d145b1c7b08b5ad21a0c7249c60b4736b1ac628938e7b63d25632998327",
+    "shards/train/shard-000002.tar": "248e094da952366d5f78428bcbdb5a63338f2a97407ff286a545ac8bc4de2ad4",
+    "shards/val/shard-000000.json": "fc2508ffad06ccef9e6b2cc9661b3ef049fe57a4de1f165c3cec8bcf8cef74a2",
+    "shards/val/shard-000000.tar": "a61bca9b7444dd29245fa3cc193c4fb4a9e4079a5dd418182b6a9dcec11cad7a",
+    "shards/val/shard-000001.json": "83a8c3960dfdf75e40cdf9e443f3edbda020dea2be15f426787c4e584e02d039",
+    "shards/val/shard-000001.tar": "7ea12cab68cffc779a67dc4d8386905fbb9170b9e0ca00ad86e87691bec86c30",
+    "token_space.json": "4c4f3d4c5043ff449cee5300eacf2bd3d793b26ec0cedf535ae6fc0586c435ec",
 }
 
 
@@ -61,7 +61,7 @@ FIXTURE_SHA256 = {
 # torch build and the CPU's kernels; on another machine a token may flip at a near tie and every hash with
 # it, which says nothing about our code. There the constants are not compared (the test says why); a
 # refactor is checked on a machine like this one, or by running the old code there first.
-RECORDED_ON = {"torch": "2.11.0+cu130", "numpy": "2.4.6", "cpu": "AMD EPYC", "avx512f": True}
+RECORDED_ON = {"torch": "2.11.0+cu130", "numpy": "2.4.6", "cpu": "Intel(R) Xeon(R) Processor", "avx512f": True}
 
 
 def _this_machine() -> dict:
