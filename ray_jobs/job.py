@@ -443,8 +443,8 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
             if earlier is not None and earlier.message():
                 progress.say(earlier.message())
             read_args = {**_read_args(codec_actors.facts, ucfg), **prepare_args(prepare_on(cfg, codec_actors.request))}
-            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args,
-                              codec_actors=codec_actors, command_started=command_started, progress=progress)
+            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args, codec_actors=codec_actors,
+                              command_started=command_started, progress=progress, owns_ray=bool(ray_state.owned))
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)
     finally:
@@ -570,7 +570,8 @@ def actor_name(out: str, index: int) -> str:
 
 
 def _run_chunks(cfg, space, plan: Plan, todo, by_id: dict[str, ManifestRow], *, read_args,
-                codec_actors: _CodecActors, command_started: float, progress: Progress) -> RunResult:
+                codec_actors: _CodecActors, command_started: float, progress: Progress,
+                owns_ray: bool = False) -> RunResult:
     """Runs the chunk scheduler on the started actors (actor 0 loaded already), and kills them when done."""
     import ray
     from ray.exceptions import RayError
@@ -586,7 +587,7 @@ def _run_chunks(cfg, space, plan: Plan, todo, by_id: dict[str, ManifestRow], *, 
         scheduler = ChunkScheduler(cfg=cfg, plan=plan, todo=todo, row_of=by_id.__getitem__, space=space,
                                    read_args=read_args, request=codec_actors.request, actors=codec_actors.actors,
                                    starts=codec_actors.starts, first_info=first_info,
-                                   command_started=command_started, progress=progress)
+                                   command_started=command_started, progress=progress, owns_ray=owns_ray)
         return scheduler.run()
     finally:
         # Stopped early (Ctrl-C, SIGTERM, a failed shard) or done: no actor keeps running on a cluster.

@@ -88,8 +88,9 @@ class ChunkScheduler:
 
     def __init__(self, *, cfg, plan, todo, row_of, space, read_args: dict, request: Request, actors: list,
                  first_info: dict, command_started: float, starts: "ActorStarts | None" = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, owns_ray: bool = False):
         self.cfg = cfg
+        self.owns_ray = owns_ray  # a private local instance, shut down when the job ends (see _cancel)
         self.plan = plan
         self.todo = todo
         self.row_of = row_of
@@ -368,13 +369,30 @@ class ChunkScheduler:
         reads = [r for media in [*self.prefetched.values(), *self.reading.values()] for r in media]
         # Reads are cancelled with force (their worker process is killed): a KeyboardInterrupt landing in a
         # read task's first `import torch` left that pooled worker with half of torch imported, and every
-        # later read it ran (the rerun, in the same Ray session) failed. A writer is interrupted gently so it
-        # removes its temp files.
-        for ref, force in [(r, True) for r in reads] + [(r, False) for r in self.writing]:
+        # later read it ran (the rerun, in the same Ray session) failed. On a private local instance there
+        # is no later job in that session (it is shut down next), and a cancel racing a task's completion
+        # can abort the driver inside Ray (`Check failed: it != submissible_tasks_.end()`, ray#54527), so
+        # reads are cancelled only on a shared instance, and only those not finished. A writer is
+        # interrupted gently so it removes its temp files.
+        reads = [] if self.owns_ray else _unfinished(reads)
+        for ref, force in [(r, True) for r in reads] + [(r, False) for r in _unfinished(list(self.writing))]:
             try:
                 ray.cancel(ref, force=force)
             except Exception:  # noqa: BLE001 - finished or already gone is fine
                 pass
+
+
+def _unfinished(refs: list) -> list:
+    """The refs whose tasks have not finished (cancelling a finished one only risks Ray's cancel race)."""
+    import ray
+
+    if not refs:
+        return []
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    except Exception:  # noqa: BLE001 - Ray going away: nothing left to cancel
+        return []
+    return pending
 
 
 def _read_counts(reading: dict) -> tuple[int, int]:
