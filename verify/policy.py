@@ -14,9 +14,9 @@ the comparison is one of three modes:
 * unverifiable: verify cannot reproduce the policy (an encode policy version or field this uti does not
   read, a padding rule its codec does not have). The item is counted with the reason, never failed.
 
-A version 1 header records no policy: job.json's device decides as before (exact when it is the
-device class verify runs on, else agreement), at the config's encode_batch or 1 (version 1 shards
-were made one item per pass).
+A version 1 header records no policy: job.json's device decides (exact when it is the device class
+verify runs on, else agreement), at the config's encode_batch or 1 (version 1 shards were made one
+item per pass).
 """
 
 from __future__ import annotations
