@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from uti.codecs.batching import (PADDING_BUCKETS, PADDING_IMAGES, PADDING_NONE, PREPARE_READER, EncodePolicy,
-                                 PassLog, check_encode_batch)
+                                 PassLog, check_encode_batch, device_type)
 from uti.errors import DecodeRefused
 from uti.token_space import VERSION, CodecDescriptor, LayoutSpec, recorded_descriptor
 
@@ -78,10 +78,10 @@ class _Codec(ABC):
 
     def encode_policy(self, *, prepare_on: str | None = None) -> EncodePolicy:
         """The numerics this codec encodes with, as shard headers and job.json record them."""
-        device = str(getattr(getattr(self, "device", None), "type", None) or getattr(self, "device", "cpu"))
-        return EncodePolicy(device_type=device.split(":")[0], encode_batch=self.encode_batch,
+        kind = device_type(getattr(self, "device", "cpu"))
+        return EncodePolicy(device_type=kind, encode_batch=self.encode_batch,
                             padding=self.padding_rule(), prepare_on=prepare_on or PREPARE_READER,
-                            tf32=bool(device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32),
+                            tf32=bool(kind == "cuda" and torch.backends.cuda.matmul.allow_tf32),
                             torch=str(torch.__version__))
 
     @classmethod

@@ -58,6 +58,11 @@ def check_encode_batch(value: Any, *, where: str) -> int | None:
     return value
 
 
+def device_type(device: Any) -> str:
+    """"cpu", "cuda", ... of a torch.device or a device string ("cuda:3" computes as "cuda" does)."""
+    return str(getattr(device, "type", None) or device or "cpu").split(":")[0]
+
+
 def default_encode_batch(device_type: str) -> int:
     """1 on a CPU (batching measured 0.49x-0.91x the one-item loop there), DEFAULT_GPU_ENCODE_BATCH elsewhere."""
     return 1 if device_type == "cpu" else DEFAULT_GPU_ENCODE_BATCH

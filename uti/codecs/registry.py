@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from uti.codecs.base import AudioCodec, ImageCodec, TextCodec
-from uti.codecs.batching import check_encode_batch, default_encode_batch, exact_numerics
+from uti.codecs.batching import check_encode_batch, default_encode_batch, device_type, exact_numerics
 from uti.config import AudioSettings, CodecSettings, ImageSettings, TextConfig
 from uti.errors import ConfigError
 from uti.quiet import no_loading_bars
@@ -147,8 +147,7 @@ def _build(modality: str, cfg: CodecSettings, device: str):
     exact_numerics()  # float32, TF32 off: before any weights reach a GPU
     with no_loading_bars():  # a plugin's own from_pretrained too (its library is imported with its module)
         codec = cls.from_settings(cfg, device=device)
-    dev = getattr(codec, "device", device)
-    codec.set_encode_batch(batch if batch is not None else default_encode_batch(str(getattr(dev, "type", dev)).split(":")[0]))
+    codec.set_encode_batch(batch if batch is not None else default_encode_batch(device_type(getattr(codec, "device", device))))
     return codec
 
 
