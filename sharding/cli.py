@@ -21,6 +21,10 @@ _OPTION_FLAGS = {
     "hf_image_column": "image_column",
     "hf_caption_column": "caption_column",
     "hf_id_column": "id_column",
+    "sources": "sources",
+    "blacklist": "blacklist",
+    "max_rows": "max_rows",
+    "valid_subset": "valid_subset",
 }
 
 
@@ -43,8 +47,19 @@ def register_manifest(sub: argparse._SubParsersAction) -> None:
                    help="manifest file to write; its summary goes next to it as NAME.summary.json")
     p.add_argument("--split", nargs="+", action="extend", metavar="S", help="only these splits (repeatable)")
     p.add_argument("--audio-pattern", metavar="PATTERN",
-                   help="audiocaps audio file name: '{youtube_id}_{start_time}.wav' (default), "
-                   "'Y{youtube_id}.wav', '{audiocap_id}.wav', ...")
+                   help="audio file name: audiocaps '{youtube_id}_{start_time}.wav' (default), 'Y{youtube_id}.wav', "
+                   "'{audiocap_id}.wav'; musiccaps '{ytid}.*' (default); wavcaps 'audio/{source}/{id}.flac' "
+                   "(default). End it with '.*' for any audio extension or '.{flac,m4a,mp3}' for these, in "
+                   "this order of preference")
+    p.add_argument("--sources", nargs="+", action="extend", metavar="SOURCE",
+                   help="wavcaps: only these sources (FreeSound, BBC_Sound_Effects, SoundBible, AudioSet_SL; "
+                   "any case)")
+    p.add_argument("--blacklist", nargs="+", action="extend", metavar="FILE",
+                   help="wavcaps: blacklist JSONs (as WavCaps ships them) whose rows are rejected")
+    p.add_argument("--max-rows", type=int, metavar="N",
+                   help="wavcaps: a subset of N rows chosen by canonical-ID hash (stable as rows are added)")
+    p.add_argument("--valid-subset", action="store_true", default=None,
+                   help="song_describer: only captions with is_valid_subset true")
     p.add_argument("--split-fractions", metavar="NAME=F,...",
                    help="hash splits for datasets without splits (default train=0.98,val=0.01,test=0.01)")
     p.add_argument("--file", help="llava: the JSON (default blip_laion_cc_sbu_558k.json); jsonl: the JSONL file")
@@ -80,6 +95,8 @@ def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
         lines.append("  --follow-symlinks: symlinks inside the root were followed, also out of it")
     for split, counts in sorted(summary["by_split"].items()):
         lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
+    if summary.get("by_extension"):
+        lines.append("  files: " + ", ".join(f"{n} {ext}" for ext, n in summary["by_extension"].items()))
     for empty in summary.get("empty_splits", ()):
         lines.append(f"  warning: split {empty['split']!r} got 0 rows: {empty['reason']}; {empty['fix']}")
     if summary["missing"]["count"]:

@@ -430,6 +430,15 @@ class ManifestBuild:
             found.append(EmptySplit(split=name, reason=reason, fix=fix))
         return found
 
+    def by_extension(self) -> dict[str, int]:
+        """{".flac": n, ".m4a": n, ...} over the rows with a media file: a folder of mixed downloads shows
+        what it holds (and so which decoders the job needs) before anything is tokenized."""
+        from sharding.datasets.patterns import extension_of
+
+        counts = Counter(extension_of(r.path) for r in self.rows if r.path and r.modality != "text"
+                         and not (r.extra or {}).get("hf_source"))
+        return dict(sorted(counts.items()))
+
     def summary(self, *, manifest: str | None = None, manifest_sha256: str | None = None) -> dict[str, Any]:
         by_split: dict[str, dict[str, int]] = {}
         for row in self.rows:
@@ -449,6 +458,7 @@ class ManifestBuild:
             "by_split": by_split,
             "empty_splits": [e.to_dict() for e in self.empty_splits()],
             "by_modality": dict(sorted(Counter(r.modality for r in self.rows).items())),
+            "by_extension": self.by_extension(),
             "missing": {"count": len(self.missing), "files": [m.to_dict() for m in self.missing]},
             "rejected": {"count": len(self.rejected), "rows": [r.to_dict() for r in self.rejected]},
         }

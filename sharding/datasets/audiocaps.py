@@ -3,43 +3,29 @@
 Val/test list several captions per clip, one CSV row each; rows sharing (youtube_id, start_time)
 become ONE sample whose captions are ordered by numeric audiocap_id. Canonical key:
 `{youtube_id}_{start_time}`. Audio files are looked up under `root/{split}/` then `root/audio/`
-with a configurable name pattern. Clips whose audio is absent (common: YouTube takedowns) are
+with a configurable name pattern (sharding.datasets.patterns: `.*` takes any audio extension). Clips whose audio is absent (common: YouTube takedowns) are
 reported as missing, not fatal.
 """
 
 from __future__ import annotations
 
 import math
-import string
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sharding.datasets.base import (DatasetAdapter, Item, locate, media_row, register_dataset, require_dir,
-                                    split_files)
+from sharding.datasets.base import DatasetAdapter, Item, media_row, register_dataset, require_dir, split_files
 from sharding.datasets.clotho import read_csv_dicts
-from sharding.manifest import ManifestError, Rejected
+from sharding.datasets.patterns import MediaFinder, NamePattern, parse_pattern
+from sharding.manifest import Rejected
 
 REQUIRED_COLUMNS = ("audiocap_id", "youtube_id", "start_time", "caption")
 DEFAULT_PATTERN = "{youtube_id}_{start_time}.wav"
 PLACEHOLDERS = ("youtube_id", "start_time", "audiocap_id")
 
 
-def check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str) -> NamePattern:
     """Refuse patterns with unknown placeholders or format specs before touching any file."""
-    try:
-        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern) if f is not None]
-    except ValueError as exc:
-        raise ManifestError(f"--audio-pattern {pattern!r}: {exc}; use e.g. {DEFAULT_PATTERN!r}") from None
-    fields = [f for f, _, _ in parsed]
-    # Values are strings taken verbatim from the CSV, so format specs like {start_time:05d} cannot apply.
-    bad = [f + (":" + spec if spec else "") + ("!" + conv if conv else "") for f, spec, conv in parsed
-           if f not in PLACEHOLDERS or spec or conv]
-    if bad or not fields:
-        raise ManifestError(
-            f"--audio-pattern {pattern!r}: placeholders must be among {{youtube_id}}, {{start_time}}, "
-            f"{{audiocap_id}} (got {', '.join('{' + b + '}' for b in bad) or 'none'}); e.g. 'Y{{youtube_id}}.wav'"
-        )
-    return pattern
+    return parse_pattern(pattern, placeholders=PLACEHOLDERS, example=DEFAULT_PATTERN)
 
 
 def normalize_start_time(text: str) -> str:
@@ -66,12 +52,11 @@ class AudioCaps(DatasetAdapter):
                               explicit=bool(splits),
                               none_found=f"no train.csv, val.csv or test.csv in {root}; point --root at the folder "
                                          "holding them")
+        finder = MediaFinder(root, follow_symlinks=follow_symlinks)
         for split, csv_path in present.items():
-            yield from self._split_rows(root, split, csv_path, pattern, follow_symlinks)
+            yield from self._split_rows(finder, split, csv_path, pattern)
 
-    def _split_rows(
-        self, root: Path, split: str, csv_path: Path, pattern: str, follow_symlinks: bool
-    ) -> Iterator[Item]:
+    def _split_rows(self, finder: MediaFinder, split: str, csv_path: Path, pattern: NamePattern) -> Iterator[Item]:
         clips: dict[tuple[str, str], list[tuple[int, str]]] = {}
         for lineno, rec in read_csv_dicts(csv_path, REQUIRED_COLUMNS):
             where = f"{csv_path.name} line {lineno}"
@@ -99,11 +84,8 @@ class AudioCaps(DatasetAdapter):
             key = f"{youtube_id}_{start}"
             item = f"{self.name}:{key}"
             ids = [a for a, _ in caps]
-            names = dict.fromkeys(
-                pattern.format(youtube_id=youtube_id, start_time=start, audiocap_id=a) for a in ids
-            )
-            candidates = [f"{split}/{n}" for n in names] + [f"audio/{n}" for n in names]
-            path, problem = locate(root, candidates, item=item, follow_symlinks=follow_symlinks)
+            values = [{"youtube_id": youtube_id, "start_time": start, "audiocap_id": str(a)} for a in ids]
+            path, problem = finder.locate(pattern, [split, "audio"], values, item=item)
             if problem:
                 yield problem
                 continue

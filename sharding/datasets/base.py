@@ -161,8 +161,15 @@ def media_row(
     captions: Sequence[str],
     split: str,
     extra: dict | None = None,
-) -> ManifestRow:
-    duration, nbytes = size_hints(path, modality)
+    duration: float | None = None,
+) -> Item:
+    """The row of one media file, or its rejection when the file is empty: a 0-byte file is a failed
+    download, and saying so here beats an "unreadable" error at tokenize time. `duration` replaces the
+    header's (a clip window of a longer file)."""
+    # A given duration spares the header read (the adapter has read it already).
+    header_duration, nbytes = size_hints(path, modality if duration is None else "bytes")
+    if nbytes == 0:
+        return Rejected(item=f"{dataset}:{key}", reason="empty file, 0 bytes", path=str(path))
     return ManifestRow(
         id=f"{dataset}:{key}",
         dataset=dataset,
@@ -170,7 +177,7 @@ def media_row(
         path=str(path),
         captions=tuple(captions),
         split=split,
-        duration=duration,
+        duration=header_duration if duration is None else duration,
         bytes=nbytes,
         extra=extra or {},
     )
