@@ -147,6 +147,36 @@ def test_data_weights_are_deterministic_and_resume_exactly(inputs, default_space
         unweighted.load_state_dict(state)
 
 
+def test_a_small_input_repeats_its_epochs_at_its_weight(tmp_path, default_tokenizer, default_space):
+    """A 20-sample music-like input at weight 0.3 against a 500-sample one: over 3 of its epochs it keeps a
+    0.3 +- 0.05 share of the samples read, and every one of its samples comes back each epoch (it is
+    repeated, never dropped from the mix when it runs out)."""
+    small = text_input(tmp_path, default_tokenizer, "small", (8, 12), caption=lambda i: "music")
+    big = text_input(tmp_path, default_tokenizer, "big", (250, 250), caption=lambda i: f"general text {i}")
+    s = make([small, big], default_space, data_weights=(0.3, 0.7), batch_size=8)
+    reads: list[tuple[str, int]] = []
+    s.on_sample = lambda sample, epoch: reads.append((sample.meta["id"], epoch))
+    checked = []
+
+    def small_epochs() -> Counter:
+        return Counter(epoch for id_, epoch in reads if id_.startswith("small:"))
+
+    # until three whole epochs of the small input went into sequences (the shuffle buffer draws across
+    # epoch boundaries, so a later epoch's first samples come in before an earlier one's last)
+    while small_epochs()[2] < 20 and len(reads) < 2_000:
+        s.next_batch()
+        n = sum(s.inputs.samples)
+        if n >= 40:  # past the first draws, the share holds at every point, not just on average
+            checked.append(s.inputs.samples[0] / n)
+    assert [small_epochs()[e] for e in (0, 1, 2)] == [20, 20, 20], small_epochs()
+    assert checked and all(abs(share - 0.3) <= 0.05 for share in checked), (min(checked), max(checked))
+    assert s.samples_read[0] / sum(s.samples_read) == pytest.approx(0.3, abs=0.05)
+    per_sample = Counter(id_ for id_, epoch in reads if id_.startswith("small:") and epoch < 3)
+    assert set(per_sample.values()) == {3} and len(per_sample) == 20
+    big_epochs = {epoch for id_, epoch in reads if id_.startswith("big:")}
+    assert big_epochs == {0}  # the large input is still in its first epoch meanwhile
+
+
 def test_data_weights_flag_errors_name_the_flag():
     with pytest.raises(ConfigError, match="--data-weights: 1 weight"):
         TrainConfig(data=("x", "y"), out="r", data_weights=(1.0,))

@@ -76,6 +76,11 @@ def test_metrics_count_samples_and_tokens_per_input(two_inputs, ray_session, tmp
     sa, sb = _totals(rows, str(a), "samples"), _totals(rows, str(b), "samples")
     assert sa + sb == rows[-1]["samples"] > 100  # every sample read, on every rank, counted once
     assert abs(sa / (sa + sb) - 0.75) < 0.05, (sa, sb)
+    # the realised share per input: of everything read since the run began, on the line itself
+    last = rows[-1]["inputs"]
+    assert last[str(a)]["samples_total"] == sa and last[str(b)]["samples_total"] == sb
+    assert last[str(a)]["share_samples"] == pytest.approx(sa / (sa + sb))
+    assert last[str(b)]["share_tokens"] == pytest.approx(sb * tok_b / (sa * tok_a + sb * tok_b))
     # tokens: media + caption of each sample; every sample of an input has the same caption here
     assert _totals(rows, str(a), "tokens") == sa * tok_a and _totals(rows, str(b), "tokens") == sb * tok_b
     # a resumed run counts only what it reads itself: the sums still match the stream's counter (resumed as
@@ -84,5 +89,7 @@ def test_metrics_count_samples_and_tokens_per_input(two_inputs, ray_session, tmp
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == list(range(1, 11))
     assert _totals(rows, str(a), "samples") + _totals(rows, str(b), "samples") == rows[-1]["samples"]
+    # the totals go on across the resume: they span the whole run, not only the resumed part
+    assert rows[-1]["inputs"][str(a)]["samples_total"] == _totals(rows, str(a), "samples")
     state = json.loads((run / "checkpoints" / "step-000010" / "trainer_state.json").read_text())
     assert state["metrics"]["inputs"] == rows[-1]["inputs"]

@@ -34,13 +34,41 @@ class MetricsLog:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         os.replace(tmp, self.path)
         self._fh = open(self.path, "a", encoding="utf-8")
+        self.shares = InputShares()
+        for r in kept:  # a resumed run's totals go on from the kept lines, so shares span the whole run
+            self.shares.add(r.get("inputs") or {})
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Append the step's line, with each input's realised share added; returns the line as written."""
+        row = {**row, "inputs": self.shares.add(row.get("inputs") or {})}
         self._fh.write(json.dumps(row, sort_keys=True) + "\n")
         self._fh.flush()
+        return row
 
     def close(self) -> None:
         self._fh.close()
+
+
+@dataclass
+class InputShares:
+    """The realised --data-weights: samples and tokens read per input since the run began (resumes
+    included), and each input's share of them. A small input mixed at a large weight repeats its epochs;
+    these shares are how a user sees it kept its weight instead of running dry."""
+
+    samples: dict[str, int] = dataclasses.field(default_factory=dict)
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def add(self, step_inputs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Count one line's per-step `inputs`; returns them with samples_total, tokens_total,
+        share_samples and share_tokens per input."""
+        for label, counts in step_inputs.items():
+            self.samples[label] = self.samples.get(label, 0) + int(counts.get("samples", 0))
+            self.tokens[label] = self.tokens.get(label, 0) + int(counts.get("tokens", 0))
+        all_samples, all_tokens = sum(self.samples.values()), sum(self.tokens.values())
+        return {label: {**counts, "samples_total": self.samples[label], "tokens_total": self.tokens[label],
+                        "share_samples": self.samples[label] / all_samples if all_samples else None,
+                        "share_tokens": self.tokens[label] / all_tokens if all_tokens else None}
+                for label, counts in step_inputs.items()}
 
 
 # ---- named sums over ranks --------------------------------------------------------------------------

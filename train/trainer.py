@@ -331,8 +331,7 @@ class Trainer:
         if self.rank != 0:
             return
         row = metrics_row(sums, step=step, lr=lr, dt=dt, world=self.world) | (evaluation or {})
-        self.metrics.write(row)
-        self.last = row
+        self.last = self.metrics.write(row)
 
     def save_checkpoint(self, step: int) -> None:
         """Collective: every rank writes its data state, rank 0 the rest (train.checkpoint)."""
