@@ -97,6 +97,10 @@ def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
         lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
     if summary.get("by_extension"):
         lines.append("  files: " + ", ".join(f"{n} {ext}" for ext, n in summary["by_extension"].items()))
+    if summary.get("subset"):
+        subset = summary["subset"]
+        lines.append(f"  subset: --max-rows {subset['max_rows']} of {subset['of']} rows "
+                     f"({subset['left_out']} left out, chosen by canonical-ID hash)")
     for empty in summary.get("empty_splits", ()):
         lines.append(f"  warning: split {empty['split']!r} got 0 rows: {empty['reason']}; {empty['fix']}")
     if summary["missing"]["count"]:
