@@ -57,7 +57,8 @@ def register_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blacklist", nargs="+", action="extend", metavar="FILE",
                    help="wavcaps: blacklist JSONs (as WavCaps ships them) whose rows are rejected")
     p.add_argument("--max-rows", type=int, metavar="N",
-                   help="wavcaps: a subset of N rows chosen by canonical-ID hash (stable as rows are added)")
+                   help="wavcaps: only the N rows with the smallest canonical-ID hash (the same rows for any file "
+                   "order; a larger N keeps them); the summary counts the rows left out")
     p.add_argument("--valid-subset", action="store_true", default=None,
                    help="song_describer: only captions with is_valid_subset true")
     p.add_argument("--split-fractions", metavar="NAME=F,...",

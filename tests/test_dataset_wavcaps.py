@@ -154,7 +154,8 @@ def test_blacklist_rejects_exactly_the_rows_it_names(tmp_path, monkeypatch):
     lists = tmp_path / "json_files/blacklist"
     lists.mkdir()
     # WavCaps' own shape: keyed by source, AudioSet ids with `.wav`, FreeSound ids as strings
-    (lists / "blacklist_exclude_all_ac.json").write_text(json.dumps({"FreeSound": ["2", "4"], "AudioSet": ["Ybbb.wav"]}))
+    wavcaps_list = {"FreeSound": ["2", "4"], "AudioSet": ["Ybbb.wav"]}
+    (lists / "blacklist_exclude_all_ac.json").write_text(json.dumps(wavcaps_list))
     (lists / "mine.json").write_text(json.dumps([4, "5"]))  # a bare list: every source; 4 is named first above
     monkeypatch.chdir(tmp_path / "json_files")  # --blacklist paths are the user's: relative to the cwd
     build = build_manifest("wavcaps", tmp_path,
@@ -213,7 +214,7 @@ def test_sources_picks_in_any_case_and_names_what_is_wrong(tmp_path):
     with pytest.raises(ManifestError, match=r"'Clotho' is not a WavCaps source; known sources: FreeSound, "
                                             r"BBC_Sound_Effects, SoundBible, AudioSet_SL"):
         build_manifest("wavcaps", tmp_path, sources=["FreeSound", "Clotho"])
-    with pytest.raises(ManifestError, match=r"source AudioSet_SL has no JSON folder: expected .*json_files/AudioSet_SL/"):
+    with pytest.raises(ManifestError, match=r"AudioSet_SL has no JSON folder: expected .*json_files/AudioSet_SL/"):
         build_manifest("wavcaps", tmp_path, sources=["audioset_sl"])
 
 
