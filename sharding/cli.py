@@ -57,7 +57,8 @@ def register_manifest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blacklist", nargs="+", action="extend", metavar="FILE",
                    help="wavcaps: blacklist JSONs (as WavCaps ships them) whose rows are rejected")
     p.add_argument("--max-rows", type=int, metavar="N",
-                   help="wavcaps: a subset of N rows chosen by canonical-ID hash (stable as rows are added)")
+                   help="wavcaps: only the N rows with the smallest canonical-ID hash (the same rows for any file "
+                   "order; a larger N keeps them); the summary counts the rows left out")
     p.add_argument("--valid-subset", action="store_true", default=None,
                    help="song_describer: only captions with is_valid_subset true")
     p.add_argument("--split-fractions", metavar="NAME=F,...",
@@ -97,6 +98,10 @@ def format_summary(summary: dict[str, Any], *, summary_file: str) -> str:
         lines.append(f"  {split}: " + ", ".join(f"{n} {m}" for m, n in sorted(counts.items())))
     if summary.get("by_extension"):
         lines.append("  files: " + ", ".join(f"{n} {ext}" for ext, n in summary["by_extension"].items()))
+    if summary.get("subset"):
+        subset = summary["subset"]
+        lines.append(f"  subset: --max-rows {subset['max_rows']} of {subset['of']} rows "
+                     f"({subset['left_out']} left out, chosen by canonical-ID hash)")
     for empty in summary.get("empty_splits", ()):
         lines.append(f"  warning: split {empty['split']!r} got 0 rows: {empty['reason']}; {empty['fix']}")
     if summary["missing"]["count"]:

@@ -28,6 +28,8 @@ SUMMARY_FORMAT = "uti.manifest_summary"
 SUMMARY_VERSION = 1
 # The HashSplits that build_manifest hands an adapter with its options (never a user's option).
 HASH_SPLITS_OPTION = "hash_splits"
+# The RowSubset that build_manifest hands an adapter taking max_rows, to say what the subset left out.
+SUBSET_OPTION = "row_subset"
 
 
 class ManifestError(UTIError, ValueError):
@@ -153,7 +155,11 @@ def hash_split(canonical_id: str, fractions: Mapping[str, float] = DEFAULT_SPLIT
     A row's split depends only on its own ID, so adding rows never moves an existing one. Splits are
     laid out in name order, so the result does not depend on how the fractions were spelled.
     """
-    fractions = check_split_fractions(fractions)
+    return _split_of(canonical_id, check_split_fractions(fractions))
+
+
+def _split_of(canonical_id: str, fractions: Mapping[str, float]) -> str:
+    """hash_split on fractions already checked (HashSplits checks them once, not once per row)."""
     digest = hashlib.sha256(canonical_id.encode("utf-8")).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     names = [n for n in sorted(fractions) if fractions[n] > 0]
@@ -178,7 +184,21 @@ class HashSplits:
 
     def __call__(self, canonical_id: str) -> str:
         self.assigned += 1
-        return hash_split(canonical_id, self.fractions)
+        return _split_of(canonical_id, self.fractions)
+
+
+@dataclass
+class RowSubset:
+    """What an adapter's --max-rows subset did: `of` rows could be taken (media found, not rejected, in the
+    requested splits) and `left_out` of them were not. Left-out rows are neither rows nor rejections, so
+    the summary counts them here; `max_rows` stays None when no subset was asked for."""
+
+    max_rows: int | None = None
+    of: int = 0
+    left_out: int = 0
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {"max_rows": self.max_rows, "of": self.of, "left_out": self.left_out}
 
 
 @dataclass(frozen=True)
@@ -406,6 +426,7 @@ class ManifestBuild:
     options: dict = field(default_factory=dict)
     follow_symlinks: bool = False  # --follow-symlinks: symlinks inside root were followed out of it
     hash_splits: HashSplits | None = None  # the hash split of rows without their own, for adapters that have one
+    subset: RowSubset | None = None  # the --max-rows subset, when one was asked for
 
     def empty_splits(self) -> list[EmptySplit]:
         """Every split that was asked for (--split) or that the hash fractions promise, with no row."""
@@ -444,6 +465,7 @@ class ManifestBuild:
         for row in self.rows:
             counts = by_split.setdefault(row.split, {})
             counts[row.modality] = counts.get(row.modality, 0) + 1
+        subset = {"subset": self.subset.to_dict()} if self.subset is not None else {}  # only with --max-rows
         return {
             "format": SUMMARY_FORMAT,
             "version": SUMMARY_VERSION,
@@ -461,6 +483,7 @@ class ManifestBuild:
             "by_extension": self.by_extension(),
             "missing": {"count": len(self.missing), "files": [m.to_dict() for m in self.missing]},
             "rejected": {"count": len(self.rejected), "rows": [r.to_dict() for r in self.rejected]},
+            **subset,
         }
 
 
@@ -491,7 +514,10 @@ def build_manifest(
     rows: dict[str, ManifestRow] = {}
     missing: list[Rejected] = []
     rejected: list[Rejected] = []
-    hashed = {HASH_SPLITS_OPTION: hashing} if hashing is not None else {}
+    hashed: dict[str, Any] = {HASH_SPLITS_OPTION: hashing} if hashing is not None else {}
+    subset = RowSubset() if "max_rows" in adapter.options else None
+    if subset is not None:
+        hashed[SUBSET_OPTION] = subset
     for item in adapter.rows(root_path, splits=splits, follow_symlinks=follow_symlinks, **options, **hashed):
         if isinstance(item, Rejected):
             (missing if item.missing else rejected).append(item)
@@ -513,6 +539,7 @@ def build_manifest(
         options=dict(options),
         follow_symlinks=follow_symlinks,
         hash_splits=hashing,
+        subset=subset if subset is not None and subset.max_rows is not None else None,
     )
 
 
@@ -576,6 +603,7 @@ __all__ = [
     "ManifestRow",
     "PathEscapeError",
     "Rejected",
+    "RowSubset",
     "build_manifest",
     "check_split_fractions",
     "file_sha256",

@@ -154,3 +154,13 @@ def test_pattern_parsing_and_one_listing_per_folder(tmp_path):
 def test_make_manifest_writes_rows_of_mixed_extensions(mixed):
     summary = make_manifest("audiocaps", mixed, mixed / "out.jsonl", audio_pattern="{youtube_id}_{start_time}.*")
     assert summary["rows"] == 4 and summary["rejected"]["count"] == 1 and summary["missing"]["count"] == 1
+
+
+def test_a_folder_named_like_a_clip_is_not_the_clip(tmp_path):
+    (tmp_path / "clips" / "3.flac").mkdir(parents=True)
+    audio(tmp_path / "clips" / "3.mp3")
+    p = parse_pattern("clips/{id}.*", placeholders=("id",), example="")
+    assert MediaFinder(tmp_path).locate(p, [""], [{"id": "3"}], item="t:3")[0].name == "3.mp3"
+    one = parse_pattern("clips/{id}.{mp3}", placeholders=("id",), example="")  # a list of one extension
+    assert one.extensions == ("mp3",) and MediaFinder(tmp_path).locate(one, [""], [{"id": "3"}], item="t:3")[0]
+    assert parse_pattern("clips/x.{id}", placeholders=("id",), example="").extensions == ()  # a placeholder

@@ -27,15 +27,24 @@ def _wavcaps(tmp_path, indent):
 
 
 @pytest.mark.parametrize("indent", [None, 2], ids=["one-line", "pretty"])
-def test_a_wavcaps_json_as_manifest_is_named_with_its_conversion(tmp_path, indent):
+def test_a_wavcaps_json_as_manifest_is_named_with_the_wavcaps_command(tmp_path, indent):
     path = _wavcaps(tmp_path, indent)
     with pytest.raises(ManifestError) as info:
         read_manifest(path)
     msg = str(info.value)
     assert "is a JSON document" in msg and "WavCaps" in msg and "not JSONL" in msg
-    # the conversion names the source's audio folder, and jsonl gets the converted file, not the .json
-    assert "jq -c '.data[]" in msg and "audio/FreeSound/" in msg and "--file fsd_final.jsonl" in msg
-    assert "--file fsd_final.json " not in msg and "line 1" not in msg
+    # the root and source come from the layout; the adapter takes the folder, not the file
+    assert f"`uti manifest --dataset wavcaps --root {tmp_path} --sources FreeSound --out manifest.jsonl`" in msg
+    assert "--file" not in msg and "line 1" not in msg and "WAVCAPS_DIR" not in msg
+
+
+def test_a_wavcaps_json_outside_the_layout_says_where_to_put_it(tmp_path):
+    path = tmp_path / "fsd_final.json"
+    path.write_text(json.dumps(WAVCAPS))
+    with pytest.raises(ManifestError) as info:
+        read_manifest(path)
+    assert "--dataset wavcaps --root WAVCAPS_DIR --out" in str(info.value)
+    assert "put it in WAVCAPS_DIR/json_files/SOURCE/ first" in str(info.value)
 
 
 @pytest.mark.parametrize("indent", [None, 2], ids=["one-line", "pretty"])
@@ -80,16 +89,15 @@ def test_other_json_documents_get_a_conversion(tmp_path):
         assert "is a JSON document" in str(info.value) and jq in str(info.value), str(info.value)
 
 
-def test_the_wavcaps_conversion_it_gives_makes_a_manifest(tmp_path):
-    """The jq command of the hint, run as printed, gives a JSONL the jsonl adapter reads."""
-    import shutil
-    import subprocess
+def test_the_wavcaps_command_it_gives_makes_a_manifest(tmp_path, monkeypatch):
+    """The command of the hint, run as printed, reads the WavCaps folder."""
+    import shlex
 
     import numpy as np
     import soundfile as sf
 
-    if shutil.which("jq") is None:
-        pytest.skip("jq is not installed")
+    from cli_helpers import uti_in_process
+
     path = _wavcaps(tmp_path, 2)
     for entry in WAVCAPS["data"]:
         clip = tmp_path / "audio" / "FreeSound" / f"{entry['id']}.flac"
@@ -97,12 +105,15 @@ def test_the_wavcaps_conversion_it_gives_makes_a_manifest(tmp_path):
         sf.write(clip, np.zeros(1600, np.float32), 16000)
     with pytest.raises(ManifestError) as info:
         read_manifest(path)
-    command = str(info.value).split("convert it to JSONL with `", 1)[1].split("`", 1)[0]
-    assert f"--root {tmp_path} --file fsd_final.jsonl" in str(info.value)  # the WavCaps folder, found from the layout
-    subprocess.run(command, shell=True, check=True, cwd=tmp_path / "json_files", timeout=60)
-    build = build_manifest("jsonl", tmp_path, file="fsd_final.jsonl", name="wavcaps")
-    assert sorted(r.id for r in build.rows) == ["wavcaps:180913", "wavcaps:180914"]
-    assert {r.captions for r in build.rows} == {("a man speaks",), ("rain falls",)} and not build.missing
+    command = str(info.value).split("read the WavCaps folder with `", 1)[1].split("`", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(command)
+    assert argv[0] == "uti"
+    res = uti_in_process(*argv[1:])
+    assert res.returncode == 0, res.stderr
+    rows = read_manifest(tmp_path / "manifest.jsonl")
+    assert sorted(r.id for r in rows) == ["wavcaps:FreeSound/180913", "wavcaps:FreeSound/180914"]
+    assert {r.captions for r in rows} == {("a man speaks",), ("rain falls",)}
 
 
 def test_broken_jsonl_is_still_a_broken_line(tmp_path):

@@ -29,7 +29,7 @@ from sharding.paths import PathEscapeError, resolve_inside
 # Lossless first (the source as it was); then opus/vorbis, AAC and MP3 as YouTube serves them, best first.
 ANY_AUDIO_PREFERENCE = ("flac", "wav", "aiff", "aif", "opus", "ogg", "oga", "m4a", "aac", "webm", "mp3")
 ANY_EXTENSION = ".*"
-_CHOICE = re.compile(r"\.\{\s*([A-Za-z0-9]+(?:\s*,\s*[A-Za-z0-9]+)+)\s*\}$")
+_CHOICE = re.compile(r"\.\{\s*([A-Za-z0-9]+(?:\s*,\s*[A-Za-z0-9]+)*)\s*\}$")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def parse_pattern(text: str, *, placeholders: Sequence[str], example: str, flag:
     """Refuse unknown placeholders and format specs before any file is touched; split off an extension choice."""
     if text.endswith(ANY_EXTENSION):
         template, extensions = text[: -len(ANY_EXTENSION)], ANY_AUDIO_PREFERENCE
-    elif (m := _CHOICE.search(text)) is not None:
+    elif (m := _CHOICE.search(text)) is not None and m.group(1).strip() not in placeholders:  # `.{id}` fills
         template = text[: m.start()]
         extensions = tuple(dict.fromkeys(e.strip().lower() for e in m.group(1).split(",")))
     else:
@@ -151,7 +151,7 @@ def _scan(folder: str) -> dict[str, dict[str, str]]:
         raise ManifestError(f"cannot list {folder}: {exc.strerror or exc}; check its permissions") from None
     for entry in entries:
         stem, dot, ext = entry.name.rpartition(".")
-        if dot and stem:
+        if dot and stem and entry.is_file():  # a folder named like a clip is no clip
             index.setdefault(unicodedata.normalize("NFC", stem), {}).setdefault(ext.lower(), entry.name)
     return index
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,27 +106,33 @@ def json_document_hint(path: str | os.PathLike) -> str | None:
     path = os.fspath(path)
     name, stem = os.path.basename(path), os.path.splitext(os.path.basename(path))[0]
     shape = doc.shape
+    if shape == "wavcaps":
+        return _wavcaps_hint(path)
     if shape in dataset_names():
-        what = {"llava": "a LLaVA-Pretrain list of {id, image, conversations}",
-                "wavcaps": "a WavCaps source file: an object whose 'data' lists {id, caption, ...}"}[shape]
+        what = {"llava": "a LLaVA-Pretrain list of {id, image, conversations}"}[shape]
         return (f"{path} is a JSON document ({what}), not JSONL; read it with `uti manifest --dataset {shape} "
                 f"--root DIR --file {name} --out manifest.jsonl` (DIR: the dataset folder its media paths are "
                 "relative to) and pass that manifest on")
-    if shape == "wavcaps":
-        # The WavCaps layout: json_files/<source>/<name>.json, the clips in audio/<source>/<id>.flac.
-        folder = os.path.dirname(path)
-        source = os.path.basename(os.path.abspath(folder)) or "SOURCE"
-        above = os.path.dirname(folder)
-        root = (os.path.dirname(above) or ".") if os.path.basename(above) == "json_files" else "WAVCAPS_DIR"
-        jsonl = os.path.join(root, f"{stem}.jsonl")
-        to_jsonl = ("jq -c '.data[] | {id: (.id|tostring), modality: \"audio\", path: (\"audio/" + source
-                    + "/\" + (.id|tostring) + \".flac\"), caption}' " + f"{path} > {jsonl}")
-        return (f"{path} is a JSON document (a WavCaps source file: an object whose 'data' lists {{id, caption, "
-                f"...}}), not JSONL, and uti has no WavCaps adapter: convert it to JSONL with `{to_jsonl}` (adjust "
-                f"the audio path to where the clips are), then `uti manifest --dataset jsonl --root {root} "
-                f"--file {stem}.jsonl --name wavcaps --out manifest.jsonl`")
     inner = ".[]" if doc.kind == "list" else f".{doc.list_key}[]" if doc.list_key else ".KEY[]"
     return (f"{path} is a JSON document (one {doc.kind}), not JSONL (one JSON object per line); convert it, e.g. "
             f"`jq -c '{inner}' {path} > {stem}.jsonl`" + (" (KEY: the list of entries)" if inner == ".KEY[]" else "")
             + ", each line an object with id, modality, path and caption, then `uti manifest --dataset jsonl "
             f"--root DIR --file {stem}.jsonl --out manifest.jsonl`")
+
+
+def _wavcaps_hint(path: str) -> str:
+    """The `uti manifest --dataset wavcaps` command for a WavCaps source JSON: its root and source come from
+    the layout (ROOT/json_files/<source>/NAME.json) when the file is in it."""
+    from sharding.datasets.wavcaps import DEFAULT_PATTERN, JSON_DIR, canonical_source, known_sources
+
+    folder = os.path.dirname(os.path.abspath(path))
+    above = os.path.dirname(folder)
+    source = canonical_source(os.path.basename(folder))
+    in_layout = source is not None and os.path.basename(above).lower() == JSON_DIR
+    root = os.path.dirname(above) if in_layout else "WAVCAPS_DIR"
+    command = f"uti manifest --dataset wavcaps --root {shlex.quote(root)}" + (f" --sources {source}" if source else "")
+    place = "" if in_layout else f" (put it in WAVCAPS_DIR/{JSON_DIR}/SOURCE/ first, SOURCE one of {known_sources()})"
+    return (f"{path} is a JSON document (a WavCaps source file: an object whose 'data' lists {{id, caption, "
+            f"...}}), not JSONL; read the WavCaps folder with `{command} --out manifest.jsonl`{place}, the clips "
+            f"found as {DEFAULT_PATTERN} under the root (--audio-pattern for another layout), and pass that "
+            "manifest on")
