@@ -138,7 +138,7 @@ class SampleMeta:
     captions: tuple[str, ...] = field(metadata=_COMMON)
     caption_token_lengths: tuple[int, ...] = field(metadata=_COMMON)  # cuts text.npy back into captions
     dataset: str | None
-    source: Mapping[str, Any]  # sharding.media.source_meta: "source" (and "source_ref"); source_row reads it back
+    source: Mapping[str, Any]  # sharding.media.source_meta: "source" (and "source_ref", "window"); source_row reads it back
     source_sha256: str | None  # of the media file's bytes; None for text rows
     codec: Mapping[str, Any]  # what decode needs, from the codec (sample_rate, n_frames, grid, ...): MEDIA_META
     info: Mapping[str, Any]  # what the read saw of the source (source_sample_rate, duration, ...)
@@ -162,7 +162,7 @@ MEDIA_META: dict[str, tuple[str, ...]] = {
     "image": ("proc_size", "grid"),
     "text": (),
 }
-_META_FIELDS = frozenset(f.name for f in fields(SampleMeta)) | {"source_ref"}
+_META_FIELDS = frozenset(f.name for f in fields(SampleMeta)) | {"source_ref", "window"}  # source_meta's keys
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to a single bool

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from uti.audio_decode import AudioHeader, decode, decode_spans, header_info
 from uti.config import LimitsConfig
 from uti.errors import MediaError, without_object_reprs
 from sharding.manifest import ManifestRow
@@ -107,22 +108,90 @@ def source_label(row: ManifestRow) -> str:
 
 
 def source_meta(row: ManifestRow) -> dict[str, Any]:
-    """The sample-meta fields that say where a row's media came from (`source`, and `source_ref`
-    for bytes inside a Hugging Face dataset); `source_row` reads them back."""
+    """The sample-meta fields that say where a row's media came from (`source`, `source_ref` for bytes
+    inside a Hugging Face dataset, `window` for a clip of a longer file); `source_row` reads them back."""
+    extra = row.extra or {}
     meta: dict[str, Any] = {"source": row.path}
-    if (row.extra or {}).get("hf_source"):
-        meta[SOURCE_REF] = dict(row.extra)
+    if extra.get("hf_source"):
+        meta[SOURCE_REF] = {k: v for k, v in extra.items() if k != WINDOW}
+    window = clip_window(row)
+    if window is not None:
+        meta[WINDOW] = window.to_list()
     return meta
 
 
 def source_row(meta: dict[str, Any]) -> ManifestRow:
     """The manifest row a stored sample was made from, as far as loading its media needs: the inverse
-    of `source_meta`. Without `source_ref` an embedded-bytes row would point at its dataset folder."""
+    of `source_meta`. Without `source_ref` an embedded-bytes row would point at its dataset folder, and
+    without `window` a clip would be re-read as its whole video."""
     ref = meta.get(SOURCE_REF)
     dataset = meta.get("dataset") or str(meta["id"]).split(":", 1)[0]
+    extra = dict(ref) if isinstance(ref, dict) else {}
+    if meta.get(WINDOW) is not None:
+        extra[WINDOW] = list(meta[WINDOW])
     return ManifestRow(id=meta["id"], dataset=dataset, modality=meta["modality"], path=meta.get("source"),
-                       captions=tuple(meta.get("captions") or ()), split=meta["split"],
-                       extra=dict(ref) if isinstance(ref, dict) else {})
+                       captions=tuple(meta.get("captions") or ()), split=meta["split"], extra=extra)
+
+
+# ---- clip windows -------------------------------------------------------------------------------------------
+# A row may name the part of its file to tokenize: `extra["window"] = [start_s, end_s]`, seconds in the
+# source file (MusicCaps: a 10 s clip of a YouTube video). Downloads come both ways, the whole video or the
+# clip already cut, and the file's length tells which:
+# * at least `end_s - WINDOW_CUT_SLACK_S` long: the whole video; only samples
+#   [round(start_s * rate), min(round(end_s * rate), n)) are kept;
+# * else within WINDOW_WHOLE_TOLERANCE_S of `end_s - start_s`: already the clip, taken whole;
+# * else neither: a per-sample error (validate, window_outside).
+# decode_audio applies the rule after decoding; sharding.datasets.base.window_duration applies it at manifest
+# time to the header's duration (no window recorded for a file that is the clip).
+WINDOW = "window"
+WINDOW_CUT_SLACK_S = 0.5  # a video may end a little before the window's end (its last frame's length)
+WINDOW_WHOLE_TOLERANCE_S = 1.0  # a cut clip may differ from its window by a downloader's rounding
+WINDOW_CUT, WINDOW_WHOLE, WINDOW_OUTSIDE = "cut", "whole", "outside"
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """[start, end) seconds of a row's source file."""
+
+    start: float
+    end: float
+
+    @property
+    def length(self) -> float:
+        return self.end - self.start
+
+    def to_list(self) -> list[float]:
+        return [self.start, self.end]
+
+    def fit(self, file_seconds: float) -> str:
+        """WINDOW_CUT, WINDOW_WHOLE or WINDOW_OUTSIDE for a file of this length (the rule above)."""
+        if file_seconds >= self.end - WINDOW_CUT_SLACK_S:
+            return WINDOW_CUT
+        if abs(file_seconds - self.length) <= WINDOW_WHOLE_TOLERANCE_S:
+            return WINDOW_WHOLE
+        return WINDOW_OUTSIDE
+
+
+def parse_window(value: Any) -> ClipWindow:
+    """[start_s, end_s] as a ClipWindow; ValueError unless two finite numbers with 0 <= start < end."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"a clip window is [start_s, end_s], two numbers; got {value!r}")
+    start, end = float(value[0]), float(value[1])
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise ValueError(f"a clip window needs finite 0 <= start_s < end_s; got {value!r}")
+    return ClipWindow(start, end)
+
+
+def clip_window(row: ManifestRow) -> ClipWindow | None:
+    """The row's clip window, None when it has none; a malformed one is a MediaError (read, bad_window)."""
+    value = (row.extra or {}).get(WINDOW)
+    if value is None:
+        return None
+    try:
+        return parse_window(value)
+    except ValueError as exc:
+        raise _fail(row, "read", "bad_window", f"{exc}; fix the manifest row's extra.window") from None
 
 
 def read_source_bytes(row: ManifestRow, *, max_bytes: int | None = None) -> bytes:
@@ -163,18 +232,17 @@ def _object_bytes(row: ManifestRow, max_bytes: int | None) -> bytes:
         return fs.cat_file(key)
 
 
-def _audio_info(row: ManifestRow):
-    """soundfile.info of a row's file or object; for an object only the header's byte ranges are fetched."""
-    import soundfile as sf
-
+def _audio_info(row: ManifestRow) -> AudioHeader:
+    """The header of a row's file or object (uti.audio_decode.header_info); for an object only the
+    header's byte ranges are fetched."""
     path = row.path
     if not is_url(path):
         _refuse_empty(row, os.path.getsize(path))
-        return sf.info(path)
+        return header_info(path)
     fs, key = filesystem(path)
     with storage_errors(path, "media"), fs.open(key, "rb", block_size=64 * 1024) as fh:
         _refuse_empty(row, getattr(fh, "size", None))
-        return sf.info(fh)
+        return header_info(fh)
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,34 +344,34 @@ def load_audio(row: ManifestRow, *, spec: AudioSpec, limits: LimitsConfig) -> Lo
 
 
 def decode_audio(row: ManifestRow, *, limits: LimitsConfig) -> LoadedMedia:
-    """Decode and check one audio row: raw float32 (channels, samples) at its source rate (not prepared)."""
-    import soundfile as sf
-
+    """Decode and check one audio row: raw float32 (channels, samples) at its source rate (not prepared),
+    only its clip window when it has one (see WINDOW)."""
+    window = clip_window(row)
     # Header first: a 3-hour file is refused before its samples are read.
     if row.path and hf_ref(row) is None:
         try:
-            info = _audio_info(row)
+            header = _audio_info(row)
         except FileNotFoundError:
             raise _fail(row, "read", "missing_file", "file not found") from None
         except MediaError:  # an empty file
             raise
         except StorageError:  # the store, not this sample: the job stops with the one-line reason
             raise
-        except Exception as exc:  # noqa: BLE001 - libsndfile errors are RuntimeError/LibsndfileError
+        except Exception as exc:  # noqa: BLE001 - AudioDecodeError names container and codec
             raise _fail(row, "read", "unreadable", f"not a readable audio file: {exc}") from None
-        _check_header(row, info.samplerate, info.channels, info.frames, limits)
+        _check_header(row, header, limits, window)
     raw = read_source_bytes(row)
     digest = hashlib.sha256(raw).hexdigest()
     truncated = _wav_truncation(raw)
     if truncated:
         raise _fail(row, "read", "unreadable", f"truncated WAV: {truncated}")
     try:
-        info = sf.info(io.BytesIO(raw))
-        _check_header(row, info.samplerate, info.channels, info.frames, limits)
-        data, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        header = header_info(io.BytesIO(raw))
+        _check_header(row, header, limits, window)
+        data, rate, applied = _decoded_samples(row, raw, header, window, limits)
     except MediaError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - AudioDecodeError, LibsndfileError...
         raise _fail(row, "read", "unreadable", f"cannot decode audio: {exc}") from None
     if data.shape[0] == 0:
         raise _fail(row, "validate", "zero_length", "no samples")
@@ -312,11 +380,46 @@ def decode_audio(row: ManifestRow, *, limits: LimitsConfig) -> LoadedMedia:
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise _fail(row, "validate", "nan_or_inf", f"{bad} NaN/inf samples")
+    info = {"source_sample_rate": int(rate), "source_channels": int(data.shape[1]), "source_frames": int(data.shape[0]),
+            "duration": data.shape[0] / rate}
+    if applied is not None:
+        info["window_applied"] = applied.to_list()
     # data.T: a (channels, samples) view of the decoder's (samples, channels) buffer, as the reader mixes it.
-    return LoadedMedia(data=data.T, source_sha256=digest, prepared=False, info={
-        "source_sample_rate": int(rate), "source_channels": int(data.shape[1]), "source_frames": int(data.shape[0]),
-        "duration": data.shape[0] / rate,
-    })
+    return LoadedMedia(data=data.T, source_sha256=digest, prepared=False, info=info)
+
+
+def _decoded_samples(row: ManifestRow, raw: bytes, header: AudioHeader, window: ClipWindow | None,
+                     limits: LimitsConfig) -> tuple[np.ndarray, int, ClipWindow | None]:
+    """(samples, channels) float32, the rate, and the window applied (None: the file whole)."""
+    if window is not None:
+        return _windowed(row, raw, header, window)
+    if header.frames is not None or header.duration is not None:
+        decoded = decode(raw, header=header)
+        return decoded.data, decoded.sample_rate, None
+    # No length in the header (a live-streamed webm): decode no further than the limit allows.
+    spans = decode_spans(raw, [(0.0, limits.max_audio_seconds + 1.0)], header=header)
+    if spans.frames_read / spans.sample_rate > limits.max_audio_seconds:
+        raise _fail(row, "validate", "too_long", f"more than {limits.max_audio_seconds:g} s decoded (its header "
+                    "gives no length) exceeds limits.max_audio_seconds; raise it in the config or drop the file")
+    return spans.parts[0], spans.sample_rate, None
+
+
+def _windowed(row: ManifestRow, raw: bytes, header: AudioHeader,
+              window: ClipWindow) -> tuple[np.ndarray, int, ClipWindow | None]:
+    """The rule of WINDOW: the head of the file (the clip, if the file is one) and the window (if it is the
+    whole video) are kept while decoding, which stops at the window's end."""
+    head = (0.0, window.length + WINDOW_WHOLE_TOLERANCE_S)
+    spans = decode_spans(raw, [head, (window.start, window.end)], header=header)
+    file_seconds = spans.frames_read / spans.sample_rate  # the file's length unless it reaches the window's end
+    fit = window.fit(file_seconds)
+    if fit == WINDOW_CUT and spans.parts[1].shape[0]:
+        return spans.parts[1], spans.sample_rate, window
+    if fit == WINDOW_WHOLE:
+        return spans.parts[0], spans.sample_rate, None
+    raise _fail(row, "validate", "window_outside", f"the file is {file_seconds:.2f} s long and the clip window is "
+                f"{window.start:g}..{window.end:g} s: it is neither the whole video (at least "
+                f"{window.end - WINDOW_CUT_SLACK_S:g} s) nor the clip ({window.length:g} s, within "
+                f"{WINDOW_WHOLE_TOLERANCE_S:g} s); check the file, or drop the row")
 
 
 def _wav_truncation(raw: bytes) -> str | None:
@@ -336,7 +439,10 @@ def _wav_truncation(raw: bytes) -> str | None:
     return None  # no data chunk: libsndfile refuses the file itself
 
 
-def _check_header(row: ManifestRow, rate: int, channels: int, frames: int, limits: LimitsConfig) -> None:
+def _check_header(row: ManifestRow, header: AudioHeader, limits: LimitsConfig, window: ClipWindow | None) -> None:
+    """The limits a header can be held to before any sample is decoded. The duration limit applies to what
+    is tokenized: a windowed row's window."""
+    rate, channels, frames = header.sample_rate, header.channels, header.frames
     if channels < 1 or channels > limits.max_channels:
         raise _fail(row, "validate", "channels", f"{channels} channels; at most {limits.max_channels} are accepted "
                     "(limits.max_channels)")
@@ -345,9 +451,12 @@ def _check_header(row: ManifestRow, rate: int, channels: int, frames: int, limit
                     f"[{limits.min_sample_rate}, {limits.max_sample_rate}] (limits.*_sample_rate)")
     if frames == 0:
         raise _fail(row, "validate", "zero_length", "no samples")
-    seconds = frames / rate
-    if seconds > limits.max_audio_seconds:
-        raise _fail(row, "validate", "too_long", f"{seconds:.1f} s exceeds limits.max_audio_seconds "
+    if window is not None:
+        seconds, what = window.length, f"the clip window {window.start:g}..{window.end:g}: "
+    else:
+        seconds, what = (frames / rate if frames is not None else header.duration), ""
+    if seconds is not None and seconds > limits.max_audio_seconds:
+        raise _fail(row, "validate", "too_long", f"{what}{seconds:.1f} s exceeds limits.max_audio_seconds "
                     f"= {limits.max_audio_seconds:g}; raise it in the config or drop the file")
 
 

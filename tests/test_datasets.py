@@ -439,7 +439,7 @@ def test_read_manifests_and_combined_hash(tmp_path):
 
 
 def test_registry_and_option_checks(tmp_path):
-    assert dataset_names() == ["audiocaps", "clotho", "hf", "jsonl", "llava", "wavcaps"]
+    assert dataset_names() == ["audiocaps", "clotho", "hf", "jsonl", "llava", "musiccaps", "song_describer", "wavcaps"]
     assert get_dataset("clotho").name == "clotho"
     with pytest.raises(ManifestError, match="known datasets: audiocaps"):
         get_dataset("nope")

@@ -85,8 +85,8 @@ def test_doctor_reports_ok_for_the_base_set_here():
     res = uti_in_process("doctor", "--path", str(ROOT))
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
-    for item in ("torch + torchaudio", "numpy (compiled)", "libsndfile", "encodec", "snac", "transformers",
-                 "diffusers", "ray", "CUDA", f"free space in {ROOT}", "dependencies"):
+    for item in ("torch + torchaudio", "numpy (compiled)", "libsndfile", "m4a/webm decoder", "encodec", "snac",
+                 "transformers", "diffusers", "ray", "CUDA", f"free space in {ROOT}", "dependencies"):
         line = next((ln for ln in lines if re.match(rf"^\S+\s+{re.escape(item)}:", ln)), None)
         assert line is not None and line.startswith("ok"), (item, res.stdout)
     assert lines[-1].startswith("everything the main job needs works here")

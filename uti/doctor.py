@@ -227,23 +227,33 @@ def check_tested_set() -> Check:
 
 # -- audio decoding ----------------------------------------------------------------------------------
 
+def _decoder(name: str):
+    """uti.audio_decode's entry for one decoder (it imports numpy, so only here, under the check's guard)."""
+    from uti.audio_decode import decoders
+
+    return next(d for d in decoders() if d.name == name)
+
+
 def check_libsndfile() -> Check:
     """libsndfile decodes what the audio dataset adapters read: wav, flac, ogg (vorbis, opus), mp3."""
     try:
-        sf = _import("soundfile")
-        formats = set(sf.available_formats())
-        ogg = set(sf.available_subtypes("OGG")) if "OGG" in formats else set()
+        info = _decoder("libsndfile")
     except Exception as exc:  # noqa: BLE001
-        return Check("libsndfile", FAIL, f"soundfile does not load: {one_line(exc)}",
+        info = None
+        error = one_line(exc)
+    else:
+        error = info.error
+    if info is None or not info.available:
+        return Check("libsndfile", FAIL, f"soundfile does not load: {error}",
                      "python3 -m pip install --force-reinstall -c constraints.txt soundfile")
-    have = [name for name in ("WAV", "FLAC", "OGG", "MP3") if name in formats] + (["OPUS"] if "OPUS" in ogg else [])
-    missing_core = [name for name in ("WAV", "FLAC") if name not in formats]
-    detail = f"libsndfile {sf.__libsndfile_version__} decodes {', '.join(n.lower() for n in have)}"
+    have = info.formats
+    missing_core = [name for name in ("wav", "flac") if name not in have]
+    detail = f"libsndfile {info.version} decodes {', '.join(have)}"
     if missing_core:
         return Check("libsndfile", FAIL, f"{detail}; missing {', '.join(missing_core)}",
                      "python3 -m pip install --force-reinstall -c constraints.txt soundfile  (its wheel bundles a "
                      "complete libsndfile)")
-    lacking = [n.lower() for n in ("OGG", "MP3") if n not in formats] + ([] if "OPUS" in ogg else ["opus"])
+    lacking = [n for n in ("ogg", "mp3", "opus") if n not in have]
     if lacking:
         return Check("libsndfile", WARN, f"{detail}; cannot decode {', '.join(lacking)} (libsndfile < 1.1 or "
                      "built without them)", "python3 -m pip install -c constraints.txt 'soundfile>=0.12'",
@@ -251,16 +261,28 @@ def check_libsndfile() -> Check:
     return Check("libsndfile", OK, detail)
 
 
+CONTAINER_FIX = "python3 -m pip install -c constraints.txt av  (its wheels bundle FFmpeg)"
+
+
 def check_container_decoder() -> Check:
-    """m4a (AAC), webm and other FFmpeg-only containers need a decoder beside libsndfile."""
-    found = [name for name in ("av", "torchcodec") if importlib.util.find_spec(name) is not None]
-    if shutil.which("ffmpeg"):
-        found.append("ffmpeg on PATH")
-    if found:
-        return Check("m4a/webm decoder", OK, f"found {', '.join(found)}", required=False)
-    return Check("m4a/webm decoder", WARN, "none (no PyAV, torchcodec or ffmpeg): m4a, aac and webm files are "
-                 "recorded as per-sample errors; wav/flac/ogg/opus/mp3 are unaffected",
-                 "python3 -m pip install av", required=False)
+    """m4a (AAC), webm and other containers libsndfile does not open decode through FFmpeg (PyAV)."""
+    item = "m4a/webm decoder"
+    try:
+        info = _decoder("ffmpeg")
+    except Exception as exc:  # noqa: BLE001
+        info = None
+        error = one_line(exc)
+    else:
+        error = info.error
+    if info is None or not info.available:
+        return Check(item, WARN, f"PyAV (FFmpeg) does not load ({error}): m4a, aac and webm files are recorded as "
+                     "per-sample errors; wav/flac/ogg/opus/mp3 are unaffected", CONTAINER_FIX, required=False)
+    detail = f"{info.version} decodes {', '.join(info.formats) or 'none of m4a, aac, opus, webm, mp3, flac'}"
+    lacking = [n for n in ("m4a", "aac", "webm") if n not in info.formats]
+    if lacking:
+        return Check(item, WARN, f"{detail}; cannot decode {', '.join(lacking)} (an FFmpeg build without them)",
+                     "python3 -m pip install --force-reinstall -c constraints.txt av", required=False)
+    return Check(item, OK, detail, required=False)
 
 
 # -- codecs ------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def hash_splits_option(options: Mapping[str, Any]) -> HashSplits:
 
 
 def size_hints(path: Path, modality: str) -> tuple[float | None, int | None]:
-    """(duration seconds, bytes). Audio duration comes from the header only (soundfile.info).
+    """(duration seconds, bytes). Audio duration comes from the header only (audio_duration).
 
     Unreadable audio is not an error here: tokenization reports it per sample with the real reason.
     """
@@ -117,18 +117,31 @@ def size_hints(path: Path, modality: str) -> tuple[float | None, int | None]:
 
 
 def audio_duration(source: Any) -> float | None:
-    """Duration from the header of a path or file-like object, or None if it cannot be read."""
-    import soundfile  # imported here: only audio adapters need libsndfile
+    """Duration from the header of a path or file-like object, or None if it cannot be read: libsndfile's
+    frame count, else the container's duration (m4a, webm), never a decode of the whole file."""
+    from uti.audio_decode import header_info  # imported here: only audio adapters read audio headers
 
     try:
-        info = soundfile.info(source)
+        header = header_info(source)
     except Exception as exc:  # noqa: BLE001 - any decoder failure just means "unknown"
         log.debug("no duration for %s: %s", source, exc)
         return None
-    # Formats without a frame count in the header report 0 or a sentinel; that is "unknown", not 0 s.
-    if info.samplerate <= 0 or info.frames <= 0 or info.frames >= 2**62:
-        return None
-    return info.frames / info.samplerate
+    # Formats without a length in the header report none; that is "unknown", not 0 s.
+    return header.duration
+
+
+def window_duration(start: float, end: float, file_duration: float | None) -> tuple[float, list[float] | None]:
+    """(duration hint, window to record or None) for a clip [start, end] s of a file whose header gives
+    `file_duration` (None: unknown), by sharding.media's window rule: a file that is already the clip
+    records no window and hints its own length; a longer file (or one of unknown length) records the
+    window and hints end - start. A file that is neither keeps the window too, so tokenization reports it
+    per sample (window_outside) with the file's real length. ValueError for a malformed window."""
+    from sharding.media import WINDOW_WHOLE, parse_window
+
+    window = parse_window([start, end])
+    if file_duration is not None and window.fit(file_duration) == WINDOW_WHOLE:
+        return file_duration, None
+    return window.length, window.to_list()
 
 
 def locate(
