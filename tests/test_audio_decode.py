@@ -302,7 +302,7 @@ def test_the_duration_limit_applies_to_the_window(tmp_path):
     assert _error(_row(tmp_path / "video.wav"), limits).reason == "too_long"
 
 
-def test_the_window_reaches_the_sample_meta_and_comes_back(tmp_path, default_tokenizer):
+def test_the_window_reaches_the_sample_meta_and_comes_back(tmp_path):
     _ramp_wav(tmp_path / "video.wav", 12.0)
     row = _row(tmp_path / "video.wav", window=[5, 7])
     assert clip_window(row).to_list() == [5.0, 7.0]
