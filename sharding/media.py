@@ -114,7 +114,7 @@ def source_meta(row: ManifestRow) -> dict[str, Any]:
     meta: dict[str, Any] = {"source": row.path}
     if extra.get("hf_source"):
         meta[SOURCE_REF] = {k: v for k, v in extra.items() if k != WINDOW}
-    window = clip_window(row)
+    window = clip_window(row) if row.modality == "audio" else None  # read (and checked) by decode_audio
     if window is not None:
         meta[WINDOW] = window.to_list()
     return meta

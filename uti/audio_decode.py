@@ -115,9 +115,25 @@ def header_info(source: str | os.PathLike | BinaryIO) -> AudioHeader:
     try:
         return _sndfile_header(source)
     except Exception as exc:  # noqa: BLE001 - libsndfile raises LibsndfileError/RuntimeError/TypeError
+        if not _not_sndfiles(exc):
+            # A file of libsndfile's own formats that it finds malformed (a WAV without its data chunk, a cut
+            # Ogg page) is broken, not FFmpeg's to guess at: libsndfile's words, exactly as they were.
+            raise AudioDecodeError(str(exc), container=sniff_container(_peek(source))) from None
         sndfile_error = _short(exc)
     _rewind(source, start)
     return _ffmpeg_header(source, sndfile_error)
+
+
+# libsndfile's public error codes that mean "not a file I read" (sf_error: SF_ERR_UNRECOGNISED_FORMAT,
+# SF_ERR_UNSUPPORTED_ENCODING); any other is a malformed file of a format it does read.
+_NOT_MINE_CODES = (1, 4)
+
+
+def _not_sndfiles(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code in _NOT_MINE_CODES
+    return "Format not recognised" in str(exc)  # soundfile < 0.12 raised RuntimeError without a code
 
 
 def _sndfile_header(source: Any) -> AudioHeader:
