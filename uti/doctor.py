@@ -234,16 +234,19 @@ def _decoder(name: str):
     return next(d for d in decoders() if d.name == name)
 
 
+def _loaded_decoder(name: str):
+    """(the decoder's DecoderInfo, None) when it loads, else (None, why not): a check never raises."""
+    try:
+        info = _decoder(name)
+    except Exception as exc:  # noqa: BLE001 - audio_decode itself may not import in a broken environment
+        return None, one_line(exc)
+    return (info, None) if info.available else (None, info.error)
+
+
 def check_libsndfile() -> Check:
     """libsndfile decodes what the audio dataset adapters read: wav, flac, ogg (vorbis, opus), mp3."""
-    try:
-        info = _decoder("libsndfile")
-    except Exception as exc:  # noqa: BLE001
-        info = None
-        error = one_line(exc)
-    else:
-        error = info.error
-    if info is None or not info.available:
+    info, error = _loaded_decoder("libsndfile")
+    if info is None:
         return Check("libsndfile", FAIL, f"soundfile does not load: {error}",
                      "python3 -m pip install --force-reinstall -c constraints.txt soundfile")
     have = info.formats
@@ -267,14 +270,8 @@ CONTAINER_FIX = "python3 -m pip install -c constraints.txt av  (its wheels bundl
 def check_container_decoder() -> Check:
     """m4a (AAC), webm and other containers libsndfile does not open decode through FFmpeg (PyAV)."""
     item = "m4a/webm decoder"
-    try:
-        info = _decoder("ffmpeg")
-    except Exception as exc:  # noqa: BLE001
-        info = None
-        error = one_line(exc)
-    else:
-        error = info.error
-    if info is None or not info.available:
+    info, error = _loaded_decoder("ffmpeg")
+    if info is None:
         return Check(item, WARN, f"PyAV (FFmpeg) does not load ({error}): m4a, aac and webm files are recorded as "
                      "per-sample errors; wav/flac/ogg/opus/mp3 are unaffected", CONTAINER_FIX, required=False)
     detail = f"{info.version} decodes {', '.join(info.formats) or 'none of m4a, aac, opus, webm, mp3, flac'}"
