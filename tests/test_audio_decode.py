@@ -23,7 +23,6 @@ from uti import audio_decode as ad
 from uti.config import LimitsConfig
 from uti.errors import MediaError
 from media_writers import AAC_SLACK, OPUS_SLACK, _signal, m4a, opus, write_clip  # noqa: F401
-from verify_helpers import ray_address  # noqa: F401 - a fixture, imported by name
 
 def _row(path: Path, *, window=None, rid: str = "t:clip") -> ManifestRow:
     return ManifestRow(id=rid, dataset="t", modality="audio", path=str(path), split="train",
@@ -285,44 +284,3 @@ def test_window_duration_applies_the_rule_at_manifest_time():
     assert window_duration(30, 40, 3.0) == (10.0, [30.0, 40.0])  # neither: tokenize reports window_outside
     with pytest.raises(ValueError, match="start_s < end_s"):
         window_duration(7, 5, 12.0)
-
-
-# ---- end to end -----------------------------------------------------------------------------------------------
-def test_manifest_tokenize_verify_on_m4a_and_opus(tmp_path, ray_address):
-    from cli_helpers import uti_in_process
-
-    root = tmp_path / "data"
-    root.mkdir()
-    m4a(root / "video.m4a", 6.0, channels=1, rate=24000)
-    opus(root / "clip.opus", 1.5)
-    (root / "rows.jsonl").write_text(
-        json.dumps({"id": "video", "modality": "audio", "path": "video.m4a", "caption": "a tone", "split": "train",
-                    WINDOW: [2.0, 3.5]}) + "\n"
-        + json.dumps({"id": "clip", "modality": "audio", "path": "clip.opus", "caption": "another tone",
-                      "split": "train"}) + "\n")
-    manifest, out = tmp_path / "m.jsonl", tmp_path / "out"
-    done = uti_in_process("manifest", "--dataset", "jsonl", "--root", str(root), "--out", str(manifest))
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = {r["id"]: r for r in map(json.loads, manifest.read_text().splitlines())}
-    assert rows["jsonl:video"]["duration"] == pytest.approx(6.0, abs=0.02)  # from the m4a's header
-    assert rows["jsonl:video"]["extra"] == {WINDOW: [2.0, 3.5]}
-    assert rows["jsonl:clip"]["duration"] == pytest.approx(1.5, abs=0.02)
-    done = uti_in_process("tokenize", "--manifest", str(manifest), "--out", str(out), "--address", ray_address,
-                          "--num-actors", "1", "--no-progress")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert not (out / "errors.jsonl").exists() or not (out / "errors.jsonl").read_text().strip()
-    from sharding.reader import ShardReader
-    from uti.token_space import TokenSpace
-
-    metas = {s.meta["id"]: s.meta for s in ShardReader(str(out), expected_token_space=TokenSpace.load(out))}
-    assert metas["jsonl:video"]["window"] == [2.0, 3.5] and metas["jsonl:video"]["duration"] == 1.5
-    assert metas["jsonl:clip"]["source_sample_rate"] == 48000 and "window" not in metas["jsonl:clip"]
-    report = tmp_path / "report"
-    done = uti_in_process("verify", str(out), "--address", ray_address, "--decode-fraction", "1",
-                          "--retokenize-fraction", "1", "--loader-batches", "0", "--report-dir", str(report),
-                          "--no-plots")
-    assert done.returncode == 0, done.stdout + done.stderr
-    checks = {c["name"]: c for c in json.loads((report / "report.json").read_text())["checks"]}
-    # the windowed row re-read through source_row (its window from the sample meta) encodes to the same tokens
-    assert checks["retokenize"]["status"] == "PASS" and checks["retokenize"]["counts"]["exact"], checks["retokenize"]
-    assert checks["retokenize"]["failures"] == 0 and checks["retokenize"]["counts"]["retokenize.audio.exact"] == 2
