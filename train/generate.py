@@ -330,7 +330,7 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
         wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
         import soundfile as sf
 
-        sf.write(str(out), np.clip(wav.T, -1.0, 1.0), meta["sample_rate"], format="WAV")
+        sf.write(str(out), np.clip(wav.T, -1.0, 1.0), tok.audio.output_sample_rate, format="WAV")
     elif cfg.mode == "image":
         meta = {"modality": "image", "proc_size": list(tok.image.proc_size), **space.layout("image").shape_meta(),
                 "token_space_id": space.id}

@@ -230,26 +230,39 @@ def audit_audio(tok: UnifiedTokenizer, twin: UnifiedTokenizer, assets: dict[str,
     _guard(checks, "shape.audio", lambda: (all(
         i.size == layout.expected_len(m) and m["n_frames"] == codec.expected_frames(m["n_samples"])
         for i, m in batch), f"len == n_frames * {layout.tokens_per_frame} tokens per frame"))
-    measured = [_measure_audio(tok, clip, ids, meta) for clip, (ids, meta) in zip(clips, batch)]
+    references = [_at_output_rate(tok, clip) for clip in clips]
+    measured = [_measure_audio(tok, ref, ids, meta) for ref, (ids, meta) in zip(references, batch)]
     decoded = [wav for wav, _ in measured]
-    # recon.wav: each source clip, a short gap, its reconstruction, a longer gap.
-    result.previews = [np.concatenate([clip.numpy(), _silence(clip, codec.sample_rate // 4), wav.numpy(),
-                                       _silence(clip, codec.sample_rate // 2)], axis=1) for clip, wav in zip(clips, decoded)]
+    # recon.wav (at the decoder's rate): each source clip, a short gap, its reconstruction, a longer gap.
+    rate = codec.output_sample_rate
+    result.previews = [np.concatenate([ref.numpy(), _silence(ref, rate // 4), wav.numpy(), _silence(ref, rate // 2)],
+                                      axis=1) for ref, wav in zip(references, decoded)]
     _guard(checks, "decode.audio", lambda: (all(
-        abs(w.shape[-1] - m["n_samples"]) <= codec.hop_length and w.shape[0] == m["channels"]
-        for w, (_, m) in zip(decoded, batch)), f"sample rate {codec.sample_rate}, length within one frame"))
+        abs(w.shape[-1] - codec.decoded_samples(m["n_samples"])) <= codec.output_hop_length and w.shape[0] == m["channels"]
+        for w, (_, m) in zip(decoded, batch)), f"sample rate {rate}, length within one frame"))
     result.metrics = _means("audio", [m for _, m in measured])
     checks.append(_idempotence("audio", [m["token_idempotence"] for _, m in measured]))
     return result
 
 
+def _at_output_rate(tok: UnifiedTokenizer, clip: torch.Tensor) -> torch.Tensor:
+    """The source clip as the decoder's output is compared with it: at the decoder's rate."""
+    codec = tok.audio
+    if codec.output_sample_rate == codec.sample_rate:
+        return clip
+    from uti.preprocess import prepare_waveform
+
+    return prepare_waveform(clip, codec.sample_rate, target_rate=codec.output_sample_rate, channels=codec.channels)
+
+
 def _measure_audio(tok: UnifiedTokenizer, clip: torch.Tensor, ids: np.ndarray, meta: dict) -> tuple[torch.Tensor, dict]:
-    """Decode one clip from its tokens: the waveform, its reconstruction metrics, and how a re-encode of
-    the decoding agrees with the decoding and with the tokens."""
+    """Decode one clip (`clip` at the decoder's rate) from its tokens: the waveform, its reconstruction
+    metrics, and how a re-encode of the decoding agrees with the decoding and with the tokens."""
+    codec = tok.audio
     wav = tok.decode_audio(ids, meta)
-    ids2, meta2 = tok.encode_audio(wav)
+    ids2, meta2 = tok.encode_audio(tok.prepare_audio(wav, codec.output_sample_rate))
     wav2 = tok.decode_audio(ids2, meta2)
-    return wav, {"snr_db": snr_db(clip, wav), "mae": mae(clip, wav), "log_mel_l1": log_mel_l1(clip, wav, tok.audio.sample_rate),
+    return wav, {"snr_db": snr_db(clip, wav), "mae": mae(clip, wav), "log_mel_l1": log_mel_l1(clip, wav, codec.output_sample_rate),
                  "roundtrip_snr_db": snr_db(wav, wav2), "roundtrip_mae": mae(wav, wav2),
                  "token_idempotence": float(np.mean(ids2 == ids)) if ids2.size == ids.size else 0.0}
 
@@ -305,7 +318,7 @@ def _write_bundle(out: Path, tok: UnifiedTokenizer, audio: MediaAudit, image: Me
     if audio.previews:
         import soundfile as sf
 
-        sf.write(str(out / "recon.wav"), np.concatenate(audio.previews, axis=1).T, tok.audio.sample_rate,
+        sf.write(str(out / "recon.wav"), np.concatenate(audio.previews, axis=1).T, tok.audio.output_sample_rate,
                  subtype="PCM_16")
     if image.previews:
         from PIL import Image

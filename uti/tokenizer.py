@@ -274,9 +274,12 @@ class UnifiedTokenizer:
 
     def decode_audio(self, ids: Any, meta: Mapping[str, Any], *, what: str = "audio") -> torch.Tensor:
         enc = self.check_audio_tokens(ids, meta, what=what)
-        wav = self._need("audio").decode(enc)
-        if abs(wav.shape[-1] - enc.n_samples) > self._need("audio").hop_length:
-            raise DecodeRefused(f"{what}: decoded {wav.shape[-1]} samples, meta says {enc.n_samples}")
+        codec: AudioCodec = self._need("audio")
+        wav = codec.decode(enc)
+        want = codec.decoded_samples(enc.n_samples)
+        if abs(wav.shape[-1] - want) > codec.output_hop_length:
+            at = f" ({want} at {codec.output_sample_rate} Hz)" if want != enc.n_samples else ""
+            raise DecodeRefused(f"{what}: decoded {wav.shape[-1]} samples, meta says {enc.n_samples}{at}")
         return wav
 
     # ---- shared rules ---------------------------------------------------------------------------

@@ -150,7 +150,23 @@ class AudioCodec(_Codec):
 
     @abstractmethod
     def decode(self, encoded: EncodedAudio) -> torch.Tensor:
-        """(channels, n_samples) waveform at `sample_rate`."""
+        """(channels, decoded_samples(n_samples)) waveform at `output_sample_rate`."""
+
+    @property
+    def output_sample_rate(self) -> int:
+        """The rate decode writes at. Most codecs decode at the rate they encode; one whose decoder
+        upsamples (NeuCodec: 16 kHz in, 24 kHz out) says so here, and the token space records both."""
+        return self.sample_rate
+
+    def decoded_samples(self, n_samples: int) -> int:
+        """The samples decode gives back for a clip of `n_samples` at `sample_rate`: the same duration at
+        `output_sample_rate`, rounded down (as the models' own forward trims it)."""
+        return int(n_samples) * self.output_sample_rate // self.sample_rate
+
+    @property
+    def output_hop_length(self) -> int:
+        """Samples per frame at `output_sample_rate`: the length tolerance of a decode."""
+        return -(-self.hop_length * self.output_sample_rate // self.sample_rate)
 
     def layout_spec(self) -> LayoutSpec:
         return LayoutSpec.frame_major(self.n_q)
@@ -160,10 +176,13 @@ class AudioCodec(_Codec):
         return -(-n_samples // self.hop_length)
 
     def runtime_sizes(self) -> dict[str, Any]:
-        return {
+        sizes = {
             "sample_rate": self.sample_rate, "channels": self.channels, "n_q": self.n_q,
             "codebook_size": self.codebook_size, "frame_rate": self.frame_rate, "hop_length": self.hop_length,
         }
+        if self.output_sample_rate != self.sample_rate:  # recorded only where it differs: other spaces keep their bytes
+            sizes["output_sample_rate"] = self.output_sample_rate
+        return sizes
 
 
 class ImageCodec(_Codec):

@@ -373,10 +373,11 @@ class BatchedAudioCodec(AudioCodec):
         wav = self._decode_codes(codes).float().cpu()
         # Transposed convolutions with odd strides (DAC 24/16 kHz) give up to a few samples less than
         # frames * hop: within one frame of the clip is accepted (as for EnCodec), never padded.
-        if wav.dim() != 2 or wav.shape[0] != self.channels or wav.shape[1] < encoded.n_samples - self.hop_length:
+        want, hop = self.decoded_samples(encoded.n_samples), self.output_hop_length
+        if wav.dim() != 2 or wav.shape[0] != self.channels or wav.shape[1] < want - hop:
             raise DecodeRefused(f"{self.name}: decoded {tuple(wav.shape)}, need ({self.channels}, "
-                                f">= {encoded.n_samples} - one frame of {self.hop_length})")
-        return wav[:, : encoded.n_samples]
+                                f">= {want} - one frame of {hop}) at {self.output_sample_rate} Hz")
+        return wav[:, :want]
 
 
 OneClipAudioCodec = BatchedAudioCodec  # the skeleton's earlier name: plugins subclass it
