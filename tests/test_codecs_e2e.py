@@ -1,7 +1,8 @@
 """tokenize -> verify -> train -> generate through the CLI for codecs whose token layouts are not
-EnCodec's (issue 14), each on its `arch: small` architecture with random weights: SNAC 24 kHz
-(multirate: 1 + 2 + 4 codes per frame of its coarsest level) with Emu3, and Mimi (frame-major, 4
-levels) with Janus (image grids of another size than the default VQGAN's).
+EnCodec's, each on its `arch: small` architecture with random weights: SNAC 24 kHz (multirate: 1 + 2 +
+4 codes per frame of its coarsest level) with Emu3, Mimi (frame-major, 4 levels) with Janus (image grids
+of another size than the default VQGAN's), WavTokenizer (one codebook) with Chameleon's VQ, and NeuCodec
+(FSQ; 16 kHz in, 24 kHz out) with Janus.
 
 What would be false if a reader assumed frame-major audio (n_q codes per frame): verify's range and
 shape checks would fail on every SNAC sample, training would refuse SNAC samples as the wrong
@@ -28,7 +29,14 @@ from verify_helpers import make_sources, ray_address, rewrite_shard, shard_with 
 CONFIGS = {
     "snac+emu3": "text: {kind: byte}\naudio: {kind: snac, model: 24khz, arch: small}\nimage: {kind: emu3, arch: small}\n",
     "mimi+janus": "text: {kind: byte}\naudio: {kind: mimi, arch: small, n_q: 4}\nimage: {kind: janus, arch: small}\n",
+    "wavtokenizer+chameleon": ("text: {kind: byte}\naudio: {kind: wavtokenizer, arch: small}\n"
+                               "image: {kind: chameleon, arch: small}\n"),
+    # NeuCodec encodes 16 kHz and decodes 24 kHz: decode, verify and the generated WAV follow the decoder
+    "neucodec+janus": "text: {kind: byte}\naudio: {kind: neucodec, arch: small}\nimage: {kind: janus, arch: small}\n",
 }
+# (layout kind, tokens per frame) of each config's audio
+AUDIO_LAYOUT = {"snac+emu3": ("multirate", 7), "mimi+janus": ("frame_major", 4),
+                "wavtokenizer+chameleon": ("frame_major", 1), "neucodec+janus": ("fsq", 1)}
 N_AUDIO, N_IMAGE = 3, 3
 
 
@@ -109,7 +117,7 @@ def _in_layout(space: TokenSpace, modality: str, tokens: np.ndarray) -> None:
 def test_verify_passes_with_decode_and_retokenize(kind, datasets, ray_address, tmp_path):
     out = datasets(kind)
     layout = TokenSpace.load(out).layout("audio")
-    assert (layout.kind, layout.tokens_per_frame) == (("multirate", 7) if kind.startswith("snac") else ("frame_major", 4))
+    assert (layout.kind, layout.tokens_per_frame) == AUDIO_LAYOUT[kind]
     report = _verify(out, ray_address, tmp_path / "verify")
     assert report["ok"], [(c["name"], c["first_failure"]) for c in report["checks"] if c["hard"] and not c["ok"]]
     assert _check(report, "token_ranges")["ok"] and _check(report, "shapes")["ok"]
@@ -133,8 +141,12 @@ def test_train_then_generate_audio_at_the_codec_rate(kind, datasets, runs, tmp_p
     _in_layout(space, "audio", tokens)  # every position holds the level its layout gives it
     assert gen["meta"]["n_frames"] * per == len(tokens)
     wav, rate = sf.read(str(gen["path"]))
-    assert rate == gen["meta"]["sample_rate"] == space.codecs["audio"].params["sample_rate"] == 24000
-    assert len(wav) == gen["meta"]["n_samples"] > 0
+    params = space.codecs["audio"].params
+    assert gen["meta"]["sample_rate"] == params["sample_rate"]  # the tokens' rate: what encode took
+    out_rate = params.get("output_sample_rate", params["sample_rate"])
+    assert rate == gen["meta"].get("output_sample_rate", params["sample_rate"]) == out_rate == 24000
+    assert params["sample_rate"] == (16000 if kind.startswith("neucodec") else 24000)
+    assert len(wav) == gen["meta"]["n_samples"] * out_rate // params["sample_rate"] > 0
 
 
 @pytest.mark.parametrize("kind", list(CONFIGS))
@@ -244,3 +256,39 @@ def test_sequences_and_census_cut_and_count_whole_layout_frames(snac44):
         ids_ = d.ids.tolist()
         media = np.asarray(ids_[ids_.index(boa) + 1: ids_.index(eoa)], dtype=np.uint32)
         assert len(media) % 15 == 0 and layout.first_violation(media) is None  # whole frames, levels in place
+
+
+@pytest.mark.parametrize("section", ["audio: {kind: wavtokenizer, arch: small}", "audio: {kind: neucodec, arch: small}",
+                                     "audio: {kind: higgs_audio_v2, arch: small}", "audio: {kind: xcodec, arch: small}",
+                                     "image: {kind: chameleon, arch: small}"])
+def test_generation_constraint_is_the_layout_range_at_every_position(section):
+    """For each transformers codec's layout: the generation mask at position i allows exactly the IDs of
+    `range_of_position(i)` (plus the stop token where a clip may end), and nothing after the last."""
+    import torch
+
+    from train.generate import Constraint, decodable_frames
+    from train.model import padded_vocab
+    from uti.config import config_from_yaml
+    from uti.tokenizer import UnifiedTokenizer
+
+    tok = UnifiedTokenizer(config_from_yaml(f"text: {{kind: byte}}\n{section}\n"))
+    mode = section.split(":")[0]
+    space = tok.space
+    layout = space.layout(mode)
+    padded = padded_vocab(space.vocab_size)
+    if mode == "audio":
+        per = layout.tokens_per_frame
+        c = Constraint("audio", space, max_tokens=per * 6, padded=padded,
+                       frames_ok=lambda n: decodable_frames(tok.audio, n))
+        stops = {i for i in range(1, c.length + 1) if i % per == 0 and decodable_frames(tok.audio, i // per)}
+        stop = space.special("<eoa>")
+    else:
+        c = Constraint("image", space, max_tokens=layout.grid[0] * layout.grid[1], padded=padded)
+        stops, stop = set(), None
+    assert c.length == (per * 6 if mode == "audio" else layout.grid[0] * layout.grid[1])
+    for i in range(c.length + 1):
+        allowed = set(torch.nonzero(c.mask(i)).flatten().tolist())
+        want = set(range(layout.range_of_position(i).start, layout.range_of_position(i).end)) if i < c.length else set()
+        if i in stops:
+            want.add(stop)
+        assert allowed == want, f"{section}: position {i}"

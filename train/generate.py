@@ -327,6 +327,8 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
         meta = audio_meta(tok, space, n_frames=len(ids) // constraint.tokens_per_frame, scale=scale[0])
         if "scales" in meta:
             meta["scale_from"] = scale[1]
+        if tok.audio.output_sample_rate != tok.audio.sample_rate:  # the WAV's rate, where the decoder's differs
+            meta["output_sample_rate"] = tok.audio.output_sample_rate
         wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
         import soundfile as sf
 
