@@ -175,8 +175,10 @@ def load_local_model(model_cls: type, weights: WeightsSpec, *, arch: Any, where:
 
 def load_pretrained(model_cls: type, path: Path, *, where: str, attention: bool):
     """from_pretrained from a local folder only, float32, refusing missing or unexpected weights."""
+    # ignore_mismatched_sizes: a weight whose shape differs from config.json's comes back in the loading
+    # info (and is refused below, by name) instead of transformers' RuntimeError, which names none.
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "dtype": torch.float32,
-                              "output_loading_info": True}
+                              "output_loading_info": True, "ignore_mismatched_sizes": True}
     if attention:
         kwargs["attn_implementation"] = ATTENTION
     try:
