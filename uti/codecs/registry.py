@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "mimi": "uti.codecs.mimi:MimiAudioCodec",
     "dac": "uti.codecs.dac:DacAudioCodec",
     "xcodec2": "uti.codecs.xcodec2:Xcodec2AudioCodec",
+    "neucodec": "uti.codecs.neucodec:NeuCodecAudioCodec",
     "snac": "uti.codecs.snac_audio:SnacAudioCodec",
     "vqgan": "uti.codecs.vq_image:VQImageCodec",
     "emu3": "uti.codecs.emu3:Emu3ImageCodec",
