@@ -257,8 +257,9 @@ def bucket_rule(pad_to: int, extra: int, hop_length: int) -> str:
     batching.PADDING_BUCKETS where the padding unit is one frame, else the exact rule in samples."""
     if pad_to == hop_length and extra == 0:
         return PADDING_BUCKETS
-    minus = f" - {extra}" if extra else ""
-    plus = f" + {extra}" if extra else ""
+    # a negative extra (NeuCodec's n // hop frames) reads as a subtraction
+    plus = (f" + {extra}" if extra > 0 else f" - {-extra}") if extra else ""
+    minus = (f" - {extra}" if extra > 0 else f" + {-extra}") if extra else ""
     return (f"time: u = ceil((samples{plus}) / {pad_to}) padding units, rounded up to a multiple of "
             f"2^(bit_length(u)-3) (4 buckets per octave), zero-padded to u * {pad_to}{minus} samples; "
             "batch: filled with all-zero items to encode_batch")

@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "dac": "uti.codecs.dac:DacAudioCodec",
     "xcodec2": "uti.codecs.xcodec2:Xcodec2AudioCodec",
     "wavtokenizer": "uti.codecs.wavtokenizer:WavTokenizerAudioCodec",
+    "neucodec": "uti.codecs.neucodec:NeuCodecAudioCodec",
     "snac": "uti.codecs.snac_audio:SnacAudioCodec",
     "vqgan": "uti.codecs.vq_image:VQImageCodec",
     "emu3": "uti.codecs.emu3:Emu3ImageCodec",

@@ -16,6 +16,7 @@ same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ class Xcodec2Settings(HFAudioSettings):
 class Xcodec2AudioCodec(BatchedAudioCodec):
     kind = "xcodec2"
     settings = Xcodec2Settings
+    feature_keys: tuple[str, ...] = ("input_values", "input_features")  # what the extractor gives `encode`
 
     @classmethod
     def from_settings(cls, settings: Xcodec2Settings, *, device: str = "cpu") -> "Xcodec2AudioCodec":
@@ -81,15 +83,8 @@ class Xcodec2AudioCodec(BatchedAudioCodec):
         if self._weights.kind == "path":
             net = load_local_model(Xcodec2Model, self._weights, arch=settings.arch, where=WHERE, model_type="xcodec2",
                                    attention=True)
-            if (self._weights.path / "preprocessor_config.json").is_file():
-                try:
-                    with no_loading_bars():
-                        features = Xcodec2FeatureExtractor.from_pretrained(str(self._weights.path),
-                                                                           local_files_only=True)
-                except Exception as exc:  # noqa: BLE001
-                    raise WeightsError(f"{WHERE}.weights: {self._weights.path}/preprocessor_config.json: {exc}") from None
-            else:
-                features = Xcodec2FeatureExtractor(hop_length=net.config.hop_length, sampling_rate=net.config.sampling_rate)
+            features = folder_features(Xcodec2FeatureExtractor, self._weights.path, where=WHERE,
+                                       hop_length=net.config.hop_length, sampling_rate=net.config.sampling_rate)
         else:
             cfg = build_config(Xcodec2Config, arch_kwargs(VARIANTS["xcodec2"], SMALL, settings.arch,
                                                           config_cls=Xcodec2Config, where=WHERE), where=WHERE)
@@ -97,13 +92,11 @@ class Xcodec2AudioCodec(BatchedAudioCodec):
             seed = int(self._weights.seed)
 
             def calibrate(model, seed_: int) -> None:
-                _calibrate(model, features, seed_)
+                calibrate_fsq(model, features, seed_, sample_rate=cfg.sampling_rate)
 
             net = build_random(lambda: Xcodec2Model(cfg), seed=seed, calibrate=calibrate,
                                cache_key=random_cache_key("xcodec2", cfg, seed))
-        if int(features.hop_length) != int(net.config.hop_length) or int(features.sampling_rate) != int(net.config.sampling_rate):
-            raise WeightsError(f"{WHERE}.weights: the feature extractor frames {features.sampling_rate} Hz audio by "
-                               f"{features.hop_length}, the model by {net.config.hop_length} at {net.config.sampling_rate} Hz")
+        check_features(features, hop_length=net.config.hop_length, sampling_rate=net.config.sampling_rate, where=WHERE)
         self.name = "xcodec2"
         self._features = features
         self.device = resolve_device(device)
@@ -150,7 +143,7 @@ class Xcodec2AudioCodec(BatchedAudioCodec):
         over the whole row, so each row's features are those of that item (with its padding) alone."""
         rows = [self._features(audio=x[j, 0].cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
                 for j in range(x.shape[0])]
-        return {key: torch.cat([f[key] for f in rows]).to(self.device) for key in ("input_values", "input_features")}
+        return {key: torch.cat([f[key] for f in rows]).to(self.device) for key in self.feature_keys}
 
     def _encode_pass(self, x: torch.Tensor) -> np.ndarray:
         codes = self._net.encode(**self._inputs(x)).audio_codes  # (batch, 1, frames)
@@ -161,12 +154,33 @@ class Xcodec2AudioCodec(BatchedAudioCodec):
         return self._net.decode(audio_codes=t).audio_values[0]
 
 
-def _calibrate(net, features, seed: int) -> None:
+def folder_features(features_cls: type, folder: Path, *, where: str, hop_length: int, sampling_rate: int):
+    """The feature extractor a model folder brings (preprocessor_config.json), else `features_cls` with its
+    defaults at the model's hop and rate."""
+    if not (folder / "preprocessor_config.json").is_file():
+        return features_cls(hop_length=int(hop_length), sampling_rate=int(sampling_rate))
+    try:
+        with no_loading_bars():
+            return features_cls.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{where}.weights: {folder}/preprocessor_config.json: {exc}") from None
+
+
+def check_features(features: Any, *, hop_length: int, sampling_rate: int, where: str) -> None:
+    """The extractor pads the waveform by the encoder's hop at the encoder's rate: any other would change
+    the frames."""
+    if int(features.hop_length) != int(hop_length) or int(features.sampling_rate) != int(sampling_rate):
+        raise WeightsError(f"{where}.weights: the feature extractor frames {features.sampling_rate} Hz audio by "
+                           f"{features.hop_length}, the model by {hop_length} at {sampling_rate} Hz")
+
+
+def calibrate_fsq(net, features, seed: int, *, sample_rate: int,
+                  keys: tuple[str, ...] = ("input_values", "input_features")) -> None:
     """Rescale the FSQ input projection so that, on a fixed signal, every FSQ dimension spreads over its
     levels (random weights otherwise put every frame on one code). Computed in float64, rounded to
     float16 precision."""
-    x = calibration_signal(int(net.config.sampling_rate), 1, 4.0, seed)[0, 0]
-    f = features(audio=x.numpy(), sampling_rate=int(net.config.sampling_rate), return_tensors="pt")
+    x = calibration_signal(int(sample_rate), 1, 4.0, seed)[0, 0]
+    f = features(audio=x.numpy(), sampling_rate=int(sample_rate), return_tensors="pt")
     captured: dict[str, torch.Tensor] = {}
 
     def keep_input(module, inputs, output) -> None:  # returns None: the output stays as it is
@@ -174,7 +188,7 @@ def _calibrate(net, features, seed: int) -> None:
 
     hook = net.quantizer.project_in.register_forward_hook(keep_input)
     try:
-        net.encode(f["input_values"], f["input_features"])
+        net.encode(**{key: f[key] for key in keys})
     finally:
         hook.remove()
     h = captured["h"].reshape(-1, captured["h"].shape[-1]).double()  # (frames, quantization_dim)
