@@ -160,7 +160,8 @@ class AudioCodec(_Codec):
 
     def decoded_samples(self, n_samples: int) -> int:
         """The samples decode gives back for a clip of `n_samples` at `sample_rate`: the same duration at
-        `output_sample_rate`, rounded down (as the models' own forward trims it)."""
+        `output_sample_rate`, rounded down. A decoder that only makes whole frames of a clip whose last
+        samples got no frame (NeuCodec) overrides it with what it gives."""
         return int(n_samples) * self.output_sample_rate // self.sample_rate
 
     @property

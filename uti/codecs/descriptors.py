@@ -6,8 +6,9 @@ loading one costs seconds on every actor (a VQGAN is diffusers' import plus a mo
 everything that decides the codec's output:
 
 - the modality, the token-space version and the codec's settings (canonical JSON: kind, arch, seed ...);
-- the adapter's source (its module file, the shared base and weights modules) and the versions of the
-  libraries the adapters run on (torch, numpy, encodec, diffusers, transformers, the plugin's package);
+- the adapter's source (its module file and those of the classes it is built on, the shared base and
+  weights modules) and the versions of the libraries the adapters run on (torch, numpy, encodec,
+  diffusers, transformers, the plugin's package);
 - for weights in a local file or folder: every file's relative path, size and modification time.
 
 Weights named `pretrained` resolve through a hub cache the key cannot see, so they are never looked up
@@ -99,12 +100,32 @@ def descriptor_key(modality: str, settings: CodecSettings, version: int) -> str 
     plugin = entry.source if entry is not None and entry.source not in ("uti", "uti (built-in)") else None
     parts = {
         "modality": modality, "version": version, "settings": data, "weights_files": signatures,
-        "code": [_file_sha(inspect.getsourcefile(m)) for m in (cls, base, weights)],
+        "code": [_file_sha(path) for path in _source_files(cls, base, weights)],
         "libraries": {d: _version(d) for d in LIBRARIES + ((plugin,) if plugin else ())},
         # the build as well as the release (2.11.0+cpu and +cu130 share a distribution version)
         "torch": getattr(sys.modules.get("torch"), "__version__", "-"),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _source_files(cls: type, *modules: Any) -> list[str | None]:
+    """The adapter's module and the module of every class it inherits from (an adapter built on another
+    one, or on hf_common's skeletons, runs their code too), then the shared modules; builtins aside."""
+    import inspect
+
+    files: list[str | None] = []
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        if module is None or klass.__module__ in ("builtins", "abc"):
+            continue
+        path = inspect.getsourcefile(module) if hasattr(module, "__file__") else None
+        if path not in files:
+            files.append(path)
+    for m in modules:
+        path = inspect.getsourcefile(m)
+        if path not in files:
+            files.append(path)
+    return files
 
 
 def _entry(modality: str, settings: CodecSettings, version: int) -> Path | None:
