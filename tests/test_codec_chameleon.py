@@ -40,7 +40,8 @@ def images(n: int = 3, size: int = 32) -> list[np.ndarray]:
 def token_digest(tok: UnifiedTokenizer) -> dict[str, str]:
     """Token-space ID and the SHA-256 of every image's tokens: what another process must reproduce."""
     items = tok.encode_images(images())
-    return {"space": tok.space.id, "tokens": hashlib.sha256(b"".join(ids.astype("<u4").tobytes() for ids, _ in items)).hexdigest()}
+    tokens = hashlib.sha256(b"".join(ids.astype("<u4").tobytes() for ids, _ in items)).hexdigest()
+    return {"space": tok.space.id, "tokens": tokens}
 
 
 def load(line: str) -> UnifiedTokenizer:
@@ -61,7 +62,7 @@ def test_token_space_holds_the_sizes_the_loaded_model_reports(tok):
     assert codec.codebook_size == net.quantize.embedding.weight.shape[0] == 256
     desc = tok.space.codecs["image"]
     assert desc.kind == "chameleon" and desc.weights == "random:0" and len(desc.fingerprint) == 64
-    assert desc.params["grid"] == [16, 16] and desc.params["proc_size"] == [32, 32] and desc.params["codebook_size"] == 256
+    assert (desc.params["grid"], desc.params["proc_size"], desc.params["codebook_size"]) == ([16, 16], [32, 32], 256)
     assert desc.params["arch"]["num_embeddings"] == 256 and "0.0078" in desc.params["preprocessing_note"]
     assert tok.space.range("image").size == 256
     layout = tok.space.layout("image")
@@ -230,7 +231,8 @@ def test_a_decoder_file_decodes_as_the_random_decoder(tok, tmp_path):
     assert loaded.image.decode_info()["decoder"] == "pretrained"
     codes = codec.encode(images(1))[0]
     assert np.array_equal(loaded.image.decode(codes), codec.decode(codes))
-    save_file({**decoder, "quantize.embedding.weight": book["quantize.embedding.weight"] + 1}, str(tmp_path / "other.safetensors"))
+    other = {**decoder, "quantize.embedding.weight": book["quantize.embedding.weight"] + 1}
+    save_file(other, str(tmp_path / "other.safetensors"))
     with pytest.raises(WeightsError, match="another VQGAN"):
         load(folder_line(folder, f", decoder: {json.dumps(str(tmp_path / 'other.safetensors'))}"))
     dropped = sorted(decoder)[0]

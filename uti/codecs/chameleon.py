@@ -277,9 +277,11 @@ class ChameleonImageCodec(ImagePassCodec):
 
         c = ChameleonVQVAEConfig(**VARIANTS["chameleon"])
         factor = 2 ** (len(c.channel_multiplier) - 1)
-        return [CodecVariant(model="chameleon", sizes={"proc_size": [c.resolution] * 2, "grid": [c.resolution // factor] * 2,
-                                                       "codebook_size": c.num_embeddings, "layout": "grid2d"},
-                             note=f"Chameleon 7B/30B image VQ; proc_size: any multiple of {factor}; decode needs decoder:")]
+        sizes = {"proc_size": [c.resolution] * 2, "grid": [c.resolution // factor] * 2,
+                 "codebook_size": c.num_embeddings, "layout": "grid2d"}
+        return [CodecVariant(model="chameleon", sizes=sizes,
+                             note=f"Chameleon 7B/30B image VQ; proc_size: any multiple of {factor}; a folder decodes "
+                                  "with decoder: (the VQGAN decoder's safetensors)")]
 
     def __init__(self, settings: ChameleonSettings, *, device: str = "cpu"):
         self._weights = parse_weights(settings.weights, where=f"{WHERE}.weights")
