@@ -42,6 +42,7 @@ BUILTIN: dict[str, str] = {
     "emu3": "uti.codecs.emu3:Emu3ImageCodec",
     "janus": "uti.codecs.janus:JanusImageCodec",
     "seed": "uti.codecs.seed:SeedImageCodec",
+    "chameleon": "uti.codecs.chameleon:ChameleonImageCodec",
 }
 _BASES = {"audio": (AudioCodec, AudioSettings), "image": (ImageCodec, ImageSettings)}
 
