@@ -38,8 +38,8 @@ import torch
 
 from uti.codecs.base import CodecVariant
 from uti.codecs.hf_common import (BatchedAudioCodec, HFAudioSettings, arch_kwargs, architecture, build_config,
-                                  build_random, check_kind, fingerprint, load_local_model, nearest, pick_variant,
-                                  random_cache_key, require_random_or_folder, seed_codebook)
+                                  build_random, check_kind, fingerprint, load_local_model, pick_variant,
+                                  random_cache_key, require_random_or_folder, seed_codebook_picks)
 from uti.codecs.weights import WeightsSpec, calibration_signal, parse_weights, resolve_device
 from uti.errors import ConfigError, WeightsError
 
@@ -119,9 +119,12 @@ def check_preprocessor(path: Path, net) -> None:
 def calibrate_rvq(net, seed: int) -> None:
     """Seed every RVQ level's codebook from the residuals of the joined (post-`fc`) vectors of a fixed
     signal; levels with a projection (Higgs) are seeded in their projected space and the residual
-    updated through `project_out`, as the model's own RVQ does. The model runs in float64 (exact to
-    and from float32) so the seeded codebooks never depend on threads or BLAS; they are rounded to
-    float16 precision."""
+    updated through `project_out`, as the model's own RVQ does. A vector's residual is taken against
+    the nearest entry seeded from another vector: with fewer vectors than codes (288 for 1024) each
+    would otherwise find its own noisy copy, its residual would shrink 20-fold per level and the last
+    levels of the real architecture would hold one code (measured: levels 7 and 8 of X-Codec). The
+    model runs in float64 (exact to and from float32) so the seeded codebooks never depend on threads
+    or BLAS; they are rounded to float16 precision."""
     cfg = net.config
     hop, rate = int(cfg.hop_length), int(cfg.sample_rate)
     frames = min(int(cfg.codebook_size), 256) + 32
@@ -143,12 +146,21 @@ def calibrate_rvq(net, seed: int) -> None:
     g = torch.Generator().manual_seed(seed + 1)
     for level in net.quantizer.quantizers:
         vectors = _project(residual, getattr(level, "project_in", None))
-        book = seed_codebook(vectors, int(cfg.codebook_size), g)
+        book, picked_from = seed_codebook_picks(vectors, int(cfg.codebook_size), g)
         cb = level.codebook
         cb.embed.copy_(book)
         cb.embed_avg.copy_(book)
         cb.cluster_size.fill_(1.0)
-        residual = residual - _project(book.double()[nearest(vectors, book)], getattr(level, "project_out", None))
+        chosen = book.double()[nearest_other(vectors, book, picked_from)]
+        residual = residual - _project(chosen, getattr(level, "project_out", None))
+
+
+def nearest_other(vectors: torch.Tensor, book: torch.Tensor, picked_from: torch.Tensor) -> torch.Tensor:
+    """For each of (N, D) vectors, the nearest (euclidean, float64) codebook row not seeded from it."""
+    v, b = vectors.double(), book.double()
+    dist = v.pow(2).sum(1, keepdim=True) - 2 * v @ b.T + b.pow(2).sum(1)[None]
+    own = picked_from[None, :] == torch.arange(v.shape[0])[:, None]
+    return dist.masked_fill(own, float("inf")).argmin(dim=1)
 
 
 def _project(v: torch.Tensor, linear: torch.nn.Linear | None) -> torch.Tensor:
