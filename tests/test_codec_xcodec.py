@@ -43,6 +43,8 @@ SIZES = {
     "higgs_audio_v2": dict(sample_rate=24000, channels=1, n_q=4, codebook_size=64, frame_rate=25.0, hop_length=960,
                            bandwidth=0.6),
 }
+# Frames the model itself gives n unpadded samples (the modules' docstrings): why the adapter pads
+UNPADDED_FRAMES = {"xcodec": lambda n: (n + 240) // 320, "higgs_audio_v2": lambda n: (n + 841) // 960}
 LOWER = {"xcodec": (0.6, 2), "higgs_audio_v2": (0.3, 2)}  # a lower bandwidth of the small arch and its levels
 # How each model feeds its semantic branch (transformers' _extract_semantic_features)
 SEMANTIC = {
@@ -113,8 +115,7 @@ def test_token_space_is_built_from_the_sizes_the_model_reports(toks, kind):
     assert desc.kind == kind and desc.weights == "random:0" and len(desc.fingerprint) == 64
     assert all(desc.params[k] == v for k, v in sizes.items()) and desc.params["arch"]
     assert {k: desc.params["semantic"][k] for k in SEMANTIC[kind]} == SEMANTIC[kind]
-    assert desc.params["semantic"]["resample"] == (None if kind == "xcodec" else
-                                                   desc.params["semantic"]["resample"]) and "pad" in desc.params["padding"]
+    assert "right zeros to whole frames" in desc.params["padding"]
     if kind == "higgs_audio_v2":
         assert "24000 -> 16000" in desc.params["semantic"]["resample"]
     assert desc.params["framing"] == {"pad_to": sizes["hop_length"], "extra": 0}
@@ -188,6 +189,11 @@ def test_frames_follow_the_recorded_rule_and_the_model_pads_nothing_itself(toks,
     assert [e.codes.shape[0] for e in encoded] == want
     assert [codec.expected_frames(n) for n in lengths] == want == [expected_audio_frames(params, n) for n in lengths]
     assert [s[-1] for s in shapes] == [f * hop for f in want]
+    # unpadded, the model drops a short tail: the rule its docstring states
+    raw = [n for n in lengths if n >= hop // 2]
+    with torch.inference_mode():
+        got = [codec._net.encode(c[None], return_dict=True).audio_codes.shape[-1] for c in clips if c.shape[1] in raw]
+    assert got == [UNPADDED_FRAMES[kind](n) for n in raw] and got != [-(-n // hop) for n in raw]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -253,6 +259,9 @@ def test_local_folder_loads_the_same_weights_and_tokens(toks, kind, tmp_path):
     assert loaded.audio.fingerprint == tok.audio.fingerprint and loaded.space.codecs["audio"].weights == "pretrained"
     assert loaded.space.codecs["audio"].params == tok.space.codecs["audio"].params
     assert token_digest(loaded)["tokens"] == token_digest(tok)["tokens"]
+    if kind == "xcodec":  # a named model must match the folder's semantic model
+        with pytest.raises(ConfigError, match="'wavlm-mls' has a wavlm semantic model, but .* one with hubert"):
+            load("text: {kind: byte}\n" + folder_line(kind, folder).replace("}", ", model: wavlm-mls}") + "\n")
     with pytest.raises(ConfigError, match="arch: applies to random weights"):
         load("text: {kind: byte}\n" + folder_line(kind, folder).replace("}", ", arch: small}") + "\n")
     (folder / "preprocessor_config.json").write_text(json.dumps({"feature_extractor_type": "DacFeatureExtractor",

@@ -13,7 +13,9 @@ the mean of all hidden states at 50 Hz keeps every `semantic_downsample_factor`-
 Framing: a clip is zero-padded on the right to whole frames of 960 samples (as the tokenizer's
 DacFeatureExtractor does), so n samples give ceil(n / 960) frames; on whole frames both branches give
 exactly n / 960 frames and the model pads nothing itself. Measured without that padding it gives
-round-to-nearest frames, dropping a last partial frame of less than half a hop.
+floor((n + 841) / 960) frames (every 2nd of HuBERT's frames over ceil(2n / 3) resampled samples padded
+by 160 each side), so a last partial frame under 119 samples is dropped and a clip under 119 samples
+fails.
 
 Weights: a local copy of bosonai/higgs-audio-v2-tokenizer in the transformers format, or `random:SEED`
 (+ `arch: small`); random codebooks are seeded as X-Codec's are (uti.codecs.xcodec.calibrate_rvq).
@@ -45,7 +47,8 @@ SEMANTIC_PAD = 160
 
 @dataclass(kw_only=True, frozen=True)
 class HiggsAudioV2Settings(HFAudioSettings):
-    """`audio: {kind: higgs_audio_v2, bandwidth: 2.0, weights: random:0 | /models/higgs-audio-v2-tokenizer, arch: small}`"""
+    """`audio: {kind: higgs_audio_v2, bandwidth: 2.0, weights: random:0 | /models/higgs-audio-v2-tokenizer,
+    arch: small}`"""
 
     kind: str = "higgs_audio_v2"
     bandwidth: float | None = None  # kbps, one of the model's target_bandwidths; None: its highest (all levels)

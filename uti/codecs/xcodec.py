@@ -8,10 +8,10 @@ give 1, 2, 3, 4, 8 levels.
 Framing: a clip is zero-padded on the right to whole frames, as `DacFeatureExtractor` (the feature
 extractor of the hf-audio/xcodec-* repos) does, so n samples give ceil(n / 320) frames. Measured on the
 model itself without that padding, n samples give floor((n + 240) / 320) frames (the semantic branch's
-HuBERT frames: its 400-sample window over the clip padded by 160 each side), the last partial frame
-being dropped below 80 samples, and the acoustic branch pads itself by 160 each side whenever its
-frame count would differ; on whole frames both branches give exactly n / 320 frames and the model pads
-nothing itself. With encode_batch > 1 a clip is padded to its bucket of frames.
+HuBERT frames: its 400-sample window over the clip padded by 160 each side), so a last partial frame
+under 80 samples is dropped and a clip under 80 samples fails; the acoustic branch pads itself by 160
+each side whenever its frame count would differ. On whole frames both branches give exactly n / 320
+frames and the model pads nothing itself. With encode_batch > 1 a clip is padded to its bucket of frames.
 
 Semantic preprocessing (recorded in the token space): the raw waveform, not normalized, at the
 model's own rate, zero-padded by hop / 2 = 160 samples on each side, into the semantic model.
