@@ -226,13 +226,18 @@ def fingerprint(net: torch.nn.Module) -> str:
 def seed_codebook(vectors: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k codebook entries from (N, D) float64 vectors: random picks plus 5% noise, rounded to float16
     precision so that float64 noise from threads or BLAS can never change a stored weight."""
+    return seed_codebook_picks(vectors, k, generator)[0]
+
+
+def seed_codebook_picks(vectors: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """seed_codebook's entries (the same draws) and, for each entry, the row of `vectors` it was picked from."""
     n = vectors.shape[0]
     pick = torch.randperm(n, generator=generator)[:k]
     if pick.numel() < k:
         pick = torch.cat([pick, torch.randint(0, n, (k - pick.numel(),), generator=generator)])
     spread = float(round_to_half(vectors.std().float()[None])[0]) * 0.05
     noise = torch.randn(k, vectors.shape[1], generator=generator, dtype=torch.float64)
-    return round_to_half((vectors[pick] + spread * noise).float())
+    return round_to_half((vectors[pick] + spread * noise).float()), pick
 
 
 def nearest(vectors: torch.Tensor, book: torch.Tensor) -> torch.Tensor:

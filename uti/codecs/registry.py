@@ -37,6 +37,8 @@ BUILTIN: dict[str, str] = {
     "xcodec2": "uti.codecs.xcodec2:Xcodec2AudioCodec",
     "wavtokenizer": "uti.codecs.wavtokenizer:WavTokenizerAudioCodec",
     "neucodec": "uti.codecs.neucodec:NeuCodecAudioCodec",
+    "xcodec": "uti.codecs.xcodec:XcodecAudioCodec",
+    "higgs_audio_v2": "uti.codecs.higgs_audio_v2:HiggsAudioV2AudioCodec",
     "snac": "uti.codecs.snac_audio:SnacAudioCodec",
     "vqgan": "uti.codecs.vq_image:VQImageCodec",
     "emu3": "uti.codecs.emu3:Emu3ImageCodec",
