@@ -187,6 +187,14 @@ def test_codecs_listing_shows_every_kind_with_sizes():
     assert "512x512 px -> 64x64" in rows["emu3 emu3"] and "1 x 32768" in rows["emu3 emu3"]
     assert "384x384 px -> 24x24" in rows["janus janus"] and "1 x 16384" in rows["janus janus"]
     assert "2-32 x 1024" in rows["encodec encodec_24khz"]
+    # the transformers codecs: sizes of the real architectures, read from their configs
+    assert "40 Hz" in rows["wavtokenizer 40token"] and "75 Hz" in rows["wavtokenizer 75token"]
+    assert "1 x 4096" in rows["wavtokenizer 40token"] and "frame_major" in rows["wavtokenizer 75token"]
+    assert "16000 -> 24000 Hz, 1 ch" in rows["neucodec neucodec"] and "1 x 65536" in rows["neucodec neucodec"]
+    assert "50 Hz" in rows["neucodec neucodec"] and "fsq" in rows["neucodec neucodec"]
+    assert "25 Hz" in rows["higgs_audio_v2 higgs_audio_v2"] and "2-8 x 1024" in rows["higgs_audio_v2 higgs_audio_v2"]
+    assert "16000 Hz" in rows["xcodec hubert-librispeech"] and "1-8 x 1024" in rows["xcodec hubert-librispeech"]
+    assert "512x512 px -> 32x32" in rows["chameleon chameleon"] and "1 x 8192" in rows["chameleon chameleon"]
 
 
 def _with_entry_points(monkeypatch, *points: EntryPoint) -> None:

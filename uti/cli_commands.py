@@ -159,7 +159,9 @@ def format_codecs(codecs) -> str:
 
 def _input_label(sizes: dict) -> str:
     if "sample_rate" in sizes:
-        return f"{sizes['sample_rate']} Hz, {sizes.get('channels', 1)} ch"
+        out = sizes.get("output_sample_rate")
+        rate = f"{sizes['sample_rate']} Hz" if out in (None, sizes["sample_rate"]) else f"{sizes['sample_rate']} -> {out} Hz"
+        return f"{rate}, {sizes.get('channels', 1)} ch"
     if "proc_size" in sizes:
         p, g = sizes["proc_size"], sizes.get("grid", ["?", "?"])
         if "n_tokens" in sizes:
