@@ -1,4 +1,4 @@
-"""Codec throughput (issue 14 item 6): for each codec family, its real architecture with random weights
+"""Codec throughput: for each codec family, its real architecture with random weights
 (never `arch: small`), the bare model's encode rate and `uti tokenize`'s end-to-end rate on the same
 clips (images) in the same run, on this machine.
 
@@ -48,7 +48,14 @@ CASES = (
     CodecCase("dac_44khz", "audio", "audio: {kind: dac, model: 44khz, weights: 'random:0'}", 3),
     CodecCase("snac_24khz", "audio", "audio: {kind: snac, model: 24khz, weights: 'random:0'}", 3),
     CodecCase("xcodec2", "audio", "audio: {kind: xcodec2, weights: 'random:0'}", 2, "about 0.3x real time on CPU"),
+    CodecCase("wavtokenizer_40", "audio", "audio: {kind: wavtokenizer, model: 40token, weights: 'random:0'}", 3),
+    CodecCase("wavtokenizer_75", "audio", "audio: {kind: wavtokenizer, model: 75token, weights: 'random:0'}", 3),
+    CodecCase("neucodec", "audio", "audio: {kind: neucodec, weights: 'random:0'}", 2,
+              "630M parameters (a 0.6B Wav2Vec2-BERT semantic encoder); 16 kHz in, 24 kHz out"),
+    CodecCase("xcodec", "audio", "audio: {kind: xcodec, weights: 'random:0'}", 3, "hubert-librispeech, 8 levels (4 kbps)"),
+    CodecCase("higgs_audio_v2", "audio", "audio: {kind: higgs_audio_v2, weights: 'random:0'}", 3, "8 levels (2 kbps)"),
     CodecCase("janus", "image", "image: {kind: janus, weights: 'random:0'}", 2),
+    CodecCase("chameleon", "image", "image: {kind: chameleon, weights: 'random:0'}", 1, "512 px; about 12 s per image on CPU"),
     CodecCase("emu3", "image", "image: {kind: emu3, weights: 'random:0'}", 1, "about 45 s per 512 px image on CPU"),
 )
 CLIP_SECONDS = (2.0, 3.0, 4.0)  # the first `items` of these (44.1 kHz WAVs: every codec resamples)

@@ -253,3 +253,26 @@ def test_config_mistakes_are_named():
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_yaml("image: {kind: chameleon, n_q: 2}")
     assert ChameleonSettings(arch="small").decoder is None
+
+
+def test_audit_of_a_folder_without_decoder_audits_encode_and_skips_decode(tok, tmp_path):
+    """A released Chameleon folder has no decoder: `uti audit` still checks encode (determinism, batch ==
+    single, ranges, shapes) and reports decode as skipped with the reason, never as a crash or a pass."""
+    from PIL import Image
+
+    from uti.audit import run_audit
+
+    folder = tmp_path / "vq"
+    tok.image._net.save_pretrained(folder, safe_serialization=True)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    Image.fromarray(synth_image(size=64, seed=5)).save(assets / "scene.png")
+    config = tmp_path / "uti.yaml"
+    config.write_text("text: {kind: byte}\n" + folder_line(folder) + "\n")
+    result = run_audit(out=tmp_path / "bundle", config=str(config), assets=assets)
+    checks = {c.name: c for c in result.checks}
+    assert result.passed, {c.name: c.detail for c in result.checks if c.hard and not c.ok}
+    assert {"determinism.image", "batch_equals_single.image", "ranges.image", "shape.image"} <= set(checks)
+    decode = checks["decode.image"]
+    assert not decode.hard and decode.detail.startswith("skipped") and "decoder" in decode.detail
+    assert not (tmp_path / "bundle" / "recon.png").exists()

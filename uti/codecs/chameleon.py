@@ -59,7 +59,7 @@ PIXELS = "uint8 / 255 * 2 - 1 in float64, then float32 (Chameleon's own image to
 PROCESSOR_DIFFERENCE = ("transformers' ChameleonImageProcessor gives uint8 * 0.0078 - 1 (white 0.989) after a Lanczos "
                         "resize; uti's reader resizes bicubic; both center-crop the short side")
 DECODER_HINT = ("convert the decoder of Chameleon's original VQGAN once, where you trust the file: "
-                "sd = torch.load('tokenizer/vqgan.ckpt', map_location='cpu')['state_dict']; "
+                "sd = torch.load('tokenizer/vqgan.ckpt', map_location='cpu', weights_only=True)['state_dict']; "
                 "safetensors.torch.save_file({k: v for k, v in sd.items() if k.startswith(('decoder.', "
                 "'quantize.'))}, 'chameleon_vq_decoder.safetensors')")
 
