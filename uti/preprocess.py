@@ -49,6 +49,13 @@ def _mix_and_resample(x: torch.Tensor, sample_rate: int, *, target_rate: int, ch
     return x.contiguous()
 
 
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A contiguous CPU tensor on `array`'s memory, or on a copy where that memory is read-only (a
+    zero-copy view of Ray's object store, which torch must not alias)."""
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device`: through pinned memory and without blocking the caller on a GPU (the
     copy is queued on the current stream, so the ops queued after it see the data); as it is on a CPU,
@@ -73,7 +80,7 @@ def prepare_audio(raw: np.ndarray, source_rate: int, *, target_rate: int, channe
         wav = wav[None]
     if wav.ndim != 2 or wav.shape[1] < 1:
         raise ValueError(f"audio to prepare must be (channels, samples) with samples, got shape {wav.shape}")
-    host = torch.from_numpy(np.ascontiguousarray(wav.T))  # (samples, channels), as decoded
+    host = host_tensor(wav.T)  # (samples, channels), as decoded
     x = to_device(host, torch.device(device)).T
     return _mix_and_resample(x, source_rate, target_rate=target_rate, channels=channels)
 
@@ -91,7 +98,7 @@ def prepare_image(raw: np.ndarray, size: int, *, device: torch.device | str = "c
         raise ValueError(f"an image to prepare must be uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
     h, w = pixels.shape[:2]
     nw, nh, left, top = resize_geometry(w, h, size)
-    x = to_device(torch.from_numpy(np.ascontiguousarray(pixels)), torch.device(device))
+    x = to_device(host_tensor(pixels), torch.device(device))
     if (nh, nw) != (h, w):
         y = torch.nn.functional.interpolate(x.permute(2, 0, 1)[None].float(), size=(nh, nw), mode="bicubic",
                                             align_corners=False, antialias=True)
