@@ -52,7 +52,8 @@ def fit(samples, space, *, steps: int = STEPS) -> PackedLM:
     sp = Specials.from_space(space)
     docs = [s.doc(t, sp) for s in samples for t in ("t2a", "a2t")]
     width = max(len(d) for d in docs)
-    batch = {k: torch.as_tensor(v) for k, v in collate([pack_row([d], seq_len=width, pad_id=sp.pad) for d in docs]).items()}
+    rows = [pack_row([d], seq_len=width, pad_id=sp.pad) for d in docs]
+    batch = {k: torch.as_tensor(v) for k, v in collate(rows).items()}
     model = PackedLM(build_model("tiny", space, seed=0, seq_len=width)[0])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -93,6 +94,7 @@ def ablations(models, val, default_space):
 def test_the_true_pair_model_uses_its_prompt(ablations):
     dep = ablations["true"]["t2a"]
     print(f"true t2a: gap {dep.gap} empty-own {dep.empty_gap} retrieval {dep.retrieval}")
+    print(f"true a2t: gap {ablations['true']['a2t'].gap} retrieval {ablations['true']['a2t'].retrieval}")
     assert dep.gap.low > 0 and dep.uses_prompt and dep.flag is None
     assert dep.empty_gap.mean > 0
     assert dep.retrieval.k == 10 and dep.retrieval.note is None
@@ -116,7 +118,8 @@ def test_task_losses_score_every_sample_on_every_task_its_modality_serves(models
     assert set(losses) == {"a2t", "t2a", "text"}
     assert all(t.n_samples == len(val) and t.low <= t.mean <= t.high for t in losses.values())
     sp = Specials.from_space(default_space)
-    assert losses["t2a"].n_tokens == len(val) * int(val[0].doc("t2a", sp).targets.sum())  # every target is predicted (<bos> never is one)
+    # every target token is scored (<bos> never is one)
+    assert losses["t2a"].n_tokens == len(val) * int(val[0].doc("t2a", sp).targets.sum())
     print({t: (round(v.mean, 3), round(v.low, 3), round(v.high, 3)) for t, v in losses.items()})
 
 

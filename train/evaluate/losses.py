@@ -23,7 +23,9 @@ from sharding.reader import ShardReader
 from train.census import resolve_split
 from train.config import TASKS
 from train.model import PackedLM, token_losses
-from train.sequences import MEDIA_OF, VALID_TASKS, Doc, Specials, build_doc, check_media, collate, pack_row, split_captions
+from train.sequences import (
+    MEDIA_OF, VALID_TASKS, Doc, Specials, build_doc, check_media, collate, pack_row, split_captions,
+)
 from train.evaluate.stats import bootstrap_mean
 from uti.token_space import TokenSpace
 
