@@ -170,3 +170,12 @@ def test_bootstrap_interval_on_a_known_distribution():
         bootstrap_mean_difference([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="no values"):
         bootstrap_mean([])
+
+
+def test_a_dataset_of_another_token_space_is_refused(data, default_space):
+    from sharding.errors import ShardError
+    from train_helpers import other_space
+
+    other = other_space(default_space)
+    with pytest.raises(ShardError, match=other.id[:12]):
+        read_samples([data], "val", other)
