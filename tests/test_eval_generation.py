@@ -17,16 +17,18 @@ import torch
 
 from train.config import TrainConfig
 from train.evaluate.generation import (
-    GenerationSettings, Generator, check_audio_file, decode_and_check, expected_audio, generation_health,
-    repeated_ngram_share,
+    GenerationSettings, Generator, check_audio_file, decode_and_check, decode_outcome, expected_audio,
+    generation_health, repeated_ngram_share,
 )
 from train.evaluate.memorization import (
     MemorizationSettings, TrainingSubset, jaccard_per_sample, longest_common_run, memorization, read_training_subset,
 )
 from train.generate import decodable_frames
 from train.runner import train
-from train_helpers import make_samples, row, write_out, write_png, write_wav
+from sharding.outdir import write_space
+from train_helpers import make_samples, other_space, row, write_out, write_png, write_wav
 from uti.assets import synth_audio, synth_image
+from uti.errors import TokenSpaceMismatch
 
 
 def subset(*samples) -> TrainingSubset:
@@ -110,6 +112,14 @@ def test_audio_check_uses_the_decoders_output_rate(tmp_path):
     assert not bad.ok and "written at 16000 Hz" in bad.problems[0] and "24000 Hz" in bad.problems[0]
 
 
+def test_a_decode_failure_is_returned_with_its_error_not_raised(default_tokenizer, tmp_path):
+    space = default_tokenizer.space
+    grid = space.range("image").start + np.arange(255, dtype=np.uint32)  # one cell short of the 16x16 grid
+    check, error = decode_outcome(default_tokenizer, space, "image", grid, tmp_path / "g.png", scale=(1.0, "test"))
+    assert check is None and error.startswith("DecodeRefused: ") and "255" in error
+    assert not (tmp_path / "g.png").exists()
+
+
 # ---- end to end: a tiny model that memorized 4 samples -------------------------------------------------------
 CAPTIONS = {"mem-audio:0": "a low hum", "mem-audio:1": "birds at dawn", "mem-image:0": "a red sun",
             "mem-image:1": "green hills"}
@@ -177,3 +187,23 @@ def test_generations_from_training_captions_are_flagged_memorized_with_their_ids
         others = TrainingSubset.from_samples([i for i in sub.ids if i != g.prompt.sample_id],
                                              [sub.sample(k) for k, i in enumerate(sub.ids) if i != g.prompt.sample_id])
         assert not memorization([(g.prompt.sample_id, g.tokens)], others).nearest[0].memorized
+
+
+def test_summaries_are_json_and_another_token_space_is_refused(memorized_run, tmp_path):
+    import json
+    import shutil
+
+    h = memorized_run["health"]["t2a"]
+    line = json.loads(json.dumps(h.summary()))
+    assert line["failure_rate"] == 0 and len(line["files"]) == 2 and line["length"]["data"] == h.length.data
+    sub = read_training_subset(memorized_run["data"], "train", memorized_run["gen"].space, "audio")
+    rep = memorization([(g.prompt.sample_id, g.tokens) for g in h.generations], sub).summary()
+    assert sorted(m["training_sample"] for m in json.loads(json.dumps(rep))["memorized"]) == ["mem-audio:0",
+                                                                                              "mem-audio:1"]
+    other = tmp_path / "OTHER"
+    shutil.copytree(memorized_run["data"], other)
+    changed = other_space(memorized_run["gen"].space)
+    write_space(other, changed)
+    with pytest.raises(TokenSpaceMismatch) as err:
+        generation_health(memorized_run["gen"], str(other), "train", "t2a", tmp_path / "E")
+    assert memorized_run["gen"].space.id[:16] in str(err.value) and changed.id[:16] in str(err.value)

@@ -17,6 +17,7 @@ the model is prompted with exactly what it trained on, not a re-encoding of the 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,6 +139,14 @@ class TaskHealth:
     length: LengthDistribution
     diversity: Diversity
     out_dir: Path
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready numbers and verdict inputs (no token arrays): what a report shows."""
+        return {"task": self.task, "n": len(self.generations), "failure_rate": self.failure_rate,
+                "failures": [dataclasses.asdict(f) for f in self.failures], "check_failures": list(self.check_failures),
+                "length": dataclasses.asdict(self.length), "diversity": dataclasses.asdict(self.diversity),
+                "files": [{"sample_id": g.prompt.sample_id, "caption": g.prompt.caption, "seed": g.seed,
+                           "n_frames": g.n_frames, "path": str(g.path) if g.path else None} for g in self.generations]}
 
 
 # ---- reading the split ------------------------------------------------------------------------------------------
@@ -287,6 +296,17 @@ def decode_and_check(tok: Any, space: TokenSpace, mode: str, ids: np.ndarray, pa
     return check_image_file(path, space)
 
 
+def decode_outcome(tok: Any, space: TokenSpace, mode: str, ids: np.ndarray, path: Path,
+                   scale: tuple[float, str]) -> tuple[MediaCheck | None, str | None]:
+    """decode_and_check, with a failure returned as its error line instead of raised: the failure rate is
+    the verdict, and one bad generation must not hide the others. A partial file is removed."""
+    try:
+        return decode_and_check(tok, space, mode, ids, path, scale), None
+    except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome, recorded with its prompt
+        path.unlink(missing_ok=True)
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def generate_for(gen: Generator, task: str, prompt: Prompt, *, seed: int, settings: GenerationSettings,
                  max_tokens: int | None, out_dir: Path, index: int, scale: tuple[float, str]) -> Generation:
     """One prompt through the constrained sampler, decoded into out_dir; a decode error is recorded."""
@@ -296,14 +316,9 @@ def generate_for(gen: Generator, task: str, prompt: Prompt, *, seed: int, settin
     ids = np.asarray(sample(gen.model, prompt_ids(mode, gen.space, prompt.caption_ids), constraint,
                             temperature=settings.temperature, top_k=settings.top_k, seed=seed), dtype=np.uint32)
     path = out_dir / f"{task}-{index:03d}{SUFFIX[mode]}"
-    n_frames = len(ids) // constraint.tokens_per_frame
-    try:
-        check = decode_and_check(gen.tokenizers[mode], gen.space, mode, ids, path, scale)
-    except Exception as exc:  # noqa: BLE001 - every failure is a measured outcome, recorded with its prompt
-        return Generation(task=task, prompt=prompt, seed=seed, tokens=ids, n_frames=n_frames, path=None, check=None,
-                          error=f"{type(exc).__name__}: {exc}")
-    return Generation(task=task, prompt=prompt, seed=seed, tokens=ids, n_frames=n_frames, path=path, check=check,
-                      error=None)
+    check, error = decode_outcome(gen.tokenizers[mode], gen.space, mode, ids, path, scale)
+    return Generation(task=task, prompt=prompt, seed=seed, tokens=ids, n_frames=len(ids) // constraint.tokens_per_frame,
+                      path=None if error else path, check=check, error=error)
 
 
 def _audio_max_tokens(space: TokenSpace, media: SplitMedia, settings: GenerationSettings) -> int | None:

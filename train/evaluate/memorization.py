@@ -18,6 +18,7 @@ A generation is flagged memorized when its longest run reaches `run_fraction` of
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -116,6 +117,13 @@ class MemorizationReport:
     @property
     def memorized(self) -> list[Nearest]:
         return [n for n in self.nearest if n.memorized]
+
+    def summary(self) -> dict:
+        """JSON-ready: the settings, the subset size, every generation's nearest sample, the memorized IDs."""
+        return {"settings": dataclasses.asdict(self.settings), "n_train": self.n_train,
+                "nearest": [dataclasses.asdict(n) for n in self.nearest],
+                "memorized": [{"generation": n.label, "training_sample": n.run_sample_id, "run": n.run,
+                               "run_share": n.run_share} for n in self.memorized]}
 
 
 # ---- distances -----------------------------------------------------------------------------------------------
