@@ -260,7 +260,7 @@ def length_distribution(generated: Sequence[int], data: Sequence[int]) -> Length
 # ---- generating -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class Generator:
-    """A checkpoint loaded once for every prompt: its model, token space, run folder and codecs per mode."""
+    """A checkpoint loaded once for every prompt: its model, token space and codecs per mode."""
 
     ckpt: Path
     space: TokenSpace
@@ -274,6 +274,11 @@ class Generator:
         model = load_generator(ckpt, space).eval()
         return cls(ckpt=ckpt, space=space, model=model,
                    tokenizers={m: load_codecs(ckpt, space, m, tokenizer) for m in modes})
+
+    @property
+    def run(self) -> Path:
+        """The run folder (RUN/checkpoints/step-N/..): where audio_scale.json and codec_config.json are."""
+        return self.ckpt.parent.parent
 
     @property
     def padded(self) -> int:
@@ -334,11 +339,11 @@ def generation_health(gen: Generator, data: str, split: str, task: str, out_dir:
     if task not in TASK_MODE:
         raise GenerationHealthError(f"generation health is for {' and '.join(TASK_MODE)}, not {task!r}")
     mode = TASK_MODE[task]
-    require_same(gen.space, load_input_space(data), what=f"--data {data}")
+    require_same(gen.space, load_input_space(data), what=f"--data {data} (checkpoint {gen.ckpt})")
     media = read_split_media(data, split, gen.space, mode)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale = (settings.audio_scale, "audio_scale") if settings.audio_scale is not None else read_scale(gen.ckpt.parent.parent)
+    scale = (settings.audio_scale, "audio_scale") if settings.audio_scale is not None else read_scale(gen.run)
     max_tokens = _audio_max_tokens(gen.space, media, settings) if mode == "audio" else settings.max_tokens
     gens = [generate_for(gen, task, p, seed=settings.seed + i, settings=settings, max_tokens=max_tokens, out_dir=out,
                          index=i, scale=scale)
