@@ -306,16 +306,9 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     step = int(state["step"])
     warnings = [w for w in (untrained_modality_warning(state, cfg.mode),) if w]
     tok = load_codecs(ckpt, space, cfg.mode, tokenizer)
-    model = model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt"))
-    padded = model.get_output_embeddings().weight.shape[0]
-    if padded < space.vocab_size or padded != padded_vocab(padded):
-        raise GenerateError(f"{ckpt}: the model has {padded} output rows for vocab {space.vocab_size}")
-    max_tokens = cfg.max_tokens or DEFAULT_MAX_TOKENS.get(cfg.mode, 0)
-    if cfg.mode == "image" and cfg.max_tokens is None:
-        max_tokens = image_length(space)
-    frames_ok = (lambda n: decodable_frames(tok.audio, n)) if cfg.mode == "audio" else None
-    constraint = Constraint(cfg.mode, space, max_tokens=max_tokens, padded=padded, frames_ok=frames_ok,
-                            min_tokens=cfg.min_tokens)
+    model = load_generator(ckpt, space)
+    constraint = constraint_for(cfg.mode, space, tok, padded=model.get_output_embeddings().weight.shape[0],
+                                max_tokens=cfg.max_tokens, min_tokens=cfg.min_tokens)
     caption = tok.encode_text(cfg.prompt) if cfg.prompt else np.zeros(0, np.uint32)
     prompt = prompt_ids(cfg.mode, space, caption)
     ids = np.asarray(sample(model, prompt, constraint, temperature=cfg.temperature, top_k=cfg.top_k, seed=cfg.seed),
@@ -324,22 +317,15 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.mode == "audio":
         scale = (cfg.audio_scale, "--audio-scale") if cfg.audio_scale is not None else read_scale(_run_folder(ckpt))
-        meta = audio_meta(tok, space, n_frames=len(ids) // constraint.tokens_per_frame, scale=scale[0])
-        if "scales" in meta:
-            meta["scale_from"] = scale[1]
-        if tok.audio.output_sample_rate != tok.audio.sample_rate:  # the WAV's rate, where the decoder's differs
-            meta["output_sample_rate"] = tok.audio.output_sample_rate
-        wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
+        wav, meta = decode_generated_audio(tok, space, ids, scale=scale)
         import soundfile as sf
 
         sf.write(str(out), np.clip(wav.T, -1.0, 1.0), tok.audio.output_sample_rate, format="WAV")
     elif cfg.mode == "image":
-        meta = {"modality": "image", "proc_size": list(tok.image.proc_size), **space.layout("image").shape_meta(),
-                "token_space_id": space.id}
+        image, meta = decode_generated_image(tok, space, ids)
         from PIL import Image
 
-        Image.fromarray(tok.decode_image(ids, meta, what="generated image")).save(
-            out, format=_IMAGE_FORMATS[out.suffix.lower()])
+        Image.fromarray(image).save(out, format=_IMAGE_FORMATS[out.suffix.lower()])
     else:
         meta = {"modality": "text", "token_space_id": space.id}
         out.write_text(tok.decode_text(ids, what="generated text"), encoding="utf-8")
@@ -352,6 +338,47 @@ def generate(cfg: GenerateConfig, *, tokenizer: Any = None) -> GenerationResult:
     Path(str(out) + ".json").write_text(json.dumps(sidecar, sort_keys=True) + "\n")
     return GenerationResult(mode=cfg.mode, path=out, tokens=ids, meta=meta, checkpoint=ckpt, step=step,
                             warnings=warnings)
+
+
+def load_generator(ckpt: Path, space: TokenSpace) -> torch.nn.Module:
+    """The checkpoint's model, its output rows checked against the token space (padded, never fewer)."""
+    model = model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt"))
+    padded = model.get_output_embeddings().weight.shape[0]
+    if padded < space.vocab_size or padded != padded_vocab(padded):
+        raise GenerateError(f"{ckpt}: the model has {padded} output rows for vocab {space.vocab_size}")
+    return model
+
+
+def constraint_for(mode: str, space: TokenSpace, tok: Any, *, padded: int, max_tokens: int | None,
+                   min_tokens: int = 0) -> Constraint:
+    """`uti generate`'s constraint for a mode: max_tokens None takes the mode's default (an image: its
+    whole grid); audio may stop only at frame counts the codec decodes."""
+    limit = max_tokens or DEFAULT_MAX_TOKENS.get(mode, 0)
+    if mode == "image" and max_tokens is None:
+        limit = image_length(space)
+    frames_ok = (lambda n: decodable_frames(tok.audio, n)) if mode == "audio" else None
+    return Constraint(mode, space, max_tokens=limit, padded=padded, frames_ok=frames_ok, min_tokens=min_tokens)
+
+
+def decode_generated_audio(tok: Any, space: TokenSpace, ids: np.ndarray, *,
+                           scale: tuple[float, str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(channels, samples) float waveform at the decoder's output rate and the meta it was decoded
+    with, for generated audio IDs (whole frames); scale: (value, where it came from) for segmented codecs."""
+    per = space.layout("audio").tokens_per_frame
+    meta = audio_meta(tok, space, n_frames=len(ids) // per, scale=scale[0])
+    if "scales" in meta:
+        meta["scale_from"] = scale[1]
+    if tok.audio.output_sample_rate != tok.audio.sample_rate:  # the WAV's rate, where the decoder's differs
+        meta["output_sample_rate"] = tok.audio.output_sample_rate
+    wav = tok.decode_audio(ids, meta, what="generated audio").detach().cpu().numpy()
+    return wav, meta
+
+
+def decode_generated_image(tok: Any, space: TokenSpace, ids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(H, W, 3) uint8 image and the meta it was decoded with, for one generated image's IDs."""
+    meta = {"modality": "image", "proc_size": list(tok.image.proc_size), **space.layout("image").shape_meta(),
+            "token_space_id": space.id}
+    return tok.decode_image(ids, meta, what="generated image"), meta
 
 
 def audio_meta(tok: Any, space: TokenSpace, *, n_frames: int, scale: float) -> dict[str, Any]:
