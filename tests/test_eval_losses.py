@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.evaluate.ablation import (
-    NO_PROMPT_USE, conditional_dependence, derangement, prompt_of, retrieval_credit, with_prompt,
-)
-from train.evaluate.losses import read_samples, task_losses
+from train.evaluate.ablation import NO_PROMPT_USE, derangement, prompt_of, retrieval_credit, with_prompt
+from train.evaluate.losses import read_samples
+from train.evaluate.scoring import conditional_dependence, task_losses
 from train.evaluate.stats import bootstrap_mean, bootstrap_mean_difference
 from train.model import PackedLM, build_model, token_losses
 from train.sequences import Specials, build_doc, collate, pack_row

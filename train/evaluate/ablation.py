@@ -21,15 +21,11 @@ and loss mask stay exactly as training laid them out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from train.evaluate.losses import EvalSample, doc_losses, task_samples
-from train.evaluate.stats import Interval, bootstrap_mean, bootstrap_mean_difference
-from train.model import PackedLM
+from train.evaluate.stats import Interval
 from train.sequences import Doc, SequenceError, Specials
-from uti.token_space import TokenSpace
 
 CONDITIONAL_TASKS = ("a2t", "t2a", "i2t", "t2i")
 DEFAULT_K = 10
@@ -113,52 +109,3 @@ def retrieval_credit(own: float, others: np.ndarray) -> float:
     if np.any(others < own - _TIE):
         return 0.0
     return 1.0 / (1 + int(np.sum(np.abs(others - own) <= _TIE)))
-
-
-def score_pairs(model: PackedLM, docs: Sequence[Doc], pairs: set[tuple[int, int]], sp: Specials,
-                vocab_size: int) -> dict[tuple[int, int], float]:
-    """Loss per target token of target doc t given the prompt of doc p (p = -1: the empty prompt)."""
-    keys = sorted(pairs)
-    ablated = [with_prompt(docs[t], np.zeros(0, np.int64) if p < 0 else prompt_of(docs[p], sp), sp) for p, t in keys]
-    return {key: loss.mean for key, loss in zip(keys, doc_losses(model, ablated, vocab_size=vocab_size, pad_id=sp.pad))}
-
-
-def task_dependence(model: PackedLM, samples: Sequence[EvalSample], space: TokenSpace, task: str, *,
-                    k: int = DEFAULT_K, seed: int = 0, max_len: int | None = None) -> Dependence | None:
-    """The ablation of one task over its eligible samples (None: fewer than 2 serve it)."""
-    sp = Specials.from_space(space)
-    eligible = task_samples(samples, task, max_len=max_len, sp=sp)
-    n = len(eligible)
-    if n < 2:
-        return None
-    docs = [s.doc(task, sp) for s in eligible]
-    perm = derangement(n, seed)
-    k_used = min(k, n)
-    cand = retrieval_candidates(n, k_used, seed)
-    pairs = {(i, i) for i in range(n)} | {(int(perm[i]), i) for i in range(n)} | {(-1, i) for i in range(n)}
-    pairs |= {(int(p), i) for i in range(n) for p in cand[i]}
-    loss = score_pairs(model, docs, pairs, sp, space.vocab_size)
-    own = np.array([loss[(i, i)] for i in range(n)])
-    other = np.array([loss[(int(perm[i]), i)] for i in range(n)])
-    empty = np.array([loss[(-1, i)] for i in range(n)])
-    gap = bootstrap_mean_difference(other, own, seed=seed)
-    credit = [retrieval_credit(own[i], np.array([loss[(int(p), i)] for p in cand[i, 1:]])) for i in range(n)]
-    note = None if k_used == k else f"K={k_used}, not {k}: the split has {n} {task} samples"
-    uses = not gap.includes(0.0)
-    return Dependence(task=task, own=bootstrap_mean(own, seed=seed), other=bootstrap_mean(other, seed=seed),
-                      empty=bootstrap_mean(empty, seed=seed), gap=gap,
-                      empty_gap=bootstrap_mean_difference(empty, own, seed=seed), uses_prompt=uses,
-                      flag=None if uses else NO_PROMPT_USE,
-                      retrieval=Retrieval(accuracy=float(np.mean(credit)), k=k_used, chance=1.0 / k_used, note=note))
-
-
-def conditional_dependence(model: PackedLM, samples: Sequence[EvalSample], space: TokenSpace, *,
-                           tasks: Sequence[str] = CONDITIONAL_TASKS, k: int = DEFAULT_K, seed: int = 0,
-                           max_len: int | None = None) -> dict[str, Dependence]:
-    """The ablation of every conditional task that at least 2 samples serve."""
-    out = {}
-    for task in tasks:
-        dep = task_dependence(model, samples, space, task, k=k, seed=seed, max_len=max_len)
-        if dep is not None:
-            out[task] = dep
-    return out

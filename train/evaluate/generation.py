@@ -332,25 +332,58 @@ def _audio_max_tokens(space: TokenSpace, media: SplitMedia, settings: Generation
     return max(media.frames) * space.layout("audio").tokens_per_frame if media.frames else None
 
 
-def generation_health(gen: Generator, data: str, split: str, task: str, out_dir: str | Path,
-                      settings: GenerationSettings = GenerationSettings()) -> TaskHealth:
-    """Generate settings.n_prompts samples of `task` (t2a or t2i) prompted by the split's captions, write
-    them under out_dir and measure them (see the module doc)."""
+@dataclass(frozen=True, eq=False)
+class GenerationPlan:
+    """What every share of one task's generation needs: the prompts (index i samples with seed + i), the
+    token limit, the loudness scale for segmented codecs, and the split's frames per sample."""
+
+    task: str
+    prompts: list[Prompt]
+    data_frames: list[int]
+    max_tokens: int | None
+    scale: tuple[float, str]
+
+
+def plan_generation(space: TokenSpace, run: Path, data: str, split: str, task: str,
+                    settings: GenerationSettings = GenerationSettings()) -> GenerationPlan:
+    """The seeded prompts of `task` (t2a or t2i) from the split's captions, and the limits they sample under."""
     if task not in TASK_MODE:
         raise GenerationHealthError(f"generation health is for {' and '.join(TASK_MODE)}, not {task!r}")
     mode = TASK_MODE[task]
-    require_same(gen.space, load_input_space(data), what=f"--data {data} (checkpoint {gen.ckpt})")
-    media = read_split_media(data, split, gen.space, mode)
+    media = read_split_media(data, split, space, mode)
+    scale = (settings.audio_scale, "audio_scale") if settings.audio_scale is not None else read_scale(run)
+    max_tokens = _audio_max_tokens(space, media, settings) if mode == "audio" else settings.max_tokens
+    return GenerationPlan(task=task, prompts=choose_prompts(media, settings.n_prompts, settings.seed),
+                          data_frames=media.frames, max_tokens=max_tokens, scale=scale)
+
+
+def generate_share(gen: Generator, plan: GenerationPlan, out_dir: str | Path, settings: GenerationSettings, *,
+                   index: int = 0, count: int = 1) -> list[Generation]:
+    """The plan's prompts i with i % count == index, generated and decoded into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale = (settings.audio_scale, "audio_scale") if settings.audio_scale is not None else read_scale(gen.run)
-    max_tokens = _audio_max_tokens(gen.space, media, settings) if mode == "audio" else settings.max_tokens
-    gens = [generate_for(gen, task, p, seed=settings.seed + i, settings=settings, max_tokens=max_tokens, out_dir=out,
-                         index=i, scale=scale)
-            for i, p in enumerate(choose_prompts(media, settings.n_prompts, settings.seed))]
+    return [generate_for(gen, plan.task, p, seed=settings.seed + i, settings=settings, max_tokens=plan.max_tokens,
+                         out_dir=out, index=i, scale=plan.scale)
+            for i, p in enumerate(plan.prompts) if i % count == index]
+
+
+def task_health(plan: GenerationPlan, gens: Sequence[Generation], space: TokenSpace, settings: GenerationSettings,
+                out_dir: str | Path) -> TaskHealth:
+    """The measures over every share's generations (in prompt order)."""
     failures = [DecodeFailure(sample_id=g.prompt.sample_id, caption=g.prompt.caption, error=g.error)
                 for g in gens if g.error is not None]
     checks = [f"{g.prompt.sample_id}: {p}" for g in gens if g.check is not None for p in g.check.problems]
-    return TaskHealth(task=task, generations=gens, failures=failures, failure_rate=len(failures) / len(gens),
-                      check_failures=checks, length=length_distribution([g.n_frames for g in gens], media.frames),
-                      diversity=diversity(gen.space, mode, [g.tokens for g in gens], settings.ngram), out_dir=out)
+    return TaskHealth(task=plan.task, generations=list(gens), failures=failures,
+                      failure_rate=len(failures) / len(gens) if gens else 0.0, check_failures=checks,
+                      length=length_distribution([g.n_frames for g in gens], plan.data_frames),
+                      diversity=diversity(space, TASK_MODE[plan.task], [g.tokens for g in gens], settings.ngram),
+                      out_dir=Path(out_dir))
+
+
+def generation_health(gen: Generator, data: str, split: str, task: str, out_dir: str | Path,
+                      settings: GenerationSettings = GenerationSettings()) -> TaskHealth:
+    """Generate settings.n_prompts samples of `task` (t2a or t2i) prompted by the split's captions, write
+    them under out_dir and measure them (see the module doc), in this process."""
+    require_same(gen.space, load_input_space(data), what=f"--data {data} (checkpoint {gen.ckpt})")
+    plan = plan_generation(gen.space, gen.run, data, split, task, settings)
+    return task_health(plan, generate_share(gen, plan, out_dir, settings), gen.space, settings, out_dir)

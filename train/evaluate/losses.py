@@ -21,12 +21,10 @@ import torch
 
 from sharding.reader import ShardReader
 from train.census import resolve_split
-from train.config import TASKS
 from train.model import PackedLM, token_losses
 from train.sequences import (
     MEDIA_OF, VALID_TASKS, Doc, Specials, build_doc, check_media, collate, pack_row, split_captions,
 )
-from train.evaluate.stats import bootstrap_mean
 from uti.token_space import TokenSpace
 
 
@@ -146,22 +144,6 @@ def _batch_losses(model: PackedLM, docs: Sequence[Doc], *, vocab_size: int, pad_
 def task_samples(samples: Sequence[EvalSample], task: str, *, max_len: int | None, sp: Specials) -> list[EvalSample]:
     """The samples that serve `task` and whose doc fits `max_len` (None: any length)."""
     return [s for s in samples if task in s.tasks() and (max_len is None or len(s.doc(task, sp)) <= max_len)]
-
-
-def task_losses(model: PackedLM, samples: Sequence[EvalSample], space: TokenSpace, *,
-                tasks: Sequence[str] = TASKS, max_len: int | None = None, seed: int = 0) -> dict[str, TaskLoss]:
-    """The held-out loss of every task in `tasks` that at least one sample serves."""
-    sp = Specials.from_space(space)
-    result: dict[str, TaskLoss] = {}
-    for task in tasks:
-        eligible = task_samples(samples, task, max_len=max_len, sp=sp)
-        if not eligible:
-            continue
-        losses = doc_losses(model, [s.doc(task, sp) for s in eligible], vocab_size=space.vocab_size, pad_id=sp.pad)
-        iv = bootstrap_mean([d.mean for d in losses], seed=seed)
-        result[task] = TaskLoss(task=task, mean=iv.mean, low=iv.low, high=iv.high, n_samples=iv.n,
-                                n_tokens=sum(d.tokens for d in losses))
-    return result
 
 
 def load_eval_model(checkpoint: str | Path, *, device: torch.device | None = None) -> tuple[PackedLM, TokenSpace, Path]:
