@@ -133,7 +133,11 @@ def test_absent_sections_say_why_and_media_are_capped(tmp_path):
     files = [{"sample_id": f"s{i}", "caption": "c", "seed": i, "n_frames": 1, "path": f"generated/x-{i}.wav"}
              for i in range(rep.MAX_MEDIA_PER_TASK + 3)]
     report["generation"]["t2a"]["files"] = files
+    report["generation"]["t2i"]["files"].append({"sample_id": "img-3", "caption": "c", "seed": 2, "n_frames": 0,
+                                                 "path": None})
+    report["generation"]["t2i"]["failures"] = [{"sample_id": "img-3", "caption": "c", "error": "no end-of-image"}]
     page = rep.render_html(report, tmp_path, with_plots=False)
+    assert "no file (decoding failed)" in page and "<td>no end-of-image</td>" in page
     assert "not run: no data" in page  # baseline: absent and no reason given
     assert "not run: no metrics.jsonl in /abs/RUN" in page
     assert page.count("missing: generated/x-") == rep.MAX_MEDIA_PER_TASK
