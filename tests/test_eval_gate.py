@@ -169,8 +169,11 @@ def test_per_metric_override_in_the_file_loosens_only_that_metric(tmp_path):
 
 
 def test_baseline_gap_at_or_below_zero_is_not_gated_on_shrinking(tmp_path):
+    # a share of a negative gap would turn this improvement into a "shrink" of 2600%, and of 0 divide by 0
     base = load_baseline(write_baseline(tmp_path / "base.json", report(gap_t2a=-0.02)))
-    assert compare(base, report(gap_t2a=-0.5)).ok
+    assert compare(base, report(gap_t2a=0.5)).ok
+    zero = load_baseline(write_baseline(tmp_path / "zero.json", report(gap_t2a=0.0)))
+    assert compare(zero, report(gap_t2a=-0.3)).ok
 
 
 def test_metric_absent_now_is_a_regression_and_token_space_change_warns(tmp_path):
