@@ -1,4 +1,4 @@
-"""`uti demo`: sample data in the real layouts -> manifest -> tokenize -> verify -> train -> generate.
+"""`uti demo`: sample data in the real layouts -> manifest -> tokenize -> verify -> train -> generate -> eval.
 
 Every stage is the real library call the matching `uti` command makes, on one local Ray instance
 bound to 127.0.0.1. The demo prints how long each stage took and where everything is.
@@ -70,12 +70,12 @@ class DemoRun:
     """One `uti demo` run: each stage is a method that makes the library call of the matching command and
     returns its one-line result; `run` times them, prints them and writes OUT/demo.json."""
 
-    STAGES = 6
+    STAGES = 7
 
     def __init__(self, cfg: DemoConfig, *, say: Callable[[str], None] = print):
         self.cfg, self.say = cfg, say
         self.out = Path(cfg.out).resolve()
-        self.paths = {name: self.out / name for name in ("data", "manifests", "tokenized", "run", "generated")}
+        self.paths = {name: self.out / name for name in ("data", "manifests", "tokenized", "run", "generated", "eval")}
         self.stages: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
 
@@ -97,6 +97,7 @@ class DemoRun:
             self._stage("uti verify", self.verify)
             self._stage("uti train", self.train)
             self._stage("uti generate", self.generate)
+            self._stage("uti eval", self.evaluate)
         finally:
             if started:
                 ray.shutdown()
@@ -188,6 +189,27 @@ class DemoRun:
                f"({image.meta['proc_size'][0]}x{image.meta['proc_size'][1]})"
 
 
+    def evaluate(self) -> str:
+        """`uti eval` on the validation split; its verdicts are reported, not enforced: a model of a few
+        steps is not expected to use its prompt yet, and the demo shows how that reads."""
+        from train.evaluate.config import EvalConfig
+        from train.evaluate.generation import GenerationSettings
+        from train.evaluate.run import run_eval
+
+        res = run_eval(EvalConfig(checkpoint=str(self.paths["run"]), data=(str(self.paths["tokenized"]),),
+                                  split="validation", out=str(self.paths["eval"]), num_workers=self.cfg.num_workers,
+                                  generation=GenerationSettings(n_prompts=4, max_tokens=75 * 8)),
+                       say=lambda line: None)
+        gaps = {t: d["gap"] for t, d in res.report["dependence"].items()}
+        self.results["eval"] = {"ok": res.ok, "gaps": gaps, "report": str(res.html_path),
+                                "failed": [c["name"] for c in res.report["checks"] if c["verdict"] == "FAIL"]}
+        shown = "; ".join(f"{t} conditioning gap {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                          for t, g in gaps.items() if t in ("t2a", "t2i")) or "no conditioning gap (too few samples)"
+        verdict = "every hard check passed" if res.ok else \
+            f"failed: {', '.join(self.results['eval']['failed'])} (expected of a {self.cfg.steps}-step model)"
+        return f"{shown}; {verdict}; report {res.html_path}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = ["", f"{'stage':<24} {'seconds':>8}  result", f"{'-' * 24} {'-' * 8}  {'-' * 6}"]
     for s in summary["stages"]:
@@ -200,5 +222,6 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"  verify report      {p['tokenized']}/verify/report.html",
               f"  training run       {p['run']}  (checkpoints/, metrics.jsonl, loss.png)",
               f"  generated          {p['generated']}/audio.wav, {p['generated']}/image.png",
+              f"  evaluation         {p['eval']}/report.html  (per-task loss, prompt ablation, generation health)",
               "", "next: point `uti manifest` at your own data (README: 'Use your data')."]
     return "\n".join(lines)

@@ -26,7 +26,8 @@ def test_demo_runs_every_stage_and_says_where_things_are(demo):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "demo.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == [
-        "synthesize sample data", "uti manifest", "uti tokenize", "uti verify", "uti train", "uti generate", "total"]
+        "synthesize sample data", "uti manifest", "uti tokenize", "uti verify", "uti train", "uti generate", "uti eval",
+        "total"]
     assert summary["verify"]["ok"] is True
     assert summary["train"]["last_loss"] < summary["train"]["first_loss"]
     for line in ("tokenized dataset", "verify report", "training run", "generated"):
@@ -38,6 +39,17 @@ def test_demo_runs_every_stage_and_says_where_things_are(demo):
     # at least half a second: the short run of --quick (30 steps then) used to end the clip after its first frame
     assert info.samplerate == 24000 and info.frames >= 12000
     assert Image.open(out / "generated" / "image.png").size == (64, 64)
+
+
+def test_demo_evaluates_its_model_and_prints_the_conditioning_gap(demo):
+    out, proc = demo
+    summary = json.loads((out / "demo.json").read_text())
+    gap = summary["eval"]["gaps"]["t2a"]
+    assert gap["low"] <= gap["mean"] <= gap["high"] and gap["n"] >= 2
+    assert re.search(r"t2a conditioning gap [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", proc.stdout)
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["ok"] == summary["eval"]["ok"] and report["generation"]["t2a"]["failure_rate"] == 0
+    assert "evaluation" in proc.stdout and (out / "eval" / "report.html").is_file()
 
 
 def test_verify_report_embeds_its_plots(demo):

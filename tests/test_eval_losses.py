@@ -20,30 +20,14 @@ from train.evaluate.scoring import conditional_dependence, task_losses
 from train.evaluate.stats import bootstrap_mean, bootstrap_mean_difference
 from train.model import PackedLM, build_model, token_losses
 from train.sequences import Specials, build_doc, collate, pack_row
-from train_helpers import make_samples, row, write_out, write_wav
+from train_helpers import tone_dataset
 
-NAMES = ["a low hum", "a harsh buzz", "total silence", "white noise"]
-COPIES = 4  # per clip in the training split (the shuffled control pairs each caption once with each clip)
-VAL_COPIES = 3
 STEPS = 60
-
-
-def clips(sr: int) -> list[np.ndarray]:
-    x = np.arange(int(sr * 0.08)) / sr
-    return [0.9 * np.sin(2 * np.pi * 100 * x), 0.9 * np.sign(np.sin(2 * np.pi * 3000 * x)), np.zeros_like(x),
-            0.9 * np.random.default_rng(0).uniform(-1, 1, len(x))]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, default_tokenizer):
-    tok = default_tokenizer
-    root = tmp_path_factory.mktemp("eval-tones")
-    sr = tok.audio.sample_rate
-    wavs = [write_wav(root / "src" / f"clip{c}.wav", w, sr) for c, w in enumerate(clips(sr))]
-    rows = {split: [row(f"tones:{split}-{c}-{j}", modality="audio", split=split, captions=[NAMES[c]], path=wavs[c])
-                    for c in range(4) for j in range(copies)]
-            for split, copies in (("train", COPIES), ("val", VAL_COPIES))}
-    return write_out(root / "OUT", tok, [(s, make_samples(tok, r)) for s, r in rows.items()])
+    return tone_dataset(tmp_path_factory.mktemp("eval-tones") / "OUT", default_tokenizer)
 
 
 def fit(samples, space, *, steps: int = STEPS) -> PackedLM:

@@ -159,3 +159,24 @@ def other_space(space: TokenSpace) -> TokenSpace:
                               fingerprint="f" * 64, params=dict(image.params))
     return TokenSpace.build(text=space.codecs["text"], image=changed, audio=space.codecs["audio"],
                             num_reserved=len(space.specials) - 15)
+
+
+# ---- a set where the caption determines the audio (uti eval's prompt ablation) ---------------------------------
+TONE_NAMES = ["a low hum", "a harsh buzz", "total silence", "white noise"]
+
+
+def tone_clips(sr: int) -> list[np.ndarray]:
+    """Four deterministic 80 ms clips a tiny model tells apart: a low sine, a square wave, silence, noise."""
+    x = np.arange(int(sr * 0.08)) / sr
+    return [0.9 * np.sin(2 * np.pi * 100 * x), 0.9 * np.sign(np.sin(2 * np.pi * 3000 * x)), np.zeros_like(x),
+            0.9 * np.random.default_rng(0).uniform(-1, 1, len(x))]
+
+
+def tone_dataset(out: Path, tok, *, train_copies: int = 4, val_copies: int = 3) -> Path:
+    """OUT with splits train and val: each caption of TONE_NAMES paired with its own clip, `copies` times."""
+    sr = tok.audio.sample_rate
+    wavs = [write_wav(out.parent / f"{out.name}-src" / f"clip{c}.wav", w, sr) for c, w in enumerate(tone_clips(sr))]
+    rows = {split: [row(f"tones:{split}-{c}-{j}", modality="audio", split=split, captions=[TONE_NAMES[c]],
+                        path=wavs[c]) for c in range(4) for j in range(copies)]
+            for split, copies in (("train", train_copies), ("val", val_copies))}
+    return write_out(out, tok, [(s, make_samples(tok, r)) for s, r in rows.items()])

@@ -47,6 +47,7 @@ class Results:
     drift: TextDrift | None
     collapse: Collapse | None
     memorization: dict[str, MemorizationReport] = field(default_factory=dict)
+    not_ablated: dict[str, str] = field(default_factory=dict)  # conditional task -> why it has no ablation
     baseline: BaselineResult | None = None
 
 
@@ -124,6 +125,7 @@ def baseline_checks(result: BaselineResult) -> list[Check]:
 
 def checks_of(results: Results, cfg: EvalConfig) -> list[Check]:
     checks = [dependence_check(d) for d in results.dependence.values()]
+    checks += [Check(f"dependence.{task}", "SKIP", True, why) for task, why in results.not_ablated.items()]
     for task, h in results.health.items():
         checks += generation_checks(h)
         if task in results.memorization:

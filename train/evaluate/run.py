@@ -19,6 +19,7 @@ from train.census import resolve_split
 from train.checkpoint import checkpoint_space
 from train.config import TASKS, TrainConfig, TrainError, split_names
 from train.evaluate import report as report_files
+from train.evaluate.ablation import CONDITIONAL_TASKS
 from train.evaluate.baseline import Baseline, compare, load_baseline, write_baseline
 from train.evaluate.checks import Results, checks_of
 from train.evaluate.collapse import read_collapse
@@ -103,6 +104,8 @@ def run_eval(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResu
                 for task, gp in gen_plans.items()},
         drift=text_drift(plan.tasks["text"], scored.losses["text"], scored.base, cfg.seed) if base else None,
         collapse=read_collapse(subject.run, cfg.collapse),
+        not_ablated={t: f"{len(tp.samples)} sample of the split serves {t}: an ablation needs another sample's prompt"
+                     for t, tp in plan.tasks.items() if t in CONDITIONAL_TASKS and not tp.ablated},
     )
     results.memorization.update(_memorization(cfg, subject, results.health, skipped, say))
     return _finish(cfg, subject, results, baseline, skipped, time.perf_counter() - start, say)
