@@ -162,3 +162,13 @@ def test_a_dataset_of_another_token_space_is_refused(data, default_space):
     other = other_space(default_space)
     with pytest.raises(ShardError, match=other.id[:12]):
         read_samples([data], "val", other)
+
+
+def test_a_sample_limit_is_a_seeded_choice_in_reader_order(data, default_space):
+    every = [s.id for s in read_samples([data], "val", default_space).samples]
+    five = [s.id for s in read_samples([data], "val", default_space, limit=5, seed=3).samples]
+    assert len(five) == 5 and len(set(five)) == 5 and set(five) < set(every)
+    assert five == sorted(five, key=every.index)  # reader order kept
+    assert five == [s.id for s in read_samples([data], "val", default_space, limit=5, seed=3).samples]
+    assert five != [s.id for s in read_samples([data], "val", default_space, limit=5, seed=4).samples]
+    assert read_samples([data], "val", default_space, limit=5).captioned == len(every) == 12

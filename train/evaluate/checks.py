@@ -47,6 +47,7 @@ class Results:
     drift: TextDrift | None
     collapse: Collapse | None
     memorization: dict[str, MemorizationReport] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)  # the split's sample counts (scored, captioned, ...)
     not_ablated: dict[str, str] = field(default_factory=dict)  # conditional task -> why it has no ablation
     baseline: BaselineResult | None = None
 

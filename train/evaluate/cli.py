@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the pretrained LM the run started from: report the text-only loss drift against it")
     p.add_argument("--max-text-drift", type=float, default=None, metavar="NATS",
                    help="warn when the text-only loss rose more than this over --base-model (default 0.1)")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="score a seeded choice of N captioned samples of the split (default 1000; 0: all of them)")
     p.add_argument("--k", type=int, default=None, help="prompts per target for retrieval accuracy (default 10)")
     p.add_argument("--prompts", type=int, default=None, metavar="N",
                    help="generations per task (t2a, t2i) from seeded held-out captions (default 16)")
@@ -67,6 +69,8 @@ def config_from_args(args: argparse.Namespace):
                      plots=not args.no_plots)
     given = {k: v for k, v in {"max_text_drift": args.max_text_drift, "k": args.k, "seed": args.seed}.items()
              if v is not None}
+    if args.max_samples is not None:
+        given["max_samples"] = args.max_samples or None
     cfg = replace(cfg, **given)
     gen = {k: v for k, v in {"n_prompts": args.prompts, "max_tokens": args.max_tokens, "top_k": args.top_k,
                              "temperature": args.temperature, "seed": args.seed}.items() if v is not None}

@@ -10,6 +10,7 @@ from train.evaluate.generation import GenerationSettings
 from train.evaluate.memorization import MemorizationSettings
 from uti.errors import UTIError
 
+DEFAULT_MAX_SAMPLES = 1000  # each is scored ~K+2 times per task: enough for intervals of a few hundredths
 DEFAULT_MAX_TEXT_DRIFT = 0.1  # nats per token the text-only loss may rise over the base model before a warning
 
 
@@ -26,6 +27,7 @@ class EvalConfig:
     num_workers: int = 2  # Ray tasks per stage, each on its share of the split; 0: everything in this process
     address: str | None = None  # Ray cluster address; None starts a local Ray bound to 127.0.0.1
     seed: int = 0  # derangement, retrieval candidates, prompts, bootstrap
+    max_samples: int | None = DEFAULT_MAX_SAMPLES  # a seeded choice of the split's samples; None: all of them
     k: int = DEFAULT_K  # prompts per target for retrieval accuracy
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     memorization: MemorizationSettings = field(default_factory=MemorizationSettings)
@@ -44,6 +46,9 @@ class EvalConfig:
             raise EvalError("uti eval needs at least one --data OUT")
         if self.num_workers < 0:
             raise EvalError(f"--num-workers must be >= 0 (0: in this process), got {self.num_workers}")
+        if self.max_samples is not None and self.max_samples < 2:
+            raise EvalError(f"--max-samples must be >= 2 (an ablation needs another sample's prompt), got "
+                            f"{self.max_samples}")
         if self.k < 2:
             raise EvalError(f"--k must be >= 2 (the own prompt and at least one other), got {self.k}")
         if self.max_text_drift < 0:

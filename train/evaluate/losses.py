@@ -78,25 +78,44 @@ class SplitSamples:
 
     samples: list[EvalSample]
     no_caption: list[str]  # sample IDs without a non-empty caption: no task applies
+    captioned: int = 0  # captioned samples in the split (more than len(samples) when a limit chose some)
 
 
-def read_samples(outs: Sequence[str | Path], split: str, space: TokenSpace) -> SplitSamples:
-    """Every sample of `split` (or its alias, train.census.resolve_split) of each OUT, in reader order.
-    The reader refuses a shard of another token space, naming it."""
+def read_samples(outs: Sequence[str | Path], split: str, space: TokenSpace, *, limit: int | None = None,
+                 seed: int = 0) -> SplitSamples:
+    """The captioned samples of `split` (or its alias, train.census.resolve_split) of each OUT, in reader
+    order: all of them, or a seeded uniform choice of `limit` (reservoir sampling: memory holds `limit`
+    samples whatever the split's size). The reader refuses a shard of another token space, naming it."""
     sp = Specials.from_space(space)
-    samples, no_caption = [], []
+    rng = np.random.default_rng([seed, 2])
+    kept: list[tuple[int, EvalSample]] = []  # (reader position, sample)
+    no_caption, seen = [], 0
     for out in outs:
         for s in ShardReader(str(out), expected_token_space=space.id, split=resolve_split(str(out), split)):
-            sid, modality = str(s.meta.get("id")), str(s.meta.get("modality"))
-            what = f"{out}: sample {sid!r} (shard {s.shard})"
-            check_media(modality, s.tokens, s.meta, what=what, tokens_per_frame=sp.audio_frame)
-            captions = [c for c in split_captions(s.text, s.meta.get("caption_token_lengths", []), what=what) if len(c)]
-            if not captions:
-                no_caption.append(sid)
+            sample = _eval_sample(s, out, sp)
+            if sample is None:
+                no_caption.append(str(s.meta.get("id")))
                 continue
-            samples.append(EvalSample(id=sid, modality=modality, media=np.asarray(s.tokens, dtype=np.int64),
-                                      caption=np.asarray(captions[0], dtype=np.int64)))
-    return SplitSamples(samples=samples, no_caption=no_caption)
+            if limit is None or len(kept) < limit:
+                kept.append((seen, sample))
+            else:
+                j = int(rng.integers(0, seen + 1))
+                if j < limit:
+                    kept[j] = (seen, sample)
+            seen += 1
+    return SplitSamples(samples=[s for _, s in sorted(kept, key=lambda k: k[0])], no_caption=no_caption,
+                        captioned=seen)
+
+
+def _eval_sample(s, out: str | Path, sp: Specials) -> EvalSample | None:
+    sid, modality = str(s.meta.get("id")), str(s.meta.get("modality"))
+    what = f"{out}: sample {sid!r} (shard {s.shard})"
+    check_media(modality, s.tokens, s.meta, what=what, tokens_per_frame=sp.audio_frame)
+    captions = [c for c in split_captions(s.text, s.meta.get("caption_token_lengths", []), what=what) if len(c)]
+    if not captions:
+        return None
+    return EvalSample(id=sid, modality=modality, media=np.asarray(s.tokens, dtype=np.int64),
+                      caption=np.asarray(captions[0], dtype=np.int64))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -92,7 +92,7 @@ def run_eval(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResu
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
-    plan = _score_plan(cfg, subject, say)
+    plan, counts = _score_plan(cfg, subject, say)
     gen_plans = _generation_plans(cfg, subject, skipped)
     base = _base_model(cfg, subject, plan, skipped)
     scored, files = _run_jobs(cfg, subject, plan, gen_plans, base, say)
@@ -104,6 +104,7 @@ def run_eval(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResu
                 for task, gp in gen_plans.items()},
         drift=text_drift(plan.tasks["text"], scored.losses["text"], scored.base, cfg.seed) if base else None,
         collapse=read_collapse(subject.run, cfg.collapse),
+        samples=counts,
         not_ablated={t: f"{len(tp.samples)} sample of the split serves {t}: an ablation needs another sample's prompt"
                      for t, tp in plan.tasks.items() if t in CONDITIONAL_TASKS and not tp.ablated},
     )
@@ -111,17 +112,20 @@ def run_eval(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResu
     return _finish(cfg, subject, results, baseline, skipped, time.perf_counter() - start, say)
 
 
-def _score_plan(cfg: EvalConfig, subject: Subject, say: Callable[[str], None]) -> ScorePlan:
-    split = read_samples(cfg.data, cfg.split, subject.space)
+def _score_plan(cfg: EvalConfig, subject: Subject, say: Callable[[str], None]) -> tuple[ScorePlan, dict[str, int]]:
+    split = read_samples(cfg.data, cfg.split, subject.space, limit=cfg.max_samples, seed=cfg.seed)
     if not split.samples:
         raise EvalError(f"--split {cfg.split}: no captioned sample in {', '.join(cfg.data)}; give the held-out "
                         "split of the data (see `uti tokenspace info OUT` for its splits)")
     plan = plan_scoring(split.samples, subject.space, tasks=TASKS, k=cfg.k, seed=cfg.seed,
                         max_len=subject.train.seq_len)
     docs = sum(len(tp.pairs()) for tp in plan.tasks.values())
-    say(f"eval: {len(split.samples)} samples of split {cfg.split!r} ({len(split.no_caption)} without a caption); "
-        f"{docs} docs to score over {', '.join(plan.tasks)}")
-    return plan
+    chosen = f" (a seeded {len(split.samples)} of {split.captioned}: --max-samples)" \
+        if len(split.samples) < split.captioned else ""
+    say(f"eval: {len(split.samples)} captioned samples of split {cfg.split!r}{chosen}, {len(split.no_caption)} "
+        f"without a caption; {docs} docs to score over {', '.join(plan.tasks)}")
+    return plan, {"scored": len(split.samples), "captioned": split.captioned, "no_caption": len(split.no_caption),
+                  "docs": docs}
 
 
 def _generation_plans(cfg: EvalConfig, subject: Subject, skipped: dict[str, str]) -> dict[str, GenerationPlan]:
@@ -260,6 +264,7 @@ def build_report(cfg: EvalConfig, subject: Subject, results: Results, skipped: d
         "checkpoint": str(subject.ckpt), "run": str(subject.run), "step": subject.step,
         "token_space_id": subject.space.id, "data": [str(Path(d).absolute()) for d in cfg.data], "split": cfg.split,
         "num_workers": cfg.num_workers, "seed": cfg.seed, "seconds": seconds, "skipped": skipped,
+        "samples": results.samples, "max_samples": cfg.max_samples,
         "losses": {t: v.to_dict() for t, v in results.losses.items()},
         "dependence": {t: _dependence_dict(d) for t, d in results.dependence.items()},
         "generation": generation or None,
