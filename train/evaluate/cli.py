@@ -6,16 +6,17 @@ import argparse
 
 from uti.cli import add_command
 
-DESCRIPTION = """Evaluate a trained run on the held-out split of its tokenized data, and write EVAL/report.json
-and EVAL/report.html:
-  * held-out loss per task (a2t, t2a, i2t, t2i, text) with bootstrap 95% intervals over samples;
-  * conditional dependence: each conditional task's loss with its own prompt, another sample's (a seeded
-    derangement) and an empty one; a gap whose interval includes 0 fails ("does not use its prompt");
-    and retrieval accuracy among K prompts;
-  * generation health for t2a/t2i: decode failures, the files against the token space, lengths,
-    diversity, and the nearest training sample of each generation (memorized ones are flagged);
-  * text-only drift against --base-model, read collapse over the run's metrics.jsonl, --baseline gating.
-Exit 0: every hard check passed; 1: a hard check failed; 2: an error (named, with the fix)."""
+DESCRIPTION = "\n".join([
+    "Evaluate a trained run on the held-out split of its tokenized data; write EVAL/report.json and EVAL/report.html.",
+    "* held-out loss per task (a2t, t2a, i2t, t2i, text) with bootstrap 95% intervals over samples;",
+    "* conditional dependence: each conditional task's loss with its own prompt, another sample's (a seeded "
+    "derangement) and an empty one; a gap whose interval includes 0 fails (\"does not use its prompt\"); "
+    "retrieval accuracy among K prompts;",
+    "* generation health for t2a/t2i: decode failures, the files against the token space, lengths, diversity, and "
+    "each generation's nearest training sample (memorized ones are flagged);",
+    "* text-only drift against --base-model, read collapse over the run's metrics.jsonl, --baseline gating.",
+    "Exit 0: every hard check passed; 1: a hard check failed; 2: an error (named, with the fix). Manual: docs/EVAL.md",
+])
 
 
 def register(sub: argparse._SubParsersAction) -> None:

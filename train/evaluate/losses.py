@@ -3,8 +3,8 @@
 A sample gives one doc per task (train.sequences.build_doc, its first non-empty caption), so each
 sample weighs the same and the docs of the ablations (train.evaluate.ablation) pair up with these
 one for one. A doc's loss is its mean nats per target token, computed by train.model.token_losses,
-the function training and its validation use; the task's value is the mean over samples, with a
-bootstrap interval over samples (train.evaluate.stats).
+the function training and its validation use. The task's value, the mean over samples with a bootstrap
+interval over samples, is computed from pooled per-sample losses (train.evaluate.scoring).
 
 Docs are scored one per row (right-padded with <pad>, never a target), so a doc's loss is its own
 and needs no unpacking; docs are sorted by length so a batch pads little.

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from train.census import resolve_split
-from train.checkpoint import checkpoint_space
+from train.checkpoint import checkpoint_space, read_trainer_state
 from train.config import TASKS, TrainConfig, TrainError, split_names
 from train.evaluate import report as report_files
-from train.evaluate.ablation import CONDITIONAL_TASKS
+from train.evaluate.ablation import CONDITIONAL_TASKS, Dependence
 from train.evaluate.baseline import Baseline, compare, load_baseline, write_baseline
 from train.evaluate.checks import Results, checks_of
 from train.evaluate.collapse import read_collapse
@@ -81,7 +81,7 @@ def open_subject(cfg: EvalConfig) -> Subject:
                      fix=f"evaluate a checkpoint with data of its own token space (the run's: {space.id}); "
                          "re-tokenize the data with the run's codec config, or give the run that trained on it")
     train_cfg = TrainConfig.from_dict(json.loads((ckpt / "run_config.json").read_text()), where=str(ckpt))
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state = read_trainer_state(ckpt)
     return Subject(ckpt=ckpt, space=space, train=train_cfg, step=int(state["step"]))
 
 
@@ -276,9 +276,7 @@ def build_report(cfg: EvalConfig, subject: Subject, results: Results, skipped: d
     }
 
 
-def _dependence_dict(d) -> dict[str, Any]:
-    from dataclasses import asdict
-
+def _dependence_dict(d: Dependence) -> dict[str, Any]:
     return {"own": d.own.to_dict(), "other": d.other.to_dict(), "empty": d.empty.to_dict(), "gap": d.gap.to_dict(),
             "empty_gap": d.empty_gap.to_dict(), "uses_prompt": d.uses_prompt, "flag": d.flag,
             "retrieval": asdict(d.retrieval)}
