@@ -115,8 +115,8 @@ def run_eval(cfg: EvalConfig, *, say: Callable[[str], None] = print) -> EvalResu
 def _score_plan(cfg: EvalConfig, subject: Subject, say: Callable[[str], None]) -> tuple[ScorePlan, dict[str, int]]:
     split = read_samples(cfg.data, cfg.split, subject.space, limit=cfg.max_samples, seed=cfg.seed)
     if not split.samples:
-        raise EvalError(f"--split {cfg.split}: no captioned sample in {', '.join(cfg.data)}; give the held-out "
-                        "split of the data (see `uti tokenspace info OUT` for its splits)")
+        raise EvalError(f"--split {cfg.split}: none of its {len(split.no_caption)} samples in {', '.join(cfg.data)} "
+                        "has a caption, and every task is built from one; give a held-out split with captions")
     plan = plan_scoring(split.samples, subject.space, tasks=TASKS, k=cfg.k, seed=cfg.seed,
                         max_len=subject.train.seq_len)
     docs = sum(len(tp.pairs()) for tp in plan.tasks.values())
