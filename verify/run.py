@@ -23,6 +23,7 @@ from uti.progress import DEFAULT_EVERY, Progress, check_every
 from verify.baseline import compare, load_baseline, metrics_from, write_baseline
 from verify.checks import scan_shard
 from uti.ray_local import connect
+from uti.reports import GatedReport
 from verify.codec_checks import CodecSummary, Pick, run_codec_checks, unverifiable
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, job_config_dict, load_dataset
@@ -37,23 +38,8 @@ IN_FLIGHT_PER_CPU = 4
 
 
 @dataclass
-class VerifyResult:
-    report: dict[str, Any]
+class VerifyResult(GatedReport):
     report_dir: Path
-    json_path: Path
-    html_path: Path
-    baseline_path: Path | None
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.report["ok"])
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    def check(self, name: str) -> dict[str, Any]:
-        return next(c for c in self.report["checks"] if c["name"] == name)
 
 
 def run_verify(cfg: VerifyConfig, *, progress_every: float = DEFAULT_EVERY) -> VerifyResult:

@@ -37,25 +37,15 @@ from train.evaluate.scoring import (
 from train.evaluate.workers import BaseModel, Job, generate_job, keep_files, run_in_process, run_on_ray, score_job
 from train.generate import resolve_checkpoint
 from train.runner import load_input_space
+from uti.reports import GatedReport
 from uti.token_space import TokenSpace, require_same
 
 SCORING = "scoring"
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    report: dict[str, Any]
-    json_path: Path
-    html_path: Path
-    baseline_path: Path | None
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.report["ok"])
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
+@dataclass
+class EvalResult(GatedReport):
+    """What `uti eval` wrote; its exit code follows the report's verdict."""
 
 
 @dataclass(frozen=True)
