@@ -75,7 +75,8 @@ class DemoRun:
     def __init__(self, cfg: DemoConfig, *, say: Callable[[str], None] = print):
         self.cfg, self.say = cfg, say
         self.out = Path(cfg.out).resolve()
-        self.paths = {name: self.out / name for name in ("data", "manifests", "tokenized", "run", "generated", "eval")}
+        self.paths = {name: self.out / name
+                      for name in ("data", "manifests", "tokenized", "run", "generated", "eval")}
         self.stages: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
 
@@ -188,7 +189,6 @@ class DemoRun:
         return f"{audio.path.name} ({audio.meta['n_samples'] / audio.meta['sample_rate']:.1f} s), {image.path.name} " \
                f"({image.meta['proc_size'][0]}x{image.meta['proc_size'][1]})"
 
-
     def evaluate(self) -> str:
         """`uti eval` on the validation split; its verdicts are reported, not enforced: a model of a few
         steps is not expected to use its prompt yet, and the demo shows how that reads."""
@@ -206,7 +206,8 @@ class DemoRun:
         shown = "; ".join(f"{t} conditioning gap {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
                           for t, g in gaps.items() if t in ("t2a", "t2i")) or "no conditioning gap (too few samples)"
         verdict = "every hard check passed" if res.ok else \
-            f"failed: {', '.join(self.results['eval']['failed'])} (expected of a {self.cfg.steps}-step model)"
+            f"failed: {', '.join(self.results['eval']['failed'])} (a {self.cfg.steps}-step model, " \
+            f"{res.report['samples']['scored']} validation samples)"
         return f"{shown}; {verdict}; report {res.html_path}"
 
 

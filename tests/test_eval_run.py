@@ -70,7 +70,8 @@ def test_the_report_has_every_section_and_the_true_pairs_use_their_prompt(in_pro
     assert check(rep, "dependence.t2a")["verdict"] == "PASS"
     gen = rep["generation"]["t2a"]
     assert gen["failure_rate"] == 0 and gen["check_failures"] == [] and len(gen["files"]) == 4
-    assert check(rep, "generation.t2a.decode")["verdict"] == "PASS" and check(rep, "generation.t2a.media")["verdict"] == "PASS"
+    assert check(rep, "generation.t2a.decode")["verdict"] == "PASS"
+    assert check(rep, "generation.t2a.media")["verdict"] == "PASS"
     for f in gen["files"]:
         assert (result.json_path.parent / f["path"]).is_file() and not f["path"].startswith("/")
     assert gen["memorization"]["n_train"] == 16
@@ -102,7 +103,8 @@ def test_text_drift_against_a_base_model(tone_run, default_space, tmp_path):
     model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt")).save_pretrained(str(same))
     result, _ = evaluate(tone_run, "EVAL-same", base_model=str(same))
     t = result.report["text_regression"]
-    assert t["drift"]["mean"] == pytest.approx(0.0, abs=1e-6) and t["n_docs"] == result.report["losses"]["text"]["n_samples"]
+    assert t["drift"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert t["n_docs"] == result.report["losses"]["text"]["n_samples"]
     first = list_checkpoints(tone_run["run"])[0][1]  # step 20: a model that knows the captions less well
     early = tmp_path / "early"
     model_from_checkpoint(first, load_tensors(first / "model.pt")).save_pretrained(str(early))

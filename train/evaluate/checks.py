@@ -81,7 +81,8 @@ def generation_checks(h: TaskHealth) -> list[Check]:
     off = ratio > LENGTH_RATIO or ratio < 1 / LENGTH_RATIO
     length = Check(f"generation.{h.task}.length", "WARN" if off else "PASS", False,
                    f"mean {h.length.generated_mean:.1f} frames generated, {h.length.data_mean:.1f} in the data "
-                   f"(x{ratio:.2f}); repeated {h.diversity.ngram}-frame share {h.diversity.mean_repeated_ngram_share:.2f}, "
+                   f"(x{ratio:.2f}); repeated {h.diversity.ngram}-frame share "
+                   f"{h.diversity.mean_repeated_ngram_share:.2f}, "
                    f"distinct codes per level {h.diversity.distinct_per_level}")
     return [decode, media, length]
 
