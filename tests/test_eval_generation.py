@@ -9,7 +9,6 @@ memorized with the ID of the sample it copies.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

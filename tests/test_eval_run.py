@@ -97,7 +97,7 @@ def test_two_ray_workers_give_the_numbers_of_one_process(in_process, tone_run, r
     assert b["ok"] == a["ok"]
 
 
-def test_text_drift_against_a_base_model(tone_run, default_space, tmp_path):
+def test_text_drift_against_a_base_model(tone_run, tmp_path):
     ckpt = list_checkpoints(tone_run["run"])[-1][1]
     same = tmp_path / "same"  # the trained weights themselves, as a base: no drift, exactly
     model_from_checkpoint(ckpt, load_tensors(ckpt / "model.pt")).save_pretrained(str(same))
