@@ -296,7 +296,7 @@ def _fast_decoder():
     """A msgspec decoder of one manifest line into a struct with ManifestRow's fields and types.
 
     It parses and type-checks a row in ~1 us where the generic strict path takes ~100 us: a 600k-row
-    manifest is read in seconds (issue 12). Only rows it accepts take this path; anything it refuses goes
+    manifest is read in seconds. Only rows it accepts take this path; anything it refuses goes
     through the strict path, whose errors name the file, line and field, so messages stay the same.
     """
     import msgspec

@@ -1,11 +1,11 @@
-"""Bounded read-ahead of shard byte ranges from object stores (training reads, issue 15).
+"""Bounded read-ahead of shard byte ranges from object stores (training reads).
 
 A training rank knows which shards (and which samples of them) it reads next; on `s3://` each new shard
 costs a round trip or several before its first byte arrives. `ShardPrefetcher` fetches the byte ranges of
 the next few shards in background threads while the rank computes, and hands them to
-`sharding.reader.read_shard` as a file object (`PrefetchedFile`). The parser is unchanged and reads the
+`sharding.reader.read_shard` as a file object (`PrefetchedFile`). The parser is the same and reads the
 same bytes, so which samples are read and in what order cannot change; any byte outside the fetched
-ranges is read from the store as before (`PrefetchedFile` falls back to an ordinary open).
+ranges is read from the store directly (`PrefetchedFile` falls back to an ordinary open).
 
 Bounds: at most `PrefetchLimits.shards` ranges are held (being fetched or fetched and not yet taken) and
 at most `PrefetchLimits.bytes` bytes; a range that does not fit is simply not prefetched. Never the whole

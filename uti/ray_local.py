@@ -54,7 +54,7 @@ def loopback_only() -> Iterator[None]:
 # The head-node processes a private local instance is started without. Ray's `ray.init` has no flag for
 # either (only `ray start --no-monitor`), so `Node` is given them through its RayParams:
 # - the autoscaler monitor: one node, nothing to scale. Its SIGTERM handler reports to the GCS, which
-#   `ray.shutdown` has already stopped, so every local job waited 1 s for it to be SIGKILLed (measured:
+#   `ray.shutdown` has already stopped, so every local job would wait 1 s for it to be SIGKILLed (measured:
 #   shutdown 1.4-1.6 s with it, 0.25-0.33 s without), and it costs ~0.7 s of CPU while Ray starts;
 # - the log monitor: it tails worker logs to stream them to the driver, and uti drivers run with
 #   `log_to_driver=False` (the logs stay in the session folder); ~0.65 s of CPU while Ray starts.
@@ -90,8 +90,8 @@ class _NoDriverSysPath(list):
     driver's current directory and script directory, and every worker of the job inserts those at
     sys.path[0]. Our packages are installed on every node, so workers need neither; but a file or folder
     named like one of them (`verify.py`, `sharding.py`, `train/`, ...) in the user's working directory
-    would shadow the installed package in every task and actor: `uti verify` then reported healthy
-    shards as failing and `uti tokenize` could not start its actors (issue 18 item 3).
+    would shadow the installed package in every task and actor: `uti verify` would then report healthy
+    shards as failing and `uti tokenize` could not start its actors.
 
     Why this and not a temporary `os.chdir` around `ray.init`: the working directory is process-wide
     (run_tokenize loads codecs in a thread while Ray starts, and a relative tokenizer path would then be
@@ -287,9 +287,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
                               "job_config": driver_paths_kept_off_workers()}
     if address:
         # A local instance needs no forwarding: its raylet is this process's child and every worker inherits
-        # the driver's environment. Forwarding anyway gave every local job a runtime env, and Ray then
-        # started a new worker for each task and actor beside the ones it had prestarted for the job
-        # (which stayed idle: ~0.6 s of CPU each, wasted, whenever e.g. AWS_CA_BUNDLE was set).
+        # the driver's environment. Forwarding anyway gives every local job a runtime env, and Ray then
+        # starts a new worker for each task and actor beside the ones it has prestarted for the job
+        # (which stay idle: ~0.6 s of CPU each, wasted, whenever e.g. AWS_CA_BUNDLE is set).
         runtime_env = with_storage_env(runtime_env)
     if runtime_env:
         common["runtime_env"] = runtime_env
@@ -302,8 +302,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, dashboard: bool
                 ray.init(address=address, **common)
             else:
                 # Ray kills idle workers beyond one per CPU after 1 s. When every CPU holds an actor, each
-                # short task (a shard's writer) then started a new worker process (~0.7 s of CPU) and
-                # waited for it; up to IDLE_WORKERS_KEPT idle workers now stay for the next task.
+                # short task (a shard's writer) would then start a new worker process (~0.7 s of CPU) and
+                # wait for it; so up to IDLE_WORKERS_KEPT idle workers stay for the next task.
                 cpus = num_cpus if num_cpus is not None else os.cpu_count() or 1
                 with loopback_only(), lean_head_node():
                     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# name -> (issue number of the check, title, hard by default)
+# name -> (the check's number in the report, title, hard by default)
 CHECKS: dict[str, tuple[int, str, bool]] = {
     "token_space": (1, "token-space ID equal in token_space.json, job.json, every shard header, index and sample", True),
     "token_ranges": (2, "every ID inside its modality's range, audio IDs on their level (frame-major), uint32", True),

@@ -265,7 +265,7 @@ def _assemble(files: DatasetFiles, cfg: VerifyConfig, checks: list[CheckResult],
             "errors_by_reason": [{"stage": st, "reason": r, "count": n}
                                  for (st, r), n in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))],
             "bytes": counts.get("bytes", 0), "seconds": round(seconds, 2),
-            # Per task, i.e. per core: the figure the disk-speed target is stated in.
+            # Per task, i.e. per core: the figure a disk-speed target is stated in.
             "scan_mb_per_s_per_task": round(counts.get("bytes", 0) / 1e6 / scan_seconds, 1) if scan_seconds else None,
         },
         "checks": [c.to_dict() for c in checks],

@@ -2,7 +2,7 @@
 
 A job's token space names every configured codec, but an audio-only job never runs the image codec, and
 loading one costs seconds on every actor (a VQGAN is diffusers' import plus a model build: ~3 s of a
-~10 s start-up, issue 12). So each loaded codec's descriptor is remembered in a small JSON file, keyed by
+~10 s start-up). So each loaded codec's descriptor is remembered in a small JSON file, keyed by
 everything that decides the codec's output:
 
 - the modality, the token-space version and the codec's settings (canonical JSON: kind, arch, seed ...);
