@@ -1,4 +1,4 @@
-"""The GPU benchmark (issue 28 item 5): does `uti tokenize` keep a GPU busy?
+"""The GPU benchmark: does `uti tokenize` keep a GPU busy?
 
 In one run, on the first CUDA device:
 (a) bare: each codec family's adapter on pre-loaded, pre-resampled inputs already on the device, at

@@ -1,4 +1,4 @@
-"""Training input benchmark (issue 13): per-rank input throughput for 1, 2 and 8 simulated ranks on the
+"""Training input benchmark: per-rank input throughput for 1, 2 and 8 simulated ranks on the
 same data, and the time to resume at 90% of an epoch against the time to read the epoch.
 
     python3 -m bench.bench_input                 # 100k text samples in 20 shards

@@ -1,4 +1,4 @@
-"""Object storage vs local disk (issue 15): shard reads and tokenize end to end, in the same run.
+"""Object storage vs local disk: shard reads and tokenize end to end, in the same run.
 
     python -m bench.bench_storage            # the measurement (minutes)
     python -m bench.bench_storage --quick    # tiny inputs: checks the script runs (numbers meaningless)

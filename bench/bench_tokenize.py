@@ -5,7 +5,7 @@
 (b) `uti tokenize` end to end, files -> shards, one actor with one thread (and two actors for scaling).
 (c) a plain Hugging Face `datasets.map(num_proc=N)` pipeline: decode + resample + encode + save_to_disk.
 (d) a plain Ray Data pipeline: read -> `map_batches` on an actor pool -> `write_webdataset`.
-(e) `python -m bench.bench_tokenize` (issue 12): `uti tokenize` as a user runs it (default flags, its own
+(e) `python -m bench.bench_tokenize`: `uti tokenize` as a user runs it (default flags, its own
     local Ray, wall clock from the command starting to its exit) against a bare loop over the same clips
     on pre-loaded tensors with torch threads on every core: the ratio `end to end / bare codec, all cores`
     at 600 s of audio (1 h with --hour, images with --images N), scaling --num-actors 1 -> 2, and start-up
@@ -233,7 +233,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 
 
 def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
-    """Start-up of `uti tokenize` on an image manifest of `rows` rows (issue 12 item 3): seconds from the
+    """Start-up of `uti tokenize` on an image manifest of `rows` rows: seconds from the
     command starting to its first chunk going to a loaded codec actor, and the driver's peak RSS by then.
 
     Every row names the same tiny PNG (ids differ), so the manifest is written in seconds; the run is
@@ -284,7 +284,7 @@ def startup_at_scale(rows: int, work: Path) -> dict[str, Any]:
     return {"rows": rows, **found}
 
 
-# ---- issue 12 item 7: end to end with default flags against a bare loop on all cores -------------------------
+# ---- end to end with default flags against a bare loop on all cores -----------------------------------------
 ALL_CORES = "end to end / bare codec, all cores"
 CLIP_CYCLE = (1.0, 2.0, 3.0, 4.5, 6.5, 13.0, 30.0)  # clips of 1-30 s, cycled until the total is reached
 
@@ -471,7 +471,7 @@ def all_cores_ratios(r: dict[str, Any]) -> dict[str, float]:
                 hw = r[key]["hardware_scaling"]
                 out[f"scaling efficiency 1 -> 2 bare single-thread loops (this machine's ceiling){label}"] = \
                     hw["efficiency"]
-                # Stricter than the issue's bare loop (one process, a torch thread per core): one
+                # Stricter than the all-cores bare loop (one process, a torch thread per core): one
                 # single-thread loop per core side by side, the fastest bare way to run this codec here.
                 out[f"end to end / bare single-thread loops, one per core{label}"] = \
                     r[key]["uti_default"]["rate"] / hw["two"]["rate"]
@@ -489,7 +489,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(
         description="uti tokenize end to end with default flags vs a bare codec loop on every core, scaling "
-                    "1 -> 2 actors, start-up time and driver RSS at scale (issue 12); merged into bench/results.json")
+                    "1 -> 2 actors, start-up time and driver RSS at scale; merged into bench/results.json")
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds of audio of the main ratio (0: skip)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the --num-actors 1 and 2 runs")
     parser.add_argument("--hour", action="store_true", help="also the ratio at about 1 h of audio (slow)")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from uti.assets import AUDIO_KINDS, synth_audio, synth_image
 
-# About 60 s of audio in clips of 1-30 s, as the benchmark issue asks.
+# About 60 s of audio in clips of 1-30 s.
 CLIP_SECONDS = (1.0, 2.0, 3.0, 4.5, 6.5, 13.0, 30.0)
 
 

@@ -1,4 +1,4 @@
-"""Chunks are the unit of work, shards the unit of storage and commit (issue 12).
+"""Chunks are the unit of work, shards the unit of storage and commit.
 
 A chunk is a run of consecutive rows of one shard, in plan order: about `--batch-seconds` of audio or
 `--max-images-per-batch` images. Any codec actor encodes any chunk into an `EncodedChunk` (the finished

@@ -69,7 +69,7 @@ def _plan_while_ray_starts(cfg: TokenizeConfig, ucfg: UTIConfig,
     codec actors); returns the rows, the plan and the actors started before the plan, if any.
 
     Starting Ray (~4 s), parsing a 600k-row manifest (~5 s) and loading the codecs (~5 s) are spent in
-    different processes, so overlapped they cost much less than in a row (issue 12: the first chunk within
+    different processes, so overlapped they cost much less than in a row (the goal: the first chunk within
     15 s at 600k rows). On two cores a parse beside Ray's start slows that start down as much as it gains,
     so a big manifest is read after Ray is up, while the actors load. Those load every configured media
     codec (which ones the rows need is not known yet) and are not capped by the chunks (a manifest this

@@ -9,7 +9,7 @@ an actor.
 
 Read tasks and codec actors draw on the same CPUs. Ray gives an actor its CPUs for its whole life, so
 actors holding every CPU leave none for the read tasks that feed them, and the run waits forever
-without a word (issue 12: `ray start --head --num-cpus 2` with two 1-CPU actors). Where there are
+without a word (e.g. `ray start --head --num-cpus 2` with two 1-CPU actors). Where there are
 read tasks the defaults leave room for them, and an explicit request that cannot fit fails before
 anything starts.
 """

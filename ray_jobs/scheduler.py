@@ -1,4 +1,4 @@
-"""The tokenize scheduler: chunks to codec actors, whole shards to writer tasks (issue 12).
+"""The tokenize scheduler: chunks to codec actors, whole shards to writer tasks.
 
 The driver walks the plan's shards in order and cuts each into chunks (ray_jobs.chunks). A chunk's media
 is read by a CPU task (or, for CPU actors, by the actor itself: ray_jobs.resources) and encoded by
@@ -11,9 +11,9 @@ Exactly-once and resume stay per shard: a shard exists once its index does.
 
 The tail of the job (every shard cut into chunks: for a one-shard job, all of it) is scheduled
 differently: the largest chunks go first and an actor gets its next chunk only when it is free, while the
-reads of the next chunks go ahead unassigned. Handing each actor two chunks in plan order left one actor
-idle at the end while another still had a long chunk queued (issue 12: two actors busy 90% of a one-shard
-job). Before the tail, plan order keeps the shards completing one after the other, so the encoded chunks
+reads of the next chunks go ahead unassigned. Handing each actor two chunks in plan order would leave one
+actor idle at the end while another still has a long chunk queued (measured: two actors busy 90% of a
+one-shard job). Before the tail, plan order keeps the shards completing one after the other, so the encoded chunks
 held for their writers stay few.
 """
 

@@ -8,7 +8,7 @@ sample streams from `input_census`), so both sides reach the same conclusions fr
 
 Modality from the sample metas. The index records each sample's modality (`modalities`, index
 version 3: the meta's own `modality`) next to its media and caption token counts; for an index
-written before it did, the sample metas are read from the tar (sharding.reader.sample_modalities).
+without them (version < 3), the sample metas are read from the tar (sharding.reader.sample_modalities).
 A token count never decides what a sample is: an EnCodec clip of 32 frames at n_q 8 has exactly the
 256 tokens of a 16x16 image grid.
 """
