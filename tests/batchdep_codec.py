@@ -1,4 +1,4 @@
-"""A deliberately batch-dependent audio codec, for the actors' start-up self-check (issue 28, item 3).
+"""A deliberately batch-dependent audio codec, for the actors' start-up self-check.
 
 EnCodec (the default preset's random weights) whose codes shift by the number of other clips in the
 same encode call: encoded alone, a clip gets EnCodec's codes; encoded with three others, every code moves

@@ -1,4 +1,4 @@
-"""Batched exact encode of the image codecs (issue 28): VQGAN (the default preset's), Emu3, Janus and SEED
+"""Batched exact encode of the image codecs: VQGAN (the default preset's), Emu3, Janus and SEED
 on small random-weight architectures, built through the registry with `encode_batch: 4` as uti.yaml sets it.
 
 Six images at encode_batch 4 take two passes, the second with two all-zero dummy images. Each image's

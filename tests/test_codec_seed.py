@@ -1,4 +1,4 @@
-"""The SEED image tokenizer (issue 17): official checkpoint key names, sizes recorded in the token space,
+"""The SEED image tokenizer: official checkpoint key names, sizes recorded in the token space,
 the causal1d layout, determinism, batch == single, strict decode and the unCLIP decode path.
 
 Everything runs on `arch: small` (a small ViT + Q-Former, 32 queries, 256 codes, 56 px) with random

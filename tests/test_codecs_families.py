@@ -1,4 +1,4 @@
-"""The codec families beyond EnCodec/VQGAN (issue 14): Mimi, DAC, X-codec2, SNAC, Emu3 and Janus VQ, each
+"""The codec families beyond EnCodec/VQGAN: Mimi, DAC, X-codec2, SNAC, Emu3 and Janus VQ, each
 on its `arch: small` architecture with fixed-seed weights, through the unified tokenizer and the
 token space's layouts.
 

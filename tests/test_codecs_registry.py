@@ -1,4 +1,4 @@
-"""The codec registry (issue 14, item 1): adapters register under the `uti.codecs` entry points, ours and
+"""The codec registry: adapters register under the `uti.codecs` entry points, ours and
 a plugin's alike; `uti tokenspace codecs` lists what is installed with each model's sizes.
 
 The plugin test builds a throwaway wheel (one adapter, one `uti.codecs` entry point), pip-installs it

@@ -45,7 +45,7 @@ def test_a_plain_audio_struct_column_is_taken_as_audio(tmp_path, how, label):
 
     ds = datasets.Dataset.from_dict({"id": ["a", "b"], "caption": ["rain", "wind"],
                                      "audio": [{"bytes": _flac(), "path": label}, {"bytes": _flac(0.3), "path": label}]})
-    assert type(ds.features["audio"]).__name__ != "Audio"  # a plain struct, as in the issue
+    assert type(ds.features["audio"]).__name__ != "Audio"  # a plain struct, not the Audio feature
     root = _save(ds, tmp_path, how)
     build = build_manifest("hf", root, split_fractions={"train": 1.0})
     assert [(r.id, r.modality) for r in build.rows] == [("hf:a", "audio"), ("hf:b", "audio")]

@@ -64,8 +64,8 @@ def test_ray_job_submit_tokenize_then_verify_from_outside(ray_cluster, tokenize_
 
 def test_joining_a_token_cluster_without_token_mode_fails_at_once_naming_the_fix(ray_cluster, tokenize_manifests,
                                                                                 tmp_path):
-    """`ray start` turns token authentication on; a driver without RAY_AUTH_MODE=token used to retry forever,
-    printing Ray's "InvalidAuthToken" every second. It now stops before joining and names the fix."""
+    """`ray start` turns token authentication on; left to Ray, a driver without RAY_AUTH_MODE=token retries
+    forever, printing "InvalidAuthToken" every second; ours stops before joining and names the fix."""
     env = {k: v for k, v in ray_cluster.env.items() if k != "RAY_AUTH_MODE"}
     started = time.time()
     res = _uti("tokenize", "--manifest", tokenize_manifests[0], "--out", str(tmp_path / "out"), "--no-progress",

@@ -1,4 +1,4 @@
-"""Object storage end to end against a real S3 endpoint on loopback (moto's server mode), issue 15.
+"""Object storage end to end against a real S3 endpoint on loopback (moto's server mode).
 
 The Ray cluster is started *before* the S3 settings enter this process's environment, so its raylets (and
 every actor, task and Ray Train worker they start) never see them: the endpoint and credentials reach those
@@ -321,7 +321,7 @@ def test_storage_env_forwarding_never_conflicts_with_a_submitted_jobs_runtime_en
     assert merged is not None and merged["env_vars"]["AWS_REGION"] == "eu-west-1"
 
 
-# ---- issue 15, what was left: --storage-options, driver SIGKILL, train --resume, orphans, multipart --------
+# ---- --storage-options, driver SIGKILL, train --resume, orphans, multipart ---------------------------------
 def _storage_options_file(s3, path: Path) -> Path:
     from s3_helpers import FAKE_KEY_ID
 

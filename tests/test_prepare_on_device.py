@@ -1,4 +1,4 @@
-"""Issue 28 item 4, "feed the GPU", on a CPU: with `--prepare-on device` the read tasks only decode and check,
+"""Feeding the GPU, on a CPU: with `--prepare-on device` the read tasks only decode and check,
 and the codec actor resamples, mixes and resizes on its own device (uti.preprocess.prepare_media).
 
 On a CPU the device's audio preparation is the reader's bit for bit, so audio tokens equal; images are

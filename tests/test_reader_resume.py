@@ -154,7 +154,7 @@ def test_dataloader_workers_split_shards_and_resume_with_record(out):
     assert sorted(seen + rest) == sorted(everything) and not set(seen) & set(rest)
 
 
-# ---- issue 13 item 1: the index records member offsets; a reader seeks to its first sample ----------------
+# ---- the index records member offsets; a reader seeks to its first sample ---------------------------------
 def test_index_offsets_let_a_reader_seek_and_old_indexes_skip_by_streaming(tmp_path):
     import hashlib
     import tarfile

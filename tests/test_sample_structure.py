@@ -1,4 +1,4 @@
-"""Issue 16, items 2 and 5: one typed sample (schema, build_sample, the caption pair) and verify's
+"""One typed sample (schema, build_sample, the caption pair) and verify's
 decode/retokenize bookkeeping written once. The job-side proof (the fixture makes exactly the samples
 the real job writes, byte for byte) is in test_shard_bytes_golden.py."""
 

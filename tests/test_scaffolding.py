@@ -1,4 +1,4 @@
-"""The test suite's own scaffolding (issue 16 item 6): one loopback-only Ray for the session, one polling
+"""The test suite's own scaffolding: one loopback-only Ray for the session, one polling
 helper that fails naming what it waited for, and one writer of the synthetic dataset layouts."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_wait_for_fails_naming_what_it_waited_for():
         wait_for(lambda: False, timeout=0.2, step=0.01, what="the first shard index")
 
 
-# The suite's shared helpers, each defined in one module that the others import (issue 16 item 6).
+# The suite's shared helpers, each defined in one module that the others import.
 ONE_HOME = {
     "wait_for": "tokenize_helpers.py",
     "verify_quick": "verify_helpers.py",

@@ -1,8 +1,8 @@
-"""Files and folders named like our packages in the user's working directory change nothing (issue 18 item 3).
+"""Files and folders named like our packages in the user's working directory change nothing.
 
 Our top-level packages (`uti`, `sharding`, `ray_jobs`, `verify`, `train`, `demo`, `bench`) are common
-words. Ray put the driver's working directory first on every worker's import path, so a `verify.py`
-there made `uti verify` fail healthy shards, and a `sharding.py` stopped `uti tokenize`.
+words. Ray puts the driver's working directory first on every worker's import path, so a `verify.py`
+there would make `uti verify` fail healthy shards, and a `sharding.py` would stop `uti tokenize`.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def test_tokenize_and_verify_ignore_modules_named_like_ours_in_the_working_direc
 
 def test_the_cli_drops_a_shadowing_working_directory_from_its_import_path(tmp_path):
     """`python -m uti.cli` puts the working directory first on sys.path: modules, and plain folders
-    (`train/` of an AudioCaps layout: with an editable install it became a namespace package that
-    hid ours), named like our packages there no longer replace ours."""
+    (`train/` of an AudioCaps layout: with an editable install it becomes a namespace package that
+    hides ours), named like our packages there do not replace ours."""
     work = _plant(tmp_path / "work", ("sharding", "ray_jobs", "verify", "demo", "bench"))
     (work / "train").mkdir()
     proc = subprocess.run([sys.executable, "-m", "uti.cli", "tokenize", "--help"], cwd=work, capture_output=True,

@@ -3,8 +3,8 @@
 The SHA-256 constants below are the bytes of the current formats (shard header version 2 with the
 encode policy, index version 3, token space version 4), recorded on the machine RECORDED_ON names: a
 refactor that changes any byte of a tar, an index or token_space.json fails here. A deliberate format
-change updates them together with a version bump (sharding.format); the tokens themselves were checked
-unchanged across that bump by running the old and the new code side by side on that machine.
+change updates them together with a version bump (sharding.format), after the old and the new code, run side by
+side on that machine, show the tokens themselves unchanged.
 
 Sample meta records the absolute source path (`source`), so the inputs are written to one fixed
 folder; a lock keeps two concurrent runs of this file from sharing it.

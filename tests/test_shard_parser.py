@@ -1,5 +1,4 @@
-"""One shard parser (sharding.parser) with the error policy passed in, and verify's typed per-sample verdicts
-(issue 16 items 3 and 4).
+"""One shard parser (sharding.parser) with the error policy passed in, and verify's typed per-sample verdicts.
 
 The training reader raises at the first problem and `uti verify` records it and carries on, but both see a
 damaged shard through the same parser: the problem is worded once, and the reader's error carries verify's

@@ -1,4 +1,4 @@
-"""`uti tokenize --encode-batch N` (issue 28, items 1-4, the job's side), on local Ray (CPU).
+"""`uti tokenize --encode-batch N` (the job's side), on local Ray (CPU).
 
 The flag sets the audio and image codecs' items per forward pass; job.json's config and every shard
 header (version 2) record the encode policy; the shards are byte-identical for any actor count and chunk

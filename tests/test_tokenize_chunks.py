@@ -1,4 +1,4 @@
-"""Chunks are the unit of work, shards the unit of commit (issue 12 item 1), on local Ray (CPU).
+"""Chunks are the unit of work, shards the unit of commit, on local Ray (CPU).
 
 One shard of audio and images is cut into chunks that any codec actor encodes; a writer task commits the
 shard. Its bytes are the same with one actor and one chunk, two actors, or tiny chunks; an actor killed
@@ -83,7 +83,7 @@ LINE = re.compile(r"^uti tokenize: (\d+)/(\d+) samples encoded \(\d+%\), (.*), s
 
 def test_a_non_terminal_gets_progress_lines_that_rise_as_chunks_encode_before_the_shard_commits(two_actors):
     """One shard of several chunks: the count rises chunk by chunk while the shard is still uncommitted (the
-    bar and the lines used to move only when a shard committed: 0/N for minutes), then the shard commits."""
+    bar and the lines would show 0/N for minutes if they moved only when a shard commits), then the shard commits."""
     _, job, console = two_actors
     lines = [LINE.match(line) for line in console.splitlines() if line.startswith("uti tokenize: ")]
     progress = [(int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5]), m[6]) for m in lines if m]
@@ -103,7 +103,7 @@ def test_a_non_terminal_gets_progress_lines_that_rise_as_chunks_encode_before_th
 def test_one_shard_is_encoded_by_both_actors_and_bytes_do_not_change(one_actor, two_actors, manifest, tmp_path):
     ref, _ = one_actor
     out, two, _ = two_actors
-    # Before issue 12 a shard went to one actor: a one-shard plan kept the second one idle (or never started it).
+    # With a whole shard per actor, a one-shard plan would keep the second actor idle (or never start it).
     assert two["actors"]["count"] == 2 and two["counts"]["chunks_encoded"] >= 6, two["counts"]
     assert len(two["actors"]["busy_seconds_by_pid"]) == 2, two["actors"]
     assert two["actors"]["codecs_loaded"] == ["audio", "image", "text"]

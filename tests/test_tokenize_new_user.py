@@ -1,4 +1,4 @@
-"""`uti tokenize` as a new user meets it (issue 18): SIGTERM, runs that produce nothing, limits no sample can
+"""`uti tokenize` as a new user meets it: SIGTERM, runs that produce nothing, limits no sample can
 meet, a source JSONL given as a manifest, a rerun with nothing to do, per-modality rates, --help defaults."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_limits_no_sample_can_meet_are_a_config_error(manifests, tmp_path, capsy
 
 
 def test_high_sample_rate_recordings_are_accepted_by_default(tmp_path):
-    """352.8 and 384 kHz masters are good audio (the old default refused everything above 192 kHz)."""
+    """352.8 and 384 kHz masters are good audio (a 192 kHz limit would refuse them)."""
     from sharding.manifest import ManifestRow
     from sharding.media import AudioSpec, load_audio
     from uti.config import LimitsConfig
@@ -194,7 +194,7 @@ def test_help_shows_every_default(capsys):
         for want in expected:
             assert want in text, (argv, want, text)
         assert "(default: None)" not in text and "(default: False)" not in text
-    # --num-actors has no fixed default: it is fitted to the cluster (issue 12), and the help says how.
+    # --num-actors has no fixed default: it is fitted to the cluster, and the help says how.
     assert "--num-actors NUM_ACTORS codec actors; default: one per GPU" in " ".join(_help(build_parser(), "tokenize").split())
 
     def parsers(parser: argparse.ArgumentParser):

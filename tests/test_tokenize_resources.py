@@ -1,4 +1,4 @@
-"""`uti tokenize` fits the cluster it runs on (issue 12 item 2): default flags on a 2-CPU Ray finish, a request
+"""`uti tokenize` fits the cluster it runs on: default flags on a 2-CPU Ray finish, a request
 that can never be scheduled fails at once naming the numbers and the flag, and a row of a modality the token
 space has no range for is a per-sample error, not a crashed shard."""
 
@@ -211,7 +211,7 @@ def test_placed_actors_loading_their_codecs_are_not_taken_for_actors_waiting_for
         with caplog.at_level(logging.WARNING, logger="ray_jobs.scheduler"):
             Waiting(actors.request, actors.starts, grace=0.0).check(starting=range(2), reads_pending=False,
                                                                     show=shown.append, loading_shown=True)
-        assert ray.available_resources().get("CPU", 0.0) == 0.0  # what the old check took for a shortage
+        assert ray.available_resources().get("CPU", 0.0) == 0.0  # held by our own loading actors: not a shortage
         assert caplog.records == [] and re.fullmatch(r"2 codec actors loading \(\d+ s\)", shown[-1]), shown
         actors.wait_ready()  # and they do load: actor 0's token space is the job's
         assert actors.facts is not None and actors.facts.space.has_modality("audio")

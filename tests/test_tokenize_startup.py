@@ -1,4 +1,4 @@
-"""Start-up of `uti tokenize` (issue 12 items 3-4): the codec actors load only the codecs the rows need
+"""Start-up of `uti tokenize`: the codec actors load only the codecs the rows need
 (the token space still names every configured codec, from remembered descriptors), they start while a
 big manifest is still being read, and the tail of a shard is cut into smaller chunks."""
 

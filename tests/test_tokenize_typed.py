@@ -1,4 +1,4 @@
-"""Issue 16 item 4, tokenize side: rows keep one shape (ManifestRow) from the driver to the read task and the
+"""Tokenize side: rows keep one shape (ManifestRow) from the driver to the read task and the
 codec actor, the read task returns typed ReadResults, and an encoded chunk carries sharding.format.Samples."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""What the token-space ID covers (issue 18, items 1, 15, 16).
+"""What the token-space ID covers.
 
 * Everything that changes a codec's output is in the ID, its location is not: a Hugging Face
   tokenizer's whole definition (not its folder name), an image model's architecture config.
-* Version-1 token spaces (written before that) still load and compare by their own recipe.
+* Version-1 token spaces (a tokenizer recorded by its vocabulary only) still load and compare by their own recipe.
 * `uti tokenspace build --out` never silently replaces a different token space.
 * A config that leaves a modality out gives no range for it, and using that modality is refused clearly.
 """

@@ -287,7 +287,7 @@ def test_generation_constraints():
         Constraint("image", SMALL, max_tokens=5, padded=padded)
     with pytest.raises(GenerateError, match="frame"):
         Constraint("audio", SMALL, max_tokens=N_Q - 1, padded=padded)
-    # --min-tokens: no <eoa> before that many tokens (rounded up to whole frames), then as before
+    # --min-tokens: no <eoa> before that many tokens (rounded up to whole frames), then only between frames
     at_least = Constraint("audio", SMALL, max_tokens=N_Q * 3, padded=padded, min_tokens=N_Q + 1)
     stops = [i for i in range(at_least.length) if eoa in at_least.mask(i).nonzero().flatten().tolist()]
     assert stops == [2 * N_Q]
@@ -304,7 +304,7 @@ def data(tmp_path_factory, default_tokenizer):
 
 
 def test_the_training_dataset_is_what_the_tokenize_job_writes(data, default_space):
-    """tests/train_helpers builds OUT through the job's own build_sample and writers (issue 16): every
+    """tests/train_helpers builds OUT through the job's own build_sample and writers: every
     sample carries the stored schema, media samples name their source file and its SHA-256, and the
     dataset-level files are the job's (errors.jsonl, job.json in its format)."""
     import hashlib

@@ -1,4 +1,4 @@
-"""Training input for any number of ranks (issue 13): sample-level rank shares with equal counts,
+"""Training input for any number of ranks: sample-level rank shares with equal counts,
 weighted mixing of --data inputs, the shuffle buffer flag, and `uti train --num-workers 2` on a
 split of one shard.
 

@@ -1,4 +1,4 @@
-"""Training input (issue 18 items 7, 8, 12): `--mix` is the realised task ratio with batches that mix
+"""Training input: `--mix` is the realised task ratio with batches that mix
 modalities even when every shard holds one modality; tasks that cannot produce a sequence are named
 on the console (and a run where none can is refused); `--split` per input with aliases.
 
@@ -123,7 +123,7 @@ def test_mix_resume_gives_the_same_batches(modal, default_space):
 
 def test_ranks_split_every_modality(modal, default_space):
     """In every epoch the ranks' shares of a modality are disjoint, equal in size and cover it: by
-    samples (issue 13 item 1), whether it spans many shards (audio: 5) or one (text)."""
+    samples, whether it spans many shards (audio: 5) or one (text)."""
     ranks = [stream(modal, default_space, rank=r, world=2) for r in (0, 1)]
     for key, n in (("0:audio", 30), ("0:text", 6)):
         streams = [s.streams[key] for s in ranks]

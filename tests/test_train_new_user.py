@@ -1,4 +1,4 @@
-"""Issue 18, the `uti train` / `uti generate` items a new user hit: --use-gpu without GPUs (fail at
+"""The `uti train` / `uti generate` items a new user hits: --use-gpu without GPUs (fail at
 once) and Ctrl-C (one stops the run, exit 130, says how to resume), relative paths resolved on the
 driver, --resume defaulting to the run's options, warnings and the text-loss report on the console,
 EnCodec 48 kHz generation, output suffixes, duplicate --mix tasks, flag names in errors, no
@@ -303,7 +303,7 @@ def test_48khz_generates_audio_decoded_with_per_segment_scales(run48, tokenizer4
         res = generate(GenerateConfig(checkpoint=str(run48["run"]), mode="audio", prompt="a bell rings",
                                       max_tokens=n_q * frames, temperature=0, out=str(tmp_path / "a.wav")),
                        tokenizer=tokenizer48)
-    # transformers 5 renamed the KV-cache argument; the old name warned on every `uti generate`
+    # transformers 5 renamed the KV-cache argument; passing the old name warns on every `uti generate`
     assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
     meta = res.meta
     assert len(res.tokens) == meta["n_frames"] * n_q and sum(meta["segment_frames"]) == meta["n_frames"]

@@ -1,4 +1,4 @@
-"""train.trainer (issue 13 item 7) and the per-input counts of metrics.jsonl: every line says how many
+"""train.trainer and the per-input counts of metrics.jsonl: every line says how many
 samples and tokens each --data input gave in that step, summed over ranks, under "inputs".
 
 The data is text-only (no codec runs): two inputs told apart by caption length, as real shards.

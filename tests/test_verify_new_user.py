@@ -1,4 +1,4 @@
-"""`uti verify` as a new user meets it (issue 18): Hugging Face datasets with embedded media, baseline
+"""`uti verify` as a new user meets it: Hugging Face datasets with embedded media, baseline
 limits on a dataset that grew or shrank, and what the console and the report say.
 
 One small dataset built through the CLI (`uti manifest --dataset hf`, `uti tokenize`) per module: audio

@@ -1,4 +1,4 @@
-"""Shared pieces of the reliability suite (issue 8): the session's one Ray instance, one small
+"""Shared pieces of the reliability suite: the session's one Ray instance, one small
 dataset and its clean tokenization (the reference every faulted run must equal byte for byte), the
 exactly-once accounting, file-tree snapshots, and the results recorder behind REPORT.md.
 
@@ -147,7 +147,7 @@ def fault_data(tmp_path_factory) -> FaultData:
 def tokenize_cfg(data: FaultData, out: Path, **kw):
     from ray_jobs.config import TokenizeConfig
 
-    # Two codec actors unless a test says otherwise (the kills land on actor 0 and 1): the CPU default is now
+    # Two codec actors unless a test says otherwise (the kills land on actor 0 and 1): the CPU default is
     # one actor per CPU, and on the shared 3-CPU Ray a third actor is one more process importing torch and
     # loading codecs on two cores, for 18 one-sample shards.
     kw.setdefault("num_actors", 2)

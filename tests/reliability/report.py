@@ -80,7 +80,7 @@ def render(data: dict) -> str:
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     lines = [
-        "# Reliability and security report (issue 8)",
+        "# Reliability and security report",
         "",
         f"Generated {data.get('generated', '?')} by `python -m tests.reliability.report` from "
         "`tests/reliability/results.json` (written by `pytest -m reliability`).",

@@ -171,7 +171,7 @@ def _alive(pid: int) -> bool:
 
 
 # One seeded point (seed 0: after 7 of 18 shards, the run's own local Ray killed with it). Seed 1 (after 1
-# shard) was dropped to save its ~40 s: a driver SIGKILLed right after its first committed shard, then rerun
+# shard) is left out to save its ~40 s: a driver SIGKILLed right after its first committed shard, then rerun
 # byte-identically, is tests/test_object_storage.py::test_driver_sigkill_on_a_bucket_then_rerun_is_byte_identical
 # (a joined cluster, bucket OUT), and an interrupt there on the run's own local Ray is tests/
 # test_tokenize_new_user.py::test_sigterm_stops_like_ctrl_c_and_the_rerun_is_byte_identical.

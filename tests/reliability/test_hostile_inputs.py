@@ -129,7 +129,7 @@ def _media() -> dict[str, tuple[str, object, str]]:
         "eight_channels": ("ch8.wav", wav(_tone(0.2, channels=8)), "channels"),
         "rate_1hz": ("rate1.wav", _wav_header(rate=1, channels=1, bits=16, data_bytes=200) + bytes(200),
                      "sample_rate"),
-        # above limits.max_sample_rate (768 kHz); 352.8/384 kHz masters are accepted (issue 18)
+        # above limits.max_sample_rate (768 kHz); 352.8/384 kHz masters are accepted
         "rate_1536khz": ("rate1536k.wav", wav(_tone(0.01, rate=1536000), rate=1536000), "sample_rate"),
         "three_hours_sparse": ("long.wav", _sparse_three_hour_wav, "too_long"),
         "three_hours_claimed": ("claims-long.wav", _wav_header(rate=48000, channels=2, bits=16,
