@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cross-device-agreement", type=float, default=_DEFAULT["cross_device_agreement"], metavar="A",
                    help="retokenize of shards made with other numerics than this run's (another device type, media "
                         "prepared on the device, no policy recorded): the share of equal codes that passes; never "
-                        "reported as exact (docs/VERIFY.md)")
+                        "reported as exact (docs/verify.md)")
     p.add_argument("--no-plots", action="store_true", help="write report.html without plots")
     p.add_argument("--allow-token-space-mismatch", action="store_true",
                    help="run the decode/retokenize checks even when the codecs loaded from job.json's config differ "

@@ -15,7 +15,7 @@ DESCRIPTION = "\n".join([
     "* generation health for t2a/t2i: decode failures, the files against the token space, lengths, diversity, and "
     "each generation's nearest training sample (memorized ones are flagged);",
     "* text-only drift against --base-model, read collapse over the run's metrics.jsonl, --baseline gating.",
-    "Exit 0: every hard check passed; 1: a hard check failed; 2: an error (named, with the fix). Manual: docs/EVAL.md",
+    "Exit 0: every hard check passed; 1: a hard check failed; 2: an error (named, with the fix). Manual: docs/eval.md",
 ])
 
 
