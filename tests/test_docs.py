@@ -45,6 +45,7 @@ _CODE_SPAN = re.compile(r"(`+)((?:(?!\n[ \t]*\n).)+?)\1", re.S)
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
 _LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _HREF = re.compile(r"<a\s[^>]*\bhref=\"([^\"]+)\"")
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:[ \t]*<?([^\s>]+)>?", re.M)
 _HTML_ANCHOR = re.compile(r"<a\s[^>]*\b(?:id|name)=\"([^\"]+)\"")
 _ATTR_ANCHOR = re.compile(r"\{:?\s*#([\w-]+)[^}]*\}\s*$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -107,7 +108,7 @@ class Markdown:
 
     def links(self) -> list[tuple[int, str]]:
         return [(self.prose.count("\n", 0, m.start()) + 1, m.group(1))
-                for pattern in (_LINK, _HREF) for m in pattern.finditer(self.prose)]
+                for pattern in (_LINK, _HREF, _REFERENCE) for m in pattern.finditer(self.prose)]
 
 
 def _join_continuations(code: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -169,12 +170,13 @@ def test_the_link_check_finds_missing_files_anchors_and_links_out_of_the_reposit
     page = tmp_path / "README.md"
     page.write_text("[ok](docs/a.md#the-uti-format-v3) [ok](docs/a.md#same-1) [ok](#top) `[code](x.md)`\n\n"
                     "# Top\n\n[gone](docs/b.md)\n[bad anchor](docs/a.md#same-2)\n[out](../elsewhere.md)\n"
-                    "```\n[in code](nothing.md)\n```\n[web](https://example.com/x.md)\n")
+                    "```\n[in code](nothing.md)\n```\n[web](https://example.com/x.md) [ref][r]\n\n[r]: docs/c.md\n")
     problems = broken_links(Markdown.read(page), root=tmp_path, generated={})
     assert [p.split(": ", 1)[1] for p in problems] == [
         "docs/b.md: no such file",
         "docs/a.md#same-2: no heading with anchor #same-2 in a.md",
         "../elsewhere.md: outside the repository",
+        "docs/c.md: no such file",
     ]
 
 

@@ -23,14 +23,6 @@ class Command:
     def name(self) -> str:
         return " ".join(self.path)
 
-    def subcommands(self) -> dict[str, argparse.ArgumentParser]:
-        """The commands one level below this one (empty for a leaf), aliases included."""
-        action = subparsers_action(self.parser)
-        return dict(action.choices) if action is not None else {}
-
-    def option_strings(self) -> set[str]:
-        return {s for action in self.parser._actions for s in action.option_strings}
-
 
 def subparsers_action(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)

@@ -34,7 +34,7 @@ def on_files(files: Files, config, **kwargs) -> Files:
     root = _root(config)
     for page, source in FROM_ROOT.items():
         path = root / source
-        if path.is_file():
+        if path.is_file() and files.get_file_from_path(page) is None:
             files.append(File.generated(config, page, abs_src_path=str(path)))
     pages = {f.src_uri for f in files.documentation_pages()}
     if config.nav is not None:
