@@ -320,6 +320,21 @@ def test_the_cli_reference_lists_every_command_and_every_option_with_its_help():
     assert re.search(r"^\| `--out OUT` \| [^|]+ \| required \|$", audit, re.M)
 
 
+def test_the_cli_reference_reads_the_same_at_any_terminal_width(monkeypatch):
+    """`add_command` wraps descriptions at the terminal's width; the page joins the lines again, and
+    keeps the list items of a description as a Markdown list (a blank line before the first)."""
+    def descriptions(columns: int) -> list[str]:
+        monkeypatch.setenv("COLUMNS", str(columns))
+        page = render_cli_reference(build_parser())
+        return [section.split("```text", 1)[0] for section in re.split(r"^#{2,6} uti.*$", page, flags=re.M)[1:]]
+
+    narrow = descriptions(40)
+    assert narrow == descriptions(400)
+    lists = [d for d in narrow if "\n* " in d]
+    assert lists, "some description has list items (uti eval's)"
+    assert all("\n\n* " in d for d in lists), lists
+
+
 # -- (a) the site ----------------------------------------------------------------------------------
 
 def _mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:

@@ -49,8 +49,10 @@ def _unwrap(text: str) -> str:
         item = line.lstrip().startswith(("* ", "- "))
         if lines and line.strip() and not item and lines[-1].strip():
             lines[-1] += " " + line.strip()
-        else:
-            lines.append(line.strip() if not item else line.lstrip())
+            continue
+        if item and lines and lines[-1].strip() and not lines[-1].startswith(("* ", "- ")):
+            lines.append("")  # Markdown starts a list only after a blank line
+        lines.append(line.strip())
     body = "\n".join(lines)
     return body.replace("<", "&lt;").replace(">", "&gt;")
 
