@@ -69,7 +69,7 @@ class Markdown:
         for number, line in enumerate(lines, 1):
             opened = _FENCE.match(line)
             if fence is None and opened:
-                fence, line = opened.group(1)[0] * 3, ""
+                fence, line = opened.group(1), ""
             elif fence is not None:
                 if opened and opened.group(1).startswith(fence):
                     fence = None
@@ -117,11 +117,11 @@ def _join_continuations(code: list[tuple[int, str]]) -> list[tuple[int, str]]:
     carry: tuple[int, str] | None = None
     for number, line in code:
         start, text = (carry[0], carry[1] + " " + line.strip()) if carry else (number, line)
-        carry = (start, text[:-1]) if text.rstrip().endswith("\\") else None
-        if carry:
-            carry = (start, carry[1].rstrip())
+        if text.rstrip().endswith("\\"):
+            carry = (start, text.rstrip()[:-1].rstrip())
         else:
             joined.append((start, text))
+            carry = None
     return joined + ([carry] if carry else [])
 
 
