@@ -421,7 +421,10 @@ def test_tampered_header_is_refused(tmp_path):
 
 
 # ---- remote output -------------------------------------------------------------------------------------
-def test_memory_filesystem_write_list_and_read():
+def test_memory_filesystem_write_list_and_read(tmp_path, monkeypatch):
+    # The writer stages a remote shard in the temp dir; a private one shows what this write left behind, not
+    # what another process (a SIGKILLed writer in another test) left in the machine's /tmp.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     root = f"memory://uti-test-{uuid.uuid4().hex}/out"
     fs = fsspec.filesystem("memory")
     try:
@@ -435,7 +438,7 @@ def test_memory_filesystem_write_list_and_read():
         got = list(ShardReader(root, expected_token_space=SPACE))
         assert [s.meta["id"] for s in got] == [make_sample(SPACE, i)["id"] for i in range(6)]
         assert np.array_equal(got[3].tokens, make_sample(SPACE, 3)["tokens"])
-        assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(".shard-000000.tar.tmp-")]
+        assert not [p for p in os.listdir(tmp_path) if p.startswith(".shard-000000.tar.tmp-")]
     finally:
         fs.rm(root.removeprefix("memory:/").rsplit("/", 1)[0], recursive=True)
 
