@@ -6,7 +6,7 @@ shard a rank happened to be reading (30% image tasks requested, none for 30 step
 between modalities). Here every doc starts with a task drawn from `--mix`, and then takes the next
 sample from a stream of that task's modality:
 
-  * TaskScheduler: a seeded draw weighted by each task's deficit against the mix (how many docs it
+  * TaskScheduler (train.mix): a seeded draw weighted by each task's deficit against the mix (how many docs it
     is behind its share), so the realised share of docs per task stays within about one doc of
     the mix at every step, while the order stays random. Tasks whose modality this rank has no
     data for are left out and the mix renormalised over the others (said once in the log).
@@ -21,7 +21,7 @@ sample from a stream of that task's modality:
     small modality repeats while a large one is still in its first epoch.
   * `text` takes captions from every stream in turn (text-only samples and media captions);
     a2t/t2a from the audio streams, i2t/t2i from the image streams, rotating over inputs; with
-    --data-weights the input is drawn instead by its deficit against the weights (InputMixer),
+    --data-weights the input is drawn instead by its deficit against the weights (InputMixer, train.mix),
     counted in samples or (--mix-by tokens) tokens.
 
 A drawn sample that gives no doc (no caption, overlong with --overlong drop) is counted and the
@@ -53,6 +53,7 @@ from train.census import (
     MODALITIES, InputCensus, MediaShape, fit_mask, heldout_split, input_census, requested_splits, resolve_split,
 )
 from train.config import TASKS, TrainConfig, TrainError
+from train.mix import InputMixer, TaskScheduler, decision_rng  # noqa: F401 - the mixers re-exported here
 from train.sequences import (
     MEDIA_OF, Doc, Packer, SeqStats, Specials, build_doc, collate, sample_to_docs, split_captions,
 )
@@ -62,12 +63,6 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "uti.train_stream"
 STATE_VERSION = 3  # 3: sample-level rank shares (stream positions are "taken", not shard walks)
 _MODALITY_CODE = {m: i for i, m in enumerate(MODALITIES)}
-
-
-def _rng(*key: int) -> np.random.Generator:
-    """A generator for one decision, derived from its coordinates: nothing to carry across resume
-    but the counters."""
-    return np.random.default_rng([int(k) for k in key])
 
 
 # ---- one modality of one input --------------------------------------------------------------------------
@@ -143,7 +138,7 @@ class ModalityStream:
         count of the stream's positions over it."""
         if self._plan[0] != epoch:
             code = _MODALITY_CODE[self.spec.modality]
-            perm = _rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
+            perm = decision_rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
             refs = [self.spec.refs[i] for i in perm]
             counts = [len(self.spec.positions[self.spec.modality][r.name]) for r in refs]
             self._plan = (epoch, refs, np.cumsum(counts, dtype=np.int64))
@@ -263,7 +258,7 @@ class ModalityStream:
             self.buffer.append(item)
         if not self.buffer:
             return None
-        j = int(_rng(self.seed, self.spec.input, _MODALITY_CODE[self.spec.modality], self.rank, self.draws)
+        j = int(decision_rng(self.seed, self.spec.input, _MODALITY_CODE[self.spec.modality], self.rank, self.draws)
                 .integers(len(self.buffer)))
         self.draws += 1
         item = self.buffer[j]
@@ -386,87 +381,6 @@ def stream_specs(census: InputCensus, *, input: int, token_space_id: str) -> lis
         specs.append(StreamSpec(input=input, out=census.out, token_space_id=token_space_id, modality=m, refs=refs,
                                 positions=census.positions, samples=sum(len(by_shard[r.name]) for r in refs)))
     return specs
-
-
-# ---- the task schedule --------------------------------------------------------------------------------
-class TaskScheduler:
-    """Draws the next task: weighted by each task's deficit against the mix, seeded per draw."""
-
-    def __init__(self, mix: Mapping[str, float], *, seed: int, rank: int):
-        self.mix = {t: float(mix.get(t, 0.0)) for t in TASKS if mix.get(t, 0.0) > 0}
-        self.seed, self.rank = int(seed), int(rank)
-        self.draws = 0
-
-    def target(self, available: Sequence[str]) -> dict[str, float]:
-        total = sum(self.mix[t] for t in available)
-        return {t: self.mix[t] / total for t in available}
-
-    def choose(self, available: Sequence[str], done: Mapping[str, int]) -> str:
-        """`done`: docs built so far per task (this rank)."""
-        target = self.target(available)
-        n = sum(done.get(t, 0) for t in available)
-        deficit = np.asarray([max(0.0, target[t] * (n + 1) - done.get(t, 0)) for t in available])
-        if deficit.sum() <= 0:  # cannot happen (deficits sum to 1), but never divide by zero
-            deficit = np.asarray([target[t] for t in available])
-        i = int(_rng(self.seed, self.rank, 1_000_003, self.draws).choice(len(available), p=deficit / deficit.sum()))
-        self.draws += 1
-        return available[i]
-
-
-# ---- the input mix (--data-weights) ---------------------------------------------------------------------
-class InputMixer:
-    """Which input a task's next sample comes from, by --data-weights: a seeded draw weighted by each
-    candidate input's deficit against its share (of samples, or of tokens with --mix-by tokens), so
-    the realised shares stay within about one sample of the weights while the order stays random.
-    Among the inputs that can serve a task, the weights are renormalised: a task only one input can
-    serve always reads that one (the task mix comes first)."""
-
-    def __init__(self, weights: Sequence[float], *, mix_by: str, seed: int, rank: int):
-        self.weights = [float(w) for w in weights]
-        self.mix_by = mix_by
-        self.seed, self.rank = int(seed), int(rank)
-        self.done = [0] * len(self.weights)  # samples or tokens read per input
-        self.samples = [0] * len(self.weights)  # samples read per input (also with --mix-by tokens)
-        self.draws = 0
-        self.turns: dict[str, int] = {}
-
-    def choose(self, candidates: Sequence[int]) -> int:
-        live = [k for k in candidates if self.weights[k] > 0] or list(candidates)
-        w = np.asarray([self.weights[k] for k in live], dtype=np.float64)
-        if w.sum() <= 0:
-            w = np.ones(len(live))
-        target = w / w.sum()
-        done = np.asarray([self.done[k] for k in live], dtype=np.float64)
-        n = float(sum(self.samples[k] for k in live))
-        unit = (done.sum() / n) if n else 1.0  # mean units (samples or tokens) per draw so far
-        deficit = np.maximum(0.0, target * (done.sum() + unit) - done)
-        p = deficit / deficit.sum() if deficit.sum() > 0 else target
-        i = int(_rng(self.seed, self.rank, 2_000_003, self.draws).choice(len(live), p=p))
-        self.draws += 1
-        return live[i]
-
-    def turn(self, task: str, k: int) -> int:
-        key = f"{task}:{k}"
-        t = self.turns.get(key, 0)
-        self.turns[key] = t + 1
-        return t
-
-    def count(self, k: int, sample: Sample) -> None:
-        self.samples[k] += 1
-        self.done[k] += 1 if self.mix_by == "samples" else len(sample.tokens) + len(sample.text)
-
-    def state_dict(self) -> dict:
-        return {"weights": self.weights, "mix_by": self.mix_by, "done": list(self.done), "samples": list(self.samples),
-                "draws": self.draws, "turns": dict(self.turns)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if [float(w) for w in state["weights"]] != self.weights or state["mix_by"] != self.mix_by:
-            raise TrainError(f"data state was saved with --data-weights {state['weights']} --mix-by {state['mix_by']}; "
-                             "resume with the run's values")
-        self.done = [int(v) for v in state["done"]]
-        self.samples = [int(v) for v in state["samples"]]
-        self.draws = int(state["draws"])
-        self.turns = {str(k): int(v) for k, v in state["turns"].items()}
 
 
 # ---- the batch stream ---------------------------------------------------------------------------------
