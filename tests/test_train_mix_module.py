@@ -94,3 +94,43 @@ def test_a_mixer_state_of_other_weights_is_refused_naming_the_flag():
 
 def test_train_stream_still_offers_the_mixers():
     assert stream.TaskScheduler is TaskScheduler and stream.InputMixer is InputMixer
+
+
+# ---- the mixers' state in a BatchStream resume: refused alike on an exact and an elastic resume -----------------
+def _text_input(root, tok, name: str, n: int):
+    from train_helpers import make_samples, row, write_out
+
+    rows = [row(f"{name}:{i:04d}", modality="text", split="train", captions=[f"{name} line {i}"]) for i in range(n)]
+    return write_out(root / name, tok, [("train", make_samples(tok, rows))])
+
+
+def _batch_stream(outs, space, *, rank=0, world=1, **kw):
+    from train.config import TrainConfig
+    from train.sequences import Specials
+
+    cfg = TrainConfig(data=tuple(str(o) for o in outs), out="unused",
+                      **{"seq_len": 128, "batch_size": 2, "mix": {"text": 1.0}, **kw})
+    return stream.BatchStream([{"out": str(o), "token_space_id": space.id} for o in outs], cfg=cfg,
+                              sp=Specials.from_space(space), vocab_size=space.vocab_size, rank=rank, world_size=world)
+
+
+def test_resume_refusals_are_the_same_for_an_exact_and_an_elastic_load(tmp_path, default_tokenizer, default_space):
+    outs = [_text_input(tmp_path, default_tokenizer, name, 12) for name in ("a", "b")]
+    weighted = [_batch_stream(outs, default_space, rank=r, world=2, data_weights=(0.5, 0.5)) for r in (0, 1)]
+    for s in weighted:
+        s.next_batch()
+    states = [s.state_dict() for s in weighted]
+    unweighted = _batch_stream(outs, default_space)
+    with pytest.raises(TrainError, match="saved with --data-weights"):
+        unweighted.load_state_dict(states[0] | {"rank": 0, "world_size": 1})
+    with pytest.raises(TrainError, match="saved with --data-weights"):
+        unweighted.load_elastic(states)
+    with pytest.raises(TrainError, match="same --data and --split in the same order"):
+        _batch_stream(outs[::-1], default_space, data_weights=(0.5, 0.5)).load_elastic(states)
+    with pytest.raises(TrainError, match="got rank 1 of 2 in place 0"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic(states[::-1])
+    with pytest.raises(TrainError, match="not a uti.train_stream v"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic([states[0] | {"version": 0}, states[1]])
+    one = _batch_stream(outs, default_space, data_weights=(0.5, 0.5))
+    one.load_elastic(states)  # the same run on one worker continues
+    assert one.inputs.draws == sum(s.inputs.draws for s in weighted)

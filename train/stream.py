@@ -276,11 +276,15 @@ class ModalityStream:
                            for smp, e in self.buffer],
                 "shards": [r.name for r in self.spec.refs]}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def _check_compatible(self, state: Mapping[str, Any]) -> None:
+        """Refuse a stream state saved over other shards than this stream's (exact and elastic resume)."""
         if list(state["shards"]) != [r.name for r in self.spec.refs]:
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
                              "resume with the same --data and --split")
-        if int(state["buffer_size"]) != self.buffer_size:
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_compatible(state)
+        if int(state["buffer_size"]) != self.buffer_size:  # an elastic resume deals the buffers out anew
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) has a shuffle buffer of "
                              f"{state['buffer_size']} samples, this run {self.buffer_size}: resume with the same "
                              "--shuffle-buffer")
@@ -352,10 +356,8 @@ class ModalityStream:
         """Continue from the states of every rank of a run with another world size: the positions
         they left unread (of every epoch any of them had begun) are split into near-equal contiguous
         parts, one per new rank, read first; then this rank starts the next fresh epoch."""
-        for st in states:
-            if list(st["shards"]) != [r.name for r in self.spec.refs]:
-                raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
-                                 "resume with the same --data and --split")
+        for state in states:
+            self._check_compatible(state)
         unread, frontier = self.unread(states)
         # Near-equal contiguous parts (sizes differ by at most one), nothing repeated: the stream is
         # endless, so a rank with one sample fewer here never waits; fresh epochs are equal again.
@@ -586,24 +588,36 @@ class BatchStream:
                 "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
                 "packer": self.packer.state_dict(), "stats": self.stats.to_dict()}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def _check_compatible(self, state: Mapping[str, Any], *, place: tuple[int, int] | None = None) -> None:
+        """Refuse a saved data state this run cannot continue, naming the flag that differs: its format and
+        version, its inputs, splits and streams, --data-weights, and whose state it is. `place` None: an
+        exact resume, the state must be this worker's (rank and world size); (r, old world) for an elastic
+        one, the state must be rank r's of the old world. Every stream checks its own (ModalityStream)."""
+        what = "data state" if place is None else f"data state of rank {place[0]}"
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise TrainError(f"data state is not a {STATE_FORMAT} v{STATE_VERSION} state (an older uti wrote it?); "
+            raise TrainError(f"{what} is not a {STATE_FORMAT} v{STATE_VERSION} state (an older uti wrote it?); "
                              "resume with the uti version that wrote the checkpoint, or start a new --out")
         if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits \
                 or set(state["streams"]) != set(self.streams):
-            raise TrainError(f"data state was saved for inputs {state['inputs']} (splits {state['splits']}, streams "
+            raise TrainError(f"{what} was saved for inputs {state['inputs']} (splits {state['splits']}, streams "
                              f"{sorted(state['streams'])}); this run has {self.names} ({self.splits}, "
                              f"{sorted(self.streams)}): resume with the same --data and --split in the same order")
-        if (int(state["rank"]), int(state["world_size"])) != (self.rank, self.world_size):
+        saved_at = (int(state["rank"]), int(state["world_size"]))
+        if place is None and saved_at != (self.rank, self.world_size):
             raise TrainError(f"data state is of rank {state['rank']} of {state['world_size']}, this worker is rank "
                              f"{self.rank} of {self.world_size}; resume with the same --num-workers")
-        for k, s in self.streams.items():
-            s.load_state_dict(state["streams"][k])
-        self.scheduler.draws = int(state["scheduler_draws"])
+        if place is not None and saved_at != place:
+            raise TrainError(f"data states of ranks 0..{place[1] - 1} are needed for an elastic resume; got rank "
+                             f"{state['rank']} of {state['world_size']} in place {place[0]}")
         if (state.get("inputs_mix") is None) != (self.inputs is None):
             raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
                              + " --data-weights; resume with the run's --data-weights")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_compatible(state)
+        for k, s in self.streams.items():
+            s.load_state_dict(state["streams"][k])
+        self.scheduler.draws = int(state["scheduler_draws"])
         if self.inputs is not None:
             self.inputs.load_state_dict(state["inputs_mix"])
         self.turn = {t: int(state["turn"].get(t, 0)) for t in TASKS}
@@ -621,25 +635,12 @@ class BatchStream:
         twice (beyond the padding rule). Batches differ from an uninterrupted run's (other ranks)."""
         old_world = len(states)
         for r, state in enumerate(states):
-            if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-                raise TrainError(f"data state of rank {r} is not a {STATE_FORMAT} v{STATE_VERSION} state; resume with "
-                                 "the uti version that wrote the checkpoint, or start a new --out")
-            if (int(state["rank"]), int(state["world_size"])) != (r, old_world):
-                raise TrainError(f"data states of ranks 0..{old_world - 1} are needed for an elastic resume; got rank "
-                                 f"{state['rank']} of {state['world_size']} in place {r}")
-            if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits:
-                raise TrainError(f"data state was saved for inputs {state['inputs']} (splits {state['splits']}); this "
-                                 f"run has {self.names} ({self.splits}): resume with the same --data and --split")
+            self._check_compatible(state, place=(r, old_world))
         for key, stream in self.streams.items():
-            have = [st["streams"][key] for st in states if key in st["streams"]]
-            if len(have) == old_world:
-                stream.load_elastic(have)
+            stream.load_elastic([st["streams"][key] for st in states])
         mine = _merged(states, self.rank, self.world_size)
         self.scheduler.draws = sum(int(st["scheduler_draws"]) for st in states)
         self.turn = {t: sum(int(st["turn"].get(t, 0)) for st in mine) for t in TASKS}
-        if (states[0].get("inputs_mix") is None) != (self.inputs is None):
-            raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
-                             + " --data-weights; resume with the run's --data-weights")
         if self.inputs is not None:
             self.inputs.load_state_dict(states[0]["inputs_mix"])  # checks the weights
             self.inputs.done = [sum(int(st["inputs_mix"]["done"][k]) for st in mine) for k in range(len(self.names))]
