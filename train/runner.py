@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sharding.outdir import JOB_NAME, load_job, load_space, path_of
 from sharding.storage import storage_errors
@@ -104,10 +104,7 @@ def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
     model or the data position depends on it is refused, naming the flag; others (--steps may grow,
     --lr, --checkpoint-every, --address, ...) apply from this start on."""
     run = Path(absolute(out))
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
-                         "without --resume")
+    ckpt = _checkpoint_to_resume(run)
     path = ckpt / "run_config.json"
     try:
         stored = TrainConfig.from_dict(json.loads(path.read_text()), where=str(path)).to_dict()
@@ -115,16 +112,32 @@ def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
         raise TrainError(f"{path}: unreadable ({exc}); the checkpoint is damaged") from None
     merged = TrainConfig.from_dict(stored | dict(given) | {"out": str(run), "resume": True},
                                    where="uti train --resume").resolved()
-    now = merged.to_dict()
-    changed = [k for k in _RESUME_FIXED if k in given and _norm(now[k]) != _norm(stored.get(k))]
-    if changed:
-        raise TrainError(
-            f"--resume from {ckpt}: "
-            + "; ".join(f"{flag(k)} {_show(now[k])} differs from the run's {_show(stored.get(k))}" for k in changed)
-            + ". The model and the data position depend on these: drop the flag(s) to keep the run's values, "
-            "or start a new --out"
-        )
+    _refuse_fixed_changes(ckpt, stored, merged.to_dict(), keys=[k for k in _RESUME_FIXED if k in given],
+                          clause="{flag} {now} differs from the run's {saved}",
+                          fix="The model and the data position depend on these: drop the flag(s) to keep the run's "
+                              "values, or start a new --out")
     return merged
+
+
+def _checkpoint_to_resume(run: Path) -> Path:
+    """The latest complete checkpoint of the run a --resume continues; refused, naming the fix, when none is."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
+                         "without --resume")
+    return ckpt
+
+
+def _refuse_fixed_changes(ckpt: Path, saved: dict[str, Any], now: dict[str, Any], *, keys: Sequence[str],
+                          clause: str, fix: str) -> None:
+    """Refuse a resume from `ckpt` whose values of `keys` (of _RESUME_FIXED) differ from the run's: one
+    `clause` (with {flag}, {saved} and {now}) per key that differs, then `fix`."""
+    changed = [k for k in keys if _norm(now.get(k)) != _norm(saved.get(k))]
+    if changed:
+        raise TrainError(f"--resume from {ckpt}: "
+                         + "; ".join(clause.format(flag=flag(k), saved=_show(saved.get(k)), now=_show(now.get(k)))
+                                     for k in changed)
+                         + f". {fix}")
 
 
 def _show(value: Any) -> str:
@@ -142,23 +155,16 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
     run = Path(cfg.out)
     inputs = list(cfg.data)
     spaces = [load_input_space(d) for d in inputs]
-    ckpt = latest_checkpoint(run)
+    ckpt = _checkpoint_to_resume(run) if cfg.resume else latest_checkpoint(run)
     if cfg.resume:
-        if ckpt is None:
-            raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
-                             "without --resume")
         run_space, run_what = checkpoint_space(ckpt), f"checkpoint {ckpt}"
         state = read_trainer_state(ckpt)
         check_loadable(ckpt, int(state.get("world_size", cfg.num_workers)))
         saved = json.loads((ckpt / "run_config.json").read_text())
-        now = cfg.to_dict() | {"data": inputs}
-        changed = [k for k in _RESUME_FIXED if _norm(saved.get(k)) != _norm(now.get(k))]
-        if changed:
-            raise TrainError(
-                f"--resume from {ckpt}: "
-                + "; ".join(f"{flag(k)} was {_show(saved.get(k))}, now {_show(now.get(k))}" for k in changed)
-                + ". The data position and model depend on these, so resume with the same values (or start a new --out)"
-            )
+        _refuse_fixed_changes(ckpt, saved, cfg.to_dict() | {"data": inputs}, keys=_RESUME_FIXED,
+                              clause="{flag} was {saved}, now {now}",
+                              fix="The data position and model depend on these, so resume with the same values "
+                                  "(or start a new --out)")
         if int(state["step"]) >= cfg.steps:
             raise TrainError(f"--resume: {ckpt} is already at step {state['step']} >= --steps {cfg.steps}; raise --steps "
                              "to train further")
