@@ -130,7 +130,8 @@ def test_resume_refusals_are_the_same_for_an_exact_and_an_elastic_load(tmp_path,
     with pytest.raises(TrainError, match="got rank 1 of 2 in place 0"):
         _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic(states[::-1])
     with pytest.raises(TrainError, match="not a uti.train_stream v"):
-        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic([states[0] | {"version": 0}, states[1]])
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic(
+            [states[0] | {"version": 0}, states[1]])
     one = _batch_stream(outs, default_space, data_weights=(0.5, 0.5))
     one.load_elastic(states)  # the same run on one worker continues
     assert one.inputs.draws == sum(s.inputs.draws for s in weighted)

@@ -42,11 +42,12 @@ def test_overridden_methods_are_methods_of_rays_trainer():
     from ray.train.torch import TorchTrainer
 
     trainer = patches.patched_trainer_class(own_instance=True)
-    overridden = {n for n in vars(trainer) if n.startswith("_") and not n.startswith("__") and callable(vars(trainer)[n])}
+    overridden = {name for name, value in vars(trainer).items()
+                  if name.startswith("_") and not name.startswith("__") and callable(value)}
     assert overridden == {"_register_sigint_handler", "_create_default_callbacks", "_initialize_and_run_controller"}
+    assert {f"TorchTrainer.{name}" for name in overridden} <= {path for _, path in patches.PRIVATE_NAMES}
     for name in overridden:
         assert inspect.isfunction(getattr(TorchTrainer, name, None)), f"TorchTrainer.{name} is gone ({PATCHES_FILE})"
-        assert {f"TorchTrainer.{name}" for name in overridden} <= {p for _, p in patches.PRIVATE_NAMES}
 
 
 def test_controller_gets_the_scaling_policy_the_patch_replaces():

@@ -49,7 +49,8 @@ class TaskScheduler:
         deficit = np.asarray([max(0.0, target[t] * (n + 1) - done.get(t, 0)) for t in available])
         if deficit.sum() <= 0:  # cannot happen (deficits sum to 1), but never divide by zero
             deficit = np.asarray([target[t] for t in available])
-        i = int(decision_rng(self.seed, self.rank, TASK_DRAW_SALT, self.draws).choice(len(available), p=deficit / deficit.sum()))
+        draw = decision_rng(self.seed, self.rank, TASK_DRAW_SALT, self.draws)
+        i = int(draw.choice(len(available), p=deficit / deficit.sum()))
         self.draws += 1
         return available[i]
 

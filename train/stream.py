@@ -144,13 +144,13 @@ class ModalityStream:
             self._plan = (epoch, refs, np.cumsum(counts, dtype=np.int64))
         return self._plan[1], self._plan[2]
 
-    def locate(self, epoch: int, g: int) -> tuple[ShardRef, int]:
-        """Shard and in-shard index of position g of the epoch's padded list."""
+    def locate(self, epoch: int, position: int) -> tuple[ShardRef, int]:
+        """Shard and in-shard index of `position` in the epoch's padded list."""
         refs, cum = self.order(epoch)
-        g %= int(cum[-1])  # the padding repeats the epoch's first samples
-        s = int(np.searchsorted(cum, g, side="right"))
+        position %= int(cum[-1])  # the padding repeats the epoch's first samples
+        s = int(np.searchsorted(cum, position, side="right"))
         before = int(cum[s - 1]) if s else 0
-        return refs[s], self.spec.positions[self.spec.modality][refs[s].name][g - before]
+        return refs[s], self.spec.positions[self.spec.modality][refs[s].name][position - before]
 
     def epoch_positions(self, epoch: int) -> list[tuple[str, int]]:
         """(shard, in-shard index) of this rank's share of an epoch, in reading order (tests, tools)."""
@@ -198,16 +198,16 @@ class ModalityStream:
         refs, cum = self.order(self.epoch)
         total = int(cum[-1]) if len(cum) else 0
         positions = self.spec.positions[self.spec.modality]
-        g, end, out = self.rank * self.share + self.taken, (self.rank + 1) * self.share, []
-        while total and g < end and len(out) < limit:
-            gg = g % total
-            s = int(np.searchsorted(cum, gg, side="right"))
+        position, end, out = self.rank * self.share + self.taken, (self.rank + 1) * self.share, []
+        while total and position < end and len(out) < limit:
+            in_epoch = position % total
+            s = int(np.searchsorted(cum, in_epoch, side="right"))
             before = int(cum[s - 1]) if s else 0
-            n = min(end - g, int(cum[s]) - gg)
-            mine = positions[refs[s].name]
-            last = mine[gg - before + n - 1]
-            out.append((refs[s], mine[gg - before], last, last == mine[-1]))
-            g += n
+            count = min(end - position, int(cum[s]) - in_epoch)
+            in_shard = positions[refs[s].name]
+            last = in_shard[in_epoch - before + count - 1]
+            out.append((refs[s], in_shard[in_epoch - before], last, last == in_shard[-1]))
+            position += count
         return out
 
     def _read_one(self) -> tuple[Sample, int] | None:
@@ -216,8 +216,8 @@ class ModalityStream:
         modality = self.spec.modality
         while True:
             if self.pending_taken < len(self.pending):
-                epoch, u = self.pending[self.pending_taken]
-                ref, i = self.locate(epoch, u)
+                epoch, position = self.pending[self.pending_taken]
+                ref, i = self.locate(epoch, position)
                 sample = self._fetch(ref, i)
                 self.pending_taken += 1
                 if str(sample.meta.get("modality")) == modality:
@@ -292,7 +292,7 @@ class ModalityStream:
             setattr(self, name, int(state[name]))
         self.empty = bool(state["empty"])
         self.buffer = self._reread(state["buffer"])
-        self.pending, self.pending_taken = [(int(e), int(u)) for e, u in state["pending"]], 0
+        self.pending, self.pending_taken = [(int(epoch), int(position)) for epoch, position in state["pending"]], 0
         self._it, self._at = None, None
 
     def _reread(self, entries: Sequence[Mapping[str, Any]]) -> list[tuple[Sample, int]]:
@@ -332,24 +332,24 @@ class ModalityStream:
         old_world = len(states)
         n = self.spec.samples
         share = rank_share(n, old_world)
-        first = min(int(st["epoch"]) for st in states)
-        frontier = max(int(st["epoch"]) for st in states) + 1
+        first = min(int(old["epoch"]) for old in states)
+        frontier = max(int(old["epoch"]) for old in states) + 1
         unread: list[tuple[int, int]] = []
-        for st in states:  # old pending, and buffered samples of epochs before `first`: all older epochs
-            unread += [(int(e), int(u)) for e, u in st["pending"]]
-            for d in st["buffer"]:
+        for old in states:  # old pending, and buffered samples of epochs before `first`: all older epochs
+            unread += [(int(epoch), int(position)) for epoch, position in old["pending"]]
+            for d in old["buffer"]:
                 if int(d["epoch"]) < first:
                     unread.append((int(d["epoch"]), self._unpadded(int(d["epoch"]))[(d["shard"], int(d["index"]))]))
         for epoch in range(first, frontier):
             index = self._unpadded(epoch)
             read: set[int] = set()
             buffered: set[int] = set()
-            for r, st in enumerate(states):
-                e, taken = int(st["epoch"]), int(st["taken"])
-                upto = share if epoch < e else taken if epoch == e else 0
+            for r, old in enumerate(states):
+                at_epoch, taken = int(old["epoch"]), int(old["taken"])
+                upto = share if epoch < at_epoch else taken if epoch == at_epoch else 0
                 read |= {(r * share + j) % n for j in range(upto)}
-                buffered |= {index[(d["shard"], int(d["index"]))] for d in st["buffer"] if int(d["epoch"]) == epoch}
-            unread += [(epoch, u) for u in range(n) if u not in read or u in buffered]
+                buffered |= {index[(d["shard"], int(d["index"]))] for d in old["buffer"] if int(d["epoch"]) == epoch}
+            unread += [(epoch, position) for position in range(n) if position not in read or position in buffered]
         return unread, frontier
 
     def load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
@@ -365,8 +365,8 @@ class ModalityStream:
         self.pending = unread[lo:hi]
         self.pending_taken = 0
         self.epoch, self.taken, self.yielded = frontier, 0, 0
-        self.draws = sum(int(st["draws"]) for st in states)  # only seeds the buffer's draws
-        self.stray = sum(int(st["stray"]) for r, st in enumerate(states) if r % self.world == self.rank)
+        self.draws = sum(int(old["draws"]) for old in states)  # only seeds the buffer's draws
+        self.stray = sum(int(old["stray"]) for r, old in enumerate(states) if r % self.world == self.rank)
         self.empty = False
         self.buffer = []
         self._it, self._at = None, None
@@ -546,8 +546,8 @@ class BatchStream:
         for key in keys:
             by_input.setdefault(self.streams[key].spec.input, []).append(key)
         k = self.inputs.choose(sorted(by_input))
-        mine = by_input[k]
-        key = mine[self.inputs.turn(task, k) % len(mine)]
+        input_keys = by_input[k]
+        key = input_keys[self.inputs.turn(task, k) % len(input_keys)]
         return key
 
     def _drop_source(self, key: str) -> None:
@@ -637,27 +637,28 @@ class BatchStream:
         for r, state in enumerate(states):
             self._check_compatible(state, place=(r, old_world))
         for key, stream in self.streams.items():
-            stream.load_elastic([st["streams"][key] for st in states])
-        mine = _merged(states, self.rank, self.world_size)
-        self.scheduler.draws = sum(int(st["scheduler_draws"]) for st in states)
-        self.turn = {t: sum(int(st["turn"].get(t, 0)) for st in mine) for t in TASKS}
+            stream.load_elastic([old["streams"][key] for old in states])
+        taken_over = _merged(states, self.rank, self.world_size)
+        self.scheduler.draws = sum(int(old["scheduler_draws"]) for old in states)
+        self.turn = {t: sum(int(old["turn"].get(t, 0)) for old in taken_over) for t in TASKS}
         if self.inputs is not None:
             self.inputs.load_state_dict(states[0]["inputs_mix"])  # checks the weights
-            self.inputs.done = [sum(int(st["inputs_mix"]["done"][k]) for st in mine) for k in range(len(self.names))]
-            self.inputs.samples = [sum(int(st["inputs_mix"]["samples"][k]) for st in mine)
+            self.inputs.done = [sum(int(old["inputs_mix"]["done"][k]) for old in taken_over)
+                                for k in range(len(self.names))]
+            self.inputs.samples = [sum(int(old["inputs_mix"]["samples"][k]) for old in taken_over)
                                    for k in range(len(self.names))]
-            self.inputs.draws = sum(int(st["inputs_mix"]["draws"]) for st in states)
+            self.inputs.draws = sum(int(old["inputs_mix"]["draws"]) for old in states)
         total = SeqStats()
-        for st in mine:
-            part = SeqStats.from_dict(st["stats"])
+        for old in taken_over:
+            part = SeqStats.from_dict(old["stats"])
             for f in SeqStats.FIELDS:
                 setattr(total, f, getattr(total, f) + getattr(part, f))
             total.tasks.update(part.tasks)
         self.stats = total
         docs = []
-        for st in states:
+        for old in states:
             packer = Packer(seq_len=self.cfg.seq_len, pad_id=self.sp.pad)
-            packer.load_state_dict(st["packer"])
+            packer.load_state_dict(old["packer"])
             docs += packer.pending_docs()
         for doc in docs[self.rank::self.world_size]:
             self.packer.add(doc)
@@ -666,7 +667,7 @@ class BatchStream:
 def _merged(states: Sequence[Mapping[str, Any]], rank: int, world: int) -> list[Mapping[str, Any]]:
     """The old ranks whose counters this new rank takes over (old rank r goes to r % world), so the
     counters summed over ranks stay what they were."""
-    return [st for r, st in enumerate(states) if r % world == rank]
+    return [old for r, old in enumerate(states) if r % world == rank]
 
 
 def batch_checksum(batch: Mapping[str, np.ndarray]) -> int:
