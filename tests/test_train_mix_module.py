@@ -135,3 +135,25 @@ def test_resume_refusals_are_the_same_for_an_exact_and_an_elastic_load(tmp_path,
     one = _batch_stream(outs, default_space, data_weights=(0.5, 0.5))
     one.load_elastic(states)  # the same run on one worker continues
     assert one.inputs.draws == sum(s.inputs.draws for s in weighted)
+
+
+def test_saved_states_hold_exactly_their_declared_keys(tmp_path, default_tokenizer, default_space):
+    outs = [_text_input(tmp_path, default_tokenizer, name, 8) for name in ("a", "b")]
+    s = _batch_stream(outs, default_space, data_weights=(0.5, 0.5))
+    s.next_batch()
+    state = s.state_dict()
+    assert tuple(state) == stream.BatchStream.STATE_KEYS  # the order checkpoints are written in
+    assert all(tuple(v) == stream.ModalityStream.STATE_KEYS for v in state["streams"].values())
+    assert tuple(state["inputs_mix"]) == InputMixer.STATE_KEYS
+    with pytest.raises(TrainError, match="unknown key.s. later_field"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_state_dict(state | {"later_field": 1})
+    no_turn = {k: v for k, v in state.items() if k != "turn"}
+    with pytest.raises(TrainError, match="has no key.s. turn"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic([no_turn])
+    key = next(iter(state["streams"]))
+    odd_stream = state | {"streams": state["streams"] | {key: state["streams"][key] | {"extra": 0}}}
+    with pytest.raises(TrainError, match=f"stream {key} .* unknown key.s. extra"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_elastic([odd_stream])
+    odd_mix = state | {"inputs_mix": {k: v for k, v in state["inputs_mix"].items() if k != "turns"}}
+    with pytest.raises(TrainError, match="--data-weights mix has no key.s. turns"):
+        _batch_stream(outs, default_space, data_weights=(0.5, 0.5)).load_state_dict(odd_mix)

@@ -12,6 +12,7 @@ import numpy as np
 
 from sharding.reader import Sample
 from train.config import TASKS, TrainError
+from train.saved_state import check_keys, in_declared_order
 
 # Every seeded decision of the input pipeline draws from a generator keyed by its coordinates
 # (decision_rng): a rank's streams by (seed, input, modality code, epoch[, rank, draw]), the two draws
@@ -97,11 +98,15 @@ class InputMixer:
         self.samples[k] += 1
         self.done[k] += 1 if self.mix_by == "samples" else len(sample.tokens) + len(sample.text)
 
+    STATE_KEYS = ("weights", "mix_by", "done", "samples", "draws", "turns")  # in the order they are written
+
     def state_dict(self) -> dict:
-        return {"weights": self.weights, "mix_by": self.mix_by, "done": list(self.done), "samples": list(self.samples),
-                "draws": self.draws, "turns": dict(self.turns)}
+        return in_declared_order(self.STATE_KEYS, {
+            "weights": self.weights, "mix_by": self.mix_by, "done": list(self.done), "samples": list(self.samples),
+            "draws": self.draws, "turns": dict(self.turns)})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        check_keys(state, self.STATE_KEYS, what="data state of the --data-weights mix")
         if [float(w) for w in state["weights"]] != self.weights or state["mix_by"] != self.mix_by:
             raise TrainError(f"data state was saved with --data-weights {state['weights']} --mix-by {state['mix_by']}; "
                              "resume with the run's values")

@@ -54,6 +54,7 @@ from train.census import (
 )
 from train.config import TASKS, TrainConfig, TrainError
 from train.mix import InputMixer, TaskScheduler, decision_rng  # noqa: F401 - the mixers re-exported here
+from train.saved_state import check_keys, in_declared_order
 from train.sequences import (
     MEDIA_OF, Doc, Packer, SeqStats, Specials, build_doc, collate, sample_to_docs, split_captions,
 )
@@ -267,17 +268,24 @@ class ModalityStream:
         return item
 
     # ---- resume -------------------------------------------------------------------------------------
+    # A stream's saved state: the counters restored as they are, then every key in the order it is written.
+    SAVED_COUNTERS = ("epoch", "taken", "yielded", "draws", "stray")
+    STATE_KEYS = ("epoch", "taken", "yielded", "draws", "empty", "stray", "buffer_size", "world_size", "pending",
+                  "buffer", "shards")
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "taken": self.taken, "yielded": self.yielded, "draws": self.draws,
-                "empty": self.empty, "stray": self.stray, "buffer_size": self.buffer_size, "world_size": self.world,
-                "pending": [list(p) for p in self.pending[self.pending_taken:]],
-                # the buffer by position (shard, index in it, epoch): re-read on load, so a state stays small
-                "buffer": [{"shard": smp.shard, "index": smp.index_in_shard, "epoch": e, "key": smp.key}
-                           for smp, e in self.buffer],
-                "shards": [r.name for r in self.spec.refs]}
+        return in_declared_order(self.STATE_KEYS, {name: getattr(self, name) for name in self.SAVED_COUNTERS} | {
+            "empty": self.empty, "buffer_size": self.buffer_size, "world_size": self.world,
+            "pending": [list(p) for p in self.pending[self.pending_taken:]],
+            # the buffer by position (shard, index in it, epoch): re-read on load, so a state stays small
+            "buffer": [{"shard": smp.shard, "index": smp.index_in_shard, "epoch": e, "key": smp.key}
+                       for smp, e in self.buffer],
+            "shards": [r.name for r in self.spec.refs]})
 
     def _check_compatible(self, state: Mapping[str, Any]) -> None:
-        """Refuse a stream state saved over other shards than this stream's (exact and elastic resume)."""
+        """Refuse a stream state with other keys than STATE_KEYS, or saved over other shards than this
+        stream's (exact and elastic resume)."""
+        check_keys(state, self.STATE_KEYS, what=f"data state of stream {self.key} ({self.spec.out})")
         if list(state["shards"]) != [r.name for r in self.spec.refs]:
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
                              "resume with the same --data and --split")
@@ -288,7 +296,7 @@ class ModalityStream:
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) has a shuffle buffer of "
                              f"{state['buffer_size']} samples, this run {self.buffer_size}: resume with the same "
                              "--shuffle-buffer")
-        for name in ("epoch", "taken", "yielded", "draws", "stray"):
+        for name in self.SAVED_COUNTERS:
             setattr(self, name, int(state[name]))
         self.empty = bool(state["empty"])
         self.buffer = self._reread(state["buffer"])
@@ -579,14 +587,19 @@ class BatchStream:
         return collate(rows)
 
     # ---- resume ---------------------------------------------------------------------------------------
+    # Every key of a rank's saved data state, in the order it is written.
+    STATE_KEYS = ("format", "version", "inputs", "splits", "rank", "world_size", "streams", "scheduler_draws", "turn",
+                  "failures", "inputs_mix", "dropped", "sources", "packer", "stats")
+
     def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "inputs": self.names, "splits": self.splits,
-                "rank": self.rank, "world_size": self.world_size,
-                "streams": {k: s.state_dict() for k, s in self.streams.items()},
-                "scheduler_draws": self.scheduler.draws, "turn": dict(self.turn), "failures": dict(self.failures),
-                "inputs_mix": self.inputs.state_dict() if self.inputs is not None else None,
-                "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
-                "packer": self.packer.state_dict(), "stats": self.stats.to_dict()}
+        return in_declared_order(self.STATE_KEYS, {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "inputs": self.names, "splits": self.splits,
+            "rank": self.rank, "world_size": self.world_size,
+            "streams": {k: s.state_dict() for k, s in self.streams.items()},
+            "scheduler_draws": self.scheduler.draws, "turn": dict(self.turn), "failures": dict(self.failures),
+            "inputs_mix": self.inputs.state_dict() if self.inputs is not None else None,
+            "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
+            "packer": self.packer.state_dict(), "stats": self.stats.to_dict()})
 
     def _check_compatible(self, state: Mapping[str, Any], *, place: tuple[int, int] | None = None) -> None:
         """Refuse a saved data state this run cannot continue, naming the flag that differs: its format and
@@ -597,6 +610,7 @@ class BatchStream:
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise TrainError(f"{what} is not a {STATE_FORMAT} v{STATE_VERSION} state (an older uti wrote it?); "
                              "resume with the uti version that wrote the checkpoint, or start a new --out")
+        check_keys(state, self.STATE_KEYS, what=what)
         if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits \
                 or set(state["streams"]) != set(self.streams):
             raise TrainError(f"{what} was saved for inputs {state['inputs']} (splits {state['splits']}, streams "
