@@ -25,14 +25,13 @@ raises TrainInterrupted naming the step `--resume` continues from.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 from sharding.outdir import JOB_NAME, load_job, load_space, path_of
 from sharding.storage import storage_errors
@@ -44,9 +43,11 @@ from train.checkpoint import (
 from train.config import TrainConfig, TrainError, TrainInterrupted, absolute, flag
 from train.metrics import METRICS_NAME, plot_loss, read_metrics
 from train.model import local_model_vocab, vocab_warning
+from train.ray_train_patches import (  # noqa: F401 - RAY_TRAIN_ENV: re-exported, tests read what a run sets
+    RAY_TRAIN_ENV, owns_local_instance, patched_trainer_class, quiet_local_mode, ray_train_env,
+)
 from uti.errors import TokenSpaceError, UTIError
 from uti.progress import DEFAULT_EVERY, check_every
-from uti.quiet import quieter_loggers
 from uti.token_space import JSON_NAME, TokenSpace, require_same
 
 log = logging.getLogger(__name__)
@@ -103,10 +104,7 @@ def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
     model or the data position depends on it is refused, naming the flag; others (--steps may grow,
     --lr, --checkpoint-every, --address, ...) apply from this start on."""
     run = Path(absolute(out))
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
-                         "without --resume")
+    ckpt = _checkpoint_to_resume(run)
     path = ckpt / "run_config.json"
     try:
         stored = TrainConfig.from_dict(json.loads(path.read_text()), where=str(path)).to_dict()
@@ -114,16 +112,32 @@ def resume_config(out: str, given: dict[str, Any]) -> TrainConfig:
         raise TrainError(f"{path}: unreadable ({exc}); the checkpoint is damaged") from None
     merged = TrainConfig.from_dict(stored | dict(given) | {"out": str(run), "resume": True},
                                    where="uti train --resume").resolved()
-    now = merged.to_dict()
-    changed = [k for k in _RESUME_FIXED if k in given and _norm(now[k]) != _norm(stored.get(k))]
-    if changed:
-        raise TrainError(
-            f"--resume from {ckpt}: "
-            + "; ".join(f"{flag(k)} {_show(now[k])} differs from the run's {_show(stored.get(k))}" for k in changed)
-            + ". The model and the data position depend on these: drop the flag(s) to keep the run's values, "
-            "or start a new --out"
-        )
+    _refuse_fixed_changes(ckpt, stored, merged.to_dict(), keys=[k for k in _RESUME_FIXED if k in given],
+                          clause="{flag} {now} differs from the run's {saved}",
+                          fix="The model and the data position depend on these: drop the flag(s) to keep the run's "
+                              "values, or start a new --out")
     return merged
+
+
+def _checkpoint_to_resume(run: Path) -> Path:
+    """The latest complete checkpoint of the run a --resume continues; refused, naming the fix, when none is."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
+                         "without --resume")
+    return ckpt
+
+
+def _refuse_fixed_changes(ckpt: Path, saved: dict[str, Any], now: dict[str, Any], *, keys: Sequence[str],
+                          clause: str, fix: str) -> None:
+    """Refuse a resume from `ckpt` whose values of `keys` (of _RESUME_FIXED) differ from the run's: one
+    `clause` (with {flag}, {saved} and {now}) per key that differs, then `fix`."""
+    changed = [k for k in keys if _norm(now.get(k)) != _norm(saved.get(k))]
+    if changed:
+        raise TrainError(f"--resume from {ckpt}: "
+                         + "; ".join(clause.format(flag=flag(k), saved=_show(saved.get(k)), now=_show(now.get(k)))
+                                     for k in changed)
+                         + f". {fix}")
 
 
 def _show(value: Any) -> str:
@@ -141,23 +155,16 @@ def prepare_run(cfg: TrainConfig) -> dict[str, Any]:
     run = Path(cfg.out)
     inputs = list(cfg.data)
     spaces = [load_input_space(d) for d in inputs]
-    ckpt = latest_checkpoint(run)
+    ckpt = _checkpoint_to_resume(run) if cfg.resume else latest_checkpoint(run)
     if cfg.resume:
-        if ckpt is None:
-            raise TrainError(f"--resume: {run} has no complete checkpoint (checkpoints/step-*/COMPLETE); start "
-                             "without --resume")
         run_space, run_what = checkpoint_space(ckpt), f"checkpoint {ckpt}"
         state = read_trainer_state(ckpt)
         check_loadable(ckpt, int(state.get("world_size", cfg.num_workers)))
         saved = json.loads((ckpt / "run_config.json").read_text())
-        now = cfg.to_dict() | {"data": inputs}
-        changed = [k for k in _RESUME_FIXED if _norm(saved.get(k)) != _norm(now.get(k))]
-        if changed:
-            raise TrainError(
-                f"--resume from {ckpt}: "
-                + "; ".join(f"{flag(k)} was {_show(saved.get(k))}, now {_show(now.get(k))}" for k in changed)
-                + ". The data position and model depend on these, so resume with the same values (or start a new --out)"
-            )
+        _refuse_fixed_changes(ckpt, saved, cfg.to_dict() | {"data": inputs}, keys=_RESUME_FIXED,
+                              clause="{flag} was {saved}, now {now}",
+                              fix="The data position and model depend on these, so resume with the same values "
+                                  "(or start a new --out)")
         if int(state["step"]) >= cfg.steps:
             raise TrainError(f"--resume: {ckpt} is already at step {state['step']} >= --steps {cfg.steps}; raise --steps "
                              "to train further")
@@ -256,47 +263,6 @@ def _norm(value: Any) -> Any:
     return value
 
 
-# Ray Train 2.x's controller looks at its workers once every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s,
-# ray/train/v2/_internal/constants.py): a run whose last step is done, or whose worker failed, is noticed only at a
-# later look (the last report and the end of the worker's function take one look each: 2.5-3.7 s measured between the
-# workers' last report and the controller's shutdown of them). With the default, every `uti train` and every failure
-# makes the user wait that long for nothing. A look is one small remote call per worker (one that takes longer than the
-# interval is simply waited for; only one hung for 10 min marks a worker dead), so looking every 0.1 s costs no
-# measurable CPU (measured: the controller uses 3.5 s of CPU over a short run with either interval; the end of the run
-# comes 0.3 s after the workers' at 0.1 s, 2.2-4.3 s after at 2 s). Ray reads the value from the driver's environment
-# when fit() starts the controller, and passes it on to the controller and the workers (get_env_vars_to_propagate).
-RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
-# On the local instance a run started itself (one node, no autoscaler) no node can be drained: Ray Train's
-# preemption watcher, one more actor process per run that polls the node's drain state (1.6-2 s of CPU each
-# run, measured on 2 cores, taken from the workers while they start), has nothing to watch.
-LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-
-
-@contextlib.contextmanager
-def ray_train_env(*, local: bool) -> Iterator[None]:
-    """RAY_TRAIN_ENV (and LOCAL_RAY_TRAIN_ENV on a local instance this run started) in this process's
-    environment while the trainer runs; a value the user set wins, and the environment is restored
-    afterwards (a library caller's process is left unchanged)."""
-    wanted = RAY_TRAIN_ENV | (LOCAL_RAY_TRAIN_ENV if local else {})
-    added = {k: v for k, v in wanted.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-# Ray Train's local mode (--num-workers 0) logs at INFO that it runs and every reported metrics dict in full;
-# uti prints its own progress and summary.
-LOCAL_MODE_LOGGERS = ("ray.train.v2.api.config", "ray.train.v2._internal.execution.train_fn_utils")
-
-
-def quiet_local_mode(on: bool) -> contextlib.AbstractContextManager[None]:
-    """While on: LOCAL_MODE_LOGGERS say warnings only (uti.quiet); their levels are restored afterwards."""
-    return quieter_loggers(LOCAL_MODE_LOGGERS if on else ())
-
-
 def ensure_ray(address: str | None, num_workers: int) -> bool:
     """Join the given cluster, or start a local Ray bound to 127.0.0.1 without the dashboard.
     Returns True when this call started Ray (the caller shuts it down)."""
@@ -309,16 +275,6 @@ def ensure_ray(address: str | None, num_workers: int) -> bool:
     # idle and start a new one for every actor (controller, coordinator, workers: ~1 s each on 2 cores).
     return connect(address, num_cpus=max(num_workers, os.cpu_count() or 1),
                    runtime_env=RUNTIME_ENV if address else None)
-
-
-def owns_local_instance() -> bool:
-    """True when this process started the local Ray instance it is connected to (`ray.init` without an
-    address: `uti train`'s own, a test session's). Ray ties that instance's processes to this one (they die
-    when it dies, however it dies), so nothing of a run can outlive its driver there."""
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)  # the Node this process started or joined
-    return bool(node is not None and node.head)
 
 
 def train(cfg: TrainConfig, *, progress_every: float = DEFAULT_EVERY) -> TrainResult:
@@ -455,51 +411,14 @@ def _show_resources(total: dict[str, float]) -> str:
 
 
 def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, own_instance: bool = False):
-    """The TorchTrainer of a run, without the actors Ray Train starts for what a run does not use; each is one
-    more process per run (a Ray worker that imports Ray Train, seconds of CPU on 2 cores while the training
-    workers start; 7 s less from fit() to the first step measured on a loaded 2-core machine):
-    - the DatasetManager (Ray Data shards): the workers read shards themselves (train.stream), no Ray Dataset
-      is passed in;
-    - with `own_instance` (a local instance this process started, owns_local_instance): the
-      PlacementGroupCleaner, a detached actor that removes the run's placement group if the driver dies
-      without doing it (the driver's death takes the instance and the group with it), and the
-      AutoscalingCoordinator that the scaling policy tells which resources to ask an autoscaler for (a
-      local instance has none): 2.5-3.5 s less to the first step of a `uti train` on 2 cores."""
+    """The TorchTrainer of a run: Ray Train's, with the patches of train.ray_train_patches (Ctrl-C goes
+    through as KeyboardInterrupt; without the actors a run does not use, and with `own_instance` without
+    those a local instance this process started has nothing for)."""
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    try:  # Ray Train internals: a Ray that moved them keeps all its callbacks (slower, never wrong)
-        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-        from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
-    except ImportError:
-        DatasetsCallback = PlacementGroupCleanerCallback = FixedScalingPolicy = ()  # isinstance(c, ()) is False
 
     from train.loop import train_loop_per_worker
 
-    class Trainer(TorchTrainer):
-        """TorchTrainer whose fit() lets Ctrl-C through as KeyboardInterrupt.
-
-        Ray Train's own SIGINT handler asks the controller to abort and swallows the signal; while the
-        workers cannot be placed the abort never completes, so Ctrl-C seemed ignored and the third one
-        exited 1 without a word. Here the handler is not installed (Python's default stays: one Ctrl-C
-        raises KeyboardInterrupt out of fit()), and the controller is kept so `_stop` can kill it."""
-
-        controller = None
-
-        def _register_sigint_handler(self, controller) -> None:
-            self.controller = controller
-
-        def _create_default_callbacks(self):
-            unused = (DatasetsCallback, PlacementGroupCleanerCallback if own_instance else ())
-            return [c for c in super()._create_default_callbacks() if not isinstance(c, unused)]
-
-        def _initialize_and_run_controller(self, **kwargs):
-            policy = kwargs.get("scaling_policy")
-            if own_instance and type(policy) is FixedScalingPolicy:
-                kwargs["scaling_policy"] = _without_autoscaler(FixedScalingPolicy)(policy.scaling_config)
-            return super()._initialize_and_run_controller(**kwargs)
-
-    return Trainer(
+    return patched_trainer_class(own_instance=own_instance)(
         train_loop_per_worker,
         train_loop_config=loop_config,
         # Ray's default per worker: 1 CPU, or 1 GPU with use_gpu (worker_resources). num_workers=0 is Ray
@@ -507,24 +426,6 @@ def _make_trainer(cfg: TrainConfig, loop_config: dict[str, Any], run: Path, *, o
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu and cfg.num_workers > 0),
         run_config=RunConfig(storage_path=str(run / "ray"), name=cfg.run_name),
     )
-
-
-def _without_autoscaler(fixed: type) -> type:
-    """Ray Train's FixedScalingPolicy (the same fixed worker group) that never creates or calls the
-    AutoscalingCoordinator actor: nothing on a local instance acts on its resource requests. Made here so
-    it is pickled by value to the controller, like Ray's own policy object."""
-
-    class NoAutoscalerPolicy(fixed):
-        def after_controller_start(self, train_run_context) -> None:  # Ray's creates the coordinator here
-            pass
-
-        def _maybe_send_resource_request(self) -> None:
-            pass
-
-        def _send_resource_request(self) -> None:
-            pass
-
-    return NoAutoscalerPolicy
 
 
 def _stop(trainer: Any, started: bool) -> None:

@@ -6,7 +6,7 @@ shard a rank happened to be reading (30% image tasks requested, none for 30 step
 between modalities). Here every doc starts with a task drawn from `--mix`, and then takes the next
 sample from a stream of that task's modality:
 
-  * TaskScheduler: a seeded draw weighted by each task's deficit against the mix (how many docs it
+  * TaskScheduler (train.mix): a seeded draw weighted by each task's deficit against the mix (how many docs it
     is behind its share), so the realised share of docs per task stays within about one doc of
     the mix at every step, while the order stays random. Tasks whose modality this rank has no
     data for are left out and the mix renormalised over the others (said once in the log).
@@ -21,7 +21,7 @@ sample from a stream of that task's modality:
     small modality repeats while a large one is still in its first epoch.
   * `text` takes captions from every stream in turn (text-only samples and media captions);
     a2t/t2a from the audio streams, i2t/t2i from the image streams, rotating over inputs; with
-    --data-weights the input is drawn instead by its deficit against the weights (InputMixer),
+    --data-weights the input is drawn instead by its deficit against the weights (InputMixer, train.mix),
     counted in samples or (--mix-by tokens) tokens.
 
 A drawn sample that gives no doc (no caption, overlong with --overlong drop) is counted and the
@@ -53,6 +53,8 @@ from train.census import (
     MODALITIES, InputCensus, MediaShape, fit_mask, heldout_split, input_census, requested_splits, resolve_split,
 )
 from train.config import TASKS, TrainConfig, TrainError
+from train.mix import InputMixer, TaskScheduler, decision_rng  # noqa: F401 - the mixers re-exported here
+from train.saved_state import check_keys, in_declared_order
 from train.sequences import (
     MEDIA_OF, Doc, Packer, SeqStats, Specials, build_doc, collate, sample_to_docs, split_captions,
 )
@@ -62,12 +64,6 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "uti.train_stream"
 STATE_VERSION = 3  # 3: sample-level rank shares (stream positions are "taken", not shard walks)
 _MODALITY_CODE = {m: i for i, m in enumerate(MODALITIES)}
-
-
-def _rng(*key: int) -> np.random.Generator:
-    """A generator for one decision, derived from its coordinates: nothing to carry across resume
-    but the counters."""
-    return np.random.default_rng([int(k) for k in key])
 
 
 # ---- one modality of one input --------------------------------------------------------------------------
@@ -143,19 +139,19 @@ class ModalityStream:
         count of the stream's positions over it."""
         if self._plan[0] != epoch:
             code = _MODALITY_CODE[self.spec.modality]
-            perm = _rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
+            perm = decision_rng(self.seed, self.spec.input, code, epoch).permutation(len(self.spec.refs))
             refs = [self.spec.refs[i] for i in perm]
             counts = [len(self.spec.positions[self.spec.modality][r.name]) for r in refs]
             self._plan = (epoch, refs, np.cumsum(counts, dtype=np.int64))
         return self._plan[1], self._plan[2]
 
-    def locate(self, epoch: int, g: int) -> tuple[ShardRef, int]:
-        """Shard and in-shard index of position g of the epoch's padded list."""
+    def locate(self, epoch: int, position: int) -> tuple[ShardRef, int]:
+        """Shard and in-shard index of `position` in the epoch's padded list."""
         refs, cum = self.order(epoch)
-        g %= int(cum[-1])  # the padding repeats the epoch's first samples
-        s = int(np.searchsorted(cum, g, side="right"))
+        position %= int(cum[-1])  # the padding repeats the epoch's first samples
+        s = int(np.searchsorted(cum, position, side="right"))
         before = int(cum[s - 1]) if s else 0
-        return refs[s], self.spec.positions[self.spec.modality][refs[s].name][g - before]
+        return refs[s], self.spec.positions[self.spec.modality][refs[s].name][position - before]
 
     def epoch_positions(self, epoch: int) -> list[tuple[str, int]]:
         """(shard, in-shard index) of this rank's share of an epoch, in reading order (tests, tools)."""
@@ -203,16 +199,16 @@ class ModalityStream:
         refs, cum = self.order(self.epoch)
         total = int(cum[-1]) if len(cum) else 0
         positions = self.spec.positions[self.spec.modality]
-        g, end, out = self.rank * self.share + self.taken, (self.rank + 1) * self.share, []
-        while total and g < end and len(out) < limit:
-            gg = g % total
-            s = int(np.searchsorted(cum, gg, side="right"))
+        position, end, out = self.rank * self.share + self.taken, (self.rank + 1) * self.share, []
+        while total and position < end and len(out) < limit:
+            in_epoch = position % total
+            s = int(np.searchsorted(cum, in_epoch, side="right"))
             before = int(cum[s - 1]) if s else 0
-            n = min(end - g, int(cum[s]) - gg)
-            mine = positions[refs[s].name]
-            last = mine[gg - before + n - 1]
-            out.append((refs[s], mine[gg - before], last, last == mine[-1]))
-            g += n
+            count = min(end - position, int(cum[s]) - in_epoch)
+            in_shard = positions[refs[s].name]
+            last = in_shard[in_epoch - before + count - 1]
+            out.append((refs[s], in_shard[in_epoch - before], last, last == in_shard[-1]))
+            position += count
         return out
 
     def _read_one(self) -> tuple[Sample, int] | None:
@@ -221,8 +217,8 @@ class ModalityStream:
         modality = self.spec.modality
         while True:
             if self.pending_taken < len(self.pending):
-                epoch, u = self.pending[self.pending_taken]
-                ref, i = self.locate(epoch, u)
+                epoch, position = self.pending[self.pending_taken]
+                ref, i = self.locate(epoch, position)
                 sample = self._fetch(ref, i)
                 self.pending_taken += 1
                 if str(sample.meta.get("modality")) == modality:
@@ -263,7 +259,7 @@ class ModalityStream:
             self.buffer.append(item)
         if not self.buffer:
             return None
-        j = int(_rng(self.seed, self.spec.input, _MODALITY_CODE[self.spec.modality], self.rank, self.draws)
+        j = int(decision_rng(self.seed, self.spec.input, _MODALITY_CODE[self.spec.modality], self.rank, self.draws)
                 .integers(len(self.buffer)))
         self.draws += 1
         item = self.buffer[j]
@@ -272,28 +268,39 @@ class ModalityStream:
         return item
 
     # ---- resume -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "taken": self.taken, "yielded": self.yielded, "draws": self.draws,
-                "empty": self.empty, "stray": self.stray, "buffer_size": self.buffer_size, "world_size": self.world,
-                "pending": [list(p) for p in self.pending[self.pending_taken:]],
-                # the buffer by position (shard, index in it, epoch): re-read on load, so a state stays small
-                "buffer": [{"shard": smp.shard, "index": smp.index_in_shard, "epoch": e, "key": smp.key}
-                           for smp, e in self.buffer],
-                "shards": [r.name for r in self.spec.refs]}
+    # A stream's saved state: the counters restored as they are, then every key in the order it is written.
+    SAVED_COUNTERS = ("epoch", "taken", "yielded", "draws", "stray")
+    STATE_KEYS = ("epoch", "taken", "yielded", "draws", "empty", "stray", "buffer_size", "world_size", "pending",
+                  "buffer", "shards")
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def state_dict(self) -> dict:
+        return in_declared_order(self.STATE_KEYS, {name: getattr(self, name) for name in self.SAVED_COUNTERS} | {
+            "empty": self.empty, "buffer_size": self.buffer_size, "world_size": self.world,
+            "pending": [list(p) for p in self.pending[self.pending_taken:]],
+            # the buffer by position (shard, index in it, epoch): re-read on load, so a state stays small
+            "buffer": [{"shard": smp.shard, "index": smp.index_in_shard, "epoch": e, "key": smp.key}
+                       for smp, e in self.buffer],
+            "shards": [r.name for r in self.spec.refs]})
+
+    def _check_compatible(self, state: Mapping[str, Any]) -> None:
+        """Refuse a stream state with other keys than STATE_KEYS, or saved over other shards than this
+        stream's (exact and elastic resume)."""
+        check_keys(state, self.STATE_KEYS, what=f"data state of stream {self.key} ({self.spec.out})")
         if list(state["shards"]) != [r.name for r in self.spec.refs]:
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
                              "resume with the same --data and --split")
-        if int(state["buffer_size"]) != self.buffer_size:
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_compatible(state)
+        if int(state["buffer_size"]) != self.buffer_size:  # an elastic resume deals the buffers out anew
             raise TrainError(f"data state of stream {self.key} ({self.spec.out}) has a shuffle buffer of "
                              f"{state['buffer_size']} samples, this run {self.buffer_size}: resume with the same "
                              "--shuffle-buffer")
-        for name in ("epoch", "taken", "yielded", "draws", "stray"):
+        for name in self.SAVED_COUNTERS:
             setattr(self, name, int(state[name]))
         self.empty = bool(state["empty"])
         self.buffer = self._reread(state["buffer"])
-        self.pending, self.pending_taken = [(int(e), int(u)) for e, u in state["pending"]], 0
+        self.pending, self.pending_taken = [(int(epoch), int(position)) for epoch, position in state["pending"]], 0
         self._it, self._at = None, None
 
     def _reread(self, entries: Sequence[Mapping[str, Any]]) -> list[tuple[Sample, int]]:
@@ -333,34 +340,32 @@ class ModalityStream:
         old_world = len(states)
         n = self.spec.samples
         share = rank_share(n, old_world)
-        first = min(int(st["epoch"]) for st in states)
-        frontier = max(int(st["epoch"]) for st in states) + 1
+        first = min(int(old["epoch"]) for old in states)
+        frontier = max(int(old["epoch"]) for old in states) + 1
         unread: list[tuple[int, int]] = []
-        for st in states:  # old pending, and buffered samples of epochs before `first`: all older epochs
-            unread += [(int(e), int(u)) for e, u in st["pending"]]
-            for d in st["buffer"]:
+        for old in states:  # old pending, and buffered samples of epochs before `first`: all older epochs
+            unread += [(int(epoch), int(position)) for epoch, position in old["pending"]]
+            for d in old["buffer"]:
                 if int(d["epoch"]) < first:
                     unread.append((int(d["epoch"]), self._unpadded(int(d["epoch"]))[(d["shard"], int(d["index"]))]))
         for epoch in range(first, frontier):
             index = self._unpadded(epoch)
             read: set[int] = set()
             buffered: set[int] = set()
-            for r, st in enumerate(states):
-                e, taken = int(st["epoch"]), int(st["taken"])
-                upto = share if epoch < e else taken if epoch == e else 0
+            for r, old in enumerate(states):
+                at_epoch, taken = int(old["epoch"]), int(old["taken"])
+                upto = share if epoch < at_epoch else taken if epoch == at_epoch else 0
                 read |= {(r * share + j) % n for j in range(upto)}
-                buffered |= {index[(d["shard"], int(d["index"]))] for d in st["buffer"] if int(d["epoch"]) == epoch}
-            unread += [(epoch, u) for u in range(n) if u not in read or u in buffered]
+                buffered |= {index[(d["shard"], int(d["index"]))] for d in old["buffer"] if int(d["epoch"]) == epoch}
+            unread += [(epoch, position) for position in range(n) if position not in read or position in buffered]
         return unread, frontier
 
     def load_elastic(self, states: Sequence[Mapping[str, Any]]) -> None:
         """Continue from the states of every rank of a run with another world size: the positions
         they left unread (of every epoch any of them had begun) are split into near-equal contiguous
         parts, one per new rank, read first; then this rank starts the next fresh epoch."""
-        for st in states:
-            if list(st["shards"]) != [r.name for r in self.spec.refs]:
-                raise TrainError(f"data state of stream {self.key} ({self.spec.out}) was saved over other shards; "
-                                 "resume with the same --data and --split")
+        for state in states:
+            self._check_compatible(state)
         unread, frontier = self.unread(states)
         # Near-equal contiguous parts (sizes differ by at most one), nothing repeated: the stream is
         # endless, so a rank with one sample fewer here never waits; fresh epochs are equal again.
@@ -368,8 +373,8 @@ class ModalityStream:
         self.pending = unread[lo:hi]
         self.pending_taken = 0
         self.epoch, self.taken, self.yielded = frontier, 0, 0
-        self.draws = sum(int(st["draws"]) for st in states)  # only seeds the buffer's draws
-        self.stray = sum(int(st["stray"]) for r, st in enumerate(states) if r % self.world == self.rank)
+        self.draws = sum(int(old["draws"]) for old in states)  # only seeds the buffer's draws
+        self.stray = sum(int(old["stray"]) for r, old in enumerate(states) if r % self.world == self.rank)
         self.empty = False
         self.buffer = []
         self._it, self._at = None, None
@@ -386,87 +391,6 @@ def stream_specs(census: InputCensus, *, input: int, token_space_id: str) -> lis
         specs.append(StreamSpec(input=input, out=census.out, token_space_id=token_space_id, modality=m, refs=refs,
                                 positions=census.positions, samples=sum(len(by_shard[r.name]) for r in refs)))
     return specs
-
-
-# ---- the task schedule --------------------------------------------------------------------------------
-class TaskScheduler:
-    """Draws the next task: weighted by each task's deficit against the mix, seeded per draw."""
-
-    def __init__(self, mix: Mapping[str, float], *, seed: int, rank: int):
-        self.mix = {t: float(mix.get(t, 0.0)) for t in TASKS if mix.get(t, 0.0) > 0}
-        self.seed, self.rank = int(seed), int(rank)
-        self.draws = 0
-
-    def target(self, available: Sequence[str]) -> dict[str, float]:
-        total = sum(self.mix[t] for t in available)
-        return {t: self.mix[t] / total for t in available}
-
-    def choose(self, available: Sequence[str], done: Mapping[str, int]) -> str:
-        """`done`: docs built so far per task (this rank)."""
-        target = self.target(available)
-        n = sum(done.get(t, 0) for t in available)
-        deficit = np.asarray([max(0.0, target[t] * (n + 1) - done.get(t, 0)) for t in available])
-        if deficit.sum() <= 0:  # cannot happen (deficits sum to 1), but never divide by zero
-            deficit = np.asarray([target[t] for t in available])
-        i = int(_rng(self.seed, self.rank, 1_000_003, self.draws).choice(len(available), p=deficit / deficit.sum()))
-        self.draws += 1
-        return available[i]
-
-
-# ---- the input mix (--data-weights) ---------------------------------------------------------------------
-class InputMixer:
-    """Which input a task's next sample comes from, by --data-weights: a seeded draw weighted by each
-    candidate input's deficit against its share (of samples, or of tokens with --mix-by tokens), so
-    the realised shares stay within about one sample of the weights while the order stays random.
-    Among the inputs that can serve a task, the weights are renormalised: a task only one input can
-    serve always reads that one (the task mix comes first)."""
-
-    def __init__(self, weights: Sequence[float], *, mix_by: str, seed: int, rank: int):
-        self.weights = [float(w) for w in weights]
-        self.mix_by = mix_by
-        self.seed, self.rank = int(seed), int(rank)
-        self.done = [0] * len(self.weights)  # samples or tokens read per input
-        self.samples = [0] * len(self.weights)  # samples read per input (also with --mix-by tokens)
-        self.draws = 0
-        self.turns: dict[str, int] = {}
-
-    def choose(self, candidates: Sequence[int]) -> int:
-        live = [k for k in candidates if self.weights[k] > 0] or list(candidates)
-        w = np.asarray([self.weights[k] for k in live], dtype=np.float64)
-        if w.sum() <= 0:
-            w = np.ones(len(live))
-        target = w / w.sum()
-        done = np.asarray([self.done[k] for k in live], dtype=np.float64)
-        n = float(sum(self.samples[k] for k in live))
-        unit = (done.sum() / n) if n else 1.0  # mean units (samples or tokens) per draw so far
-        deficit = np.maximum(0.0, target * (done.sum() + unit) - done)
-        p = deficit / deficit.sum() if deficit.sum() > 0 else target
-        i = int(_rng(self.seed, self.rank, 2_000_003, self.draws).choice(len(live), p=p))
-        self.draws += 1
-        return live[i]
-
-    def turn(self, task: str, k: int) -> int:
-        key = f"{task}:{k}"
-        t = self.turns.get(key, 0)
-        self.turns[key] = t + 1
-        return t
-
-    def count(self, k: int, sample: Sample) -> None:
-        self.samples[k] += 1
-        self.done[k] += 1 if self.mix_by == "samples" else len(sample.tokens) + len(sample.text)
-
-    def state_dict(self) -> dict:
-        return {"weights": self.weights, "mix_by": self.mix_by, "done": list(self.done), "samples": list(self.samples),
-                "draws": self.draws, "turns": dict(self.turns)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if [float(w) for w in state["weights"]] != self.weights or state["mix_by"] != self.mix_by:
-            raise TrainError(f"data state was saved with --data-weights {state['weights']} --mix-by {state['mix_by']}; "
-                             "resume with the run's values")
-        self.done = [int(v) for v in state["done"]]
-        self.samples = [int(v) for v in state["samples"]]
-        self.draws = int(state["draws"])
-        self.turns = {str(k): int(v) for k, v in state["turns"].items()}
 
 
 # ---- the batch stream ---------------------------------------------------------------------------------
@@ -630,8 +554,8 @@ class BatchStream:
         for key in keys:
             by_input.setdefault(self.streams[key].spec.input, []).append(key)
         k = self.inputs.choose(sorted(by_input))
-        mine = by_input[k]
-        key = mine[self.inputs.turn(task, k) % len(mine)]
+        input_keys = by_input[k]
+        key = input_keys[self.inputs.turn(task, k) % len(input_keys)]
         return key
 
     def _drop_source(self, key: str) -> None:
@@ -663,33 +587,51 @@ class BatchStream:
         return collate(rows)
 
     # ---- resume ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"format": STATE_FORMAT, "version": STATE_VERSION, "inputs": self.names, "splits": self.splits,
-                "rank": self.rank, "world_size": self.world_size,
-                "streams": {k: s.state_dict() for k, s in self.streams.items()},
-                "scheduler_draws": self.scheduler.draws, "turn": dict(self.turn), "failures": dict(self.failures),
-                "inputs_mix": self.inputs.state_dict() if self.inputs is not None else None,
-                "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
-                "packer": self.packer.state_dict(), "stats": self.stats.to_dict()}
+    # Every key of a rank's saved data state, in the order it is written.
+    STATE_KEYS = ("format", "version", "inputs", "splits", "rank", "world_size", "streams", "scheduler_draws", "turn",
+                  "failures", "inputs_mix", "dropped", "sources", "packer", "stats")
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def state_dict(self) -> dict:
+        return in_declared_order(self.STATE_KEYS, {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "inputs": self.names, "splits": self.splits,
+            "rank": self.rank, "world_size": self.world_size,
+            "streams": {k: s.state_dict() for k, s in self.streams.items()},
+            "scheduler_draws": self.scheduler.draws, "turn": dict(self.turn), "failures": dict(self.failures),
+            "inputs_mix": self.inputs.state_dict() if self.inputs is not None else None,
+            "dropped": dict(self.dropped), "sources": {t: list(v) for t, v in self.sources.items()},
+            "packer": self.packer.state_dict(), "stats": self.stats.to_dict()})
+
+    def _check_compatible(self, state: Mapping[str, Any], *, place: tuple[int, int] | None = None) -> None:
+        """Refuse a saved data state this run cannot continue, naming the flag that differs: its format and
+        version, its inputs, splits and streams, --data-weights, and whose state it is. `place` None: an
+        exact resume, the state must be this worker's (rank and world size); (r, old world) for an elastic
+        one, the state must be rank r's of the old world. Every stream checks its own (ModalityStream)."""
+        what = "data state" if place is None else f"data state of rank {place[0]}"
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            raise TrainError(f"data state is not a {STATE_FORMAT} v{STATE_VERSION} state (an older uti wrote it?); "
+            raise TrainError(f"{what} is not a {STATE_FORMAT} v{STATE_VERSION} state (an older uti wrote it?); "
                              "resume with the uti version that wrote the checkpoint, or start a new --out")
+        check_keys(state, self.STATE_KEYS, what=what)
         if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits \
                 or set(state["streams"]) != set(self.streams):
-            raise TrainError(f"data state was saved for inputs {state['inputs']} (splits {state['splits']}, streams "
+            raise TrainError(f"{what} was saved for inputs {state['inputs']} (splits {state['splits']}, streams "
                              f"{sorted(state['streams'])}); this run has {self.names} ({self.splits}, "
                              f"{sorted(self.streams)}): resume with the same --data and --split in the same order")
-        if (int(state["rank"]), int(state["world_size"])) != (self.rank, self.world_size):
+        saved_at = (int(state["rank"]), int(state["world_size"]))
+        if place is None and saved_at != (self.rank, self.world_size):
             raise TrainError(f"data state is of rank {state['rank']} of {state['world_size']}, this worker is rank "
                              f"{self.rank} of {self.world_size}; resume with the same --num-workers")
-        for k, s in self.streams.items():
-            s.load_state_dict(state["streams"][k])
-        self.scheduler.draws = int(state["scheduler_draws"])
+        if place is not None and saved_at != place:
+            raise TrainError(f"data states of ranks 0..{place[1] - 1} are needed for an elastic resume; got rank "
+                             f"{state['rank']} of {state['world_size']} in place {place[0]}")
         if (state.get("inputs_mix") is None) != (self.inputs is None):
             raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
                              + " --data-weights; resume with the run's --data-weights")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._check_compatible(state)
+        for k, s in self.streams.items():
+            s.load_state_dict(state["streams"][k])
+        self.scheduler.draws = int(state["scheduler_draws"])
         if self.inputs is not None:
             self.inputs.load_state_dict(state["inputs_mix"])
         self.turn = {t: int(state["turn"].get(t, 0)) for t in TASKS}
@@ -707,42 +649,30 @@ class BatchStream:
         twice (beyond the padding rule). Batches differ from an uninterrupted run's (other ranks)."""
         old_world = len(states)
         for r, state in enumerate(states):
-            if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-                raise TrainError(f"data state of rank {r} is not a {STATE_FORMAT} v{STATE_VERSION} state; resume with "
-                                 "the uti version that wrote the checkpoint, or start a new --out")
-            if (int(state["rank"]), int(state["world_size"])) != (r, old_world):
-                raise TrainError(f"data states of ranks 0..{old_world - 1} are needed for an elastic resume; got rank "
-                                 f"{state['rank']} of {state['world_size']} in place {r}")
-            if list(state["inputs"]) != self.names or list(state["splits"]) != self.splits:
-                raise TrainError(f"data state was saved for inputs {state['inputs']} (splits {state['splits']}); this "
-                                 f"run has {self.names} ({self.splits}): resume with the same --data and --split")
+            self._check_compatible(state, place=(r, old_world))
         for key, stream in self.streams.items():
-            have = [st["streams"][key] for st in states if key in st["streams"]]
-            if len(have) == old_world:
-                stream.load_elastic(have)
-        mine = _merged(states, self.rank, self.world_size)
-        self.scheduler.draws = sum(int(st["scheduler_draws"]) for st in states)
-        self.turn = {t: sum(int(st["turn"].get(t, 0)) for st in mine) for t in TASKS}
-        if (states[0].get("inputs_mix") is None) != (self.inputs is None):
-            raise TrainError("data state was saved " + ("without" if self.inputs is not None else "with")
-                             + " --data-weights; resume with the run's --data-weights")
+            stream.load_elastic([old["streams"][key] for old in states])
+        taken_over = _merged(states, self.rank, self.world_size)
+        self.scheduler.draws = sum(int(old["scheduler_draws"]) for old in states)
+        self.turn = {t: sum(int(old["turn"].get(t, 0)) for old in taken_over) for t in TASKS}
         if self.inputs is not None:
             self.inputs.load_state_dict(states[0]["inputs_mix"])  # checks the weights
-            self.inputs.done = [sum(int(st["inputs_mix"]["done"][k]) for st in mine) for k in range(len(self.names))]
-            self.inputs.samples = [sum(int(st["inputs_mix"]["samples"][k]) for st in mine)
+            self.inputs.done = [sum(int(old["inputs_mix"]["done"][k]) for old in taken_over)
+                                for k in range(len(self.names))]
+            self.inputs.samples = [sum(int(old["inputs_mix"]["samples"][k]) for old in taken_over)
                                    for k in range(len(self.names))]
-            self.inputs.draws = sum(int(st["inputs_mix"]["draws"]) for st in states)
+            self.inputs.draws = sum(int(old["inputs_mix"]["draws"]) for old in states)
         total = SeqStats()
-        for st in mine:
-            part = SeqStats.from_dict(st["stats"])
+        for old in taken_over:
+            part = SeqStats.from_dict(old["stats"])
             for f in SeqStats.FIELDS:
                 setattr(total, f, getattr(total, f) + getattr(part, f))
             total.tasks.update(part.tasks)
         self.stats = total
         docs = []
-        for st in states:
+        for old in states:
             packer = Packer(seq_len=self.cfg.seq_len, pad_id=self.sp.pad)
-            packer.load_state_dict(st["packer"])
+            packer.load_state_dict(old["packer"])
             docs += packer.pending_docs()
         for doc in docs[self.rank::self.world_size]:
             self.packer.add(doc)
@@ -751,7 +681,7 @@ class BatchStream:
 def _merged(states: Sequence[Mapping[str, Any]], rank: int, world: int) -> list[Mapping[str, Any]]:
     """The old ranks whose counters this new rank takes over (old rank r goes to r % world), so the
     counters summed over ranks stay what they were."""
-    return [st for r, st in enumerate(states) if r % world == rank]
+    return [old for r, old in enumerate(states) if r % world == rank]
 
 
 def batch_checksum(batch: Mapping[str, np.ndarray]) -> int:
