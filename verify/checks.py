@@ -21,12 +21,12 @@ from sharding.format import header_policy, index_modalities, is_hex64, sample_ke
 from sharding.parser import ShardProblem, TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids
 from sharding.tario import TrackingReader
 from uti.errors import TokenSpaceError
+from uti.modalities import MEDIA_MODALITIES, MODALITIES
 from uti.token_space import TokenSpace, expected_audio_frames
 from verify.dataset import ShardTask
 from verify.findings import FindingLog
 from verify.stats import LengthStats
 
-MODALITIES = ("audio", "image", "text")
 # A training sequence adds a task tag / <bos>, two boundary pairs and <eos> around media + one caption;
 # the length check estimates sequences as media + longest caption + this many specials.
 SEQUENCE_OVERHEAD = 6
@@ -233,7 +233,7 @@ class _Scan:
         ranges_ok = self.check_ranges(v)
         if v.modality is not None:
             self.shapes(v)
-        if v.tokens is not None and ranges_ok and v.modality in ("audio", "image"):
+        if v.tokens is not None and ranges_ok and v.modality in MEDIA_MODALITIES:
             self.histograms(v.tokens, v.modality)
         if v.modality is not None and v.tokens is not None and v.text is not None:
             self.lengths_of(v)
@@ -313,7 +313,7 @@ class _Scan:
             self.flag(v, "split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
                                             f"{self.task.split!r}")
         source_sha = meta.get("source_sha256")
-        if v.modality in ("audio", "image") and not is_hex64(source_sha):
+        if v.modality in MEDIA_MODALITIES and not is_hex64(source_sha):
             self.flag(v, "split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
                                             "cannot be checked")
             source_sha = None
