@@ -1,4 +1,9 @@
-"""The shared vocabulary: modality names defined once, in the orders IDs and seeds depend on."""
+"""The shared vocabulary: modality names defined once, in the orders IDs and seeds depend on, and verify's
+check names as a StrEnum whose members are the strings report.json uses."""
+
+import json
+
+import pytest
 
 import sharding.manifest
 import train.census
@@ -6,6 +11,7 @@ import train.stream
 import uti.config
 import uti.tokenizer
 import verify.checks
+from verify.findings import CHECKS, Check, CheckResult, FindingLog
 from uti.modalities import MEDIA_MODALITIES, MODALITIES, TOKEN_SPACE_ORDER
 from uti.token_space import CodecDescriptor, TokenSpace
 
@@ -49,3 +55,26 @@ def test_error_messages_list_the_modalities_in_the_one_order():
         assert "is not one of audio, image, text" in str(exc)
     else:
         raise AssertionError("a video row was accepted")
+
+
+REPORT_NAMES = ["token_space", "token_ranges", "shapes", "shard_integrity", "reconciliation", "split_integrity",
+                "decode", "retokenize", "codebook_health", "lengths", "loader", "baseline"]
+
+
+def test_check_names_are_the_report_strings_in_report_order():
+    assert list(CHECKS) == REPORT_NAMES and [c.value for c in Check] == REPORT_NAMES
+    assert [CHECKS[name][0] for name in REPORT_NAMES] == list(range(1, 13))  # a str key finds its member
+
+
+def test_a_check_member_serializes_as_its_string():
+    log = FindingLog(max_examples=2)
+    log.add(Check.SHAPES, "bad grid", shard="train/000000")
+    log.add("shapes", "bad grid again")
+    assert log.counts == {"shapes": 2}
+    result = CheckResult(name=Check.SHAPES, ok=False, hard=True, failures=2, examples=log.examples["shapes"])
+    as_enum = json.dumps(result.to_dict(), sort_keys=True)
+    as_str = json.dumps(CheckResult(name="shapes", ok=False, hard=True, failures=2,
+                                    examples=log.examples["shapes"]).to_dict(), sort_keys=True)
+    assert as_enum == as_str and '"name": "shapes"' in as_enum
+    with pytest.raises(KeyError, match="shapez"):
+        log.add("shapez", "a misspelt check name")

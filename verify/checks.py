@@ -24,7 +24,7 @@ from uti.errors import TokenSpaceError
 from uti.modalities import MEDIA_MODALITIES, MODALITIES
 from uti.token_space import TokenSpace, expected_audio_frames
 from verify.dataset import ShardTask
-from verify.findings import FindingLog
+from verify.findings import Check, FindingLog
 from verify.stats import LengthStats
 
 # A training sequence adds a task tag / <bos>, two boundary pairs and <eos> around media + one caption;
@@ -35,7 +35,7 @@ SEQUENCE_OVERHEAD = 6
 from sharding.format import MEDIA_META, META_COMMON as COMMON_META  # noqa: E402
 # The checks whose failure makes a sample (or shard) unfit for decode spot checks and the loader test:
 # those would only fail again for the same root cause.
-STRUCTURAL = ("token_space", "token_ranges", "shapes", "shard_integrity", "split_integrity")
+STRUCTURAL = (Check.TOKEN_SPACE, Check.TOKEN_RANGES, Check.SHAPES, Check.SHARD_INTEGRITY, Check.SPLIT_INTEGRITY)
 
 
 @dataclass(frozen=True)
@@ -193,26 +193,28 @@ class _Scan:
             return False
         claimed = header["token_space_id"]
         if claimed != self.x.id:
-            self.fail("token_space", f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
+            self.fail(Check.TOKEN_SPACE, f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
                                      "tokens of another codec/weights must never be mixed in")
         self.header_id = claimed
         self.header_version = header["version"]
         self.encode_policy = header_policy(header)
         if header["shard"] != self.task.name or header["split"] != self.task.split:
-            self.fail("shard_integrity", f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
+            self.fail(Check.SHARD_INTEGRITY,
+                      f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
         return True
 
     def _record(self, problem: ShardProblem) -> None:
         """verify's error policy for the shared parser: a finding, then carry on."""
-        self.fail("token_space" if problem.kind == "token_space" else "shard_integrity", problem.problem)
+        self.fail(Check.TOKEN_SPACE if problem.kind == "token_space" else Check.SHARD_INTEGRITY, problem.problem)
 
     def index_checks(self) -> None:
         # A tar whose size differs from its index needs no finding of its own: the scan names the
         # damaged sample and the final size/SHA-256 comparison reports the difference.
         if self.task.problem and not self.task.problem.startswith("size_mismatch"):
-            self.fail("shard_integrity", self.task.problem)
+            self.fail(Check.SHARD_INTEGRITY, self.task.problem)
         if self.index.get("token_space_id") != self.x.id:
-            self.fail("token_space", f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
+            self.fail(Check.TOKEN_SPACE,
+                      f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
                                      f"expected {self.x.id[:16]}")
 
     # -- one sample: parse, then each check one function; a structural finding marks the sample unclean
@@ -248,10 +250,10 @@ class _Scan:
             meta = json.loads(meta_b.decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
             meta = None
-            self.flag(v, "shard_integrity", f"{v.key}.json is not valid JSON ({exc})", id=indexed_id)
+            self.flag(v, Check.SHARD_INTEGRITY, f"{v.key}.json is not valid JSON ({exc})", id=indexed_id)
         if not isinstance(meta, dict):
             if meta is not None:
-                self.flag(v, "shard_integrity", f"{v.key}.json is not a JSON object", id=indexed_id)
+                self.flag(v, Check.SHARD_INTEGRITY, f"{v.key}.json is not a JSON object", id=indexed_id)
             meta = {}
         v.meta = meta
         v.sid = meta.get("id") if isinstance(meta.get("id"), str) and meta.get("id") else None
@@ -263,22 +265,22 @@ class _Scan:
                           -1 if v.text is None else int(v.text.size), v.meta.get("modality")))
         self.counts["samples"] += 1
         if why_t:
-            self.flag(v, "token_ranges", f"{v.key}.tokens.npy: {why_t}")
+            self.flag(v, Check.TOKEN_RANGES, f"{v.key}.tokens.npy: {why_t}")
         if why_x:
-            self.flag(v, "token_ranges", f"{v.key}.text.npy: {why_x}")
+            self.flag(v, Check.TOKEN_RANGES, f"{v.key}.text.npy: {why_x}")
 
     def check_identity(self, v: "_SampleScan") -> None:
         """The key is sample_key(id), and neither appears twice in the shard."""
         key, sid = v.key, v.sid
         if sid is None:
-            self.flag(v, "shapes", f"{key}.json has no canonical 'id'", id=self._indexed(v.position)[1])
+            self.flag(v, Check.SHAPES, f"{key}.json has no canonical 'id'", id=self._indexed(v.position)[1])
         else:
             if sample_key(sid) != key:
-                self.flag(v, "shard_integrity", f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}")
+                self.flag(v, Check.SHARD_INTEGRITY, f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}")
             if sid in self.seen_ids:
-                self.flag(v, "shard_integrity", f"sample id {sid!r} appears twice in the shard")
+                self.flag(v, Check.SHARD_INTEGRITY, f"sample id {sid!r} appears twice in the shard")
         if key in self.seen_keys:
-            self.flag(v, "shard_integrity", f"duplicate sample key {key}")
+            self.flag(v, Check.SHARD_INTEGRITY, f"duplicate sample key {key}")
         self.seen_keys.add(key)
         if sid is not None:
             self.seen_ids.add(sid)
@@ -289,32 +291,32 @@ class _Scan:
         missing = [k for k in COMMON_META if k not in meta]
         modality = meta.get("modality")
         if modality not in MODALITIES:
-            self.flag(v, "shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}")
+            self.flag(v, Check.SHAPES, f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}")
             modality = None
         else:
             missing += [k for k in self.x.media_meta(modality) if k not in meta]
         if missing:
-            self.flag(v, "shapes", f"meta lacks {', '.join(missing)}")
+            self.flag(v, Check.SHAPES, f"meta lacks {', '.join(missing)}")
         v.modality = modality
 
     def check_token_space(self, v: "_SampleScan") -> None:
         meta = v.meta
         if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
-            self.flag(v, "token_space", f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
+            self.flag(v, Check.TOKEN_SPACE, f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
                                         f"expected {self.x.id[:16]}")
         elif "token_space_id" in meta and self.header_id not in (None, self.x.id):
-            self.flag(v, "token_space", f"sample meta carries token space {self.x.id[:16]} but its shard header "
+            self.flag(v, Check.TOKEN_SPACE, f"sample meta carries token space {self.x.id[:16]} but its shard header "
                                         f"{self.header_id[:16]}: which codec made these tokens is unknown")
 
     def check_split(self, v: "_SampleScan") -> None:
         """The meta's split is its shard's, and a media sample names its source's SHA-256 (for leakage)."""
         meta = v.meta
         if "split" in meta and meta["split"] != self.task.split:
-            self.flag(v, "split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
+            self.flag(v, Check.SPLIT_INTEGRITY, f"sample meta says split {meta['split']!r}, its shard is in "
                                             f"{self.task.split!r}")
         source_sha = meta.get("source_sha256")
         if v.modality in MEDIA_MODALITIES and not is_hex64(source_sha):
-            self.flag(v, "split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
+            self.flag(v, Check.SPLIT_INTEGRITY, f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
                                             "cannot be checked")
             source_sha = None
         v.source_sha256 = source_sha
@@ -329,7 +331,7 @@ class _Scan:
             bad = (text < self.x.text.start) | (text >= self.x.text.end)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.flag(v, "token_ranges", f"text.npy position {p}: ID {int(text[p])} is not in text "
+                self.flag(v, Check.TOKEN_RANGES, f"text.npy position {p}: ID {int(text[p])} is not in text "
                           f"[{self.x.text.start}, {self.x.text.end}) (it is in {self.x.range_name(int(text[p]))})")
                 ok = False
         return ok
@@ -345,23 +347,23 @@ class _Scan:
         # uint32 arithmetic on purpose: (t - start) wraps below start, so one `>= size` tests both ends.
         if modality == "text":
             if tokens.size:
-                self.flag(v, "shapes", f"text-only sample has {tokens.size} media tokens")
+                self.flag(v, Check.SHAPES, f"text-only sample has {tokens.size} media tokens")
             return True
         if modality == "image":
             if self.x.image is None:
-                self.flag(v, "token_ranges", "image sample, but the token space has no image range")
+                self.flag(v, Check.TOKEN_RANGES, "image sample, but the token space has no image range")
                 return False
             bad = (tokens - np.uint32(self.x.image.start)) >= np.uint32(self.x.image.size)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.flag(v, "token_ranges", f"tokens position {p}: ID {int(tokens[p])} is not in image "
+                self.flag(v, Check.TOKEN_RANGES, f"tokens position {p}: ID {int(tokens[p])} is not in image "
                                           f"[{self.x.image.start}, {self.x.image.end}) (it is in "
                                           f"{self.x.range_name(int(tokens[p]))})")
                 return False
             return True
         per = self.x.per_frame
         if not self.x.n_q or not per:
-            self.flag(v, "token_ranges", "audio sample, but the token space has no audio levels")
+            self.flag(v, Check.TOKEN_RANGES, "audio sample, but the token space has no audio levels")
             return False
         # Position p holds the level the layout gives p % per (frame-major: p % n_q); checked even when
         # the length is not whole frames (check 3's job).
@@ -373,7 +375,7 @@ class _Scan:
         if bad.any():
             p = int(np.argmax(bad))
             r = self.x.levels[self.x.audio_layout.pattern[p % per]]
-            self.flag(v, "token_ranges", f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
+            self.flag(v, Check.TOKEN_RANGES, f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
                                       f"not in {r.name} [{r.start}, {r.end}) (it is in "
                                       f"{self.x.range_name(int(tokens[p]))}; the token space's audio layout is "
                                       f"{self.x.audio_layout.kind} {list(self.x.audio_layout.pattern)})")
@@ -447,7 +449,7 @@ class _Scan:
             if "proc_size" in meta and list(proc or []) != self.x.proc_size:
                 problems.append(f"meta proc_size {proc!r}, the token space's image codec has {self.x.proc_size}")
         if problems:
-            self.flag(v, "shapes", "; ".join(problems))
+            self.flag(v, Check.SHAPES, "; ".join(problems))
 
     def histograms(self, tokens: np.ndarray, modality: str) -> None:
         """Called for in-range tokens only. The audio levels are consecutive ranges, so one bincount
@@ -475,7 +477,8 @@ class _Scan:
             stats.add(n, self.max_seq_len if name.endswith(".sequence") else None)
         seq = series[f"{modality}.sequence"]
         if self.max_seq_len is not None and seq > self.max_seq_len:
-            self.fail("lengths", f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
+            self.fail(Check.LENGTHS,
+                      f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
                                  f"{longest} + {SEQUENCE_OVERHEAD} specials) exceeds --max-seq-len {self.max_seq_len}",
                       v.key, meta.get("id"))
 
@@ -489,26 +492,30 @@ class _Scan:
             modalities = None  # an index without (valid) modalities: nothing to compare
         for i, (key, sid, nt, nx, modality) in enumerate(self.read):
             if i >= n_index:
-                self.fail("shard_integrity", f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
                 continue
             if (key, sid) != (keys[i], ids[i]):
-                self.fail("shard_integrity", f"sample #{i} is {key} / {sid!r}, the index lists {keys[i]} / {ids[i]!r}",
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is {key} / {sid!r}, the index lists {keys[i]} / {ids[i]!r}",
                           key, sid)
             elif (nt, nx) != (tcs[i], xcs[i]):
-                self.fail("shard_integrity", f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
+                self.fail(Check.SHARD_INTEGRITY, f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
                                              f"{tcs[i]} and {xcs[i]}", key, sid)
             elif modalities is not None and modality != modalities[i]:
-                self.fail("shard_integrity", f"sample #{i} is {modality!r} in its meta, {modalities[i]!r} in the index",
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is {modality!r} in its meta, {modalities[i]!r} in the index",
                           key, sid)
         if len(self.read) < n_index:
             i = len(self.read)
             why = broken or "the tar ends early"
-            self.fail("shard_integrity", f"{why}: the tar holds {i} complete samples, its index lists {n_index}; "
+            self.fail(Check.SHARD_INTEGRITY, f"{why}: the tar holds {i} complete samples, its index lists {n_index}; "
                                          f"first missing is #{i}", keys[i], ids[i])
         elif broken:
-            self.fail("shard_integrity", broken)
+            self.fail(Check.SHARD_INTEGRITY, broken)
         if src.pos != self.index.get("tar_bytes") or src.sha.hexdigest() != self.index.get("tar_sha256"):
-            self.fail("shard_integrity", f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
+            self.fail(Check.SHARD_INTEGRITY,
+                      f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
                                          f"records {self.index.get('tar_bytes')} bytes and "
                                          f"{str(self.index.get('tar_sha256'))[:16]} (modified after writing)")
 
@@ -546,7 +553,7 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
     try:
         raw = fs.open(path, "rb")
     except (OSError, ValueError) as exc:
-        scan.fail("shard_integrity", f"cannot open the tar ({exc})")
+        scan.fail(Check.SHARD_INTEGRITY, f"cannot open the tar ({exc})")
     else:
         with raw:
             src = TrackingReader(raw)
