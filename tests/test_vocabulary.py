@@ -3,6 +3,7 @@ check names as a StrEnum whose members are the strings report.json uses."""
 
 import json
 
+import numpy as np
 import pytest
 
 import sharding.manifest
@@ -11,6 +12,7 @@ import train.stream
 import uti.config
 import uti.tokenizer
 import verify.checks
+from verify.dataset import ShardTask
 from verify.findings import CHECKS, Check, CheckResult, FindingLog
 from uti.modalities import MEDIA_MODALITIES, MODALITIES, TOKEN_SPACE_ORDER
 from uti.token_space import CodecDescriptor, TokenSpace
@@ -78,3 +80,27 @@ def test_a_check_member_serializes_as_its_string():
     assert as_enum == as_str and '"name": "shapes"' in as_enum
     with pytest.raises(KeyError, match="shapez"):
         log.add("shapez", "a misspelt check name")
+
+
+def _shape_findings(modality: str, meta: dict, n_tokens: int, n_text: int = 0) -> list[tuple[str, str]]:
+    scan = verify.checks._Scan(ShardTask(split="train", name="000000", tar_path=None, index_path=None),
+                               verify.checks._Expect(_space()), max_seq_len=None, max_examples=10)
+    v = verify.checks._SampleScan(key="k", position=0, meta=meta, tokens=np.zeros(n_tokens, dtype=np.uint32),
+                                  text=np.zeros(n_text, dtype=np.uint32), modality=modality)
+    scan.shapes(v)
+    return [(f.check, f.detail) for f in scan.log.examples.get(Check.SHAPES, [])]
+
+
+def test_shapes_lists_every_problem_of_a_sample_in_one_finding():
+    meta = {"captions": ["a"], "caption_token_lengths": [2], "n_q": 3, "n_frames": 2, "n_samples": 640}
+    [(check, detail)] = _shape_findings("audio", meta, n_tokens=6, n_text=1)
+    assert check == "shapes"
+    assert detail == ("caption_token_lengths sum to 2, text.npy holds 1 IDs; meta n_q=3, the token space's codec "
+                      "has 2; 6 tokens, but n_frames*n_q = 2*2 = 4")
+
+
+def test_shapes_checks_an_image_against_its_grid_and_passes_a_good_one():
+    [(_, detail)] = _shape_findings("image", {"proc_size": [16, 16], "grid": [4, 4]}, n_tokens=15)
+    assert detail == "15 tokens, but grid 4x4 needs 16"
+    assert _shape_findings("image", {"proc_size": [16, 16], "grid": [4, 4]}, n_tokens=16) == []
+    assert _shape_findings("audio", {"n_q": 2, "n_frames": 2, "n_samples": 640}, n_tokens=4) == []

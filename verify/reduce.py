@@ -140,7 +140,7 @@ class Reducer:
         elif f.space is not None and f.space.id != f.expected.id:
             changes = diff(f.expected, f.space)
             self.log.add(Check.TOKEN_SPACE, f"the dataset's token_space.json is {f.space.id[:16]}, expected "
-                                        f"{f.expected.id[:16]} ({f.expected_source}); changed: " + "; ".join(changes[:8]))
+                                            f"{f.expected.id[:16]} ({f.expected_source}); changed: " + "; ".join(changes[:8]))
         job_id = (f.job or {}).get("token_space_id")
         if job_id is not None and job_id != f.expected.id:
             self.log.add(Check.TOKEN_SPACE,
@@ -153,7 +153,7 @@ class Reducer:
                 (s0, (l0, _)), *others = sorted(splits.items())
                 for split, (label, key) in others:
                     self.log.add(Check.SPLIT_INTEGRITY, f"canonical ID in split {split!r} ({label}) and also in "
-                                                    f"{s0!r} ({l0}): leakage", shard=label, key=key, id=id_)
+                                                        f"{s0!r} ({l0}): leakage", shard=label, key=key, id=id_)
         for sha in sorted(self.sources):
             splits = self.sources[sha]
             if len(splits) > 1:
@@ -243,10 +243,10 @@ class Reducer:
         job = f.job
         if job.get("plan_sha256") not in (None, f.plan_sha256):
             log.add(Check.RECONCILIATION, f"job.json records plan SHA-256 {str(job['plan_sha256'])[:16]}, plan.json "
-                                      f"hashes to {str(f.plan_sha256)[:16]}")
+                                          f"hashes to {str(f.plan_sha256)[:16]}")
         if job.get("manifest_sha256") not in (None, f.plan.manifest_sha256):
             log.add(Check.RECONCILIATION, f"job.json records manifest SHA-256 {str(job['manifest_sha256'])[:16]}, "
-                                      f"plan.json {f.plan.manifest_sha256[:16]}")
+                                          f"plan.json {f.plan.manifest_sha256[:16]}")
         paths = [m["path"] for m in manifest_paths(job)]
         if not paths or not all(os.path.isfile(p) for p in paths):
             self.counts["manifests_checked"] = 0  # moved or left behind: nothing to compare, not an error
@@ -254,7 +254,7 @@ class Reducer:
         sha = manifests_sha256(paths)
         if sha != f.plan.manifest_sha256:
             log.add(Check.RECONCILIATION, f"the manifests listed in job.json now hash to {sha[:16]}, the plan was made "
-                                      f"from {f.plan.manifest_sha256[:16]} (edited after tokenizing)")
+                                          f"from {f.plan.manifest_sha256[:16]} (edited after tokenizing)")
             return
         try:
             rows = read_manifests(paths)
