@@ -15,6 +15,7 @@ import verify.checks
 from verify.dataset import ShardTask
 from verify.findings import CHECKS, Check, CheckResult, FindingLog
 from uti.modalities import MEDIA_MODALITIES, MODALITIES, TOKEN_SPACE_ORDER
+from uti.errors import TokenSpaceError
 from uti.token_space import CodecDescriptor, TokenSpace
 
 
@@ -104,3 +105,18 @@ def test_shapes_checks_an_image_against_its_grid_and_passes_a_good_one():
     assert detail == "15 tokens, but grid 4x4 needs 16"
     assert _shape_findings("image", {"proc_size": [16, 16], "grid": [4, 4]}, n_tokens=16) == []
     assert _shape_findings("audio", {"n_q": 2, "n_frames": 2, "n_samples": 640}, n_tokens=4) == []
+
+
+def test_a_local_folder_and_an_out_folder_hold_the_same_token_space_pair(tmp_path):
+    from sharding import outdir
+
+    space = _space()
+    space.write(tmp_path / "local")
+    outdir.write_space(str(tmp_path / "out"), space)
+    for name in ("token_space.json", "token_space.sha256"):
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "out" / name).read_bytes(), name
+    assert (tmp_path / "out" / "token_space.sha256").read_bytes() == f"{space.id}  token_space.json\n".encode()
+    assert TokenSpace.load(tmp_path / "out") == outdir.load_space(str(tmp_path / "local")) == space
+    (tmp_path / "local" / "token_space.sha256").write_bytes(b"\xff" * 8)  # not even UTF-8: refused, named
+    with pytest.raises(TokenSpaceError, match=r"token_space.sha256: records .* restore both from the same job"):
+        TokenSpace.load(tmp_path / "local")
