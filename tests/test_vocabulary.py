@@ -12,23 +12,12 @@ import train.stream
 import uti.config
 import uti.tokenizer
 import verify.checks
+from test_token_space import space_with as _space
+from uti.errors import TokenSpaceError
+from uti.modalities import MEDIA_MODALITIES, MODALITIES, TOKEN_SPACE_ORDER
+from uti.token_space import TokenSpace
 from verify.dataset import ShardTask
 from verify.findings import CHECKS, Check, CheckResult, FindingLog
-from uti.modalities import MEDIA_MODALITIES, MODALITIES, TOKEN_SPACE_ORDER
-from uti.errors import TokenSpaceError
-from uti.token_space import CodecDescriptor, TokenSpace
-
-
-def _space() -> TokenSpace:
-    return TokenSpace.build(
-        text=CodecDescriptor(modality="text", kind="byte", name="b", weights="none", fingerprint="t" * 64,
-                             params={"vocab_size": 256}),
-        image=CodecDescriptor(modality="image", kind="vqgan", name="v", weights="random:0", fingerprint="i" * 64,
-                              params={"codebook_size": 64, "proc_size": [16, 16], "grid": [4, 4]}),
-        audio=CodecDescriptor(modality="audio", kind="encodec", name="e", weights="random:0", fingerprint="a" * 64,
-                              params={"n_q": 2, "codebook_size": 32, "sample_rate": 24000, "frame_rate": 75.0}),
-        num_reserved=5,
-    )
 
 
 def test_token_space_order_is_the_order_of_the_id_ranges():

@@ -29,20 +29,20 @@ class Check(StrEnum):
     BASELINE = "baseline"
 
 
-# name -> (the check's number in the report, title, hard by default)
-CHECKS: dict[Check, tuple[int, str, bool]] = {
-    Check.TOKEN_SPACE: (1, "token-space ID equal in token_space.json, job.json, every shard header, index and sample", True),
-    Check.TOKEN_RANGES: (2, "every ID inside its modality's range, audio IDs on their level (frame-major), uint32", True),
-    Check.SHAPES: (3, "shape sanity from meta (audio n_frames*n_q, frames vs samples and rates; image grid)", True),
-    Check.SHARD_INTEGRITY: (4, "tar size and SHA-256 equal to the index, counts, keys and IDs as indexed, no orphans", True),
-    Check.RECONCILIATION: (5, "plan rows == samples in shards + rows in errors.jsonl, exactly once, per split", True),
-    Check.SPLIT_INTEGRITY: (6, "no canonical ID and no source-file SHA-256 in two splits", True),
-    Check.DECODE: (7, "decode spot checks on a seeded sample: no error, rate/length/size as meta says", True),
-    Check.RETOKENIZE: (8, "re-encode the source of a seeded sample and compare the tokens", True),
-    Check.CODEBOOK_HEALTH: (9, "per-level utilization, perplexity and dead codes over the whole dataset", False),
-    Check.LENGTHS: (10, "length statistics per modality and truncation risk against --max-seq-len", False),
-    Check.LOADER: (11, "data-loader smoke test through the training reader", True),
-    Check.BASELINE: (12, "regression limits against a stored baseline", True),
+# name -> (the check's number in the report, title, hard by default), one entry per Check in its order
+CHECKS: dict[str, tuple[int, str, bool]] = {
+    "token_space": (1, "token-space ID equal in token_space.json, job.json, every shard header, index and sample", True),
+    "token_ranges": (2, "every ID inside its modality's range, audio IDs on their level (frame-major), uint32", True),
+    "shapes": (3, "shape sanity from meta (audio n_frames*n_q, frames vs samples and rates; image grid)", True),
+    "shard_integrity": (4, "tar size and SHA-256 equal to the index, counts, keys and IDs as indexed, no orphans", True),
+    "reconciliation": (5, "plan rows == samples in shards + rows in errors.jsonl, exactly once, per split", True),
+    "split_integrity": (6, "no canonical ID and no source-file SHA-256 in two splits", True),
+    "decode": (7, "decode spot checks on a seeded sample: no error, rate/length/size as meta says", True),
+    "retokenize": (8, "re-encode the source of a seeded sample and compare the tokens", True),
+    "codebook_health": (9, "per-level utilization, perplexity and dead codes over the whole dataset", False),
+    "lengths": (10, "length statistics per modality and truncation risk against --max-seq-len", False),
+    "loader": (11, "data-loader smoke test through the training reader", True),
+    "baseline": (12, "regression limits against a stored baseline", True),
 }
 
 
