@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from uti.errors import ConfigError, UTIError
+from uti.modalities import MODALITIES
 from uti.strict import from_dict, to_dict
 from uti.token_space import canonical_json
 
 from sharding.paths import PathEscapeError, atomic_write_bytes
 from sharding.storage import is_url
 
-MODALITIES = ("audio", "image", "text")
 DEFAULT_SPLIT_FRACTIONS: Mapping[str, float] = {"train": 0.98, "val": 0.01, "test": 0.01}
 SUMMARY_FORMAT = "uti.manifest_summary"
 SUMMARY_VERSION = 1

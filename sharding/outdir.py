@@ -93,15 +93,16 @@ def write_bytes(out: str | os.PathLike, name: str, data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------- token space
 
 def write_space(out: str | os.PathLike, space: TokenSpace) -> None:
-    """token_space.json and its .sha256, the pair every reader checks against each other."""
-    raw = space.canonical_json()
-    write_bytes(out, SPACE_NAME, raw)
-    write_bytes(out, SPACE_SHA_NAME, f"{sha256_hex(raw)}  {SPACE_NAME}\n".encode())
+    """token_space.json and its .sha256, the pair every reader checks against each other: the bytes
+    TokenSpace.write writes to a local folder, here on any store."""
+    for name, data in space.files().items():
+        write_bytes(out, name, data)
 
 
 def load_space(out: str | os.PathLike) -> TokenSpace:
-    """OUT's token space, checked against its .sha256 with the same rules as TokenSpace.load. Raises
-    TokenSpaceError naming the file and the fix; callers wrap it in storage_errors with their flag."""
+    """OUT's token space, checked against its .sha256 by TokenSpace.from_files (TokenSpace.load's rules,
+    on any store). Raises TokenSpaceError naming the file and the fix; callers wrap it in storage_errors
+    with their flag."""
     out = os.fspath(out)
     where, sha_where = path_of(out, SPACE_NAME), path_of(out, SPACE_SHA_NAME)
     try:
@@ -111,15 +112,8 @@ def load_space(out: str | os.PathLike) -> TokenSpace:
     if raw is None:
         raise TokenSpaceError(f"{where}: missing; is {out} the OUT folder of `uti tokenize`? Pass that folder, "
                               f"or restore {SPACE_NAME} and {SPACE_SHA_NAME} from the job that made it")
-    space = TokenSpace.from_json_bytes(raw, where=where)
-    if sha is None:
-        raise TokenSpaceError(f"{sha_where}: missing; {SPACE_NAME} and {SPACE_SHA_NAME} travel together: "
-                              "restore both from the same tokenize job")
-    recorded = (sha.decode("utf-8", "replace").split() or [""])[0]
-    if recorded != sha256_hex(raw):
-        raise TokenSpaceError(f"{sha_where}: records {recorded[:16]!r} but {where} hashes to {space.id[:16]}; one of "
-                              "the two files was changed: restore both from the same tokenize job")
-    return space
+    return TokenSpace.from_files(raw, sha, where=where, sha_where=sha_where,
+                                 fix="restore both from the same tokenize job")
 
 
 def claim_space(out: str | os.PathLike, space: TokenSpace) -> None:

@@ -30,11 +30,11 @@ from sharding.outdir import SPACE_NAME, path_of, read_bytes
 from train.config import TASKS, TrainConfig, TrainError, split_names
 from train.sequences import MEDIA_OF
 from uti.errors import TokenSpaceError
+from uti.modalities import MODALITIES  # also read from here by train.stream
 from uti.token_space import TokenSpace
 
 log = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("audio", "image", "text")
 # The fixed tokens around media and caption (see train.sequences): a media task is
 # <bos><tag><bo?> M <eo?><bot> C <eot><eos> (7 + M + C tokens), text is <bos><txt><bot> C <eot><eos> (5 + C).
 MEDIA_OVERHEAD = 7

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 from uti.errors import ConfigError
+from uti.modalities import TOKEN_SPACE_ORDER
 from uti.strict import from_dict, to_dict
 
 
@@ -132,7 +133,9 @@ class LimitsConfig:
                               f"({self.max_sample_rate}): no sample rate could meet both")
 
 
-MODALITIES = ("text", "image", "audio")
+# uti.config.MODALITIES is the token-space order (uti.modalities says why): uti.cli_commands prints its
+# notes in the order of the ranges.
+MODALITIES = TOKEN_SPACE_ORDER
 NO_CODEC = "none"  # `kind: none` says explicitly that a modality has no codec (and no range)
 DEFAULT_KINDS = {"image": "vqgan", "audio": "encodec"}  # the kind of a section that names none
 BUILTIN_SETTINGS: dict[tuple[str, str], type[CodecSettings]] = {("image", "vqgan"): ImageConfig,
@@ -180,7 +183,7 @@ class UTIConfig:
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities that have a codec, in token-space order."""
-        return tuple(m for m in MODALITIES if getattr(self, m) is not None)
+        return tuple(m for m in TOKEN_SPACE_ORDER if getattr(self, m) is not None)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -228,7 +231,7 @@ def config_from_dict(data: object, *, where: str = "config") -> UTIConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     data = dict(data)
-    for modality in MODALITIES:
+    for modality in TOKEN_SPACE_ORDER:
         section = data.get(modality)
         if isinstance(section, dict) and section.get("kind") == NO_CODEC:
             extra = sorted(set(section) - {"kind"})

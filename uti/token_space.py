@@ -61,6 +61,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def recorded_sha(sha: bytes) -> str:
+    """The SHA-256 a token_space.sha256 records: its first field, "" when it has none."""
+    fields = sha.decode("utf-8", "replace").split()
+    return fields[0] if fields else ""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Range:
     name: str
@@ -524,13 +530,33 @@ class TokenSpace:
             )
         return space
 
+    def files(self) -> dict[str, bytes]:
+        """token_space.json and token_space.sha256 (sha256sum format, so `sha256sum -c` checks the pair):
+        file name -> bytes, in the order to write them. Every writer of the pair (a local folder, an
+        object store) writes these bytes."""
+        raw = self.canonical_json()
+        return {JSON_NAME: raw, SHA_NAME: f"{sha256_hex(raw)}  {JSON_NAME}\n".encode()}
+
+    @classmethod
+    def from_files(cls, raw: bytes, sha: bytes | None, *, where: str, sha_where: str, fix: str) -> "TokenSpace":
+        """The token space of token_space.json's bytes `raw`, checked against its .sha256's bytes `sha`
+        (None: missing): canonical JSON, and the SHA-256 the pair records equal to its hash. `where` and
+        `sha_where` name the two files; `fix` ends each refusal with how to get a matching pair back."""
+        space = cls.from_json_bytes(raw, where=where)
+        if sha is None:
+            raise TokenSpaceError(f"{sha_where}: missing; {JSON_NAME} and {SHA_NAME} travel together: {fix}")
+        recorded = recorded_sha(sha)
+        if recorded != space.id:
+            raise TokenSpaceError(f"{sha_where}: records {recorded[:16]!r} but {where} hashes to {space.id[:16]}; "
+                                  f"one of the two files was changed: {fix}")
+        return space
+
     def write(self, directory: str | os.PathLike) -> Path:
-        """Write token_space.json and token_space.sha256 (sha256sum format) atomically."""
+        """Write token_space.json and token_space.sha256 atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        raw = self.canonical_json()
-        atomic_write(directory / JSON_NAME, raw)
-        atomic_write(directory / SHA_NAME, f"{sha256_hex(raw)}  {JSON_NAME}\n".encode())
+        for name, data in self.files().items():
+            atomic_write(directory / name, data)
         return directory / JSON_NAME
 
     @classmethod
@@ -541,18 +567,9 @@ class TokenSpace:
         sha_path = json_path.with_name(SHA_NAME)
         if not json_path.is_file():
             raise TokenSpaceError(f"{json_path}: no token space here; write one with `uti tokenspace build`")
-        raw = json_path.read_bytes()
-        space = cls.from_json_bytes(raw, where=str(json_path))
-        if sha_path.is_file():
-            recorded = sha_path.read_text().split()[0] if sha_path.read_text().split() else ""
-            if recorded != space.id:
-                raise TokenSpaceError(
-                    f"{sha_path}: records {recorded[:16]!r} but {json_path.name} hashes to {space.id[:16]}; "
-                    "one of the two files was changed. Restore both from the same job"
-                )
-        else:
-            raise TokenSpaceError(f"{sha_path}: missing; token_space.json and token_space.sha256 travel together")
-        return space
+        sha = sha_path.read_bytes() if sha_path.is_file() else None
+        return cls.from_files(json_path.read_bytes(), sha, where=str(json_path), sha_where=str(sha_path),
+                              fix="restore both from the same job")
 
     # ---- checks ---------------------------------------------------------------------------------
     def validate(self, *, where: str = "token space") -> None:
@@ -707,7 +724,7 @@ def write_token_space(space: TokenSpace, directory: str | os.PathLike, *, force:
     raw = json_path.read_bytes()
     if raw == space.canonical_json():
         sha_path = directory / SHA_NAME
-        if not sha_path.is_file() or sha_path.read_text().split()[:1] != [space.id]:
+        if not sha_path.is_file() or recorded_sha(sha_path.read_bytes()) != space.id:
             space.write(directory)  # the same token space; only its .sha256 companion was missing or stale
         return "unchanged"
     if not force:

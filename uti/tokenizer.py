@@ -20,12 +20,12 @@ from uti.captions import split_captions
 from uti.codecs.base import AudioCodec, EncodedAudio, ImageCodec, TextCodec
 from uti.config import UTIConfig, load_config
 from uti.errors import ConfigError, DecodeRefused, RuntimeSizeMismatch
+from uti.modalities import MODALITIES
 from uti.token_space import BOUNDARY_PAIRS, VERSION, TokenSpace, missing_modality_message, require_same
 
 log = logging.getLogger(__name__)
 
 ID_DTYPE = np.uint32
-MODALITIES = ("text", "image", "audio")
 
 
 def config_size_mismatches(config: UTIConfig, tok: "UnifiedTokenizer") -> list[str]:

@@ -2,14 +2,14 @@
 seeded decode/retokenize spot checks, codebook and length statistics, a loader smoke test and
 baseline gating. Reports go to report.json and a self-contained report.html.
 
-Public API: `VerifyConfig`, `BaselineLimits`, `run_verify` -> `VerifyResult`, and `CHECKS` (the
-check names that report.json uses).
+Public API: `VerifyConfig`, `BaselineLimits`, `run_verify` -> `VerifyResult`, `CHECKS` (the
+check names that report.json uses) and `Check` (those names as a StrEnum).
 """
 
 from verify.config import BaselineLimits, VerifyConfig
-from verify.findings import CHECKS
+from verify.findings import CHECKS, Check
 
-__all__ = ["BaselineLimits", "CHECKS", "VerifyConfig", "VerifyResult", "run_verify"]
+__all__ = ["BaselineLimits", "CHECKS", "Check", "VerifyConfig", "VerifyResult", "run_verify"]
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from typing import Any
 from uti.errors import UTIError
 from uti.token_space import canonical_json
 from verify.config import BaselineLimits
-from verify.findings import CheckResult, Finding
+from verify.findings import Check, CheckResult, Finding
 
 FORMAT = "uti.verify_baseline"
 VERSION = 1
@@ -71,13 +71,13 @@ def load_baseline(path: str | os.PathLike) -> dict[str, Any]:
 def compare(baseline: dict[str, Any], current: dict[str, float], *, limits: BaselineLimits, where: str,
             token_space_id: str) -> CheckResult:
     """One finding per regressed metric, named in the detail; unknown metric kinds are not gated."""
-    result = CheckResult(name="baseline", ok=True, hard=True)
+    result = CheckResult(name=Check.BASELINE, ok=True, hard=True)
     regressed: list[str] = []
     base = baseline["metrics"]
 
     def regress(name: str, detail: str) -> None:
         regressed.append(name)
-        result.examples.append(Finding("baseline", None, None, None, f"{name}: {detail}"))
+        result.examples.append(Finding(Check.BASELINE, None, None, None, f"{name}: {detail}"))
 
     drop, growth = limits.count_drop, limits.count_growth
     for name, b in sorted(base.items()):

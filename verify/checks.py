@@ -21,12 +21,12 @@ from sharding.format import header_policy, index_modalities, is_hex64, sample_ke
 from sharding.parser import ShardProblem, TarBroken, header_member, iter_members, iter_samples, parse_header, parse_ids
 from sharding.tario import TrackingReader
 from uti.errors import TokenSpaceError
+from uti.modalities import MEDIA_MODALITIES, MODALITIES
 from uti.token_space import TokenSpace, expected_audio_frames
 from verify.dataset import ShardTask
-from verify.findings import FindingLog
+from verify.findings import Check, FindingLog
 from verify.stats import LengthStats
 
-MODALITIES = ("audio", "image", "text")
 # A training sequence adds a task tag / <bos>, two boundary pairs and <eos> around media + one caption;
 # the length check estimates sequences as media + longest caption + this many specials.
 SEQUENCE_OVERHEAD = 6
@@ -35,7 +35,7 @@ SEQUENCE_OVERHEAD = 6
 from sharding.format import MEDIA_META, META_COMMON as COMMON_META  # noqa: E402
 # The checks whose failure makes a sample (or shard) unfit for decode spot checks and the loader test:
 # those would only fail again for the same root cause.
-STRUCTURAL = ("token_space", "token_ranges", "shapes", "shard_integrity", "split_integrity")
+STRUCTURAL = (Check.TOKEN_SPACE, Check.TOKEN_RANGES, Check.SHAPES, Check.SHARD_INTEGRITY, Check.SPLIT_INTEGRITY)
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class _Expect:
 class _Scan:
     def __init__(self, task: ShardTask, expect: _Expect, *, max_seq_len: int | None, max_examples: int):
         self.task = task
-        self.x = expect
+        self.expect = expect
         self.label = task.label
         self.index = task.index or {}
         self.log = FindingLog(max_examples)
@@ -192,28 +192,30 @@ class _Scan:
         if header is None:
             return False
         claimed = header["token_space_id"]
-        if claimed != self.x.id:
-            self.fail("token_space", f"shard header carries token space {claimed[:16]}, expected {self.x.id[:16]}; "
-                                     "tokens of another codec/weights must never be mixed in")
+        if claimed != self.expect.id:
+            self.fail(Check.TOKEN_SPACE, f"shard header carries token space {claimed[:16]}, expected {self.expect.id[:16]}; "
+                                         "tokens of another codec/weights must never be mixed in")
         self.header_id = claimed
         self.header_version = header["version"]
         self.encode_policy = header_policy(header)
         if header["shard"] != self.task.name or header["split"] != self.task.split:
-            self.fail("shard_integrity", f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
+            self.fail(Check.SHARD_INTEGRITY,
+                      f"header says {header['split']}/{header['shard']}, the file sits at {self.label}")
         return True
 
     def _record(self, problem: ShardProblem) -> None:
         """verify's error policy for the shared parser: a finding, then carry on."""
-        self.fail("token_space" if problem.kind == "token_space" else "shard_integrity", problem.problem)
+        self.fail(Check.TOKEN_SPACE if problem.kind == "token_space" else Check.SHARD_INTEGRITY, problem.problem)
 
     def index_checks(self) -> None:
         # A tar whose size differs from its index needs no finding of its own: the scan names the
         # damaged sample and the final size/SHA-256 comparison reports the difference.
         if self.task.problem and not self.task.problem.startswith("size_mismatch"):
-            self.fail("shard_integrity", self.task.problem)
-        if self.index.get("token_space_id") != self.x.id:
-            self.fail("token_space", f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
-                                     f"expected {self.x.id[:16]}")
+            self.fail(Check.SHARD_INTEGRITY, self.task.problem)
+        if self.index.get("token_space_id") != self.expect.id:
+            self.fail(Check.TOKEN_SPACE,
+                      f"shard index carries token space {str(self.index.get('token_space_id'))[:16]}, "
+                                     f"expected {self.expect.id[:16]}")
 
     # -- one sample: parse, then each check one function; a structural finding marks the sample unclean
     def flag(self, v: "_SampleScan", check: str, detail: str, id: Any = _SAME) -> None:
@@ -233,7 +235,7 @@ class _Scan:
         ranges_ok = self.check_ranges(v)
         if v.modality is not None:
             self.shapes(v)
-        if v.tokens is not None and ranges_ok and v.modality in ("audio", "image"):
+        if v.tokens is not None and ranges_ok and v.modality in MEDIA_MODALITIES:
             self.histograms(v.tokens, v.modality)
         if v.modality is not None and v.tokens is not None and v.text is not None:
             self.lengths_of(v)
@@ -248,10 +250,10 @@ class _Scan:
             meta = json.loads(meta_b.decode("utf-8"))
         except (ValueError, RecursionError) as exc:  # also over-long ints and absurd nesting
             meta = None
-            self.flag(v, "shard_integrity", f"{v.key}.json is not valid JSON ({exc})", id=indexed_id)
+            self.flag(v, Check.SHARD_INTEGRITY, f"{v.key}.json is not valid JSON ({exc})", id=indexed_id)
         if not isinstance(meta, dict):
             if meta is not None:
-                self.flag(v, "shard_integrity", f"{v.key}.json is not a JSON object", id=indexed_id)
+                self.flag(v, Check.SHARD_INTEGRITY, f"{v.key}.json is not a JSON object", id=indexed_id)
             meta = {}
         v.meta = meta
         v.sid = meta.get("id") if isinstance(meta.get("id"), str) and meta.get("id") else None
@@ -263,22 +265,22 @@ class _Scan:
                           -1 if v.text is None else int(v.text.size), v.meta.get("modality")))
         self.counts["samples"] += 1
         if why_t:
-            self.flag(v, "token_ranges", f"{v.key}.tokens.npy: {why_t}")
+            self.flag(v, Check.TOKEN_RANGES, f"{v.key}.tokens.npy: {why_t}")
         if why_x:
-            self.flag(v, "token_ranges", f"{v.key}.text.npy: {why_x}")
+            self.flag(v, Check.TOKEN_RANGES, f"{v.key}.text.npy: {why_x}")
 
     def check_identity(self, v: "_SampleScan") -> None:
         """The key is sample_key(id), and neither appears twice in the shard."""
         key, sid = v.key, v.sid
         if sid is None:
-            self.flag(v, "shapes", f"{key}.json has no canonical 'id'", id=self._indexed(v.position)[1])
+            self.flag(v, Check.SHAPES, f"{key}.json has no canonical 'id'", id=self._indexed(v.position)[1])
         else:
             if sample_key(sid) != key:
-                self.flag(v, "shard_integrity", f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}")
+                self.flag(v, Check.SHARD_INTEGRITY, f"key {key} is not sample_key({sid!r}) = {sample_key(sid)}")
             if sid in self.seen_ids:
-                self.flag(v, "shard_integrity", f"sample id {sid!r} appears twice in the shard")
+                self.flag(v, Check.SHARD_INTEGRITY, f"sample id {sid!r} appears twice in the shard")
         if key in self.seen_keys:
-            self.flag(v, "shard_integrity", f"duplicate sample key {key}")
+            self.flag(v, Check.SHARD_INTEGRITY, f"duplicate sample key {key}")
         self.seen_keys.add(key)
         if sid is not None:
             self.seen_ids.add(sid)
@@ -289,33 +291,33 @@ class _Scan:
         missing = [k for k in COMMON_META if k not in meta]
         modality = meta.get("modality")
         if modality not in MODALITIES:
-            self.flag(v, "shapes", f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}")
+            self.flag(v, Check.SHAPES, f"meta modality {modality!r} is not one of {', '.join(MODALITIES)}")
             modality = None
         else:
-            missing += [k for k in self.x.media_meta(modality) if k not in meta]
+            missing += [k for k in self.expect.media_meta(modality) if k not in meta]
         if missing:
-            self.flag(v, "shapes", f"meta lacks {', '.join(missing)}")
+            self.flag(v, Check.SHAPES, f"meta lacks {', '.join(missing)}")
         v.modality = modality
 
     def check_token_space(self, v: "_SampleScan") -> None:
         meta = v.meta
-        if "token_space_id" in meta and meta["token_space_id"] != self.x.id:
-            self.flag(v, "token_space", f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
-                                        f"expected {self.x.id[:16]}")
-        elif "token_space_id" in meta and self.header_id not in (None, self.x.id):
-            self.flag(v, "token_space", f"sample meta carries token space {self.x.id[:16]} but its shard header "
-                                        f"{self.header_id[:16]}: which codec made these tokens is unknown")
+        if "token_space_id" in meta and meta["token_space_id"] != self.expect.id:
+            self.flag(v, Check.TOKEN_SPACE, f"sample meta carries token space {str(meta['token_space_id'])[:16]}, "
+                                            f"expected {self.expect.id[:16]}")
+        elif "token_space_id" in meta and self.header_id not in (None, self.expect.id):
+            self.flag(v, Check.TOKEN_SPACE, f"sample meta carries token space {self.expect.id[:16]} but its shard header "
+                                            f"{self.header_id[:16]}: which codec made these tokens is unknown")
 
     def check_split(self, v: "_SampleScan") -> None:
         """The meta's split is its shard's, and a media sample names its source's SHA-256 (for leakage)."""
         meta = v.meta
         if "split" in meta and meta["split"] != self.task.split:
-            self.flag(v, "split_integrity", f"sample meta says split {meta['split']!r}, its shard is in "
-                                            f"{self.task.split!r}")
+            self.flag(v, Check.SPLIT_INTEGRITY, f"sample meta says split {meta['split']!r}, its shard is in "
+                                                f"{self.task.split!r}")
         source_sha = meta.get("source_sha256")
-        if v.modality in ("audio", "image") and not is_hex64(source_sha):
-            self.flag(v, "split_integrity", f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
-                                            "cannot be checked")
+        if v.modality in MEDIA_MODALITIES and not is_hex64(source_sha):
+            self.flag(v, Check.SPLIT_INTEGRITY, f"meta source_sha256 {source_sha!r} is not a SHA-256; source leakage "
+                                                "cannot be checked")
             source_sha = None
         v.source_sha256 = source_sha
 
@@ -325,12 +327,12 @@ class _Scan:
         if v.tokens is not None and v.modality is not None:
             ok = self.ranges(v)
         text = v.text
-        if text is not None and self.x.text is not None and text.size:
-            bad = (text < self.x.text.start) | (text >= self.x.text.end)
+        if text is not None and self.expect.text is not None and text.size:
+            bad = (text < self.expect.text.start) | (text >= self.expect.text.end)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.flag(v, "token_ranges", f"text.npy position {p}: ID {int(text[p])} is not in text "
-                          f"[{self.x.text.start}, {self.x.text.end}) (it is in {self.x.range_name(int(text[p]))})")
+                self.flag(v, Check.TOKEN_RANGES, f"text.npy position {p}: ID {int(text[p])} is not in text "
+                          f"[{self.expect.text.start}, {self.expect.text.end}) (it is in {self.expect.range_name(int(text[p]))})")
                 ok = False
         return ok
 
@@ -345,122 +347,67 @@ class _Scan:
         # uint32 arithmetic on purpose: (t - start) wraps below start, so one `>= size` tests both ends.
         if modality == "text":
             if tokens.size:
-                self.flag(v, "shapes", f"text-only sample has {tokens.size} media tokens")
+                self.flag(v, Check.SHAPES, f"text-only sample has {tokens.size} media tokens")
             return True
         if modality == "image":
-            if self.x.image is None:
-                self.flag(v, "token_ranges", "image sample, but the token space has no image range")
+            if self.expect.image is None:
+                self.flag(v, Check.TOKEN_RANGES, "image sample, but the token space has no image range")
                 return False
-            bad = (tokens - np.uint32(self.x.image.start)) >= np.uint32(self.x.image.size)
+            bad = (tokens - np.uint32(self.expect.image.start)) >= np.uint32(self.expect.image.size)
             if bad.any():
                 p = int(np.argmax(bad))
-                self.flag(v, "token_ranges", f"tokens position {p}: ID {int(tokens[p])} is not in image "
-                                          f"[{self.x.image.start}, {self.x.image.end}) (it is in "
-                                          f"{self.x.range_name(int(tokens[p]))})")
+                self.flag(v, Check.TOKEN_RANGES, f"tokens position {p}: ID {int(tokens[p])} is not in image "
+                                          f"[{self.expect.image.start}, {self.expect.image.end}) (it is in "
+                                          f"{self.expect.range_name(int(tokens[p]))})")
                 return False
             return True
-        per = self.x.per_frame
-        if not self.x.n_q or not per:
-            self.flag(v, "token_ranges", "audio sample, but the token space has no audio levels")
+        per = self.expect.per_frame
+        if not self.expect.n_q or not per:
+            self.flag(v, Check.TOKEN_RANGES, "audio sample, but the token space has no audio levels")
             return False
         # Position p holds the level the layout gives p % per (frame-major: p % n_q); checked even when
         # the length is not whole frames (check 3's job).
         if tokens.size % per == 0:
-            bad = ((tokens.reshape(-1, per) - self.x.slot_starts_u32) >= self.x.slot_sizes_u32).reshape(-1)
+            bad = ((tokens.reshape(-1, per) - self.expect.slot_starts_u32) >= self.expect.slot_sizes_u32).reshape(-1)
         else:
             slot = np.arange(tokens.size) % per
-            bad = (tokens - self.x.slot_starts_u32[slot]) >= self.x.slot_sizes_u32[slot]
+            bad = (tokens - self.expect.slot_starts_u32[slot]) >= self.expect.slot_sizes_u32[slot]
         if bad.any():
             p = int(np.argmax(bad))
-            r = self.x.levels[self.x.audio_layout.pattern[p % per]]
-            self.flag(v, "token_ranges", f"tokens position {p} ({self.x.slot(p)}): ID {int(tokens[p])} is "
+            r = self.expect.levels[self.expect.audio_layout.pattern[p % per]]
+            self.flag(v, Check.TOKEN_RANGES, f"tokens position {p} ({self.expect.slot(p)}): ID {int(tokens[p])} is "
                                       f"not in {r.name} [{r.start}, {r.end}) (it is in "
-                                      f"{self.x.range_name(int(tokens[p]))}; the token space's audio layout is "
-                                      f"{self.x.audio_layout.kind} {list(self.x.audio_layout.pattern)})")
+                                      f"{self.expect.range_name(int(tokens[p]))}; the token space's audio layout is "
+                                      f"{self.expect.audio_layout.kind} {list(self.expect.audio_layout.pattern)})")
             return False
         return True
 
     def shapes(self, v: "_SampleScan") -> None:
-        meta, modality, tokens, text = v.meta, v.modality, v.tokens, v.text
-        problems: list[str] = []
-        captions, lens = meta.get("captions"), meta.get("caption_token_lengths")
-        if "captions" in meta and (not isinstance(captions, list) or not all(isinstance(c, str) for c in captions)):
-            problems.append("captions must be a list of strings")
-        elif "caption_token_lengths" in meta:
-            if not isinstance(lens, list) or not all(_is_count(n) for n in lens):
-                problems.append("caption_token_lengths must be a list of non-negative integers")
-            else:
-                if isinstance(captions, list) and len(lens) != len(captions):
-                    problems.append(f"{len(captions)} captions but {len(lens)} caption_token_lengths")
-                if text is not None and sum(lens) != text.size:
-                    problems.append(f"caption_token_lengths sum to {sum(lens)}, text.npy holds {text.size} IDs")
-        n = None if tokens is None else int(tokens.size)
-        if modality == "audio":
-            a = self.x.audio
-            for field_, want in (("n_q", self.x.n_q), ("sample_rate", a.get("sample_rate")),
-                                 ("channels", a.get("channels")), ("frame_rate", a.get("frame_rate"))):
-                if field_ in meta and want is not None and not _same(meta[field_], want):
-                    problems.append(f"meta {field_}={meta[field_]!r}, the token space's codec has {want!r}")
-            n_frames, n_samples = meta.get("n_frames"), meta.get("n_samples")
-            if "n_frames" in meta and not (_is_count(n_frames) and n_frames >= 1):
-                problems.append(f"meta n_frames={n_frames!r} must be a positive integer")
-            elif "n_samples" in meta and not (_is_count(n_samples) and n_samples >= 1):
-                problems.append(f"meta n_samples={n_samples!r} must be a positive integer")
-            elif "n_frames" in meta and "n_samples" in meta:
-                per = self.x.per_frame
-                if n is not None and per and n != n_frames * per:
-                    label = "n_q" if self.x.audio_layout.kind == "frame_major" else f"tokens_per_frame ({self.x.audio_layout.kind})"
-                    problems.append(f"{n} tokens, but n_frames*{label} = {n_frames}*{per} = {n_frames * per}")
-                if self.x.hop:
-                    want = self.x.expected_frames(n_samples)
-                    if n_frames != want:
-                        problems.append(f"meta n_frames={n_frames} but n_samples={n_samples} at hop "
-                                        f"{self.x.hop} gives {want} frames")
-                    duration = meta.get("duration")
-                    if isinstance(duration, (int, float)) and math.isfinite(duration) and a.get("sample_rate"):
-                        if abs(duration * a["sample_rate"] - n_samples) > self.x.hop:
-                            problems.append(f"meta duration {duration:.4f} s at {a['sample_rate']} Hz is "
-                                            f"{duration * a['sample_rate']:.0f} samples, n_samples says {n_samples}")
-                if a.get("segment_length"):
-                    segs = self.x.segments(n_samples)
-                    sf = meta.get("segment_frames")
-                    if not isinstance(sf, list) or len(sf) != len(segs) or sum(sf) != n_frames:
-                        problems.append(f"meta segment_frames must list {len(segs)} segments summing to n_frames={n_frames}")
-                    sc = meta.get("scales")
-                    if not isinstance(sc, list) or len(sc) != len(segs):
-                        problems.append(f"meta scales must list {len(segs)} per-segment scales")
-        elif modality == "image":
-            proc, shape = meta.get("proc_size"), self.x.image_shape
-            wrong = [f"meta {k} {meta[k]!r}, the token space's image codec has {want!r}"
-                     for k, want in shape.items() if k in meta and not _same_shape(meta[k], want)]
-            problems += wrong
-            if not wrong and all(k in meta for k in shape) and n is not None and self.x.image_layout is not None:
-                try:
-                    need = self.x.image_layout.expected_len(shape)
-                except TokenSpaceError as exc:  # a token space whose image codec records no fixed shape
-                    problems.append(str(exc))
-                else:
-                    if n != need:
-                        what = (f"grid {shape['grid'][0]}x{shape['grid'][1]}" if "grid" in shape
-                                else f"{self.x.image_layout.kind} n_tokens {shape.get('n_tokens')}")
-                        problems.append(f"{n} tokens, but {what} needs {need}")
-            if "proc_size" in meta and list(proc or []) != self.x.proc_size:
-                problems.append(f"meta proc_size {proc!r}, the token space's image codec has {self.x.proc_size}")
+        """Check 3, shape sanity: the captions' token lengths, then the audio or image shape the meta
+        claims against the token space's codec. One finding per sample lists every problem found."""
+        n = None if v.tokens is None else int(v.tokens.size)
+        problems = _caption_problems(v.meta, v.text)
+        if v.modality == "audio":
+            problems += _audio_problems(self.expect, v.meta, n)
+        elif v.modality == "image":
+            problems += _image_problems(self.expect, v.meta, n)
         if problems:
-            self.flag(v, "shapes", "; ".join(problems))
+            self.flag(v, Check.SHAPES, "; ".join(problems))
 
     def histograms(self, tokens: np.ndarray, modality: str) -> None:
         """Called for in-range tokens only. The audio levels are consecutive ranges, so one bincount
         over all of them gives every level's histogram (level k is slice k of it)."""
         if modality == "image":
-            self.image_book += np.bincount(tokens - np.uint32(self.x.image.start), minlength=self.image_book.size)
+            self.image_book += np.bincount(tokens - np.uint32(self.expect.image.start), minlength=self.image_book.size)
         else:
-            self.audio_book += np.bincount(tokens - np.uint32(self.x.levels[0].start), minlength=self.audio_book.size)
+            base = np.uint32(self.expect.levels[0].start)
+            self.audio_book += np.bincount(tokens - base, minlength=self.audio_book.size)
 
     def codebooks(self) -> dict[str, np.ndarray]:
-        out = {"image": self.image_book} if self.x.image is not None else {}
-        for k, r in enumerate(self.x.levels):
-            out[r.name] = self.audio_book[r.start - self.x.levels[0].start: r.end - self.x.levels[0].start].copy()
+        out = {"image": self.image_book} if self.expect.image is not None else {}
+        base = self.expect.levels[0].start if self.expect.levels else 0
+        for r in self.expect.levels:
+            out[r.name] = self.audio_book[r.start - base: r.end - base].copy()
         return out
 
     def lengths_of(self, v: "_SampleScan") -> None:
@@ -475,7 +422,8 @@ class _Scan:
             stats.add(n, self.max_seq_len if name.endswith(".sequence") else None)
         seq = series[f"{modality}.sequence"]
         if self.max_seq_len is not None and seq > self.max_seq_len:
-            self.fail("lengths", f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
+            self.fail(Check.LENGTHS,
+                      f"{modality} sequence of about {seq} tokens (media {tokens.size} + longest caption "
                                  f"{longest} + {SEQUENCE_OVERHEAD} specials) exceeds --max-seq-len {self.max_seq_len}",
                       v.key, meta.get("id"))
 
@@ -489,26 +437,30 @@ class _Scan:
             modalities = None  # an index without (valid) modalities: nothing to compare
         for i, (key, sid, nt, nx, modality) in enumerate(self.read):
             if i >= n_index:
-                self.fail("shard_integrity", f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is not in the index (index num_samples={n_index})", key, sid)
                 continue
             if (key, sid) != (keys[i], ids[i]):
-                self.fail("shard_integrity", f"sample #{i} is {key} / {sid!r}, the index lists {keys[i]} / {ids[i]!r}",
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is {key} / {sid!r}, the index lists {keys[i]} / {ids[i]!r}",
                           key, sid)
             elif (nt, nx) != (tcs[i], xcs[i]):
-                self.fail("shard_integrity", f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
-                                             f"{tcs[i]} and {xcs[i]}", key, sid)
+                self.fail(Check.SHARD_INTEGRITY, f"sample #{i} holds {nt} media and {nx} text IDs, the index records "
+                                                 f"{tcs[i]} and {xcs[i]}", key, sid)
             elif modalities is not None and modality != modalities[i]:
-                self.fail("shard_integrity", f"sample #{i} is {modality!r} in its meta, {modalities[i]!r} in the index",
+                self.fail(Check.SHARD_INTEGRITY,
+                          f"sample #{i} is {modality!r} in its meta, {modalities[i]!r} in the index",
                           key, sid)
         if len(self.read) < n_index:
             i = len(self.read)
             why = broken or "the tar ends early"
-            self.fail("shard_integrity", f"{why}: the tar holds {i} complete samples, its index lists {n_index}; "
-                                         f"first missing is #{i}", keys[i], ids[i])
+            self.fail(Check.SHARD_INTEGRITY, f"{why}: the tar holds {i} complete samples, its index lists {n_index}; "
+                                             f"first missing is #{i}", keys[i], ids[i])
         elif broken:
-            self.fail("shard_integrity", broken)
+            self.fail(Check.SHARD_INTEGRITY, broken)
         if src.pos != self.index.get("tar_bytes") or src.sha.hexdigest() != self.index.get("tar_sha256"):
-            self.fail("shard_integrity", f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
+            self.fail(Check.SHARD_INTEGRITY,
+                      f"tar is {src.pos} bytes with SHA-256 {src.sha.hexdigest()[:16]}, its index "
                                          f"records {self.index.get('tar_bytes')} bytes and "
                                          f"{str(self.index.get('tar_sha256'))[:16]} (modified after writing)")
 
@@ -546,7 +498,7 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
     try:
         raw = fs.open(path, "rb")
     except (OSError, ValueError) as exc:
-        scan.fail("shard_integrity", f"cannot open the tar ({exc})")
+        scan.fail(Check.SHARD_INTEGRITY, f"cannot open the tar ({exc})")
     else:
         with raw:
             src = TrackingReader(raw)
@@ -567,6 +519,88 @@ def scan_shard(task: ShardTask, space: TokenSpace | dict, *, max_seq_len: int | 
         seconds=time.perf_counter() - t0, counts=scan.counts, codebooks=scan.codebooks(), lengths=scan.lengths,
         header_version=scan.header_version, encode_policy=scan.encode_policy,
     )
+
+
+# ---- check 3, shape sanity: one function per part, each returning its problems ------------------------
+def _caption_problems(meta: dict, text: np.ndarray | None) -> list[str]:
+    """Captions are strings, and caption_token_lengths count text.npy's IDs per caption."""
+    captions, lens = meta.get("captions"), meta.get("caption_token_lengths")
+    if "captions" in meta and (not isinstance(captions, list) or not all(isinstance(c, str) for c in captions)):
+        return ["captions must be a list of strings"]
+    if "caption_token_lengths" not in meta:
+        return []
+    if not isinstance(lens, list) or not all(_is_count(n) for n in lens):
+        return ["caption_token_lengths must be a list of non-negative integers"]
+    problems = []
+    if isinstance(captions, list) and len(lens) != len(captions):
+        problems.append(f"{len(captions)} captions but {len(lens)} caption_token_lengths")
+    if text is not None and sum(lens) != text.size:
+        problems.append(f"caption_token_lengths sum to {sum(lens)}, text.npy holds {text.size} IDs")
+    return problems
+
+
+def _audio_problems(expect: _Expect, meta: dict, n: int | None) -> list[str]:
+    """The audio codec fields equal the token space's, then the frame counts they imply."""
+    a = expect.audio
+    problems = [f"meta {field_}={meta[field_]!r}, the token space's codec has {want!r}"
+                for field_, want in (("n_q", expect.n_q), ("sample_rate", a.get("sample_rate")),
+                                     ("channels", a.get("channels")), ("frame_rate", a.get("frame_rate")))
+                if field_ in meta and want is not None and not _same(meta[field_], want)]
+    n_frames, n_samples = meta.get("n_frames"), meta.get("n_samples")
+    if "n_frames" in meta and not (_is_count(n_frames) and n_frames >= 1):
+        problems.append(f"meta n_frames={n_frames!r} must be a positive integer")
+    elif "n_samples" in meta and not (_is_count(n_samples) and n_samples >= 1):
+        problems.append(f"meta n_samples={n_samples!r} must be a positive integer")
+    elif "n_frames" in meta and "n_samples" in meta:
+        problems += _audio_frame_problems(expect, meta, n, n_frames, n_samples)
+    return problems
+
+
+def _audio_frame_problems(expect: _Expect, meta: dict, n: int | None, n_frames: int, n_samples: int) -> list[str]:
+    """Tokens = frames x codes per frame; frames, duration and segments as the codec's hop makes them."""
+    a, per, problems = expect.audio, expect.per_frame, []
+    if n is not None and per and n != n_frames * per:
+        label = "n_q" if expect.audio_layout.kind == "frame_major" else f"tokens_per_frame ({expect.audio_layout.kind})"
+        problems.append(f"{n} tokens, but n_frames*{label} = {n_frames}*{per} = {n_frames * per}")
+    if expect.hop:
+        want = expect.expected_frames(n_samples)
+        if n_frames != want:
+            problems.append(f"meta n_frames={n_frames} but n_samples={n_samples} at hop "
+                            f"{expect.hop} gives {want} frames")
+        duration = meta.get("duration")
+        if isinstance(duration, (int, float)) and math.isfinite(duration) and a.get("sample_rate"):
+            if abs(duration * a["sample_rate"] - n_samples) > expect.hop:
+                problems.append(f"meta duration {duration:.4f} s at {a['sample_rate']} Hz is "
+                                f"{duration * a['sample_rate']:.0f} samples, n_samples says {n_samples}")
+    if a.get("segment_length"):
+        segs = expect.segments(n_samples)
+        sf = meta.get("segment_frames")
+        if not isinstance(sf, list) or len(sf) != len(segs) or sum(sf) != n_frames:
+            problems.append(f"meta segment_frames must list {len(segs)} segments summing to n_frames={n_frames}")
+        sc = meta.get("scales")
+        if not isinstance(sc, list) or len(sc) != len(segs):
+            problems.append(f"meta scales must list {len(segs)} per-segment scales")
+    return problems
+
+
+def _image_problems(expect: _Expect, meta: dict, n: int | None) -> list[str]:
+    """The image shape fields equal the token space's, and the token count is what that shape needs."""
+    proc, shape = meta.get("proc_size"), expect.image_shape
+    problems = [f"meta {k} {meta[k]!r}, the token space's image codec has {want!r}"
+                for k, want in shape.items() if k in meta and not _same_shape(meta[k], want)]
+    if not problems and all(k in meta for k in shape) and n is not None and expect.image_layout is not None:
+        try:
+            need = expect.image_layout.expected_len(shape)
+        except TokenSpaceError as exc:  # a token space whose image codec records no fixed shape
+            problems.append(str(exc))
+        else:
+            if n != need:
+                what = (f"grid {shape['grid'][0]}x{shape['grid'][1]}" if "grid" in shape
+                        else f"{expect.image_layout.kind} n_tokens {shape.get('n_tokens')}")
+                problems.append(f"{n} tokens, but {what} needs {need}")
+    if "proc_size" in meta and list(proc or []) != expect.proc_size:
+        problems.append(f"meta proc_size {proc!r}, the token space's image codec has {expect.proc_size}")
+    return problems
 
 
 def _scan_members(scan: _Scan, src: TrackingReader, max_member_bytes: int) -> str | None:

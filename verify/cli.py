@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from uti.strict import from_flags
     from verify.config import VerifyConfig
+    from verify.findings import Check
     from verify.report import format_summary
     from verify.run import run_verify
 
@@ -97,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_summary(result.report))
     # Warnings that change how to read the result (a baseline from another token space) go to the
     # console in full, not only into the report.
-    for warning in result.check("baseline")["warnings"]:
+    for warning in result.check(Check.BASELINE)["warnings"]:
         print(f"uti verify: warning: baseline: {warning}", file=sys.stderr)
     for record in result.report.get("overrides", []):
         print(f"uti verify: warning: --allow-token-space-mismatch: the codec checks ran with a {record['what']} of "

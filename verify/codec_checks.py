@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from uti.captions import split_captions
-from verify.findings import FindingLog
+from verify.findings import Check, FindingLog
 from verify.policy import (EXACT, UNVERIFIABLE, GroupTally, RecordedPolicy, RetokenizeMode, decide, encoding_with,
                            group_key, level_names, levels_of)
 
@@ -41,7 +41,7 @@ class Pick:
     @property
     def checks(self) -> tuple[str, ...]:
         """The checks asked of this item, in report order."""
-        return tuple(c for c, on in (("decode", self.decode), ("retokenize", self.retokenize)) if on)
+        return tuple(c for c, on in ((Check.DECODE, self.decode), (Check.RETOKENIZE, self.retokenize)) if on)
 
     def fail(self, log: FindingLog, check: str, detail: str) -> None:
         log.add(check, detail, shard=self.label, key=self.key, id=self.id)
@@ -151,11 +151,11 @@ def _one(tok, p: Pick, s, log: FindingLog, counts: dict, retok: "_Retokenizer") 
     what = f"{p.label} {p.key} ({p.id})"
     if p.decode:
         _bump(counts, "decode.items")
-        _guarded(p, log, "decode", "decode", lambda: _decode_counted(tok, s, what, p.modality, counts))
+        _guarded(p, log, Check.DECODE, "decode", lambda: _decode_counted(tok, s, what, p.modality, counts))
         _text_roundtrip(tok, s, counts)
     if p.retokenize:
         _bump(counts, "retokenize.items")
-        _guarded(p, log, "retokenize", "re-encode", lambda: retok.add(p, s))
+        _guarded(p, log, Check.RETOKENIZE, "re-encode", lambda: retok.add(p, s))
 
 
 def _guarded(p: Pick, log: FindingLog, check: str, action: str, run: Callable[[], None]) -> None:
@@ -259,7 +259,7 @@ class _Retokenizer:
         tok, meta, counts = self.tok, s.meta, self.counts
 
         def fail(detail: str) -> None:
-            p.fail(self.log, "retokenize", detail)
+            p.fail(self.log, Check.RETOKENIZE, detail)
 
         # Text first: the text tokenizer is deterministic on every device, so this is always exact.
         text, lengths = tok.encode_captions(meta.get("captions") or [])
@@ -322,14 +322,15 @@ class _Retokenizer:
                 encoded = encode([it.media.data for it in items])
         except UTIError as exc:
             for it in items:
-                it.pick.fail(self.log, "retokenize", str(exc))
+                it.pick.fail(self.log, Check.RETOKENIZE, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a codec crash on a stored item's source is a finding
             for it in items:
-                it.pick.fail(self.log, "retokenize", f"re-encode crashed: {type(exc).__name__}: {exc}")
+                it.pick.fail(self.log, Check.RETOKENIZE, f"re-encode crashed: {type(exc).__name__}: {exc}")
             return
         for it, (ids, codec_meta) in zip(items, encoded):
-            _guarded(it.pick, self.log, "retokenize", "re-encode", lambda: self._compare(group, it, ids, codec_meta))
+            _guarded(it.pick, self.log, Check.RETOKENIZE,
+                     "re-encode", lambda: self._compare(group, it, ids, codec_meta))
 
     def _compare(self, group: _Group, it: _Pending, ids: np.ndarray, codec_meta: dict) -> None:
         """Make the sample again as the tokenize job does (`build_sample`) and compare its tokens."""
@@ -342,10 +343,11 @@ class _Retokenizer:
         if meta["modality"] == "audio":
             for k in ("n_frames", "n_samples"):
                 if again.meta.codec[k] != meta.get(k):
-                    p.fail(self.log, "retokenize", f"re-encoding gives {k}={again.meta.codec[k]}, the sample says {meta.get(k)}")
+                    p.fail(self.log, Check.RETOKENIZE,
+                           f"re-encoding gives {k}={again.meta.codec[k]}, the sample says {meta.get(k)}")
                     return
         _compare_tokens(self.tok, group, p, again.tokens, it.sample.tokens, self.counts,
-                        lambda detail: p.fail(self.log, "retokenize", detail))
+                        lambda detail: p.fail(self.log, Check.RETOKENIZE, detail))
 
 
 def reprepare_media(row, meta: dict, cfg, counts: dict, fail, *, prepare_on: str | None = None, device: Any = "cpu"):

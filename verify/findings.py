@@ -1,15 +1,35 @@
 """The named checks of `uti verify`, a failure example (`Finding`) and a check's result.
 
 Check names are part of report.json (dashboards and the tests key on them): add new ones, never
-rename.
+rename. They are a StrEnum, so a misspelt name fails where it is written, and each member is equal to
+(and serializes as) its string.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-# name -> (the check's number in the report, title, hard by default)
+
+class Check(StrEnum):
+    """The name of each check, as report.json spells it."""
+
+    TOKEN_SPACE = "token_space"
+    TOKEN_RANGES = "token_ranges"
+    SHAPES = "shapes"
+    SHARD_INTEGRITY = "shard_integrity"
+    RECONCILIATION = "reconciliation"
+    SPLIT_INTEGRITY = "split_integrity"
+    DECODE = "decode"
+    RETOKENIZE = "retokenize"
+    CODEBOOK_HEALTH = "codebook_health"
+    LENGTHS = "lengths"
+    LOADER = "loader"
+    BASELINE = "baseline"
+
+
+# name -> (the check's number in the report, title, hard by default), one entry per Check in its order
 CHECKS: dict[str, tuple[int, str, bool]] = {
     "token_space": (1, "token-space ID equal in token_space.json, job.json, every shard header, index and sample", True),
     "token_ranges": (2, "every ID inside its modality's range, audio IDs on their level (frame-major), uint32", True),

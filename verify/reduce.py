@@ -27,7 +27,7 @@ from verify.checks import ShardSummary
 from verify.codec_checks import CodecSummary
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, ShardTask, manifest_paths
-from verify.findings import CHECKS, CheckResult, Finding, FindingLog
+from verify.findings import CHECKS, Check, CheckResult, Finding, FindingLog
 from verify.policy import AGREEMENT, EXACT, UNVERIFIABLE, GroupTally, RecordedPolicy
 from verify.stats import LengthStats, codebook_metrics
 
@@ -104,16 +104,16 @@ class Reducer:
         """A shard without a valid index or without its tar does not exist; say what is left of it."""
         if task.tar_path is not None or task.index_path is not None:
             self.disk_shards.add(task.label)
-        self.log.add("shard_integrity", f"not a complete shard ({task.problem})", shard=task.label)
+        self.log.add(Check.SHARD_INTEGRITY, f"not a complete shard ({task.problem})", shard=task.label)
         self.per_shard[task.label] = {"shard": task.label, "samples": 0, "bytes": 0, "seconds": 0.0,
-                                      "failures": {"shard_integrity": 1}, "clean": False}
+                                      "failures": {Check.SHARD_INTEGRITY: 1}, "clean": False}
 
     def add_crash(self, task: ShardTask, exc: BaseException) -> None:
         self.disk_shards.add(task.label)
-        self.log.add("shard_integrity", f"the scan task failed after retries: {type(exc).__name__}: {exc}",
+        self.log.add(Check.SHARD_INTEGRITY, f"the scan task failed after retries: {type(exc).__name__}: {exc}",
                      shard=task.label)
         self.per_shard[task.label] = {"shard": task.label, "samples": 0, "bytes": 0, "seconds": 0.0,
-                                      "failures": {"shard_integrity": 1}, "clean": False}
+                                      "failures": {Check.SHARD_INTEGRITY: 1}, "clean": False}
 
     def policy_of(self, label: str, modality: str) -> RecordedPolicy | None:
         """The encode policy shard `label`'s header records for `modality` (None: a version 1 header)."""
@@ -136,14 +136,15 @@ class Reducer:
     def _token_space(self) -> None:
         f = self.files
         if f.space_problem:
-            self.log.add("token_space", f.space_problem)
+            self.log.add(Check.TOKEN_SPACE, f.space_problem)
         elif f.space is not None and f.space.id != f.expected.id:
             changes = diff(f.expected, f.space)
-            self.log.add("token_space", f"the dataset's token_space.json is {f.space.id[:16]}, expected "
-                                        f"{f.expected.id[:16]} ({f.expected_source}); changed: " + "; ".join(changes[:8]))
+            self.log.add(Check.TOKEN_SPACE, f"the dataset's token_space.json is {f.space.id[:16]}, expected "
+                                            f"{f.expected.id[:16]} ({f.expected_source}); changed: " + "; ".join(changes[:8]))
         job_id = (f.job or {}).get("token_space_id")
         if job_id is not None and job_id != f.expected.id:
-            self.log.add("token_space", f"job.json records token space {str(job_id)[:16]}, expected {f.expected.id[:16]}")
+            self.log.add(Check.TOKEN_SPACE,
+                         f"job.json records token space {str(job_id)[:16]}, expected {f.expected.id[:16]}")
 
     def _split_integrity(self) -> None:
         for id_ in sorted(self.id_splits):
@@ -151,8 +152,8 @@ class Reducer:
             if len(splits) > 1:
                 (s0, (l0, _)), *others = sorted(splits.items())
                 for split, (label, key) in others:
-                    self.log.add("split_integrity", f"canonical ID in split {split!r} ({label}) and also in "
-                                                    f"{s0!r} ({l0}): leakage", shard=label, key=key, id=id_)
+                    self.log.add(Check.SPLIT_INTEGRITY, f"canonical ID in split {split!r} ({label}) and also in "
+                                                        f"{s0!r} ({l0}): leakage", shard=label, key=key, id=id_)
         for sha in sorted(self.sources):
             splits = self.sources[sha]
             if len(splits) > 1:
@@ -160,7 +161,8 @@ class Reducer:
                 for split, (label, key, id_) in others:
                     if id_ == id0:
                         continue  # the same sample twice: reported above by its canonical ID
-                    self.log.add("split_integrity", f"source file SHA-256 {sha[:16]} in split {split!r} (this sample) "
+                    self.log.add(Check.SPLIT_INTEGRITY,
+                                 f"source file SHA-256 {sha[:16]} in split {split!r} (this sample) "
                                                     f"and in {s0!r} ({l0}, {id0!r}): the same media in two splits",
                                  shard=label, key=key, id=id_)
 
@@ -168,9 +170,9 @@ class Reducer:
         f, log = self.files, self.log
         per_split: dict[str, dict[str, int]] = {}
         for problem in f.error_problems:
-            log.add("reconciliation", problem)
+            log.add(Check.RECONCILIATION, problem)
         if f.plan is None:
-            log.add("reconciliation", f.plan_problem or "plan.json missing: nothing to reconcile against")
+            log.add(Check.RECONCILIATION, f.plan_problem or "plan.json missing: nothing to reconcile against")
             return per_split
         planned: dict[str, tuple[str, str]] = {}
         for split, sh in f.plan.shards():
@@ -195,39 +197,41 @@ class Reducer:
             if not same and not n_err:
                 counts["missing"] += 1
                 if claims:
-                    log.add("reconciliation", f"planned for {label} but found only in "
+                    log.add(Check.RECONCILIATION, f"planned for {label} but found only in "
                             + ", ".join(f"{s}/{n}" for s, n in claims), **where)
                 else:
-                    log.add("reconciliation", f"manifest row in no shard and not in errors.jsonl (planned for {label})",
+                    log.add(Check.RECONCILIATION,
+                            f"manifest row in no shard and not in errors.jsonl (planned for {label})",
                             **where)
                 continue
             if len(same) > 1:
-                log.add("reconciliation", f"in {len(same)} shards of split {split!r}: "
+                log.add(Check.RECONCILIATION, f"in {len(same)} shards of split {split!r}: "
                         + ", ".join(f"{s}/{n}" for s, n in same), **where)
             if same and n_err:
-                log.add("reconciliation", f"both in shard {same[0][0]}/{same[0][1]} and in errors.jsonl", **where)
+                log.add(Check.RECONCILIATION, f"both in shard {same[0][0]}/{same[0][1]} and in errors.jsonl", **where)
             if n_err > 1:
-                log.add("reconciliation", f"{n_err} rows in errors.jsonl", **where)
+                log.add(Check.RECONCILIATION, f"{n_err} rows in errors.jsonl", **where)
             if len(same) == 1 and same[0][1] != shard:
-                log.add("reconciliation", f"in shard {split}/{same[0][1]}, the plan puts it in {label}", **where)
+                log.add(Check.RECONCILIATION, f"in shard {split}/{same[0][1]}, the plan puts it in {label}", **where)
             for row in errors.get(id_, []):
                 if row.get("split") not in (None, split):
-                    log.add("reconciliation", f"errors.jsonl row says split {row.get('split')!r}, the plan {split!r}",
+                    log.add(Check.RECONCILIATION,
+                            f"errors.jsonl row says split {row.get('split')!r}, the plan {split!r}",
                             **where)
         for id_ in sorted(set(self.claims) - set(planned)):
             s, n = self.claims[id_][0]
-            log.add("reconciliation", "in a shard index but not in plan.json (not a manifest row)",
+            log.add(Check.RECONCILIATION, "in a shard index but not in plan.json (not a manifest row)",
                     shard=f"{s}/{n}", key=sample_key(id_), id=id_)
         for id_ in sorted(set(errors) - set(planned)):
-            log.add("reconciliation", "in errors.jsonl but not in plan.json (not a manifest row)",
+            log.add(Check.RECONCILIATION, "in errors.jsonl but not in plan.json (not a manifest row)",
                     shard=errors[id_][0].get("shard"), key=sample_key(id_), id=id_)
         for label, id_ in sorted(self.index_errors):
             if id_ not in errors:
-                log.add("reconciliation", "listed in the shard index's errors but not in errors.jsonl",
+                log.add(Check.RECONCILIATION, "listed in the shard index's errors but not in errors.jsonl",
                         shard=label, key=sample_key(id_), id=id_)
         plan_labels = {f"{s}/{sh.name}" for s, sh in f.plan.shards()}
         for label in sorted(self.disk_shards - plan_labels):
-            log.add("reconciliation", "shard on disk that plan.json does not have", shard=label)
+            log.add(Check.RECONCILIATION, "shard on disk that plan.json does not have", shard=label)
         self.counts["cross_split_copies"] = cross_split
         self._job_against_plan()
         return per_split
@@ -238,37 +242,37 @@ class Reducer:
             return
         job = f.job
         if job.get("plan_sha256") not in (None, f.plan_sha256):
-            log.add("reconciliation", f"job.json records plan SHA-256 {str(job['plan_sha256'])[:16]}, plan.json "
-                                      f"hashes to {str(f.plan_sha256)[:16]}")
+            log.add(Check.RECONCILIATION, f"job.json records plan SHA-256 {str(job['plan_sha256'])[:16]}, plan.json "
+                                          f"hashes to {str(f.plan_sha256)[:16]}")
         if job.get("manifest_sha256") not in (None, f.plan.manifest_sha256):
-            log.add("reconciliation", f"job.json records manifest SHA-256 {str(job['manifest_sha256'])[:16]}, "
-                                      f"plan.json {f.plan.manifest_sha256[:16]}")
+            log.add(Check.RECONCILIATION, f"job.json records manifest SHA-256 {str(job['manifest_sha256'])[:16]}, "
+                                          f"plan.json {f.plan.manifest_sha256[:16]}")
         paths = [m["path"] for m in manifest_paths(job)]
         if not paths or not all(os.path.isfile(p) for p in paths):
             self.counts["manifests_checked"] = 0  # moved or left behind: nothing to compare, not an error
             return
         sha = manifests_sha256(paths)
         if sha != f.plan.manifest_sha256:
-            log.add("reconciliation", f"the manifests listed in job.json now hash to {sha[:16]}, the plan was made "
-                                      f"from {f.plan.manifest_sha256[:16]} (edited after tokenizing)")
+            log.add(Check.RECONCILIATION, f"the manifests listed in job.json now hash to {sha[:16]}, the plan was made "
+                                          f"from {f.plan.manifest_sha256[:16]} (edited after tokenizing)")
             return
         try:
             rows = read_manifests(paths)
         except ManifestError as exc:
-            log.add("reconciliation", f"the manifests listed in job.json no longer read: {exc}")
+            log.add(Check.RECONCILIATION, f"the manifests listed in job.json no longer read: {exc}")
             return
         self.counts["manifests_checked"] = len(paths)
         planned = {id_: (split, f"{split}/{sh.name}") for split, sh in f.plan.shards() for id_ in sh.ids}
         rows_by_id = {r.id: r.split for r in rows}
         for id_ in sorted(set(rows_by_id) ^ set(planned)):
             if id_ in rows_by_id:
-                log.add("reconciliation", "manifest row not in plan.json", key=sample_key(id_), id=id_)
+                log.add(Check.RECONCILIATION, "manifest row not in plan.json", key=sample_key(id_), id=id_)
             else:
-                log.add("reconciliation", "plan.json ID not in the manifests", shard=planned[id_][1],
+                log.add(Check.RECONCILIATION, "plan.json ID not in the manifests", shard=planned[id_][1],
                         key=sample_key(id_), id=id_)
         for id_ in sorted(set(rows_by_id) & set(planned)):
             if rows_by_id[id_] != planned[id_][0]:
-                log.add("reconciliation", f"manifest says split {rows_by_id[id_]!r}, plan.json {planned[id_][0]!r}",
+                log.add(Check.RECONCILIATION, f"manifest says split {rows_by_id[id_]!r}, plan.json {planned[id_][0]!r}",
                         shard=planned[id_][1], key=sample_key(id_), id=id_)
 
     # ---- results --------------------------------------------------------------------------------------
@@ -286,16 +290,17 @@ class Reducer:
         shards_total = len(self.per_shard)
         samples = self.counts.get("samples", 0)
         checks = [
-            self._result("token_space", counts={"expected": f.expected.id, "source": f.expected_source,
+            self._result(Check.TOKEN_SPACE, counts={"expected": f.expected.id, "source": f.expected_source,
                                                 "shards": shards_total, "samples": samples}),
-            self._result("token_ranges", counts={"samples": samples}),
-            self._result("shapes", counts={"samples": samples}),
-            self._result("shard_integrity", counts={"shards": shards_total, "clean_shards": len(self.clean_shards),
+            self._result(Check.TOKEN_RANGES, counts={"samples": samples}),
+            self._result(Check.SHAPES, counts={"samples": samples}),
+            self._result(Check.SHARD_INTEGRITY, counts={"shards": shards_total, "clean_shards": len(self.clean_shards),
                                                     "bytes": self.counts.get("bytes", 0)}),
-            self._result("reconciliation", counts={"per_split": per_split, "errors_jsonl_rows": len(f.errors),
+            self._result(Check.RECONCILIATION, counts={"per_split": per_split, "errors_jsonl_rows": len(f.errors),
                                                    "cross_split_copies": self.counts.get("cross_split_copies", 0),
                                                    "manifests_checked": self.counts.get("manifests_checked", 0)}),
-            self._result("split_integrity", counts={"ids": len(self.id_splits), "source_hashes": len(self.sources)}),
+            self._result(Check.SPLIT_INTEGRITY,
+                         counts={"ids": len(self.id_splits), "source_hashes": len(self.sources)}),
         ]
         for temp in f.temp_files:
             checks[3].warnings.append(f"writer leftover {temp.path} ({temp.reason}); a rerun of `uti tokenize` removes it")
@@ -308,7 +313,8 @@ class Reducer:
             for k, v in c.counts.items():
                 codec_counts[k] = codec_counts.get(k, 0) + v
         overrides = _unique_overrides(codec)
-        checks.append(self._codec_check("decode", codec_log, codec_counts, codec_plan, fraction=cfg.decode_fraction))
+        checks.append(self._codec_check(Check.DECODE,
+                                        codec_log, codec_counts, codec_plan, fraction=cfg.decode_fraction))
         groups = _merge_tallies(codec)
         retokenize = self._retokenize_check(codec_log, codec_counts, codec_plan, groups)
         checks.append(retokenize)
@@ -352,7 +358,7 @@ class Reducer:
             result.skipped, result.note = True, f"--{name}-fraction 0"
         elif not picked:
             result.skipped, result.note = True, "no clean sample to pick from"
-        elif name == "decode":
+        elif name == Check.DECODE:
             _note_unavailable_decoders(result, mine)
         return result
 
@@ -366,8 +372,9 @@ class Reducer:
             g = groups[key]
             if g.mode.mode == AGREEMENT and g.agreement is not None and g.agreement < threshold:
                 rate, shard, k, id_ = g.worst
-                log.add("retokenize", f"{g.note(threshold)}; lowest item agreement {rate:.2f}", shard=shard, key=k, id=id_)
-        result = self._codec_check("retokenize", log, counts, plan, fraction=self.cfg.retokenize_fraction)
+                log.add(Check.RETOKENIZE,
+                        f"{g.note(threshold)}; lowest item agreement {rate:.2f}", shard=shard, key=k, id=id_)
+        result = self._codec_check(Check.RETOKENIZE, log, counts, plan, fraction=self.cfg.retokenize_fraction)
         compared = counts.get("retokenize.tokens_compared", 0)
         if compared:
             result.counts["agreement_rate"] = counts.get("retokenize.tokens_agree", 0) / compared
@@ -390,7 +397,7 @@ class Reducer:
 
     def _codebook_check(self, codebooks: dict[str, dict]) -> CheckResult:
         low = [lvl for lvl, m in codebooks.items() if m["tokens"] and m["utilization"] < self.cfg.utilization_warn]
-        result = CheckResult(name="codebook_health", ok=True, hard=False, counts={
+        result = CheckResult(name=Check.CODEBOOK_HEALTH, ok=True, hard=False, counts={
             "levels": len(codebooks), "below_threshold": low, "threshold": self.cfg.utilization_warn,
             "utilization": {lvl: round(m["utilization"], 4) for lvl, m in codebooks.items()},
         })
@@ -408,7 +415,7 @@ class Reducer:
 
     def _lengths_check(self) -> CheckResult:
         over = {k.split(".")[0]: v.over_limit for k, v in self.lengths.items() if k.endswith(".sequence")}
-        result = self._result("lengths", hard=self.cfg.fail_on_truncation, counts={
+        result = self._result(Check.LENGTHS, hard=self.cfg.fail_on_truncation, counts={
             "max_seq_len": self.cfg.max_seq_len, "over_max_seq_len": over,
             "mean": {k: round(v.mean, 2) for k, v in sorted(self.lengths.items())},
             "max": {k: v.max for k, v in sorted(self.lengths.items())},
@@ -421,14 +428,15 @@ class Reducer:
 
     def _loader_check(self, loader: dict[str, Any] | None, note: str) -> CheckResult:
         if loader is None:
-            return CheckResult(name="loader", ok=True, hard=True, skipped=True, note=note)
-        result = CheckResult(name="loader", ok=True, hard=True, counts={k: v for k, v in loader.items() if k != "failure"})
+            return CheckResult(name=Check.LOADER, ok=True, hard=True, skipped=True, note=note)
+        result = CheckResult(name=Check.LOADER,
+                             ok=True, hard=True, counts={k: v for k, v in loader.items() if k != "failure"})
         failure = loader.get("failure")
         if failure is None and loader.get("batches", 0) == 0:
             failure = {"shard": None, "key": None, "id": None, "detail": "the reader yielded no batch"}
         if failure is not None:
             result.ok, result.failures = False, 1
-            result.examples = [Finding("loader", failure.get("shard"), failure.get("key"), failure.get("id"),
+            result.examples = [Finding(Check.LOADER, failure.get("shard"), failure.get("key"), failure.get("id"),
                                        failure["detail"])]
         return result
 

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from verify.findings import Check
+
 REPORT_FORMAT = "uti.verify_report"
 REPORT_VERSION = 1
 _COLORS = {"PASS": "#1a7f37", "FAIL": "#cf222e", "WARN": "#9a6700", "SKIP": "#6e7781"}
@@ -178,7 +180,7 @@ def _policies_html(report: dict[str, Any]) -> str:
                 "<br>".join(f"{_e(m)}: {_e(policy_summary(p))}" for m, p in sorted(policy.items())) or "none")
         rows.append(f"<tr><td>{g['shards']}</td><td>{_e(g.get('header_version'))}</td><td>{what}</td>"
                     f"<td>{_e(g.get('first_shard'))}</td></tr>")
-    retok = next((c for c in report["checks"] if c["name"] == "retokenize"), {"counts": {}})
+    retok = next((c for c in report["checks"] if c["name"] == Check.RETOKENIZE), {"counts": {}})
     counts = retok["counts"]
     modes = "".join(
         f"<li>{_e(p['modality'])}: <b>{_e(p['mode'])}</b>, tokenized on {_e(p['tokenized_on'])}, re-encoded on "

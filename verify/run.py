@@ -27,7 +27,7 @@ from uti.reports import GatedReport
 from verify.codec_checks import CodecSummary, Pick, run_codec_checks, unverifiable
 from verify.config import VerifyConfig
 from verify.dataset import DatasetFiles, job_config_dict, load_dataset
-from verify.findings import CheckResult, FindingLog
+from verify.findings import Check, CheckResult, FindingLog
 from verify.loader import loader_smoke
 from verify.reduce import Reducer
 from verify.report import REPORT_FORMAT, REPORT_VERSION, write_html, write_json
@@ -67,7 +67,7 @@ def run_verify(cfg: VerifyConfig, *, progress_every: float = DEFAULT_EVERY) -> V
         gate = compare(baseline, metrics, limits=cfg.baseline_limits, where=str(cfg.baseline),
                        token_space_id=files.expected.id)
     else:
-        gate = CheckResult(name="baseline", ok=True, hard=True, skipped=True, note="no --baseline given")
+        gate = CheckResult(name=Check.BASELINE, ok=True, hard=True, skipped=True, note="no --baseline given")
     report["checks"].append(gate.to_dict())
     report["baseline_metrics"] = metrics
     _verdict(report)
