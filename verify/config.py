@@ -84,7 +84,7 @@ class VerifyConfig:
     # drift more (a flipped code changes the residual of every later level), and the one published figure
     # (sglang-omni#749, two batch shapes on an H100) kept 0.86 of codes. Wrong tokens agree near
     # 1/codebook_size and bf16 flips about two thirds of codes, so 0.80 keeps both far below the line.
-    # docs/VERIFY.md; a guess until bench_gpu measures CPU against GPU codes.
+    # docs/verify.md; a guess until bench_gpu measures CPU against GPU codes.
     cross_device_agreement: float = 0.80
     plots: bool = True
 
