@@ -29,8 +29,8 @@ from ray_jobs.feed import IDLE_MIN_SECONDS, actors_summary, idle_message
 from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.read import prepare_args
 from ray_jobs.resources import Request, local_num_cpus, prepare_on, resolve
-from ray_jobs.scheduler import (ActorStarts, ChunkScheduler, RunResult, Waiting, actor_start_error, peak_rss_mb,
-                                short_error)
+from ray_jobs.diagnostics import Waiting, actor_start_error, peak_rss_mb, short_error
+from ray_jobs.scheduler import ActorStarts, ChunkScheduler, RunResult
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
 from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
