@@ -19,7 +19,7 @@ from uti.doctor import doctor_hint
 from uti.progress import Progress
 
 if TYPE_CHECKING:
-    from ray_jobs.scheduler import ActorStarts
+    from ray_jobs.actors import ActorStarts
 
 # The scheduler's logger: an operator filtering the job's log by "ray_jobs.scheduler" sees these warnings too.
 log = logging.getLogger("ray_jobs.scheduler")
@@ -118,7 +118,6 @@ class Waiting:
         if show is not None and (text or self.shown):  # clears only what it showed
             show(text)
         self.shown = text
-
 
 
 class TokenizeProgress:

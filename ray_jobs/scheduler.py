@@ -23,8 +23,9 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
+from ray_jobs.actors import ActorStarts  # noqa: F401 - also imported from here
 from ray_jobs.chunks import (ChunkRef, ChunkStats, ShardResult, bucketed_chunks, prepare_writer, shard_chunks,
                              write_shard_task)
 # Waiting, peak_rss_mb, short_error and actor_start_error are imported from here by other modules too.
@@ -412,34 +413,6 @@ def timed_read_rows(rows: list[ManifestRow], **read_args) -> tuple[list, float]:
     t0 = time.perf_counter()
     media = read_rows(rows, **read_args)
     return media, time.perf_counter() - t0
-
-
-class ActorStarts:
-    """Which starting codec actors Ray has placed: an actor's `placed` call answers once its process runs,
-    before its codecs load (ray_jobs.actor), so a placed actor is loading, not waiting for resources."""
-
-    def __init__(self) -> None:
-        self.refs: list = []  # by actor index: the ref of its `placed` call
-        self.placed_at: dict[int, float] = {}
-
-    def add(self, placed_ref) -> None:
-        self.refs.append(placed_ref)
-
-    def split(self, starting: Iterable[int]) -> tuple[list[int], list[int]]:
-        """(loading, not placed) of these actor indices."""
-        import ray
-
-        loading, pending = [], []
-        for i in sorted(starting):
-            if i not in self.placed_at and i < len(self.refs) and ray.wait([self.refs[i]], timeout=0)[0]:
-                self.placed_at[i] = time.time()  # an actor that failed to start answers too: its ping says why
-            (loading if i in self.placed_at or i >= len(self.refs) else pending).append(i)
-        return loading, pending
-
-    def loading_for(self, loading: list[int]) -> float:
-        """Seconds the longest-loading of these actors has been loading."""
-        now = time.time()
-        return max((now - self.placed_at.get(i, now) for i in loading), default=0.0)
 
 
 class _ActorPool:
