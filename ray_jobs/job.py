@@ -18,29 +18,27 @@ import collections
 import dataclasses
 import logging
 import os
-import platform
 import time
 from typing import Any
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
-from ray_jobs.feed import IDLE_MIN_SECONDS, actors_summary, idle_message
+from ray_jobs.feed import IDLE_MIN_SECONDS, idle_message
 from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.read import prepare_args
 from ray_jobs.resources import local_num_cpus, prepare_on
 from ray_jobs.actors import CodecActors, CodecFacts, actor_name  # noqa: F401 - actor_name: imported from here
 from ray_jobs.diagnostics import peak_rss_mb, short_error
 from ray_jobs.scheduler import ChunkScheduler, RunResult
+from ray_jobs.summary import JobSummary, Timings, empty_run
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
-from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
+from sharding.manifest import ManifestRow, manifests_sha256, read_manifests
 from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_shards, has_job, hold_lock, merge_errors,
                              plan_matches, write_job)
 from sharding.plan import Plan, make_plan
-from uti import __version__
 from uti.config import UTIConfig, load_config
 from uti.progress import Progress
-from uti.strict import to_dict
 from uti.token_space import missing_modality_message
 
 log = logging.getLogger(__name__)
@@ -346,19 +344,11 @@ def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunRes
     if missing:
         raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
     errors = merge_errors(cfg.out, refs.values())
-    job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=skipped)
-    if earlier is not None and earlier.differences:
-        # The complete shards this run kept record another policy (their tokens mean the same): the first one's.
-        job["encode_policy_of_earlier_shards"] = earlier.policy
-    # Each timing named for what it measures.
-    job["throughput"].update({
-        "wall_seconds": finished - command_started,  # the whole command: manifests, plan, Ray, codecs, work
-        # command start -> first chunk sent to a loaded codec actor (None: nothing to do)
-        "startup_seconds": run.startup_seconds if run else None,
-        "total_seconds_with_startup": finished - started,  # Ray start (after planning) -> end
-    })
-    job["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    job["orphans_removed"] = [{"url": o.url, "kind": o.kind} for o in orphans]  # leftovers of an interrupted run
+    clock = Timings(command_started=command_started, started=started, finished=finished,
+                    startup_seconds=run.startup_seconds if run else None)
+    job = JobSummary.of_run(cfg, ucfg, token_space_id=space.id, plan=plan, refs=refs, errors=errors,
+                            run=run or empty_run(), skipped=skipped, times=clock,
+                            driver_peak_rss_mb=round(peak_rss_mb(), 1), orphans=orphans, earlier=earlier).to_json()
     if wrote or not has_job(cfg.out, flag="--out"):
         write_job(cfg.out, job)
     if job["counts"]["samples"] == 0:
@@ -467,101 +457,3 @@ def count_chunks(cfg: TokenizeConfig, shards, by_id: dict[str, ManifestRow], *, 
         if total >= at_most:
             break
     return max(1, total)
-
-
-def _empty_run() -> RunResult:
-    """The run of a job with nothing to do."""
-    return RunResult(shards=[], chunks=[], failures_by_shard={}, chunk_retries=0, writer_retries=0, actor_info=[],
-                     actors_started=0, processing_seconds=0.0, startup_seconds=None, reads_in_actors=None)
-
-
-def _torch_version(run: RunResult) -> str:
-    """The codec actors' torch (what encoded); the driver imports torch only if it loaded a codec itself."""
-    import sys
-    from importlib import metadata
-
-    if run.actor_info and run.actor_info[0].get("torch"):
-        return run.actor_info[0]["torch"]
-    if "torch" in sys.modules:
-        return sys.modules["torch"].__version__
-    return metadata.version("torch")
-
-
-def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skipped: int) -> dict:
-    by_split: dict[str, dict[str, int]] = {}
-    for (split, _), ref in sorted(refs.items()):
-        entry = by_split.setdefault(split, {"samples": 0, "errors": 0})
-        entry["samples"] += ref.index["num_samples"]
-        entry["errors"] += len(ref.index.get("errors", []))
-    by_modality: dict[str, int] = collections.Counter()
-    reasons: dict[str, int] = collections.Counter()
-    for s in run.shards:
-        by_modality.update(s.modalities)
-        reasons.update(s.error_reasons)
-    audio_s = sum(s.audio_seconds for s in run.shards)
-    images = sum(s.images for s in run.shards)
-    tokens = sum(s.media_tokens + s.text_tokens for s in run.shards)
-    processing = run.processing_seconds
-    # Each modality's rate is over the time its chunks were being encoded, not the whole job's: in a job
-    # of long audio and a few images, images/s over the whole run said nothing about the image codec.
-    audio_span = _span([c for c in run.chunks if c.audio_seconds > 0])
-    image_span = _span([c for c in run.chunks if c.images > 0])
-    busy_by_pid: dict[int, float] = collections.Counter()
-    for c in run.chunks:
-        busy_by_pid[c.pid] += c.busy
-    n_actors = max(1, len(run.actor_info))
-    return {
-        "format": "uti.job", "version": 1, "producer": f"uti {__version__}", "complete": True,
-        "token_space_id": space.id,
-        "manifests": [{"path": os.path.abspath(p), "sha256": manifest_sha256(p)} for p in cfg.manifests],
-        "manifest_sha256": plan.manifest_sha256, "plan_sha256": plan.sha256,
-        "config": to_dict(ucfg), "arguments": to_dict(cfg),
-        # {modality: uti.codecs.batching.EncodePolicy dict}: the numerics of this run's tokens, as every shard
-        # header it wrote records them (every actor's: ray_jobs.policy); None: nothing was encoded
-        "encode_policy": run.encode_policy,
-        "counts": {
-            "planned": plan.num_samples, "samples": sum(v["samples"] for v in by_split.values()),
-            "errors": len(errors), "by_split": by_split,
-            # this run's share (a resumed run tokenized only the shards it wrote)
-            "samples_this_run": sum(s.num_samples for s in run.shards),
-            "errors_this_run": sum(s.num_errors for s in run.shards),
-            "by_modality_this_run": dict(by_modality), "error_reasons_this_run": dict(reasons),
-            "shards": {"total": plan.num_shards, "skipped_complete": skipped, "written": len(run.shards)},
-            "chunks_encoded": len(run.chunks),
-        },
-        "throughput": {
-            "processing_seconds": processing,  # first codec actor loaded -> last shard committed
-            "audio_seconds": audio_s, "images": images,
-            "audio_span_seconds": audio_span, "image_span_seconds": image_span,
-            "audio_seconds_per_second": audio_s / audio_span if audio_span else 0.0,
-            "images_per_second": images / image_span if image_span else 0.0,
-            "tokens_per_second": tokens / processing if processing else 0.0,
-        },
-        "actors": {
-            # Started; `ready`: those whose codecs loaded before the work ran out (a late one joins no chunk).
-            "count": run.actors_started, "ready": len(run.actor_info),
-            "device": run.actor_info[0]["device"] if run.actor_info else None,
-            # the codecs the actors loaded: those the rows need (the token space names every configured one)
-            "codecs_loaded": sorted({m for info in run.actor_info for m in info.get("codecs", ())}),
-            "busy_fraction": sum(busy_by_pid.values()) / (n_actors * processing) if processing and run.chunks else 0.0,
-            "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
-            # who read the media (--read-in), and the actors' time not encoding: waiting for read tasks, or reading
-            "reads_in": None if run.reads_in_actors is None else "actors" if run.reads_in_actors else "tasks",
-            "read_wait_seconds": sum(c.wait for c in run.chunks),
-            # forward_busy_fraction, per_actor, feed (each defined in ray_jobs.feed and docs/FORMAT.md)
-            **actors_summary(run, processing=processing),
-        },
-        # Work sent again: chunks (an actor killed or restarting, a chunk's error) and shard writers.
-        "retries": run.chunk_retries + run.writer_retries,
-        "retries_by_kind": {"chunks": run.chunk_retries, "writers": run.writer_retries},
-        "failures_by_shard": dict(run.failures_by_shard),
-        "versions": {"uti": __version__, "python": platform.python_version(), "torch": _torch_version(run),
-                     "ray": __import__("ray").__version__},
-    }
-
-
-def _span(chunks) -> float:
-    """Seconds from the first of these chunks starting to the last one finishing (on any actor)."""
-    if not chunks:
-        return 0.0
-    return max(c.finished_at for c in chunks) - min(c.started_at for c in chunks)
