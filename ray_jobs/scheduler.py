@@ -30,6 +30,7 @@ from ray_jobs.chunks import (ChunkRef, ChunkStats, ShardResult, bucketed_chunks,
                              write_shard_task)
 # Waiting, peak_rss_mb, short_error and actor_start_error are imported from here by other modules too.
 from ray_jobs.diagnostics import TokenizeProgress, Waiting, actor_start_error, peak_rss_mb, short_error  # noqa: F401
+from ray_jobs.events import ActorLoss, ChunkDone, PingDone, WriterDone
 from ray_jobs.outputs import JobError
 from ray_jobs.policy import check_actor_policy, shard_policy
 from ray_jobs.resources import Request
@@ -225,9 +226,13 @@ class ChunkScheduler:
                                        show=self.console.note)
                 for ref in ready:
                     if ref in self.writing:
-                        self._on_written(ref)
+                        self._on_written(self._writer_done(ref))
                     else:
-                        self._on_actor_event(*self.pool.finish(ref))
+                        event = self.pool.finish(ref)
+                        if isinstance(event, PingDone):
+                            self._on_ping(event)
+                        else:
+                            self._on_chunk(event)
                 if self.pool.all_dead():
                     raise JobError("every codec actor died and could not be restarted; see the Ray logs "
                                    "(`ray logs`) for the cause, then rerun the same command")
@@ -264,42 +269,42 @@ class ChunkScheduler:
                 self.startup = time.time() - self.command_started
                 log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
                          "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
-            self.pool.assign(stats_ref, i, (chunk, encoded_ref))
+            self.pool.assign(stats_ref, i, chunk, encoded_ref)
         if tail and not self.inline_reads:  # the next chunks' media is read ahead, whichever actor takes them
             for chunk in list(self.pending)[: len(self.actors)]:
                 if chunk not in self.prefetched:
                     self.prefetched[chunk] = self._read(chunk, None)
         self._write_ready()
 
-    def _on_actor_event(self, kind: str, i: int, payload, outcome) -> None:
-        from ray.exceptions import ActorUnavailableError
+    def _on_ping(self, ping: PingDone) -> None:
+        """An actor answered: it joins (checked against actor 0's token space and policy), or, still
+        starting, it failed to start (its codecs differ from the first actor's, say): refused, not dropped."""
+        i, info = ping.actor, ping.info
+        if ping.error is None:
+            if info["token_space_id"] != self.space.id:
+                raise JobError(f"codec actor {i} gives token space {info['token_space_id'][:12]}, not the "
+                               f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
+            # Its tokens go into shards whose headers record actor 0's policy: other numerics are refused.
+            check_actor_policy(i, info, self.policy)
+            self.nodes[i] = info["node"]  # a restarted actor may live on another node now
+            joined = {**info, "ready_at": time.time()}
+            self.actors_by_pid.setdefault(info["pid"], joined)  # a restarted actor is a new process
+            if i in self.pool.starting:
+                self.pool.starting.discard(i)
+                self.actor_info.append(joined)
+        elif i in self.pool.starting and ping.loss is not ActorLoss.UNAVAILABLE:
+            raise JobError(f"codec actor {i} failed to start: {actor_start_error(ping.error)}")
 
-        if kind == "ping":
-            if isinstance(outcome, dict):
-                if outcome["token_space_id"] != self.space.id:
-                    raise JobError(f"codec actor {i} gives token space {outcome['token_space_id'][:12]}, not the "
-                                   f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
-                # Its tokens go into shards whose headers record actor 0's policy: other numerics are refused.
-                check_actor_policy(i, outcome, self.policy)
-                self.nodes[i] = outcome["node"]  # a restarted actor may live on another node now
-                joined = {**outcome, "ready_at": time.time()}
-                self.actors_by_pid.setdefault(outcome["pid"], joined)  # a restarted actor is a new process
-                if i in self.pool.starting:
-                    self.pool.starting.discard(i)
-                    self.actor_info.append(joined)
-            elif i in self.pool.starting and not isinstance(outcome, ActorUnavailableError):
-                # e.g. its codecs differ from the first actor's: refused, not silently dropped.
-                raise JobError(f"codec actor {i} failed to start: {actor_start_error(outcome)}")
-            return
-        chunk, encoded_ref = payload
+    def _on_chunk(self, done: ChunkDone) -> None:
+        chunk = done.chunk
         self.reading.pop(chunk, None)
-        if not isinstance(outcome, Exception):
-            self.chunk_stats.append(outcome)
-            self.chunk_read_seconds.append(self._read_seconds(chunk, outcome))
+        if done.error is None:
+            self.chunk_stats.append(done.stats)
+            self.chunk_read_seconds.append(self._read_seconds(chunk, done.stats))
             self.last_chunk_at = time.time()
             shard = self.open[chunk.shard_key]
-            shard.encoded[chunk.index] = encoded_ref
-            self.progress.encoded(chunk, outcome)
+            shard.encoded[chunk.index] = done.encoded
+            self.progress.encoded(chunk, done.stats)
             if shard.complete:
                 self.to_write.append(shard.key)
                 self._write_ready()
@@ -308,9 +313,10 @@ class ChunkScheduler:
         self.read_timers.pop(chunk, None)
         self.pending.appendleft(chunk)
         self.chunk_retries += 1
-        if isinstance(outcome, ActorUnavailableError):
-            return  # never started: the actor was restarting, not this chunk's fault
-        self._failed(chunk.shard_key, f"chunk {chunk.index + 1}/{chunk.count}", outcome)
+        loss = done.loss
+        if loss is not None and not loss.blames_the_work:
+            return  # the actor was restarting or its node drained: not this chunk's fault
+        self._failed(chunk.shard_key, f"chunk {chunk.index + 1}/{chunk.count}", done.error)
 
     def _failed(self, key: str, what: str, outcome: BaseException) -> None:
         # Counted per unit of work (a chunk, or the shard's writer): one actor killed with two chunks of a
@@ -336,18 +342,25 @@ class ChunkScheduler:
                 encode_policy=shard_policy(self.policy, shard.modalities))
             self.writing[ref] = shard.key
 
-    def _on_written(self, ref) -> None:
+    def _writer_done(self, ref) -> WriterDone:
         import ray
-        from ray.exceptions import ObjectLostError, RayError
+        from ray.exceptions import RayError
 
         key = self.writing.pop(ref)
         try:
-            result = ray.get(ref)
+            return WriterDone(shard_key=key, result=ray.get(ref))
         except RayError as exc:
+            return WriterDone(shard_key=key, error=exc)
+
+    def _on_written(self, done: WriterDone) -> None:
+        from ray.exceptions import ObjectLostError
+
+        key = done.shard_key
+        if done.error is not None:
             shard = self.open[key]
             self.writer_retries += 1
-            self._failed(key, "writing", exc)
-            if isinstance(exc, ObjectLostError):  # an encoded chunk is gone (its node died): encode them again
+            self._failed(key, "writing", done.error)
+            if isinstance(done.error, ObjectLostError):  # an encoded chunk is gone (its node died): encode again
                 shard.encoded.clear()
                 self.progress.lost(shard.chunks)
                 self.pending.extendleft(reversed(shard.chunks))
@@ -356,8 +369,8 @@ class ChunkScheduler:
             self._write_ready()
             return
         del self.open[key]  # its encoded chunks are released from the object store with their refs
-        self.shards.append(result)
-        self.progress.committed(result)
+        self.shards.append(done.result)
+        self.progress.committed(done.result)
         self._write_ready()
 
     def _cancel(self) -> None:
@@ -415,13 +428,23 @@ def timed_read_rows(rows: list[ManifestRow], **read_args) -> tuple[list, float]:
     return media, time.perf_counter() - t0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sent:
+    """A call in flight to a codec actor: a chunk to encode, or a ping."""
+
+    actor: int
+    ping: bool = False
+    chunk: ChunkRef | None = None
+    encoded: Any = None  # the ref of the chunk's EncodedChunk
+
+
 class _ActorPool:
     """Tracks which actor runs what. An actor whose call failed is 'recovering' (Ray restarts it) and
     gets no new work until a ping succeeds; pings back off so a restarting actor is not hammered."""
 
     def __init__(self, actors: list, *, starting=()):
         self.actors = actors
-        self.inflight: dict[Any, tuple[str, int, Any]] = {}
+        self.inflight: dict[Any, _Sent] = {}
         self.load = [0] * len(actors)
         # Actors still loading their codecs are pinged like recovering ones: the answer comes once loaded.
         self.starting: set[int] = set(starting)
@@ -436,15 +459,15 @@ class _ActorPool:
             slots += [i] * max(0, per_actor - self.load[i])
         return slots
 
-    def assign(self, ref, i: int, payload) -> None:
-        self.inflight[ref] = ("chunk", i, payload)
+    def assign(self, ref, i: int, chunk: ChunkRef, encoded_ref) -> None:
+        self.inflight[ref] = _Sent(actor=i, chunk=chunk, encoded=encoded_ref)
         self.load[i] += 1
 
     def ping_recovering(self) -> None:
         now = time.time()
         for i, when in list(self.recovering.items()):
             if i not in self.pinging and now >= when:
-                self.inflight[self.actors[i].info.remote()] = ("ping", i, None)
+                self.inflight[self.actors[i].info.remote()] = _Sent(actor=i, ping=True)
                 self.pinging.add(i)
 
     def all_dead(self) -> bool:
@@ -453,27 +476,32 @@ class _ActorPool:
     def refs(self) -> list:
         return list(self.inflight)
 
-    def finish(self, ref) -> tuple[str, int, Any, Any]:
-        """The event of a ready ref: (kind, actor, payload, result or exception)."""
+    def finish(self, ref) -> ChunkDone | PingDone:
+        """The event of a ready ref. An actor lost on a call gets no work until a ping answers (backing off
+        so a restarting actor is not hammered); one that a ping finds dead stays out for good."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
+        from ray.exceptions import RayError
 
-        kind, i, payload = self.inflight.pop(ref)
+        sent = self.inflight.pop(ref)
+        i = sent.actor
         try:
-            outcome = ray.get(ref)
+            outcome, error = ray.get(ref), None
         except RayError as exc:
-            outcome = exc
-        if kind == "chunk":
+            outcome, error = None, exc
+        if not sent.ping:
             self.load[i] -= 1
+            event: ChunkDone | PingDone = ChunkDone(actor=i, chunk=sent.chunk, encoded=sent.encoded,
+                                                    stats=outcome, error=error)
         else:
             self.pinging.discard(i)
-        if isinstance(outcome, (ActorUnavailableError, ActorDiedError)):
-            if isinstance(outcome, ActorDiedError) and "restart" not in str(outcome).lower() and kind == "ping":
-                self.dead.add(i)
-                self.recovering.pop(i, None)
-            else:
-                backoff = 0.5 if i not in self.recovering else 1.0
-                self.recovering[i] = time.time() + backoff
-        elif kind == "ping":
+            event = PingDone(actor=i, info=outcome, error=error)
+        loss = event.loss
+        if loss is not None and loss.dead and isinstance(event, PingDone):
+            self.dead.add(i)
             self.recovering.pop(i, None)
-        return kind, i, payload, outcome
+        elif loss is not None:
+            backoff = 0.5 if i not in self.recovering else 1.0
+            self.recovering[i] = time.time() + backoff
+        elif isinstance(event, PingDone):
+            self.recovering.pop(i, None)
+        return event
