@@ -45,35 +45,35 @@ def actor_loss(error: BaseException | None) -> ActorLoss | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class ChunkDone:
-    """A chunk's encode call came back: its stats, or the error that stopped it."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ActorCallDone:
+    """A call to a codec actor came back: `error` is None when it succeeded."""
 
     actor: int
+    error: BaseException | None = None
+
+    @property
+    def loss(self) -> ActorLoss | None:
+        return actor_loss(self.error)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChunkDone(ActorCallDone):
+    """A chunk's encode call came back: its stats, or the error that stopped it."""
+
     chunk: ChunkRef
     encoded: Any  # the ref of its EncodedChunk, read by the shard's writer task
     stats: ChunkStats | None = None
-    error: BaseException | None = None
-
-    @property
-    def loss(self) -> ActorLoss | None:
-        return actor_loss(self.error)
 
 
-@dataclasses.dataclass(frozen=True)
-class PingDone:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PingDone(ActorCallDone):
     """An actor's `info` call came back: its info (it is up, its codecs loaded), or why not."""
 
-    actor: int
     info: dict | None = None
-    error: BaseException | None = None
-
-    @property
-    def loss(self) -> ActorLoss | None:
-        return actor_loss(self.error)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class WriterDone:
     """A shard's writer task came back: the committed shard, or why it was not written."""
 
