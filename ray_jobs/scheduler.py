@@ -25,11 +25,11 @@ import logging
 import time
 from typing import Any, Iterator
 
-from ray_jobs.actors import ActorStarts  # noqa: F401 - also imported from here
+from ray_jobs.actors import ActorStarts
 from ray_jobs.chunks import (ChunkRef, ChunkStats, ShardResult, bucketed_chunks, prepare_writer, shard_chunks,
                              write_shard_task)
-# Waiting, peak_rss_mb, short_error and actor_start_error are imported from here by other modules too.
-from ray_jobs.diagnostics import TokenizeProgress, Waiting, actor_start_error, peak_rss_mb, short_error  # noqa: F401
+# Waiting and peak_rss_mb are imported from here by other modules too.
+from ray_jobs.diagnostics import TokenizeProgress, Waiting, actor_start_error, peak_rss_mb, short_error
 from ray_jobs.events import ActorLoss, ChunkDone, PingDone, WriterDone
 from ray_jobs.outputs import JobError
 from ray_jobs.policy import check_actor_policy, shard_policy
