@@ -17,30 +17,28 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import os
-import platform
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from ray_jobs.config import TokenizeConfig
 from ray_jobs.chunks import shard_chunks
-from ray_jobs.feed import IDLE_MIN_SECONDS, actors_summary, idle_message
+from ray_jobs.feed import IDLE_MIN_SECONDS, idle_message
 from ray_jobs.policy import EarlierShards, earlier_shards
 from ray_jobs.read import prepare_args
-from ray_jobs.resources import Request, local_num_cpus, prepare_on, resolve
-from ray_jobs.scheduler import (ActorStarts, ChunkScheduler, RunResult, Waiting, actor_start_error, peak_rss_mb,
-                                short_error)
+from ray_jobs.resources import local_num_cpus, prepare_on
+from ray_jobs.actors import CodecActors, CodecFacts, actor_name  # noqa: F401 - actor_name: imported from here
+from ray_jobs.diagnostics import peak_rss_mb, short_error
+from ray_jobs.scheduler import ChunkScheduler, RunResult
+from ray_jobs.summary import JobSummary, Timings, empty_run
 from ray_jobs.outputs import JobError, remove_stale_temp_files
 
-from sharding.manifest import ManifestRow, manifest_sha256, manifests_sha256, read_manifests
+from sharding.manifest import ManifestRow, manifests_sha256, read_manifests
 from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_shards, has_job, hold_lock, merge_errors,
                              plan_matches, write_job)
 from sharding.plan import Plan, make_plan
-from uti import __version__
 from uti.config import UTIConfig, load_config
 from uti.progress import Progress
-from uti.strict import to_dict
 from uti.token_space import missing_modality_message
 
 log = logging.getLogger(__name__)
@@ -64,7 +62,7 @@ BIG_MANIFEST_BYTES = 16 << 20
 
 
 def _plan_while_ray_starts(cfg: TokenizeConfig, ucfg: UTIConfig,
-                           ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "_CodecActors | None"]:
+                           ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "CodecActors | None"]:
     """Read the manifests and plan, overlapped with starting Ray (and, for a big manifest, with loading the
     codec actors); returns the rows, the plan and the actors started before the plan, if any.
 
@@ -101,7 +99,7 @@ def _plan_while_ray_starts(cfg: TokenizeConfig, ucfg: UTIConfig,
 
 
 def _plan_while_actors_load(cfg: TokenizeConfig, ucfg: UTIConfig,
-                            ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "_CodecActors"]:
+                            ray_state: "_RayState") -> tuple[list[ManifestRow], Plan, "CodecActors"]:
     try:
         ray_state.start()
     except Exception as ray_error:
@@ -114,8 +112,8 @@ def _plan_while_actors_load(cfg: TokenizeConfig, ucfg: UTIConfig,
         # failure count (--max-shard-failures) still ends a job whose work keeps failing.
         # Only actor 0 loads while the manifest is read: on a small machine the others would slow both down,
         # and the first chunk waits for actor 0 alone. The others start once the plan is made.
-        early = _CodecActors.launch(cfg, ucfg, chunks=None, modalities=_head_modalities(cfg), max_restarts=-1,
-                                    only_first=True)
+        early = CodecActors.launch(cfg, ucfg, chunks=None, modalities=_head_modalities(cfg), max_restarts=-1,
+                                   only_first=True)
         planned = plan_job(cfg)
         early.launch_rest()
         return (*planned, early)
@@ -195,30 +193,11 @@ def with_encode_batch(ucfg: UTIConfig, encode_batch: int | None) -> UTIConfig:
     return dataclasses.replace(ucfg, **changes) if changes else ucfg
 
 
-def sized_for(cfg: TokenizeConfig, facts: "CodecFacts") -> TokenizeConfig:
+def sized_for(cfg: TokenizeConfig, facts: CodecFacts) -> TokenizeConfig:
     """`cfg` with the chunk sizes it leaves open set for the encode batches the actors use (actor 0's
     policy: the flag, uti.yaml, or the device's default), as job.json's "arguments" records them."""
     batch = {m: int(p.get("encode_batch", 1)) for m, p in facts.encode_policy.items()}
     return cfg.sized(audio_batch=batch.get("audio", 1), image_batch=batch.get("image", 1))
-
-
-@dataclasses.dataclass(kw_only=True, frozen=True)
-class CodecFacts:
-    """What the driver needs to know of the codecs: the token space and the read tasks' target formats."""
-
-    space: Any  # uti.token_space.TokenSpace
-    sample_rate: int
-    channels: int
-    proc_size: int
-    encode_policy: dict[str, dict] = dataclasses.field(default_factory=dict)  # {modality: EncodePolicy dict}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CodecFacts":
-        from uti.token_space import TokenSpace
-
-        return cls(space=TokenSpace.from_json_bytes(data["token_space_json"], where="first codec actor's token space"),
-                   sample_rate=data["sample_rate"], channels=data["channels"], proc_size=data["proc_size"],
-                   encode_policy=data.get("encode_policy") or {})
 
 
 def _space_on_driver(ucfg: UTIConfig):
@@ -242,126 +221,15 @@ def media_modalities(by_id: dict[str, ManifestRow]) -> tuple[str, ...]:
     return tuple(m for m in MEDIA_MODALITIES if m in found)
 
 
-@dataclasses.dataclass(kw_only=True)
-class _CodecActors:
-    """The job's codec actors, all started at once before the work is cut into chunks (a late actor would
-    join after a one-shard job is done). Each loads the codecs the rows need; actor 0's token space is the
-    job's, and every other actor is checked against it when its first ping answers (ray_jobs.scheduler).
-    Checked against the cluster's resources first."""
-
-    actors: list
-    request: Request
-    modalities: tuple[str, ...]  # the media codecs they load
-    starts: ActorStarts = dataclasses.field(default_factory=ActorStarts)  # which of them Ray has placed
-    facts: CodecFacts | None = None  # actor 0's, once wait_ready returned
-    _new: Any = None  # actor index -> a new actor of this request (for launch_rest)
-    # Each actor's `load` call, kept: a load that failed (e.g. the batching self-check) and whose ref was
-    # dropped unread made Ray print its traceback beside the job's one-line error (`kill` reads them).
-    loads: list = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def launch(cls, cfg: TokenizeConfig, ucfg: UTIConfig, *, chunks: int | None, modalities: tuple[str, ...],
-               max_restarts: int, only_first: bool = False) -> "_CodecActors":
-        """Start the actors (`only_first`: actor 0 now, the others with `launch_rest`)."""
-        import ray
-
-        request = resolve(cfg, ray.cluster_resources(), chunks=chunks)
-        reads = "the actors read their own chunks" if request.reads_in_actors else \
-            f"read tasks of {request.read_cpus:g} CPU"
-        log.info("%d codec actors (%g CPU, %g GPU each; codecs: %s), %s", request.num_actors,
-                 request.cpus_per_actor, request.gpus_per_actor, ", ".join(modalities) or "text only", reads)
-        launched = cls(actors=[], request=request, modalities=modalities)
-        launched._new = lambda i: _new_actor(cfg, ucfg, request, i, space_json=None, modalities=modalities,
-                                             max_restarts=max_restarts)
-        try:
-            launched._add(0)
-            if not only_first:
-                launched.launch_rest()
-        except BaseException:
-            launched.kill()
-            raise
-        return launched
-
-    def launch_rest(self) -> None:
-        while len(self.actors) < self.request.num_actors:
-            self._add(len(self.actors))
-
-    def _add(self, index: int) -> None:
-        import ray
-
-        actor = self._new(index)
-        self.actors.append(actor)
-        # `placed` first: it answers once Ray has placed the actor, before its codecs load (`load`, sent now so
-        # every actor loads at once; each later call waits for it).
-        self.starts.add(actor.placed.remote())
-        self.loads.append(actor.load.remote())
-
-    @classmethod
-    def for_plan(cls, cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan,
-                 by_id: dict[str, ManifestRow]) -> "_CodecActors":
-        # Capped by the plan's chunks (not its shards): one shard of many chunks keeps every actor busy.
-        return cls.launch(cfg, ucfg, chunks=count_chunks(cfg, plan.shards(), by_id), modalities=media_modalities(by_id),
-                          max_restarts=cfg.max_shard_failures * max(1, plan.num_shards))
-
-    def wait_ready(self, progress: Progress | None = None) -> "_CodecActors":
-        """Wait for actor 0's codecs (saying what it waits for: the actors loading, or after a grace period
-        the resources of those Ray has not placed): its token space and formats are the job's."""
-        import ray
-        from ray.exceptions import RayError
-
-        try:
-            ref = self.actors[0].codec_facts.remote()
-            waiting = Waiting(self.request, self.starts)
-            while not ray.wait([ref], timeout=1.0)[0]:
-                waiting.check(starting=range(len(self.actors)), reads_pending=False,
-                              show=progress.note if progress else None, loading_shown=True)
-                if progress:
-                    progress.tick()
-            self.facts = CodecFacts.from_dict(ray.get(ref))
-            return self
-        except RayError as exc:
-            self.kill()
-            raise JobError(f"the first codec actor failed to start: {actor_start_error(exc)}") from None
-        except BaseException:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        import ray
-
-        for ref in self.loads:  # read, so a failed load is handled (its error was reported once already)
-            try:
-                if ray.wait([ref], timeout=0)[0]:
-                    ray.get(ref)
-            except Exception:  # noqa: BLE001
-                pass
-        self.loads.clear()
-        for actor in self.actors:
-            _kill(actor)
+_CodecActors = CodecActors  # the name tests/test_tokenize_resources.py imports from here
 
 
-def _kill(actor) -> None:
-    import ray
-
-    try:
-        ray.kill(actor, no_restart=True)
-    except Exception:  # noqa: BLE001 - already dead is fine
-        pass
-
-
-def _new_actor(cfg: TokenizeConfig, ucfg: UTIConfig, request: Request, index: int, *, space_json: bytes | None,
-               modalities: tuple[str, ...], max_restarts: int):
-    import ray
-
-    from ray_jobs.actor import CodecWorker
-
-    return ray.remote(CodecWorker).options(
-        name=actor_name(cfg.out, index), num_cpus=request.cpus_per_actor, num_gpus=request.gpus_per_actor,
-        max_restarts=max_restarts, max_task_retries=0,
-        scheduling_strategy="SPREAD",  # one node going away takes as few actors with it as possible
-    ).remote(config=ucfg, token_space_json=space_json, out=cfg.out, device=request.device,
-             threads=max(1, int(request.cpus_per_actor)), modalities=modalities,
-             prepare_on=prepare_on(cfg, request))
+def actors_for_plan(cfg: TokenizeConfig, ucfg: UTIConfig, plan: Plan, by_id: dict[str, ManifestRow]) -> CodecActors:
+    """The job's codec actors, started: the codecs its rows need, capped by the plan's chunks (not its shards:
+    one shard of many chunks keeps every actor busy)."""
+    return CodecActors.launch(cfg, ucfg, chunks=count_chunks(cfg, plan.shards(), by_id),
+                              modalities=media_modalities(by_id),
+                              max_restarts=cfg.max_shard_failures * max(1, plan.num_shards))
 
 
 def _looks_complete(out: str, plan: Plan) -> bool:
@@ -389,19 +257,19 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
     cfg, ucfg = absolute_paths(cfg, load_config(cfg.config))
     ucfg = with_encode_batch(ucfg, cfg.encode_batch)
     ray_state = _RayState(cfg)
-    rows, plan, first = _plan_while_ray_starts(cfg, ucfg, ray_state)
+    rows, plan, codec_actors = _plan_while_ray_starts(cfg, ucfg, ray_state)
     log.info("planned %d rows into %d shards, %.1f s after the command started", plan.num_samples, plan.num_shards,
              time.time() - command_started)
     # The driver keeps each row once (dict copies of every row cost ~2 GB and 9 s more at 600k
     # rows); a chunk's ManifestRows are pickled as they are when its read task and actor call go out.
     by_id = {r.id: r for r in rows}
     del rows
-    missed = set(media_modalities(by_id)) - set(first.modalities) if first is not None else set()
+    missed = set(media_modalities(by_id)) - set(codec_actors.modalities) if codec_actors is not None else set()
     if missed:
         log.info("the manifests also hold %s rows: restarting the codec actors with every codec they need",
                  " and ".join(sorted(missed)))
-        first.kill()
-        first = None
+        codec_actors.kill()
+        codec_actors = None
     started = time.time()
     run: RunResult | None = None
     earlier: EarlierShards | None = None
@@ -415,9 +283,9 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
         else:
             # The driver loads no codec: the first actor (on a GPU where there is one) fixes the token space.
             ray_state.start()
-            first = (first or _CodecActors.for_plan(cfg, ucfg, plan, by_id)).wait_ready(progress)
-            space = first.facts.space
-            cfg = sized_for(cfg, first.facts)
+            codec_actors = (codec_actors or actors_for_plan(cfg, ucfg, plan, by_id)).wait_ready(progress)
+            space = codec_actors.facts.space
+            cfg = sized_for(cfg, codec_actors.facts)
             log.info("the first codec actor is ready, %.1f s after the command started", time.time() - command_started)
         claim_space(cfg.out, space)
         removed = remove_stale_temp_files(cfg.out)
@@ -431,26 +299,27 @@ def _run_tokenize(cfg: TokenizeConfig) -> dict[str, Any]:
 
         if todo:
             ray_state.start()
-            if first is None:  # the guess "complete" was wrong
-                first = _CodecActors.for_plan(cfg, ucfg, plan, by_id).wait_ready(progress)
-                if first.facts.space.id != space.id:
-                    raise JobError(f"the codec actor's token space {first.facts.space.short_id} differs from the "
-                                   f"driver's {space.short_id}: the codec weights or libraries differ between nodes")
-                cfg = sized_for(cfg, first.facts)
-            codec_actors, first = first, None  # _run_chunks owns them now (and kills them when done)
+            if codec_actors is None:  # the guess "complete" was wrong
+                codec_actors = actors_for_plan(cfg, ucfg, plan, by_id).wait_ready(progress)
+                if codec_actors.facts.space.id != space.id:
+                    raise JobError(f"the codec actor's token space {codec_actors.facts.space.short_id} differs "
+                                   f"from the driver's {space.short_id}: the codec weights or libraries differ "
+                                   "between nodes")
+                cfg = sized_for(cfg, codec_actors.facts)
             earlier = earlier_shards(done, ((split, shard.name) for split, shard in plan.shards()),
                                      codec_actors.facts.encode_policy)
             if earlier is not None and earlier.message():
                 progress.say(earlier.message())
             read_args = {**_read_args(codec_actors.facts, ucfg), **prepare_args(prepare_on(cfg, codec_actors.request))}
-            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args, codec_actors=codec_actors,
+            running, codec_actors = codec_actors, None  # _run_chunks owns them now (and kills them when done)
+            run = _run_chunks(cfg, space, plan, todo, by_id, read_args=read_args, codec_actors=running,
                               command_started=command_started, progress=progress, owns_ray=bool(ray_state.owned))
             # A writer killed mid-shard leaves its temp files; the shard was redone, so they are garbage.
             remove_stale_temp_files(cfg.out)
     finally:
         progress.close()
-        if first is not None:
-            first.kill()
+        if codec_actors is not None:
+            codec_actors.kill()
         ray_state.stop()
     job = _finish(cfg, ucfg, space, plan, run, skipped=len(done), wrote=bool(todo), orphans=orphans,
                   times=(command_started, started, time.time()), earlier=earlier)
@@ -475,19 +344,11 @@ def _finish(cfg: TokenizeConfig, ucfg: UTIConfig, space, plan: Plan, run: RunRes
     if missing:
         raise JobError(f"shards missing after the run: {missing[:5]}; rerun the same command to finish them")
     errors = merge_errors(cfg.out, refs.values())
-    job = _summary(cfg, ucfg, space, plan, refs, errors, run or _empty_run(), skipped=skipped)
-    if earlier is not None and earlier.differences:
-        # The complete shards this run kept record another policy (their tokens mean the same): the first one's.
-        job["encode_policy_of_earlier_shards"] = earlier.policy
-    # Each timing named for what it measures.
-    job["throughput"].update({
-        "wall_seconds": finished - command_started,  # the whole command: manifests, plan, Ray, codecs, work
-        # command start -> first chunk sent to a loaded codec actor (None: nothing to do)
-        "startup_seconds": run.startup_seconds if run else None,
-        "total_seconds_with_startup": finished - started,  # Ray start (after planning) -> end
-    })
-    job["driver_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    job["orphans_removed"] = [{"url": o.url, "kind": o.kind} for o in orphans]  # leftovers of an interrupted run
+    clock = Timings(command_started=command_started, started=started, finished=finished,
+                    startup_seconds=run.startup_seconds if run else None)
+    job = JobSummary.of_run(cfg, ucfg, token_space_id=space.id, plan=plan, refs=refs, errors=errors,
+                            run=run or empty_run(), skipped=skipped, times=clock,
+                            driver_peak_rss_mb=round(peak_rss_mb(), 1), orphans=orphans, earlier=earlier).to_json()
     if wrote or not has_job(cfg.out, flag="--out"):
         write_job(cfg.out, job)
     if job["counts"]["samples"] == 0:
@@ -562,15 +423,8 @@ def _nothing_tokenized(out: str, errors: list[dict]) -> str:
             f"{out}/{ERRORS_NAME}; fix the inputs or the config's limits and rerun")
 
 
-def actor_name(out: str, index: int) -> str:
-    """Named per output folder so operators (and fault-injection tests) can find a run's actors."""
-    import hashlib
-
-    return f"uti-tokenize-{hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:10]}-{index}"
-
-
 def _run_chunks(cfg, space, plan: Plan, todo, by_id: dict[str, ManifestRow], *, read_args,
-                codec_actors: _CodecActors, command_started: float, progress: Progress,
+                codec_actors: CodecActors, command_started: float, progress: Progress,
                 owns_ray: bool = False) -> RunResult:
     """Runs the chunk scheduler on the started actors (actor 0 loaded already), and kills them when done."""
     import ray
@@ -603,101 +457,3 @@ def count_chunks(cfg: TokenizeConfig, shards, by_id: dict[str, ManifestRow], *, 
         if total >= at_most:
             break
     return max(1, total)
-
-
-def _empty_run() -> RunResult:
-    """The run of a job with nothing to do."""
-    return RunResult(shards=[], chunks=[], failures_by_shard={}, chunk_retries=0, writer_retries=0, actor_info=[],
-                     actors_started=0, processing_seconds=0.0, startup_seconds=None, reads_in_actors=None)
-
-
-def _torch_version(run: RunResult) -> str:
-    """The codec actors' torch (what encoded); the driver imports torch only if it loaded a codec itself."""
-    import sys
-    from importlib import metadata
-
-    if run.actor_info and run.actor_info[0].get("torch"):
-        return run.actor_info[0]["torch"]
-    if "torch" in sys.modules:
-        return sys.modules["torch"].__version__
-    return metadata.version("torch")
-
-
-def _summary(cfg, ucfg, space, plan: Plan, refs, errors, run: RunResult, *, skipped: int) -> dict:
-    by_split: dict[str, dict[str, int]] = {}
-    for (split, _), ref in sorted(refs.items()):
-        entry = by_split.setdefault(split, {"samples": 0, "errors": 0})
-        entry["samples"] += ref.index["num_samples"]
-        entry["errors"] += len(ref.index.get("errors", []))
-    by_modality: dict[str, int] = collections.Counter()
-    reasons: dict[str, int] = collections.Counter()
-    for s in run.shards:
-        by_modality.update(s.modalities)
-        reasons.update(s.error_reasons)
-    audio_s = sum(s.audio_seconds for s in run.shards)
-    images = sum(s.images for s in run.shards)
-    tokens = sum(s.media_tokens + s.text_tokens for s in run.shards)
-    processing = run.processing_seconds
-    # Each modality's rate is over the time its chunks were being encoded, not the whole job's: in a job
-    # of long audio and a few images, images/s over the whole run said nothing about the image codec.
-    audio_span = _span([c for c in run.chunks if c.audio_seconds > 0])
-    image_span = _span([c for c in run.chunks if c.images > 0])
-    busy_by_pid: dict[int, float] = collections.Counter()
-    for c in run.chunks:
-        busy_by_pid[c.pid] += c.busy
-    n_actors = max(1, len(run.actor_info))
-    return {
-        "format": "uti.job", "version": 1, "producer": f"uti {__version__}", "complete": True,
-        "token_space_id": space.id,
-        "manifests": [{"path": os.path.abspath(p), "sha256": manifest_sha256(p)} for p in cfg.manifests],
-        "manifest_sha256": plan.manifest_sha256, "plan_sha256": plan.sha256,
-        "config": to_dict(ucfg), "arguments": to_dict(cfg),
-        # {modality: uti.codecs.batching.EncodePolicy dict}: the numerics of this run's tokens, as every shard
-        # header it wrote records them (every actor's: ray_jobs.policy); None: nothing was encoded
-        "encode_policy": run.encode_policy,
-        "counts": {
-            "planned": plan.num_samples, "samples": sum(v["samples"] for v in by_split.values()),
-            "errors": len(errors), "by_split": by_split,
-            # this run's share (a resumed run tokenized only the shards it wrote)
-            "samples_this_run": sum(s.num_samples for s in run.shards),
-            "errors_this_run": sum(s.num_errors for s in run.shards),
-            "by_modality_this_run": dict(by_modality), "error_reasons_this_run": dict(reasons),
-            "shards": {"total": plan.num_shards, "skipped_complete": skipped, "written": len(run.shards)},
-            "chunks_encoded": len(run.chunks),
-        },
-        "throughput": {
-            "processing_seconds": processing,  # first codec actor loaded -> last shard committed
-            "audio_seconds": audio_s, "images": images,
-            "audio_span_seconds": audio_span, "image_span_seconds": image_span,
-            "audio_seconds_per_second": audio_s / audio_span if audio_span else 0.0,
-            "images_per_second": images / image_span if image_span else 0.0,
-            "tokens_per_second": tokens / processing if processing else 0.0,
-        },
-        "actors": {
-            # Started; `ready`: those whose codecs loaded before the work ran out (a late one joins no chunk).
-            "count": run.actors_started, "ready": len(run.actor_info),
-            "device": run.actor_info[0]["device"] if run.actor_info else None,
-            # the codecs the actors loaded: those the rows need (the token space names every configured one)
-            "codecs_loaded": sorted({m for info in run.actor_info for m in info.get("codecs", ())}),
-            "busy_fraction": sum(busy_by_pid.values()) / (n_actors * processing) if processing and run.chunks else 0.0,
-            "busy_seconds_by_pid": {str(k): v for k, v in busy_by_pid.items()},
-            # who read the media (--read-in), and the actors' time not encoding: waiting for read tasks, or reading
-            "reads_in": None if run.reads_in_actors is None else "actors" if run.reads_in_actors else "tasks",
-            "read_wait_seconds": sum(c.wait for c in run.chunks),
-            # forward_busy_fraction, per_actor, feed (each defined in ray_jobs.feed and docs/FORMAT.md)
-            **actors_summary(run, processing=processing),
-        },
-        # Work sent again: chunks (an actor killed or restarting, a chunk's error) and shard writers.
-        "retries": run.chunk_retries + run.writer_retries,
-        "retries_by_kind": {"chunks": run.chunk_retries, "writers": run.writer_retries},
-        "failures_by_shard": dict(run.failures_by_shard),
-        "versions": {"uti": __version__, "python": platform.python_version(), "torch": _torch_version(run),
-                     "ray": __import__("ray").__version__},
-    }
-
-
-def _span(chunks) -> float:
-    """Seconds from the first of these chunks starting to the last one finishing (on any actor)."""
-    if not chunks:
-        return 0.0
-    return max(c.finished_at for c in chunks) - min(c.started_at for c in chunks)

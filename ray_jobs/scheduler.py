@@ -22,20 +22,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from ray_jobs import resources
+from ray_jobs.actors import ActorStarts
 from ray_jobs.chunks import (ChunkRef, ChunkStats, ShardResult, bucketed_chunks, prepare_writer, shard_chunks,
                              write_shard_task)
-from ray_jobs.feed import IdleWindow
+# Waiting and peak_rss_mb are imported from here by other modules too.
+from ray_jobs.diagnostics import TokenizeProgress, Waiting, actor_start_error, peak_rss_mb, short_error
+from ray_jobs.events import ActorLoss, ChunkDone, PingDone, WriterDone
 from ray_jobs.outputs import JobError
 from ray_jobs.policy import check_actor_policy, shard_policy
-from ray_jobs.resources import Request, waiting_reason
+from ray_jobs.resources import Request
 from sharding.manifest import ManifestRow
 from sharding.outdir import PLAN_NAME, path_of
-from uti.doctor import doctor_hint
 from uti.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class ChunkScheduler:
         self.actor_info = [{**self.first_info, "ready_at": processing_started}]
         self.actors_by_pid[self.first_info["pid"]] = self.actor_info[0]
         self.pool = _ActorPool(self.actors, starting=range(1, len(self.actors)))
-        self.progress = _TokenizeProgress(self.todo, self.console, window=self.cfg.progress_every,
+        self.progress = TokenizeProgress(self.todo, self.console, window=self.cfg.progress_every,
                                           reads_in_actors=self.inline_reads, read_cpus=self.cfg.read_cpus)
         self.waiting = Waiting(self.request, self.starts)
         try:
@@ -226,9 +226,13 @@ class ChunkScheduler:
                                        show=self.console.note)
                 for ref in ready:
                     if ref in self.writing:
-                        self._on_written(ref)
+                        self._on_written(self._writer_done(ref))
                     else:
-                        self._on_actor_event(*self.pool.finish(ref))
+                        event = self.pool.finish(ref)
+                        if isinstance(event, PingDone):
+                            self._on_ping(event)
+                        else:
+                            self._on_chunk(event)
                 if self.pool.all_dead():
                     raise JobError("every codec actor died and could not be restarted; see the Ray logs "
                                    "(`ray logs`) for the cause, then rerun the same command")
@@ -265,42 +269,42 @@ class ChunkScheduler:
                 self.startup = time.time() - self.command_started
                 log.info("start-up: first chunk sent to a codec actor %.1f s after the command started "
                          "(driver peak RSS %.0f MB)", self.startup, peak_rss_mb())
-            self.pool.assign(stats_ref, i, (chunk, encoded_ref))
+            self.pool.assign(stats_ref, i, chunk, encoded_ref)
         if tail and not self.inline_reads:  # the next chunks' media is read ahead, whichever actor takes them
             for chunk in list(self.pending)[: len(self.actors)]:
                 if chunk not in self.prefetched:
                     self.prefetched[chunk] = self._read(chunk, None)
         self._write_ready()
 
-    def _on_actor_event(self, kind: str, i: int, payload, outcome) -> None:
-        from ray.exceptions import ActorUnavailableError
+    def _on_ping(self, ping: PingDone) -> None:
+        """An actor answered: it joins (checked against actor 0's token space and policy), or, still
+        starting, it failed to start (its codecs differ from the first actor's, say): refused, not dropped."""
+        i, info = ping.actor, ping.info
+        if ping.error is None:
+            if info["token_space_id"] != self.space.id:
+                raise JobError(f"codec actor {i} gives token space {info['token_space_id'][:12]}, not the "
+                               f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
+            # Its tokens go into shards whose headers record actor 0's policy: other numerics are refused.
+            check_actor_policy(i, info, self.policy)
+            self.nodes[i] = info["node"]  # a restarted actor may live on another node now
+            joined = {**info, "ready_at": time.time()}
+            self.actors_by_pid.setdefault(info["pid"], joined)  # a restarted actor is a new process
+            if i in self.pool.starting:
+                self.pool.starting.discard(i)
+                self.actor_info.append(joined)
+        elif i in self.pool.starting and ping.loss is not ActorLoss.UNAVAILABLE:
+            raise JobError(f"codec actor {i} failed to start: {actor_start_error(ping.error)}")
 
-        if kind == "ping":
-            if isinstance(outcome, dict):
-                if outcome["token_space_id"] != self.space.id:
-                    raise JobError(f"codec actor {i} gives token space {outcome['token_space_id'][:12]}, not the "
-                                   f"job's {self.space.short_id}: the codec weights or libraries differ between nodes")
-                # Its tokens go into shards whose headers record actor 0's policy: other numerics are refused.
-                check_actor_policy(i, outcome, self.policy)
-                self.nodes[i] = outcome["node"]  # a restarted actor may live on another node now
-                joined = {**outcome, "ready_at": time.time()}
-                self.actors_by_pid.setdefault(outcome["pid"], joined)  # a restarted actor is a new process
-                if i in self.pool.starting:
-                    self.pool.starting.discard(i)
-                    self.actor_info.append(joined)
-            elif i in self.pool.starting and not isinstance(outcome, ActorUnavailableError):
-                # e.g. its codecs differ from the first actor's: refused, not silently dropped.
-                raise JobError(f"codec actor {i} failed to start: {actor_start_error(outcome)}")
-            return
-        chunk, encoded_ref = payload
+    def _on_chunk(self, done: ChunkDone) -> None:
+        chunk = done.chunk
         self.reading.pop(chunk, None)
-        if not isinstance(outcome, Exception):
-            self.chunk_stats.append(outcome)
-            self.chunk_read_seconds.append(self._read_seconds(chunk, outcome))
+        if done.error is None:
+            self.chunk_stats.append(done.stats)
+            self.chunk_read_seconds.append(self._read_seconds(chunk, done.stats))
             self.last_chunk_at = time.time()
             shard = self.open[chunk.shard_key]
-            shard.encoded[chunk.index] = encoded_ref
-            self.progress.encoded(chunk, outcome)
+            shard.encoded[chunk.index] = done.encoded
+            self.progress.encoded(chunk, done.stats)
             if shard.complete:
                 self.to_write.append(shard.key)
                 self._write_ready()
@@ -309,9 +313,10 @@ class ChunkScheduler:
         self.read_timers.pop(chunk, None)
         self.pending.appendleft(chunk)
         self.chunk_retries += 1
-        if isinstance(outcome, ActorUnavailableError):
-            return  # never started: the actor was restarting, not this chunk's fault
-        self._failed(chunk.shard_key, f"chunk {chunk.index + 1}/{chunk.count}", outcome)
+        loss = done.loss
+        if loss is not None and not loss.blames_the_work:
+            return  # the actor was restarting or its node drained: not this chunk's fault
+        self._failed(chunk.shard_key, f"chunk {chunk.index + 1}/{chunk.count}", done.error)
 
     def _failed(self, key: str, what: str, outcome: BaseException) -> None:
         # Counted per unit of work (a chunk, or the shard's writer): one actor killed with two chunks of a
@@ -337,18 +342,25 @@ class ChunkScheduler:
                 encode_policy=shard_policy(self.policy, shard.modalities))
             self.writing[ref] = shard.key
 
-    def _on_written(self, ref) -> None:
+    def _writer_done(self, ref) -> WriterDone:
         import ray
-        from ray.exceptions import ObjectLostError, RayError
+        from ray.exceptions import RayError
 
         key = self.writing.pop(ref)
         try:
-            result = ray.get(ref)
+            return WriterDone(shard_key=key, result=ray.get(ref))
         except RayError as exc:
+            return WriterDone(shard_key=key, error=exc)
+
+    def _on_written(self, done: WriterDone) -> None:
+        from ray.exceptions import ObjectLostError
+
+        key = done.shard_key
+        if done.error is not None:
             shard = self.open[key]
             self.writer_retries += 1
-            self._failed(key, "writing", exc)
-            if isinstance(exc, ObjectLostError):  # an encoded chunk is gone (its node died): encode them again
+            self._failed(key, "writing", done.error)
+            if isinstance(done.error, ObjectLostError):  # an encoded chunk is gone (its node died): encode again
                 shard.encoded.clear()
                 self.progress.lost(shard.chunks)
                 self.pending.extendleft(reversed(shard.chunks))
@@ -357,8 +369,8 @@ class ChunkScheduler:
             self._write_ready()
             return
         del self.open[key]  # its encoded chunks are released from the object store with their refs
-        self.shards.append(result)
-        self.progress.committed(result)
+        self.shards.append(done.result)
+        self.progress.committed(done.result)
         self._write_ready()
 
     def _cancel(self) -> None:
@@ -406,25 +418,6 @@ def _read_counts(reading: dict) -> tuple[int, int]:
     return len(ready), len(not_ready)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set, in MB.
-
-    VmHWM, not `getrusage().ru_maxrss`: Linux keeps ru_maxrss across execve, so a driver started by a
-    large parent (a benchmark that had torch loaded, a notebook) reported the parent's peak as its own.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    import resource  # not Linux: no /proc; ru_maxrss is the best there is (bytes on macOS, KiB elsewhere)
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
 def timed_read_rows(rows: list[ManifestRow], **read_args) -> tuple[list, float]:
     """ray_jobs.read.read_rows and the seconds it ran: a read task's two returns (the media go to the actor,
     the seconds to the driver, for job.json's feed rate)."""
@@ -435,106 +428,14 @@ def timed_read_rows(rows: list[ManifestRow], **read_args) -> tuple[list, float]:
     return media, time.perf_counter() - t0
 
 
-def actor_start_error(exc: BaseException) -> str:
-    """Why a codec actor could not start, in one line: a refusal of ours (e.g. uti.codecs.batching's
-    BatchDependenceError: codec, device, the flag to change) as its message alone, anything else as the
-    last error line of Ray's report, with `uti doctor` for installation failures."""
-    from uti.errors import UTIError
+@dataclasses.dataclass(frozen=True)
+class _Sent:
+    """A call in flight to a codec actor: a chunk to encode, or a ping."""
 
-    cause = getattr(exc, "cause", None)  # a RayTaskError carries the exception the actor raised
-    if isinstance(cause, UTIError):
-        return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return f"{short_error(exc)}{doctor_hint(exc)}"
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    cause = [line for line in text if "Error" in line or "error" in line]
-    return (cause[-1] if cause else (text[-1] if text else type(exc).__name__))[:300]
-
-
-class ActorStarts:
-    """Which starting codec actors Ray has placed: an actor's `placed` call answers once its process runs,
-    before its codecs load (ray_jobs.actor), so a placed actor is loading, not waiting for resources."""
-
-    def __init__(self) -> None:
-        self.refs: list = []  # by actor index: the ref of its `placed` call
-        self.placed_at: dict[int, float] = {}
-
-    def add(self, placed_ref) -> None:
-        self.refs.append(placed_ref)
-
-    def split(self, starting: Iterable[int]) -> tuple[list[int], list[int]]:
-        """(loading, not placed) of these actor indices."""
-        import ray
-
-        loading, pending = [], []
-        for i in sorted(starting):
-            if i not in self.placed_at and i < len(self.refs) and ray.wait([self.refs[i]], timeout=0)[0]:
-                self.placed_at[i] = time.time()  # an actor that failed to start answers too: its ping says why
-            (loading if i in self.placed_at or i >= len(self.refs) else pending).append(i)
-        return loading, pending
-
-    def loading_for(self, loading: list[int]) -> float:
-        """Seconds the longest-loading of these actors has been loading."""
-        now = time.time()
-        return max((now - self.placed_at.get(i, now) for i in loading), default=0.0)
-
-
-def loading_status(n: int, seconds: float) -> str:
-    return f"{n} codec actor{'s' if n != 1 else ''} loading ({seconds:.0f} s)"
-
-
-class Waiting:
-    """Shows why nothing has progressed (no chunk encoded, no read task finished, an actor still not up):
-    actors placed and loading their codecs say so (when `loading_shown`: the job waits for them); actors
-    Ray has not placed and read tasks not started get their resource shortage after PENDING_GRACE_SECONDS,
-    on the progress line and once in the log (progress bars are off in CI logs). Resources are read only
-    once the grace period is over."""
-
-    def __init__(self, request: Request, starts: ActorStarts, *, grace: float | None = None):
-        self.request = request
-        self.starts = starts
-        self.grace = resources.PENDING_GRACE_SECONDS if grace is None else grace
-        self.since = time.time()
-        self.last_reason: str | None = None
-        self.loading_logged = False
-        self.shown = ""
-        self._reads_seen = 0
-
-    def progressed(self) -> None:
-        self.since = time.time()
-
-    def reads_finished(self, count: int) -> None:
-        """A read task finishing is progress too."""
-        if count != self._reads_seen:
-            self._reads_seen = count
-            self.progressed()
-
-    def check(self, *, starting: Iterable[int], reads_pending: bool, show, loading_shown: bool = False) -> None:
-        import ray
-
-        loading, pending = self.starts.split(starting)
-        late = time.time() - self.since >= self.grace
-        reason = None
-        if late and (pending or reads_pending):
-            reason = waiting_reason(actors_pending=len(pending), reads_pending=reads_pending, request=self.request,
-                                    available=ray.available_resources(), total=ray.cluster_resources())
-            if reason and reason != self.last_reason:
-                log.warning("%s", reason)
-            self.last_reason = reason
-        status = ""
-        if loading and loading_shown:
-            status = loading_status(len(loading), self.starts.loading_for(loading))
-            if pending and not reason:  # placed in a moment, or named with its shortage after the grace period
-                status += f", {len(pending)} not placed yet"
-            if late and not self.loading_logged:
-                log.info("%s", status)
-                self.loading_logged = True
-        text = "; ".join(x for x in (reason, status) if x)
-        if show is not None and (text or self.shown):  # clears only what it showed
-            show(text)
-        self.shown = text
+    actor: int
+    ping: bool = False
+    chunk: ChunkRef | None = None
+    encoded: Any = None  # the ref of the chunk's EncodedChunk
 
 
 class _ActorPool:
@@ -543,7 +444,7 @@ class _ActorPool:
 
     def __init__(self, actors: list, *, starting=()):
         self.actors = actors
-        self.inflight: dict[Any, tuple[str, int, Any]] = {}
+        self.inflight: dict[Any, _Sent] = {}
         self.load = [0] * len(actors)
         # Actors still loading their codecs are pinged like recovering ones: the answer comes once loaded.
         self.starting: set[int] = set(starting)
@@ -558,15 +459,15 @@ class _ActorPool:
             slots += [i] * max(0, per_actor - self.load[i])
         return slots
 
-    def assign(self, ref, i: int, payload) -> None:
-        self.inflight[ref] = ("chunk", i, payload)
+    def assign(self, ref, i: int, chunk: ChunkRef, encoded_ref) -> None:
+        self.inflight[ref] = _Sent(actor=i, chunk=chunk, encoded=encoded_ref)
         self.load[i] += 1
 
     def ping_recovering(self) -> None:
         now = time.time()
         for i, when in list(self.recovering.items()):
             if i not in self.pinging and now >= when:
-                self.inflight[self.actors[i].info.remote()] = ("ping", i, None)
+                self.inflight[self.actors[i].info.remote()] = _Sent(actor=i, ping=True)
                 self.pinging.add(i)
 
     def all_dead(self) -> bool:
@@ -575,86 +476,32 @@ class _ActorPool:
     def refs(self) -> list:
         return list(self.inflight)
 
-    def finish(self, ref) -> tuple[str, int, Any, Any]:
-        """The event of a ready ref: (kind, actor, payload, result or exception)."""
+    def finish(self, ref) -> ChunkDone | PingDone:
+        """The event of a ready ref. An actor lost on a call gets no work until a ping answers (backing off
+        so a restarting actor is not hammered); one that a ping finds dead stays out for good."""
         import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayError
+        from ray.exceptions import RayError
 
-        kind, i, payload = self.inflight.pop(ref)
+        sent = self.inflight.pop(ref)
+        i = sent.actor
         try:
-            outcome = ray.get(ref)
+            outcome, error = ray.get(ref), None
         except RayError as exc:
-            outcome = exc
-        if kind == "chunk":
+            outcome, error = None, exc
+        if not sent.ping:
             self.load[i] -= 1
+            event: ChunkDone | PingDone = ChunkDone(actor=i, chunk=sent.chunk, encoded=sent.encoded,
+                                                    stats=outcome, error=error)
         else:
             self.pinging.discard(i)
-        if isinstance(outcome, (ActorUnavailableError, ActorDiedError)):
-            if isinstance(outcome, ActorDiedError) and "restart" not in str(outcome).lower() and kind == "ping":
-                self.dead.add(i)
-                self.recovering.pop(i, None)
-            else:
-                backoff = 0.5 if i not in self.recovering else 1.0
-                self.recovering[i] = time.time() + backoff
-        elif kind == "ping":
+            event = PingDone(actor=i, info=outcome, error=error)
+        loss = event.loss
+        if loss is not None and loss.dead and isinstance(event, PingDone):
+            self.dead.add(i)
             self.recovering.pop(i, None)
-        return kind, i, payload, outcome
-
-
-class _TokenizeProgress:
-    """The tokenize figures on the console (uti.progress): samples as their chunks finish encoding, shards
-    as they commit, and the actors' idle share while it is above ray_jobs.feed.IDLE_WARN."""
-
-    def __init__(self, todo, console: Progress, *, window: float = 15.0, reads_in_actors: bool = False,
-                 read_cpus: float = 0.5):
-        self.console = console
-        self.idle = IdleWindow(seconds=window, reads_in_actors=reads_in_actors, read_cpus=read_cpus,
-                               clock=console.clock)
-        self.shards_total = len(todo)
-        self.shards = 0
-        self.open: dict[str, dict[int, ChunkStats]] = collections.defaultdict(dict)  # uncommitted shard -> chunks
-        self.samples = self.images = self.tokens = 0
-        self.audio = 0.0
-        console.start(sum(shard.num_samples for _, shard in todo))
-        self._show()
-        console.note("the first chunks to encode")
-
-    def _add(self, c: ChunkStats, sign: int) -> None:
-        self.samples += sign * (c.num_samples + c.num_errors)
-        self.audio += sign * c.audio_seconds
-        self.images += sign * c.images
-        self.tokens += sign * c.tokens
-
-    def encoded(self, chunk: ChunkRef, stats: ChunkStats) -> None:
-        self.open[chunk.shard_key][chunk.index] = stats
-        self.idle.add(stats)
-        self._add(stats, 1)
-        self._show()
-
-    def lost(self, chunks: list[ChunkRef]) -> None:
-        """Encoded chunks lost before their shard was written: encoded again, counted again then."""
-        for chunk in chunks:
-            stats = self.open[chunk.shard_key].pop(chunk.index, None)
-            if stats is not None:
-                self._add(stats, -1)
-        self._show()
-
-    def committed(self, result: ShardResult) -> None:
-        self.open.pop(f"{result.split}/{result.shard}", None)
-        self.shards += 1
-        self._show()
-
-    def _show(self) -> None:
-        elapsed = max(self.console.clock() - self.console.t0, 1e-9)
-        fields = [f"{self.audio / 3600:.2f} h audio"] if self.audio else []
-        if self.images:
-            fields.append(f"{self.images:,} images")
-        fields.append(f"{self.tokens / elapsed:,.0f} tokens/s")
-        idle = self.idle.message()
-        if idle:
-            fields.append(idle)
-        fields.append(f"shards {self.shards}/{self.shards_total} committed")
-        self.console.update(self.samples, fields)
-        left = self.shards_total - self.shards
-        if self.console.total and self.samples >= self.console.total and left:  # all encoded: the writers' turn
-            self.console.note(f"{left} shard{'s' if left != 1 else ''} being written")
+        elif loss is not None:
+            backoff = 0.5 if i not in self.recovering else 1.0
+            self.recovering[i] = time.time() + backoff
+        elif isinstance(event, PingDone):
+            self.recovering.pop(i, None)
+        return event
