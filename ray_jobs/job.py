@@ -38,6 +38,7 @@ from sharding.outdir import (ERRORS_NAME, claim_plan, claim_space, completed_sha
                              plan_matches, write_job)
 from sharding.plan import Plan, make_plan
 from uti.config import UTIConfig, load_config
+from uti.modalities import MEDIA_MODALITIES
 from uti.progress import Progress
 from uti.token_space import missing_modality_message
 
@@ -206,9 +207,6 @@ def _space_on_driver(ucfg: UTIConfig):
     from uti.tokenizer import UnifiedTokenizer
 
     return UnifiedTokenizer(ucfg, device="cpu", modalities=("text",), describe=MEDIA_MODALITIES).space
-
-
-MEDIA_MODALITIES = ("audio", "image")
 
 
 def media_modalities(by_id: dict[str, ManifestRow]) -> tuple[str, ...]:
