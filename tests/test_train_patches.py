@@ -79,7 +79,6 @@ def test_every_ray_logger_lowered_is_a_ray_module():
                         "name the module that logs those lines now")
 
 
-def test_owns_local_instance_is_false_without_ray():
-    if ray.is_initialized():
-        pytest.skip("a Ray instance is connected in this process")
-    assert patches.owns_local_instance() is False
+def test_owns_local_instance_is_true_for_the_local_instance_this_process_started(ray_session):
+    # the session's Ray is a local instance started by this process (tests/conftest.py), as `uti train`'s own is
+    assert patches.owns_local_instance() is True
